@@ -1,0 +1,119 @@
+"""
+The ``twistd realtimed`` plugin: command-line options and the service they
+make.  Every option is also read from ``REALTIMED_<NAME>`` and from the TOML
+file named by ``--config``; see `realtimed.config`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from twisted.application.service import IService
+from twisted.internet.interfaces import IReactorCore
+from twisted.python import usage
+
+from realtimed.config import SETTINGS, Config, ConfigError, load
+
+
+class Options(usage.Options):
+    """
+    Options for ``twistd realtimed``.  After parsing, ``self.config`` holds
+    the merged, checked `Config`.
+    """
+
+    synopsis = "[options]"
+    longdesc = (
+        "Runs realtimed: Socket.IO under /socket.io/, the admin REST API under "
+        "/api/realtime/, health at /healthz.  Every option can also be set "
+        "as REALTIMED_<NAME> in the environment or in the TOML file given "
+        "by --config; the command line beats the environment, which beats "
+        "the file.  Secrets may be given as --<name>-file."
+    )
+
+    optParameters: list[list[Any]] = [
+        ["config", "c", None, "TOML configuration file (default: $REALTIMED_CONFIG)"],
+    ]
+    optFlags: list[list[Any]] = []
+
+    for _setting in SETTINGS:
+        if _setting.kind == "bool":
+            optFlags.append([_setting.name, _setting.short, _setting.help])
+        elif _setting.kind != "list":
+            optParameters.append([_setting.name, _setting.short, None, _setting.help])
+        if _setting.secret:
+            optParameters.append(
+                [_setting.name + "-file", None, None, f"Read --{_setting.name} from this file"]
+            )
+    del _setting
+
+    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
+        super().__init__()
+        self._environ = os.environ if environ is None else environ
+        self["port"] = None
+        self["cors-origin"] = None
+        self.config: Config | None = None
+
+    def opt_port(self, endpoint: str) -> None:
+        """Twisted endpoint string to listen on, e.g. tcp:8080:interface=127.0.0.1 or systemd:domain=INET:index=0; repeatable (default: tcp:8080)"""
+        self["port"] = (self["port"] or ()) + (endpoint,)
+
+    opt_p = opt_port
+
+    def opt_cors_origin(self, origin: str) -> None:
+        """Origin allowed to reach the polling transport and the REST API from a browser, with credentials; repeatable; '*' allows any origin"""
+        self["cors-origin"] = (self["cors-origin"] or ()) + (origin,)
+
+    def postOptions(self) -> None:
+        given = {
+            key: value
+            for key, value in self.items()
+            if value is not None and key != "config"
+        }
+        # Flags are False when absent; only a given flag overrides.
+        for setting in SETTINGS:
+            if setting.kind == "bool":
+                if given.get(setting.name):
+                    given[setting.name] = True
+                else:
+                    given.pop(setting.name, None)
+        try:
+            self.config = load(given, self._environ, self["config"])
+        except ConfigError as e:
+            raise usage.UsageError(str(e)) from None
+        _check_endpoints(self.config)
+
+
+def _check_endpoints(config: Config) -> None:
+    """
+    Parse each endpoint string now, so a typo is a usage error rather than a
+    failure once the daemon has started.
+    """
+    from twisted.internet.endpoints import serverFromString
+
+    for description in config.port:
+        try:
+            serverFromString(_NoReactor(), description)
+        except (ValueError, TypeError, KeyError) as e:
+            raise usage.UsageError(f"port: cannot use {description!r}: {e}") from None
+
+
+class _NoReactor:
+    """
+    Stands in for the reactor while endpoint strings are only parsed.
+    """
+
+
+def makeService(options: Options, reactor: IReactorCore | None = None) -> IService:
+    """
+    The realtimed service for the parsed options.
+    """
+    from realtimed.service import RealtimeService
+
+    if reactor is None:
+        from twisted.internet import reactor as _reactor
+
+        reactor = _reactor  # type: ignore[assignment]
+    assert options.config is not None
+    return RealtimeService(config=options.config, reactor=reactor)

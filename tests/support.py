@@ -1,0 +1,99 @@
+"""
+What integration tests share: a PostgreSQL server to create throw-away
+databases on.
+
+``REALTIMED_TEST_POSTGRES`` picks the server:
+
+- a ``postgresql://`` URL of a role that may create databases (default:
+  ``postgresql://postgres@127.0.0.1:5432/postgres``);
+- ``embedded``: an embedded PostgreSQL (the ``pgserver`` package, as the
+  daemon uses when no database is configured), started once for the test run
+  in a temporary directory and stopped when the run ends.
+
+Every test that needs a database creates its own with `create_database` and
+drops it in cleanup, so test runs never see each other's data.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import tempfile
+import uuid
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg2
+from twisted.trial.unittest import TestCase
+
+DEFAULT_SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+_embedded: Any = None
+
+
+def server_url() -> str:
+    """
+    The URL of a maintenance database on the test PostgreSQL server.
+    """
+    choice = os.environ.get("REALTIMED_TEST_POSTGRES", DEFAULT_SERVER)
+    if choice != "embedded":
+        return choice
+    global _embedded
+    if _embedded is None:
+        import pgserver
+
+        directory = tempfile.mkdtemp(prefix="realtimed-test-pg-")
+        _embedded = pgserver.get_server(directory, cleanup_mode="delete")
+        atexit.register(shutil.rmtree, directory, ignore_errors=True)
+    return str(_embedded.get_uri("postgres"))
+
+
+def with_database(url: str, name: str) -> str:
+    """
+    C{url} with its database replaced by C{name}.
+    """
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path="/" + name))
+
+
+def _admin(statement: str) -> None:
+    connection = psycopg2.connect(server_url())
+    try:
+        connection.autocommit = True
+        with connection.cursor() as cursor:
+            cursor.execute(statement)
+    finally:
+        connection.close()
+
+
+def create_database(test: TestCase) -> str:
+    """
+    Create an empty database for C{test}, dropped (with any connection still
+    open to it) when the test is cleaned up.
+
+    @return: Its URL.
+    """
+    name = "realtimed_test_" + uuid.uuid4().hex[:16]
+    _admin(f'CREATE DATABASE "{name}"')
+    test.addCleanup(_admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    return with_database(server_url(), name)
+
+
+def run_sql(url: str, statement: str, params: Any = None) -> list[tuple[Any, ...]]:
+    """
+    Run one statement on C{url} in its own committed transaction, blocking;
+    for setting up and checking from tests.
+
+    @return: The rows it returned, if any.
+    """
+    connection = psycopg2.connect(url)
+    try:
+        connection.autocommit = True
+        with connection.cursor() as cursor:
+            cursor.execute(statement, params)
+            if cursor.description is None:
+                return []
+            return list(cursor.fetchall())
+    finally:
+        connection.close()

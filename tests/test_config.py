@@ -1,0 +1,292 @@
+"""
+Tests for the daemon's configuration: L{realtimed.config}, the twistd
+plugin's options in L{realtimed.tap}, the plugin itself, and the generated
+secrets of L{realtimed.keys}.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import stat
+
+from twisted.plugin import getPlugins
+from twisted.python import usage
+from twisted.python.filepath import FilePath
+from twisted.trial.unittest import SynchronousTestCase
+
+from realtimed.config import SETTINGS, ConfigError, load
+from realtimed.keys import KEYS_FILE, resolve_keys
+from realtimed.tap import Options
+
+SECRET = "x" * 40
+WHSEC = "whsec_" + base64.b64encode(b"k" * 32).decode()
+
+
+class LoadTests(SynchronousTestCase):
+    def write(self, text: str) -> str:
+        path = FilePath(self.mktemp())
+        path.setContent(text.encode())
+        return path.path
+
+    def test_defaults(self) -> None:
+        """
+        With nothing given, realtimed listens on tcp:8080 with the embedded
+        database under ./realtimed-data and generated secrets.
+        """
+        config = load({}, {})
+        self.assertEqual(config.port, ("tcp:8080",))
+        self.assertIsNone(config.database_url)
+        self.assertEqual(config.data_dir, "./realtimed-data")
+        self.assertIsNone(config.jwt_secret)
+        self.assertFalse(config.webhook_allow_private)
+        self.assertEqual(config.webhook_retry_hours, 24.0)
+
+    def test_precedence(self) -> None:
+        """
+        The command line beats the environment, which beats the file, which
+        beats the default.
+        """
+        path = self.write(
+            'database-url = "postgresql://file/db"\n'
+            'data_dir = "/from/file"\n'
+            'port = ["tcp:1", "tcp:2"]\n'
+            "webhook-allow-private = true\n"
+        )
+        environ = {
+            "REALTIMED_DATABASE_URL": "postgresql://env/db",
+            "REALTIMED_DATA_DIR": "/from/env",
+        }
+        config = load({"database-url": "postgresql://cli/db"}, environ, path)
+        self.assertEqual(config.database_url, "postgresql://cli/db")
+        self.assertEqual(config.data_dir, "/from/env")
+        self.assertEqual(config.port, ("tcp:1", "tcp:2"))
+        self.assertTrue(config.webhook_allow_private)
+
+    def test_environment_kinds(self) -> None:
+        """
+        Environment values are text: lists split on whitespace, flags read
+        true/false words, numbers parse.
+        """
+        config = load(
+            {},
+            {
+                "REALTIMED_PORT": "tcp:1 unix:/tmp/s",
+                "REALTIMED_WEBHOOK_ALLOW_PRIVATE": "yes",
+                "REALTIMED_WEBHOOK_RETRY_HOURS": "2.5",
+            },
+        )
+        self.assertEqual(config.port, ("tcp:1", "unix:/tmp/s"))
+        self.assertTrue(config.webhook_allow_private)
+        self.assertEqual(config.webhook_retry_hours, 2.5)
+
+    def test_config_from_environment(self) -> None:
+        """
+        REALTIMED_CONFIG names the file when --config is not given.
+        """
+        path = self.write('data-dir = "/from/file"\n')
+        self.assertEqual(load({}, {"REALTIMED_CONFIG": path}).data_dir, "/from/file")
+
+    def test_secret_file(self) -> None:
+        """
+        A secret may be read from a file (its trailing newline dropped), at
+        any level; the file given at a higher level wins over a value below.
+        """
+        path = self.write(SECRET + "\n")
+        self.assertEqual(load({"jwt-secret-file": path}, {}).jwt_secret, SECRET)
+        self.assertEqual(
+            load({}, {"REALTIMED_JWT_SECRET_FILE": path, "REALTIMED_API_KEY": "k" * 20}).jwt_secret,
+            SECRET,
+        )
+        toml = self.write(f'jwt-secret-file = "{path}"\n')
+        self.assertEqual(load({}, {}, toml).jwt_secret, SECRET)
+        self.assertEqual(
+            load({"jwt-secret-file": path}, {"REALTIMED_JWT_SECRET": "y" * 40}).jwt_secret,
+            SECRET,
+        )
+
+    def test_secrets_not_in_repr(self) -> None:
+        """
+        A secret never shows in the configuration's repr, which logs use.
+        """
+        config = load({"jwt-secret": SECRET, "api-key": "k" * 20}, {})
+        self.assertNotIn(SECRET, repr(config))
+        self.assertNotIn("k" * 20, repr(config))
+
+    def assertError(self, message: str, *args: object) -> None:
+        with self.assertRaises(ConfigError) as raised:
+            load(*args)  # type: ignore[arg-type]
+        self.assertEqual(str(raised.exception), message)
+
+    def test_errors(self) -> None:
+        """
+        Each unusable value is an error naming the setting and why.
+        """
+        self.assertError("database-url: expected a postgresql:// URL", {"database-url": "mysql://x"}, {})
+        self.assertError("jwt-secret: must be at least 32 bytes long for HS256", {"jwt-secret": "short"}, {})
+        self.assertError("api-key: must be at least 16 characters long", {"api-key": "short"}, {})
+        self.assertError(
+            "webhook-secret: expected whsec_ followed by base64", {"webhook-secret": "nope"}, {}
+        )
+        self.assertError(
+            "webhook-allow-private: expected true or false, not 'maybe'",
+            {},
+            {"REALTIMED_WEBHOOK_ALLOW_PRIVATE": "maybe"},
+        )
+        self.assertError(
+            "webhook-retry-hours: expected a number, not 'soon'",
+            {},
+            {"REALTIMED_WEBHOOK_RETRY_HOURS": "soon"},
+        )
+        self.assertError(
+            "webhook-retry-hours: must be more than 0 and at most 720",
+            {},
+            {"REALTIMED_WEBHOOK_RETRY_HOURS": "0"},
+        )
+        missing = self.mktemp()
+        self.assertError(
+            f"jwt-secret-file: cannot read {missing}: No such file or directory",
+            {"jwt-secret-file": missing},
+            {},
+        )
+        self.assertError(
+            "jwt-secret: give jwt-secret or jwt-secret-file in the command line, not both",
+            {"jwt-secret": SECRET, "jwt-secret-file": missing},
+            {},
+        )
+
+    def test_file_errors(self) -> None:
+        """
+        A config file that is missing, not TOML, has an unknown key or a
+        value of the wrong type is an error naming it.
+        """
+        missing = self.mktemp()
+        self.assertError(f"config: cannot read {missing}: No such file or directory", {}, {}, missing)
+        broken = self.write("port = [\n")
+        with self.assertRaises(ConfigError) as raised:
+            load({}, {}, broken)
+        self.assertIn(f"config: {broken} is not valid TOML", str(raised.exception))
+        unknown = self.write("colour = 1")
+        self.assertError(f"config: unknown setting 'colour' in {unknown}", {}, {}, unknown)
+        self.assertError("data-dir: expected a string", {}, {}, self.write("data-dir = 3"))
+        self.assertError("port: expected a string or a list of strings", {}, {}, self.write("port = 80"))
+        self.assertError("webhook-allow-private: expected true or false", {}, {},
+                         self.write('webhook-allow-private = "yes"'))
+
+
+class OptionsTests(SynchronousTestCase):
+    def parse(self, argv: list[str], environ: dict[str, str] | None = None) -> Options:
+        options = Options(environ or {})
+        options.parseOptions(argv)
+        return options
+
+    def test_every_setting_is_an_option(self) -> None:
+        """
+        Every setting can be given on the command line, and every secret
+        also as --<name>-file.
+        """
+        names = set()
+        for flag in Options.optFlags:
+            names.add(flag[0])
+        for parameter in Options.optParameters:
+            names.add(parameter[0])
+        names.update({"port", "cors-origin"})
+        for setting in SETTINGS:
+            self.assertIn(setting.name, names)
+            if setting.secret:
+                self.assertIn(setting.name + "-file", names)
+
+    def test_repeatable_port(self) -> None:
+        """
+        --port and -p may be repeated; each endpoint is kept in order.
+        """
+        options = self.parse(["-p", "tcp:0", "--port", "unix:/tmp/realtimed.sock"])
+        assert options.config is not None
+        self.assertEqual(options.config.port, ("tcp:0", "unix:/tmp/realtimed.sock"))
+
+    def test_command_line_beats_environment(self) -> None:
+        """
+        An option beats its REALTIMED_ variable; a flag left out does not
+        override the environment.
+        """
+        options = self.parse(
+            ["--data-dir", "/cli"],
+            {"REALTIMED_DATA_DIR": "/env", "REALTIMED_WEBHOOK_ALLOW_PRIVATE": "true"},
+        )
+        assert options.config is not None
+        self.assertEqual(options.config.data_dir, "/cli")
+        self.assertIs(options.config.webhook_allow_private, True)
+
+    def test_flag(self) -> None:
+        """
+        --webhook-allow-private sets the setting to True.
+        """
+        options = self.parse(["--webhook-allow-private"])
+        assert options.config is not None
+        self.assertIs(options.config.webhook_allow_private, True)
+
+    def test_bad_endpoint(self) -> None:
+        """
+        An endpoint string Twisted cannot parse is a usage error naming
+        --port.
+        """
+        with self.assertRaises(usage.UsageError) as raised:
+            self.parse(["-p", "bogus:1"])
+        self.assertIn("port: cannot use 'bogus:1'", str(raised.exception))
+
+    def test_bad_value(self) -> None:
+        """
+        A bad value is a usage error that names the option and why.
+        """
+        with self.assertRaises(usage.UsageError) as raised:
+            self.parse(["--jwt-secret", "short"])
+        self.assertEqual(str(raised.exception), "jwt-secret: must be at least 32 bytes long for HS256")
+
+
+class PluginTests(SynchronousTestCase):
+    def test_plugin_found(self) -> None:
+        """
+        twistd finds the realtimed plugin, which makes its service from
+        realtimed.tap.
+        """
+        from twisted.application.service import IServiceMaker
+
+        makers = {maker.tapname: maker for maker in getPlugins(IServiceMaker)}
+        self.assertIn("realtimed", makers)
+        self.assertIs(makers["realtimed"].options, Options)
+
+
+class KeysTests(SynchronousTestCase):
+    def test_generated_once(self) -> None:
+        """
+        Unset secrets are generated on first start, kept in the data
+        directory with mode 0600, and reused by later starts, which report
+        nothing generated.
+        """
+        data_dir = self.mktemp()
+        config = load({"data-dir": data_dir}, {})
+        keys, generated = resolve_keys(config)
+        self.assertEqual(sorted(generated), ["anon_key", "api_key", "jwt_secret", "webhook_secret"])
+        self.assertTrue(keys.api_key.startswith("ik_"))
+        self.assertTrue(keys.anon_key.startswith("anon_"))
+        self.assertTrue(keys.webhook_secret.startswith("whsec_"))
+        path = os.path.join(data_dir, KEYS_FILE)
+        self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600)
+        again, generated_again = resolve_keys(config)
+        self.assertEqual(again, keys)
+        self.assertEqual(generated_again, [])
+
+    def test_configured_wins(self) -> None:
+        """
+        A configured secret is used as given and not written to the data
+        directory.
+        """
+        data_dir = self.mktemp()
+        config = load({"data-dir": data_dir, "jwt-secret": SECRET, "webhook-secret": WHSEC}, {})
+        keys, generated = resolve_keys(config)
+        self.assertEqual(keys.jwt_secret, SECRET)
+        self.assertEqual(keys.webhook_secret, WHSEC)
+        self.assertEqual(sorted(generated), ["anon_key", "api_key"])
+        with open(os.path.join(data_dir, KEYS_FILE)) as f:
+            self.assertNotIn("jwt_secret", json.load(f))

@@ -1,0 +1,326 @@
+"""
+A small pool of txpostgres connections for the daemon's queries.
+
+Connections are opened on demand up to a limit and kept while they work.  A
+connection whose server went away (a PostgreSQL restart, a terminated
+backend, a dropped link) is closed and forgotten rather than handed out
+again, so the first query after the server is back opens a fresh one.
+
+`DatabaseConnection` is the txpostgres connection both the pool and the
+LISTEN connection use: it turns a read error on an idle connection into an
+orderly loss (reported to whoever asked) instead of an unhandled exception
+in the reactor.
+"""
+
+from __future__ import annotations
+
+import re
+import select
+from collections import deque
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import psycopg2
+from attrs import define, field
+from twisted.internet import main
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from txpostgres.txpostgres import Connection, RollbackFailed
+
+log = Logger()
+
+T = TypeVar("T")
+
+# Seconds a connection attempt may take before it is given up.
+CONNECT_TIMEOUT = 10.0
+
+
+def redact_dsn(dsn: str) -> str:
+    """
+    C{dsn} (a URL or a libpq C{key=value} string) with any password replaced
+    by C{***}, fit for logs.
+    """
+    if "://" in dsn:
+        dsn = re.sub(r"^([a-z]+://[^:/@?]*:)[^@/?]*@", r"\1***@", dsn)
+        return re.sub(r"(?i)([?&]password=)[^&]*", r"\1***", dsn)
+    return re.sub(r"(?i)(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", r"\1***", dsn)
+
+
+def is_disconnect(failure: Failure) -> bool:
+    """
+    Does C{failure} mean the connection it happened on is unusable?
+    """
+    return failure.check(psycopg2.OperationalError, psycopg2.InterfaceError, RollbackFailed) is not None
+
+
+class DatabaseConnection(Connection):  # type: ignore[misc]
+    """
+    A txpostgres connection that reports its loss.
+
+    txpostgres keeps an idle connection registered with the reactor to see
+    NOTIFY events; when the server closes it, reading raises and the reactor
+    would log that as an unhandled error.  Here the error is taken as the
+    end of the connection, and C{lost} (if set) is called once with the
+    reason.
+    """
+
+    lost: Callable[[Failure], None] | None = None
+    _reportedLoss = False
+
+    def doRead(self) -> Any:
+        try:
+            Connection.doRead(self)
+        except psycopg2.Error:
+            return main.CONNECTION_LOST
+        if self._connection is not None and self._connection.closed:
+            return main.CONNECTION_LOST
+        return None
+
+    def connectionLost(self, reason: Failure) -> None:
+        if self._connection is not None:
+            Connection.connectionLost(self, reason)
+        self._reportLoss(reason)
+
+    def _reportLoss(self, reason: Failure) -> None:
+        if self._reportedLoss:
+            return
+        self._reportedLoss = True
+        self.reactor.removeReader(self)
+        self.reactor.removeWriter(self)
+        if self._connection is not None and not self._connection.closed:
+            try:
+                self._connection.close()
+            except psycopg2.Error:
+                pass
+        if self.lost is not None:
+            self.lost(reason)
+
+    @property
+    def isOpen(self) -> bool:
+        """
+        Is the connection open as far as this side knows?
+        """
+        return (
+            not self._reportedLoss
+            and self._connection is not None
+            and not self._connection.closed
+        )
+
+    def stillOpen(self) -> bool:
+        """
+        Check, without blocking, whether an idle connection is still usable:
+        when the server has closed it, the goodbye is already waiting on the
+        socket.
+        """
+        if not self.isOpen:
+            return False
+        if self.lock.locked or self._cursors:
+            return True
+        readable, _, _ = select.select([self._connection], [], [], 0)
+        if not readable:
+            return True
+        # Reading may close the socket, which must leave the reactor first.
+        self.reactor.removeReader(self)
+        try:
+            # The server's last message and the end of the stream may need
+            # a read each.
+            for _ in range(4):
+                self._connection.poll()
+                if self._connection.closed or self._connection.fileno() < 0:
+                    break
+                readable, _, _ = select.select([self._connection], [], [], 0)
+                if not readable:
+                    break
+        except (psycopg2.Error, OSError, ValueError):
+            self._reportLoss(Failure())
+            return False
+        if self._connection.closed or self._connection.fileno() < 0:
+            self._reportLoss(Failure(main.CONNECTION_LOST))
+            return False
+        self.reactor.addReader(self)
+        return True
+
+    def close(self) -> None:
+        if self._connection is None:
+            self._reportLoss(Failure(main.CONNECTION_DONE))
+            return
+        Connection.close(self)
+
+
+def open_connection(
+    reactor: Any,
+    dsn: str,
+    timeout: float = CONNECT_TIMEOUT,
+    clock: Any = None,
+) -> Deferred[DatabaseConnection]:
+    """
+    Open a L{DatabaseConnection} to C{dsn}, giving up after C{timeout}
+    seconds (libpq's own C{connect_timeout} does not apply to non-blocking
+    connections).
+    """
+    if clock is None:
+        clock = reactor
+    connection = DatabaseConnection(reactor=reactor)
+    d: Deferred[Any] = connection.connect(dsn)
+
+    def timedOut() -> None:
+        connection.close()
+
+    timer = clock.callLater(timeout, timedOut)
+
+    def connected(_: object) -> DatabaseConnection:
+        if timer.active():
+            timer.cancel()
+        return connection
+
+    def failed(reason: Failure) -> Failure:
+        if timer.active():
+            timer.cancel()
+        else:
+            reason = Failure(psycopg2.OperationalError(f"connecting timed out after {timeout}s"))
+        connection.close()
+        return reason
+
+    d.addCallbacks(connected, failed)
+    return d
+
+
+@define
+class ConnectionPool:
+    """
+    At most C{size} connections to C{dsn}, opened as needed.
+
+    @ivar reactor: The reactor (file descriptors and time).
+    @ivar dsn: libpq URL or C{key=value} string; never logged as is.
+    @ivar size: The most connections open at once.
+    """
+
+    reactor: Any
+    dsn: str = field(repr=redact_dsn)
+    size: int = 4
+    connect_timeout: float = CONNECT_TIMEOUT
+    _idle: list[DatabaseConnection] = field(factory=list, init=False)
+    _open: int = field(default=0, init=False)
+    _waiting: deque[Deferred[DatabaseConnection]] = field(factory=deque, init=False)
+    _closed: bool = field(default=False, init=False)
+
+    def start(self) -> Deferred[None]:
+        """
+        Open the first connection, so a server that cannot be reached is
+        known at once.
+
+        @return: A Deferred firing when it is open, or failing.
+        """
+        self._closed = False
+        d: Deferred[Any] = self._checkout()
+        d.addCallback(self._checkin)
+        return d
+
+    def close(self) -> None:
+        """
+        Close every idle connection; connections in use are closed as they
+        come back.  Later queries fail.
+        """
+        self._closed = True
+        idle, self._idle = self._idle, []
+        for connection in idle:
+            self._open -= 1
+            connection.close()
+        waiting, self._waiting = self._waiting, deque()
+        for waiter in waiting:
+            waiter.errback(CancelledError("the connection pool is closed"))
+
+    def runQuery(self, *args: Any, **kwargs: Any) -> Deferred[list[tuple[Any, ...]]]:
+        """
+        Run one query in its own transaction; fires with its rows.
+        """
+        return self._using(lambda c: c.runQuery(*args, **kwargs))
+
+    def runOperation(self, *args: Any, **kwargs: Any) -> Deferred[None]:
+        """
+        Run one statement in its own transaction; fires with C{None}.
+        """
+        return self._using(lambda c: c.runOperation(*args, **kwargs))
+
+    def runInteraction(self, interaction: Callable[..., Any], *args: Any, **kwargs: Any) -> Deferred[Any]:
+        """
+        Run C{interaction(cursor, *args, **kwargs)} inside a transaction,
+        committed when it succeeds and rolled back when it fails; fires with
+        its result.
+        """
+        return self._using(lambda c: c.runInteraction(interaction, *args, **kwargs))
+
+    def ping(self) -> Deferred[bool]:
+        """
+        Can the database be queried right now?  Never fails.
+        """
+        d: Deferred[Any] = self.runQuery("SELECT 1")
+        d.addCallbacks(lambda rows: rows == [(1,)], lambda _: False)
+        return d
+
+    def _using(self, work: Callable[[DatabaseConnection], Deferred[T]]) -> Deferred[T]:
+        d: Deferred[Any] = self._checkout()
+
+        def run(connection: DatabaseConnection) -> Deferred[T]:
+            result = work(connection)
+
+            def done(outcome: object) -> object:
+                if isinstance(outcome, Failure) and is_disconnect(outcome) and connection.isOpen:
+                    connection.close()
+                self._checkin(connection)
+                return outcome
+
+            result.addBoth(done)
+            return result
+
+        d.addCallback(run)
+        return d
+
+    def _checkout(self) -> Deferred[DatabaseConnection]:
+        if self._closed:
+            return fail(CancelledError("the connection pool is closed"))
+        while self._idle:
+            connection = self._idle.pop()
+            if connection.stillOpen():
+                return succeed(connection)
+            self._open -= 1
+        if self._open < self.size:
+            self._open += 1
+            d = open_connection(self.reactor, self.dsn, self.connect_timeout)
+
+            def failed(reason: Failure) -> Failure:
+                self._open -= 1
+                log.warn(  # noqa: G010 (twisted.logger spells it warn)
+                    "Cannot connect to PostgreSQL at {dsn}: {error}",
+                    dsn=redact_dsn(self.dsn),
+                    error=reason.getErrorMessage().strip(),
+                )
+                self._serveWaiter()
+                return reason
+
+            d.addErrback(failed)
+            return d
+        waiter: Deferred[DatabaseConnection] = Deferred()
+        self._waiting.append(waiter)
+        return waiter
+
+    def _checkin(self, connection: DatabaseConnection) -> None:
+        if self._closed or not connection.isOpen:
+            self._open -= 1
+            if connection.isOpen:
+                connection.close()
+            self._serveWaiter()
+            return
+        if self._waiting:
+            self._waiting.popleft().callback(connection)
+            return
+        self._idle.append(connection)
+
+    def _serveWaiter(self) -> None:
+        """
+        A slot came free without a connection: let the next waiter open one.
+        """
+        if self._waiting and self._open < self.size:
+            waiter = self._waiting.popleft()
+            self._checkout().chainDeferred(waiter)

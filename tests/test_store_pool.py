@@ -1,0 +1,196 @@
+"""
+Tests for realtimed.store.pool against a real PostgreSQL.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg2
+from twisted.internet import reactor
+from twisted.internet.defer import gatherResults, inlineCallbacks
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from realtimed.store.pool import ConnectionPool, redact_dsn
+from tests.support import create_database, run_sql
+
+
+class RedactTests(SynchronousTestCase):
+    """
+    Connection strings are logged without their password.
+    """
+
+    def test_url(self) -> None:
+        """
+        The password of a URL becomes C{***}; user, host and database stay.
+        """
+        self.assertEqual(
+            redact_dsn("postgresql://me:s3cret@db.example:5432/app?sslmode=require"),
+            "postgresql://me:***@db.example:5432/app?sslmode=require",
+        )
+
+    def test_url_query_password(self) -> None:
+        """
+        A password given as a URL query parameter is hidden too.
+        """
+        self.assertEqual(
+            redact_dsn("postgresql:///app?host=/run&password=s3cret"),
+            "postgresql:///app?host=/run&password=***",
+        )
+
+    def test_keywords(self) -> None:
+        """
+        A libpq C{key=value} string loses its password value.
+        """
+        self.assertEqual(
+            redact_dsn("host=db user=me password='s e cret' dbname=app"),
+            "host=db user=me password=*** dbname=app",
+        )
+
+    def test_no_password(self) -> None:
+        """
+        A URL without a password is unchanged.
+        """
+        url = "postgresql://postgres@127.0.0.1:5432/postgres"
+        self.assertEqual(redact_dsn(url), url)
+
+
+class ConnectionPoolTests(TestCase):
+    """
+    Queries through the pool.
+    """
+
+    def setUp(self) -> None:
+        self.url = create_database(self)
+        self.pool = ConnectionPool(reactor, self.url, size=2)
+        self.addCleanup(self.pool.close)
+        return self.pool.start()
+
+    @inlineCallbacks
+    def test_query_and_operation(self) -> Any:
+        """
+        C{runOperation} changes the database and C{runQuery} returns rows.
+        """
+        yield self.pool.runOperation("CREATE TABLE t (x int)")
+        yield self.pool.runOperation("INSERT INTO t VALUES (%s), (%s)", (1, 2))
+        rows = yield self.pool.runQuery("SELECT x FROM t ORDER BY x")
+        self.assertEqual(rows, [(1,), (2,)])
+
+    @inlineCallbacks
+    def test_interaction_commits(self) -> Any:
+        """
+        An interaction that succeeds is committed and its result returned.
+        """
+        yield self.pool.runOperation("CREATE TABLE t (x int)")
+
+        @inlineCallbacks
+        def work(cursor: Any, value: int) -> Any:
+            yield cursor.execute("INSERT INTO t VALUES (%s)", (value,))
+            yield cursor.execute("SELECT count(*) FROM t")
+            return cursor.fetchall()[0][0]
+
+        count = yield self.pool.runInteraction(work, 7)
+        self.assertEqual(count, 1)
+        self.assertEqual(run_sql(self.url, "SELECT x FROM t"), [(7,)])
+
+    @inlineCallbacks
+    def test_interaction_rolls_back(self) -> Any:
+        """
+        An interaction that fails is rolled back and its failure returned.
+        """
+        yield self.pool.runOperation("CREATE TABLE t (x int)")
+
+        @inlineCallbacks
+        def work(cursor: Any) -> Any:
+            yield cursor.execute("INSERT INTO t VALUES (1)")
+            raise ValueError("no")
+
+        yield self.assertFailure(self.pool.runInteraction(work), ValueError)
+        self.assertEqual(run_sql(self.url, "SELECT x FROM t"), [])
+
+    @inlineCallbacks
+    def test_error_keeps_connection(self) -> Any:
+        """
+        An SQL error fails only its query; the pool goes on working.
+        """
+        yield self.assertFailure(
+            self.pool.runQuery("SELECT * FROM no_such_table"), psycopg2.errors.UndefinedTable
+        )
+        rows = yield self.pool.runQuery("SELECT 2")
+        self.assertEqual(rows, [(2,)])
+
+    @inlineCallbacks
+    def test_size_limit(self) -> Any:
+        """
+        More concurrent queries than connections all complete, on at most
+        C{size} server backends.
+        """
+        queries = [
+            self.pool.runQuery("SELECT pg_backend_pid() FROM pg_sleep(0.02)") for _ in range(8)
+        ]
+        results = yield gatherResults(queries, consumeErrors=True)
+        backends = {rows[0][0] for rows in results}
+        self.assertLessEqual(len(backends), 2)
+        self.assertEqual(len(results), 8)
+
+    @inlineCallbacks
+    def test_ping(self) -> Any:
+        """
+        C{ping} answers C{True} while the database answers.
+        """
+        alive = yield self.pool.ping()
+        self.assertIs(alive, True)
+
+    @inlineCallbacks
+    def test_terminated_connection_replaced(self) -> Any:
+        """
+        A connection the server terminated is not handed out again: the next
+        query runs on a new one.
+        """
+        rows = yield self.pool.runQuery("SELECT pg_backend_pid()")
+        pid = rows[0][0]
+        run_sql(self.url, "SELECT pg_terminate_backend(%s, 10000)", (pid,))
+        rows = yield self.pool.runQuery("SELECT pg_backend_pid()")
+        self.assertNotEqual(rows[0][0], pid)
+
+    @inlineCallbacks
+    def test_failed_query_on_dead_connection(self) -> Any:
+        """
+        A query that fails because its connection died fails with that
+        error, and the following query works on a fresh connection.
+        """
+        rows = yield self.pool.runQuery("SELECT pg_backend_pid()")
+        pid = rows[0][0]
+        failure = yield self.pool.runQuery("SELECT pg_terminate_backend(pg_backend_pid())").addCallbacks(
+            lambda _: [], lambda f: [f]
+        )
+        for f in failure:
+            self.assertTrue(f.check(psycopg2.OperationalError, psycopg2.InterfaceError))
+        rows = yield self.pool.runQuery("SELECT pg_backend_pid()")
+        self.assertNotEqual(rows[0][0], pid)
+
+    def test_closed(self) -> Any:
+        """
+        After C{close}, queries fail and C{ping} answers C{False}.
+        """
+        self.pool.close()
+        self.assertIs(self.successResultOf(self.pool.ping()), False)
+
+
+class UnreachableTests(TestCase):
+    """
+    A pool whose server cannot be reached.
+    """
+
+    @inlineCallbacks
+    def test_ping_false(self) -> Any:
+        """
+        C{ping} answers C{False} (and does not fail) when the server cannot
+        be reached; C{start} fails.
+        """
+        pool = ConnectionPool(reactor, "postgresql://nobody@127.0.0.1:1/none", size=1)
+        self.addCleanup(pool.close)
+        yield self.assertFailure(pool.start(), psycopg2.OperationalError)
+        alive = yield pool.ping()
+        self.assertIs(alive, False)
+        self.flushLoggedErrors()

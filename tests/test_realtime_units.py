@@ -1,0 +1,202 @@
+"""
+Tests for the pure parts of realtime channels: L{realtimed.subscriptions}
+and L{realtimed.client_events}.
+"""
+
+from __future__ import annotations
+
+import json
+
+from hypothesis import given
+from hypothesis import strategies as st
+from twisted.trial.unittest import SynchronousTestCase
+
+from realtimed.client_events import (
+    EVENTS,
+    INVALID_INPUT,
+    PUBLISH,
+    SUBSCRIBE,
+    UNSUBSCRIBE,
+    Publish,
+    Refusal,
+    Subscribe,
+    Unsubscribe,
+    parse,
+    published_ack,
+    subscribed_ack,
+)
+from realtimed.subscriptions import Subscription, Subscriptions
+
+
+class SubscriptionsTests(SynchronousTestCase):
+    def test_name_and_pattern_audience(self) -> None:
+        """
+        A message reaches the sockets subscribed to its name and those
+        subscribed to the pattern of its owning channel, each once.
+        """
+        subs: Subscriptions[str] = Subscriptions()
+        self.assertTrue(subs.add("a", Subscription("order:1", "c1")))
+        self.assertTrue(subs.add("b", Subscription("order:*", "c1")))
+        self.assertTrue(subs.add("c", Subscription("order:2", "c1")))
+        self.assertTrue(subs.add("a", Subscription("order:*", "c1")))
+        self.assertFalse(subs.add("a", Subscription("order:1", "c1")))
+        self.assertEqual(subs.audience("order:1", "c1"), {"a", "b"})
+        self.assertEqual(subs.audience("order:2", "c1"), {"a", "b", "c"})
+        self.assertEqual(subs.audience("order:3", "c2"), set())
+        self.assertEqual(subs.audience("order:1", None), {"a"})
+
+    def test_remove(self) -> None:
+        """
+        Unsubscribing removes the socket from the audience; removing a
+        socket removes all its subscriptions and leaves the index empty.
+        """
+        subs: Subscriptions[str] = Subscriptions()
+        subs.add("a", Subscription("x", "c1"))
+        subs.add("a", Subscription("y*", "c2"))
+        self.assertIsNone(subs.remove("a", "z"))
+        self.assertIsNone(subs.remove("b", "x"))
+        self.assertEqual(subs.remove("a", "x"), Subscription("x", "c1"))
+        self.assertEqual(subs.audience("x", "c1"), set())
+        self.assertEqual(subs.channels_of("a"), ["y*"])
+        self.assertEqual(subs.remove_socket("a"), [Subscription("y*", "c2")])
+        self.assertEqual(subs.audience("y1", "c2"), set())
+        self.assertEqual(list(subs.sockets()), [])
+        self.assertEqual(subs._by_name, {})
+        self.assertEqual(subs._by_channel_id, {})
+
+    def test_receives(self) -> None:
+        """
+        A socket receives a name it subscribed to, or one its pattern
+        subscriptions match.
+        """
+        subs: Subscriptions[str] = Subscriptions()
+        subs.add("a", Subscription("chat:*", "c1"))
+        subs.add("a", Subscription("orders", "c2"))
+        self.assertTrue(subs.receives("a", "chat:room123"))
+        self.assertTrue(subs.receives("a", "orders"))
+        self.assertFalse(subs.receives("a", "order"))
+        self.assertFalse(subs.receives("b", "orders"))
+        self.assertTrue(subs.is_subscribed("a", "chat:*"))
+        self.assertFalse(subs.is_subscribed("a", "chat:room123"))
+
+    @given(
+        st.lists(
+            st.tuples(
+                st.booleans(),
+                st.sampled_from("abc"),
+                st.sampled_from(["n1", "n2", "p*"]),
+            )
+        )
+    )
+    def test_model(self, steps: list[tuple[bool, str, str]]) -> None:
+        """
+        After any adds and removes, each audience is exactly the sockets
+        holding a matching subscription.
+        """
+        subs: Subscriptions[str] = Subscriptions()
+        model: set[tuple[str, str]] = set()
+        for adding, socket, channel in steps:
+            if adding:
+                subs.add(socket, Subscription(channel, "c"))
+                model.add((socket, channel))
+            else:
+                subs.remove(socket, channel)
+                model.discard((socket, channel))
+        for name in ["n1", "n2"]:
+            expected = {s for s, c in model if c in (name, "p*")}
+            self.assertEqual(subs.audience(name, "c"), expected)
+
+
+class ParseTests(SynchronousTestCase):
+    def test_event_names(self) -> None:
+        """
+        Both spellings of each event ask for the same operation.
+        """
+        self.assertEqual(EVENTS["REALTIME_SUBSCRIBE"], EVENTS["realtime:subscribe"])
+        self.assertEqual(EVENTS["REALTIME_UNSUBSCRIBE"], EVENTS["realtime:unsubscribe"])
+        self.assertEqual(EVENTS["REALTIME_PUBLISH"], EVENTS["realtime:publish"])
+
+    def test_subscribe(self) -> None:
+        """
+        Subscribe and unsubscribe take a name or a pattern.
+        """
+        self.assertEqual(parse(SUBSCRIBE, [{"channel": "orders"}]), Subscribe("orders"))
+        self.assertEqual(parse(SUBSCRIBE, [{"channel": "order:*"}]), Subscribe("order:*"))
+        self.assertEqual(parse(UNSUBSCRIBE, [{"channel": "a"}]), Unsubscribe("a"))
+
+    def test_publish(self) -> None:
+        """
+        A publish carries channel, event and any JSON payload ({} when
+        absent), encoded for storage.
+        """
+        parsed = parse(PUBLISH, [{"channel": "orders", "event": "order.created", "payload": {"a": [1, "é"]}}])
+        self.assertEqual(parsed, Publish("orders", "order.created", {"a": [1, "é"]}, '{"a":[1,"é"]}'))
+        parsed = parse(PUBLISH, [{"channel": "o", "event": "e"}])
+        assert isinstance(parsed, Publish)
+        self.assertEqual(parsed.payload, {})
+
+    def test_malformed(self) -> None:
+        """
+        Malformed data is refused with INVALID_INPUT and says what is wrong;
+        the channel is echoed only when it was a string.
+        """
+        cases = [
+            (SUBSCRIBE, [], None, "data must be an object"),
+            (SUBSCRIBE, ["orders"], None, "data must be an object"),
+            (SUBSCRIBE, [None], None, "data must be an object"),
+            (SUBSCRIBE, [{}], None, "channel is required"),
+            (SUBSCRIBE, [{"channel": 5}], None, "channel must be a string"),
+            (SUBSCRIBE, [{"channel": ""}], "", "channel must be"),
+            (SUBSCRIBE, [{"channel": "a b"}], "a b", "channel must be"),
+            (UNSUBSCRIBE, [{"channel": "x" * 256}], "x" * 256, "channel must be"),
+            (PUBLISH, [{"channel": "o:*", "event": "e"}], "o:*", "pattern cannot be published"),
+            (PUBLISH, [{"channel": "o"}], "o", "event is required"),
+            (PUBLISH, [{"channel": "o", "event": 1}], "o", "event must be a string"),
+            (PUBLISH, [{"channel": "o", "event": ""}], "o", "event must be 1-255"),
+            (PUBLISH, [{"channel": "o", "event": "e" * 256}], "o", "event must be 1-255"),
+            (PUBLISH, [{"channel": "o", "event": "INSERT"}], "o", "reserved for database"),
+            (PUBLISH, [{"channel": "o", "event": "UPDATE"}], "o", "reserved for database"),
+            (PUBLISH, [{"channel": "o", "event": "DELETE"}], "o", "reserved for database"),
+            (PUBLISH, [{"channel": "o", "event": "connect"}], "o", "reserved"),
+            (PUBLISH, [{"channel": "o", "event": "disconnecting"}], "o", "reserved"),
+            (PUBLISH, [{"channel": "o", "event": "newListener"}], "o", "reserved"),
+            (PUBLISH, [{"channel": "o", "event": "presence:join"}], "o", "reserved"),
+            (PUBLISH, [{"channel": "o", "event": "e", "payload": b"\x00"}], "o", "payload:"),
+            (PUBLISH, [{"channel": "o", "event": "e", "payload": float("nan")}], "o", "payload:"),
+            (PUBLISH, [{"channel": "o", "event": "e", "payload": {"a": "\x00"}}], "o", "payload:"),
+        ]
+        for operation, args, channel, message in cases:
+            refusal = parse(operation, args)
+            assert isinstance(refusal, Refusal), (operation, args)
+            self.assertEqual((refusal.code, refusal.channel), (INVALID_INPUT, channel), args)
+            self.assertIn(message, refusal.message, args)
+
+    def test_shapes(self) -> None:
+        """
+        Acks and error events have the contract's shapes.
+        """
+        refusal = Refusal("c", "REALTIME_UNAUTHORIZED", "no")
+        self.assertEqual(
+            refusal.ack(),
+            {"ok": False, "channel": "c", "error": {"code": "REALTIME_UNAUTHORIZED", "message": "no"}},
+        )
+        self.assertEqual(refusal.error_event(), {"channel": "c", "code": "REALTIME_UNAUTHORIZED", "message": "no"})
+        self.assertEqual(subscribed_ack("c", []), {"ok": True, "channel": "c", "presence": {"members": []}})
+        self.assertEqual(published_ack("c", "m"), {"ok": True, "channel": "c", "messageId": "m"})
+
+    @given(st.recursive(
+        st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+        lambda inner: st.lists(inner) | st.dictionaries(st.text(), inner),
+        max_leaves=20,
+    ))
+    def test_any_json_payload(self, payload: object) -> None:
+        """
+        Any JSON value without NUL characters is a payload, and its encoding
+        decodes to it.
+        """
+        parsed = parse(PUBLISH, [{"channel": "o", "event": "e", "payload": payload}])
+        if "\\u0000" in json.dumps(payload):
+            self.assertIsInstance(parsed, Refusal)
+            return
+        assert isinstance(parsed, Publish), parsed
+        self.assertEqual(json.loads(parsed.payload_json), payload)

@@ -1,0 +1,277 @@
+"""
+The database side of realtime channels: authorizing subscribes, storing
+publishes in batches, and recording how many sockets each message reached.
+
+Authorization is PostgreSQL's row-level security, checked by the functions of
+migration 0002 inside one statement's transaction running as the caller's
+role with ``request.jwt.claims`` and ``realtime.channel_name`` set.  The role,
+claims and channel always travel as bound parameters.  A project admin (the
+API key, or a JWT with role ``project_admin``) is trusted: its subscribes and
+publishes are not checked against policies, only against the channels that
+exist and are enabled.
+
+Publishes are queued and stored by `Publisher` one batch at a time: while a
+batch is in flight, new publishes wait and go together in the next one.  A
+single round trip then stores as many messages as arrived meanwhile, and
+since batches commit one after another, the messages of one socket are
+stored (and therefore delivered) in the order it published them.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any, Protocol
+
+from attrs import Factory, define, frozen
+from twisted.internet.defer import Deferred, succeed
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from realtimed.auth import Principal
+from realtimed.client_events import INTERNAL_ERROR, REALTIME_UNAUTHORIZED, Refusal
+
+log = Logger()
+
+
+class Queries(Protocol):
+    """
+    What is used of the connection pool.
+    """
+
+    def runQuery(self, *args: Any, **kwargs: Any) -> Deferred[list[tuple[Any, ...]]]: ...
+
+    def runOperation(self, *args: Any, **kwargs: Any) -> Deferred[None]: ...
+
+
+class Refused(Exception):
+    """
+    A subscribe or publish was refused; C{refusal} says how to answer it.
+    """
+
+    def __init__(self, refusal: Refusal) -> None:
+        super().__init__(refusal.message)
+        self.refusal = refusal
+
+
+def caller_role(principal: Principal) -> str | None:
+    """
+    The role a principal's access is checked as, or C{None} for a trusted
+    admin.
+    """
+    return None if principal.is_admin else principal.role
+
+
+def claims_json(principal: Principal) -> str:
+    return json.dumps(dict(principal.claims), separators=(",", ":"), default=str)
+
+
+def no_channel(channel: str) -> Refusal:
+    return Refusal(channel, REALTIME_UNAUTHORIZED, f"No enabled channel matches {channel}")
+
+
+def authorize_subscribe(pool: Queries, principal: Principal, channel: str) -> Deferred[str]:
+    """
+    May C{principal} subscribe to C{channel} (a name, or a channel row's
+    pattern)?
+
+    @return: A Deferred firing with the id of the owning channel row, or
+        failing with L{Refused}.
+    """
+    d = pool.runQuery(
+        "SELECT channel_id::text, outcome FROM realtime.authorize_subscribe(%s, %s::jsonb, %s)",
+        (caller_role(principal), claims_json(principal), channel),
+    )
+
+    def decided(rows: list[tuple[Any, ...]]) -> str:
+        [(channel_id, outcome)] = rows
+        if outcome == "allowed":
+            return str(channel_id)
+        if outcome == "no_channel":
+            raise Refused(no_channel(channel))
+        raise Refused(
+            Refusal(channel, REALTIME_UNAUTHORIZED, f"Not allowed to subscribe to {channel}")
+        )
+
+    return d.addCallback(decided)
+
+
+@frozen
+class _Pending:
+    item: str
+    channel: str
+    done: Deferred[str]
+
+
+@define
+class Publisher:
+    """
+    Stores publishes, batching those that arrive while a batch is in flight.
+
+    @ivar max_batch: The most publishes stored by one statement.
+    """
+
+    pool: Queries
+    max_batch: int = 500
+    _queue: list[_Pending] = Factory(list)
+    _in_flight: bool = False
+
+    def publish(
+        self, principal: Principal, channel: str, event: str, payload_json: str
+    ) -> Deferred[str]:
+        """
+        Store a message published by C{principal}, if its policies allow.
+
+        @param payload_json: The payload as JSON text.
+        @return: A Deferred firing with the new message's id once it is
+            committed, or failing with L{Refused}.
+        """
+        message_id = str(uuid.uuid4())
+        fields = json.dumps(
+            {
+                "id": message_id,
+                "role": caller_role(principal),
+                "claims": dict(principal.claims),
+                "channel": channel,
+                "event": event,
+                "sender_type": principal.sender_type,
+                "sender_id": principal.sender_id,
+            },
+            separators=(",", ":"),
+            default=str,
+        )
+        # The payload is already JSON text: splice it in rather than decode
+        # and encode it again.
+        item = '{"payload":' + payload_json + "," + fields[1:]
+        done: Deferred[str] = Deferred()
+        self._queue.append(_Pending(item, channel, done))
+        if not self._in_flight:
+            self._next()
+        return done
+
+    def _next(self) -> None:
+        if not self._queue:
+            self._in_flight = False
+            return
+        self._in_flight = True
+        batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
+        d = self.pool.runQuery(
+            "SELECT id::text, outcome, detail FROM realtime.publish_batch(%s::jsonb)",
+            ("[" + ",".join(p.item for p in batch) + "]",),
+        )
+        d.addCallbacks(self._stored, self._failed, callbackArgs=(batch,), errbackArgs=(batch,))
+        d.addErrback(lambda f: log.failure("Answering a publish batch failed", f))
+        d.addBoth(lambda _: self._next())
+
+    def _stored(self, rows: list[tuple[Any, ...]], batch: list[_Pending]) -> None:
+        for pending, (message_id, outcome, detail) in zip(batch, rows, strict=True):
+            if outcome == "stored":
+                pending.done.callback(message_id)
+            elif outcome == "no_channel":
+                pending.done.errback(Refused(no_channel(pending.channel)))
+            elif outcome == "denied":
+                pending.done.errback(
+                    Refused(
+                        Refusal(
+                            pending.channel,
+                            REALTIME_UNAUTHORIZED,
+                            f"Not allowed to publish to {pending.channel}",
+                        )
+                    )
+                )
+            else:
+                log.error(
+                    "Storing a message on {channel} failed: {detail}",
+                    channel=pending.channel,
+                    detail=detail,
+                )
+                pending.done.errback(
+                    Refused(Refusal(pending.channel, INTERNAL_ERROR, "The message could not be stored"))
+                )
+
+    def _failed(self, failure: Failure, batch: list[_Pending]) -> None:
+        log.failure("Storing {count} messages failed", failure, count=len(batch))
+        for pending in batch:
+            pending.done.errback(
+                Refused(Refusal(pending.channel, INTERNAL_ERROR, "The message could not be stored"))
+            )
+
+
+@define
+class AudienceCounter:
+    """
+    Counts the sockets each message was delivered to, and adds the counts to
+    ``realtime.messages.ws_audience_count`` with one statement per
+    C{interval} seconds, whatever the number of messages.  Each realtimed
+    process adds its own sockets, so the column ends up counting them over
+    all processes.
+    """
+
+    pool: Queries
+    clock: Any  # IReactorTime
+    interval: float = 1.0
+    _counts: dict[str, int] = Factory(dict)
+    _call: Any = None  # IDelayedCall
+    _flushing: Deferred[None] | None = None
+
+    def add(self, message_id: str, sockets: int) -> None:
+        """
+        C{sockets} more sockets received message C{message_id}.
+        """
+        if sockets <= 0:
+            return
+        self._counts[message_id] = self._counts.get(message_id, 0) + sockets
+        if self._call is None:
+            self._call = self.clock.callLater(self.interval, self._due)
+
+    def _due(self) -> None:
+        self._call = None
+        self.flush()
+
+    def flush(self) -> Deferred[None]:
+        """
+        Write the counts gathered so far.
+
+        @return: A Deferred firing when they are written (never failing: a
+            failure is logged and its counts are kept for the next flush).
+        """
+        if self._flushing is not None:
+            # One flush at a time; the next picks up what this one misses.
+            waiting: Deferred[None] = Deferred()
+            self._flushing.addBoth(lambda _: self.flush().chainDeferred(waiting))
+            return waiting
+        if not self._counts:
+            return succeed(None)
+        counts, self._counts = self._counts, {}
+        ids = list(counts)
+        d = self.pool.runOperation(
+            "UPDATE realtime.messages m "
+            "SET ws_audience_count = m.ws_audience_count + v.n "
+            "FROM unnest(%s::uuid[], %s::integer[]) AS v (id, n) "
+            "WHERE m.id = v.id",
+            (ids, [counts[i] for i in ids]),
+        )
+        self._flushing = d
+
+        def failed(failure: Failure) -> None:
+            log.failure("Recording audience counts failed", failure)
+            for message_id, n in counts.items():
+                self._counts[message_id] = self._counts.get(message_id, 0) + n
+            if self._call is None:
+                self._call = self.clock.callLater(self.interval, self._due)
+
+        def finished(_: object) -> None:
+            self._flushing = None
+
+        d.addErrback(failed)
+        d.addBoth(finished)
+        return d
+
+    def stop(self) -> Deferred[None]:
+        """
+        Stop the timer and write what is left.
+        """
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+        return self.flush()

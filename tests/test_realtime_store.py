@@ -1,0 +1,310 @@
+"""
+Tests for L{realtimed.store.publisher} against a real PostgreSQL: row-level
+security decides subscribes and publishes, publishes are stored in batches,
+audience counts are written in bulk.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import psycopg2
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
+from twisted.internet.task import Clock
+from twisted.trial.unittest import TestCase
+
+from realtimed.auth import ADMIN_PRINCIPAL, ANON_PRINCIPAL, Principal
+from realtimed.client_events import INTERNAL_ERROR, REALTIME_UNAUTHORIZED
+from realtimed.store.migrations import migrate
+from realtimed.store.pool import ConnectionPool
+from realtimed.store.publisher import (
+    AudienceCounter,
+    Publisher,
+    Refused,
+    authorize_subscribe,
+)
+from tests.support import create_database, run_sql
+
+
+def user(sub: str) -> Principal:
+    return Principal("authenticated", "user", sub, {"sub": sub, "role": "authenticated"})
+
+
+ALICE = user("alice")
+
+OWN_CHANNEL_ONLY = """
+CREATE POLICY own_channel_subscribe ON realtime.channels
+    AS RESTRICTIVE FOR SELECT TO authenticated
+    USING (realtime.channel_name() = 'user:' || (realtime.jwt_claims() ->> 'sub'));
+CREATE POLICY own_channel_publish ON realtime.messages
+    AS RESTRICTIVE FOR INSERT TO authenticated
+    WITH CHECK (channel_name = 'user:' || (realtime.jwt_claims() ->> 'sub')
+                AND realtime.channel_name() = channel_name);
+"""
+
+
+class CountingPool:
+    """
+    A pool that counts the queries it runs.
+    """
+
+    def __init__(self, pool: ConnectionPool) -> None:
+        self.pool = pool
+        self.queries = 0
+
+    def runQuery(self, *args: Any, **kwargs: Any) -> Deferred[list[tuple[Any, ...]]]:
+        self.queries += 1
+        return self.pool.runQuery(*args, **kwargs)
+
+    def runOperation(self, *args: Any, **kwargs: Any) -> Deferred[None]:
+        self.queries += 1
+        return self.pool.runOperation(*args, **kwargs)
+
+
+class StoreTestCase(TestCase):
+    timeout = 60
+
+    @inlineCallbacks
+    def setUp(self) -> Any:
+        self.url = create_database(self)
+        yield migrate(reactor, self.url)
+        run_sql(
+            self.url,
+            "INSERT INTO realtime.channels (pattern) VALUES ('orders'), ('chat:*'), ('user:*');"
+            "INSERT INTO realtime.channels (pattern, enabled) VALUES ('off', false)",
+        )
+        self.pool = ConnectionPool(reactor, self.url)
+        self.addCleanup(self.pool.close)
+
+    def channel_id(self, pattern: str) -> str:
+        return str(run_sql(self.url, "SELECT id FROM realtime.channels WHERE pattern = %s", (pattern,))[0][0])
+
+    @inlineCallbacks
+    def refusal(self, d: Deferred[Any]) -> Any:
+        try:
+            yield d
+        except Refused as e:
+            return e.refusal
+        self.fail("not refused")
+
+
+class AuthorizeSubscribeTests(StoreTestCase):
+    @inlineCallbacks
+    def test_default_policies(self) -> None:
+        """
+        With the installed policies an authenticated user may subscribe to a
+        name an enabled channel owns, and gets the owning row's id; anon may
+        not.
+        """
+        channel_id = yield authorize_subscribe(self.pool, ALICE, "chat:room123")
+        self.assertEqual(channel_id, self.channel_id("chat:*"))
+        refusal = yield self.refusal(authorize_subscribe(self.pool, ANON_PRINCIPAL, "orders"))
+        self.assertEqual(
+            (refusal.channel, refusal.code, refusal.message),
+            ("orders", REALTIME_UNAUTHORIZED, "Not allowed to subscribe to orders"),
+        )
+
+    @inlineCallbacks
+    def test_no_enabled_channel(self) -> None:
+        """
+        A name no channel owns, a disabled channel, and a pattern that is not
+        a row's pattern are refused, for admins too.
+        """
+        for principal in (ALICE, ADMIN_PRINCIPAL):
+            for channel in ("nothing", "off", "order:*", "chat:room:*"):
+                refusal = yield self.refusal(authorize_subscribe(self.pool, principal, channel))
+                self.assertEqual(refusal.code, REALTIME_UNAUTHORIZED)
+                self.assertIn("No enabled channel", refusal.message)
+
+    @inlineCallbacks
+    def test_pattern(self) -> None:
+        """
+        A row's pattern, exactly, may be subscribed to.
+        """
+        channel_id = yield authorize_subscribe(self.pool, ALICE, "chat:*")
+        self.assertEqual(channel_id, self.channel_id("chat:*"))
+
+    @inlineCallbacks
+    def test_admin_trusted(self) -> None:
+        """
+        The admin is not checked against policies (there are none for its
+        role).
+        """
+        channel_id = yield authorize_subscribe(self.pool, ADMIN_PRINCIPAL, "orders")
+        self.assertEqual(channel_id, self.channel_id("orders"))
+
+    @inlineCallbacks
+    def test_custom_policy(self) -> None:
+        """
+        A policy reading C{realtime.channel_name()} and the claims decides:
+        a user may subscribe to its own C{user:<sub>} only.
+        """
+        run_sql(self.url, OWN_CHANNEL_ONLY)
+        yield authorize_subscribe(self.pool, ALICE, "user:alice")
+        refusal = yield self.refusal(authorize_subscribe(self.pool, ALICE, "user:bob"))
+        self.assertEqual(refusal.code, REALTIME_UNAUTHORIZED)
+        refusal = yield self.refusal(authorize_subscribe(self.pool, ALICE, "user:*"))
+        self.assertEqual(refusal.code, REALTIME_UNAUTHORIZED)
+
+    @inlineCallbacks
+    def test_quotes_are_data(self) -> None:
+        """
+        Whatever a channel name holds, it is a parameter: quotes do not
+        change the statement.
+        """
+        refusal = yield self.refusal(
+            authorize_subscribe(self.pool, ALICE, "x'; DROP TABLE realtime.channels; --")
+        )
+        self.assertEqual(refusal.code, REALTIME_UNAUTHORIZED)
+        self.assertEqual(len(run_sql(self.url, "SELECT * FROM realtime.channels")), 4)
+
+
+class PublisherTests(StoreTestCase):
+    def stored(self) -> list[tuple[Any, ...]]:
+        return run_sql(
+            self.url,
+            "SELECT channel_name, event_name, payload, sender_type, sender_id, channel_id::text "
+            "FROM realtime.messages ORDER BY xact_id, created_at",
+        )
+
+    @inlineCallbacks
+    def test_store(self) -> None:
+        """
+        A publish is stored with the sender from the principal, the owning
+        channel's id and the payload, under the id it answers with.
+        """
+        publisher = Publisher(self.pool)
+        message_id = yield publisher.publish(ALICE, "chat:room123", "message", '{"text":"Hello!"}')
+        row = run_sql(
+            self.url,
+            "SELECT channel_name, event_name, payload, sender_type, sender_id, channel_id::text "
+            "FROM realtime.messages WHERE id = %s",
+            (message_id,),
+        )
+        self.assertEqual(
+            row,
+            [("chat:room123", "message", {"text": "Hello!"}, "user", "alice", self.channel_id("chat:*"))],
+        )
+        admin_id = yield publisher.publish(ADMIN_PRINCIPAL, "orders", "e", "[1]")
+        self.assertEqual(
+            run_sql(self.url, "SELECT sender_type, sender_id FROM realtime.messages WHERE id = %s", (admin_id,)),
+            [("system", None)],
+        )
+
+    @inlineCallbacks
+    def test_refusals(self) -> None:
+        """
+        Anon cannot publish under the default policies; a name without an
+        enabled channel is refused; neither stores anything.
+        """
+        publisher = Publisher(self.pool)
+        refusal = yield self.refusal(publisher.publish(ANON_PRINCIPAL, "orders", "e", "{}"))
+        self.assertEqual(
+            (refusal.code, refusal.message), (REALTIME_UNAUTHORIZED, "Not allowed to publish to orders")
+        )
+        refusal = yield self.refusal(publisher.publish(ALICE, "off", "e", "{}"))
+        self.assertEqual(refusal.code, REALTIME_UNAUTHORIZED)
+        self.assertEqual(self.stored(), [])
+
+    @inlineCallbacks
+    def test_custom_policy(self) -> None:
+        """
+        An INSERT policy on messages reading the claims and
+        C{realtime.channel_name()} decides publishes.
+        """
+        run_sql(self.url, OWN_CHANNEL_ONLY)
+        publisher = Publisher(self.pool)
+        yield publisher.publish(ALICE, "user:alice", "e", "{}")
+        refusal = yield self.refusal(publisher.publish(ALICE, "user:bob", "e", "{}"))
+        self.assertEqual(refusal.code, REALTIME_UNAUTHORIZED)
+        self.assertEqual([r[0] for r in self.stored()], ["user:alice"])
+
+    @inlineCallbacks
+    def test_batching(self) -> None:
+        """
+        Publishes made while a batch is in flight are stored together by one
+        statement, in the order they were made; a refused one does not stop
+        the others.
+        """
+        pool = CountingPool(self.pool)
+        publisher = Publisher(pool)
+        results: list[Deferred[Any]] = []
+        for i in range(20):
+            principal = ANON_PRINCIPAL if i == 7 else ALICE
+            d = publisher.publish(principal, "orders", "e", json.dumps({"i": i}))
+            if i == 7:
+                d.addErrback(lambda f: f.trap(Refused) and "refused")
+            results.append(d)
+        outcomes = yield gatherResults(results)
+        self.assertEqual(outcomes[7], "refused")
+        self.assertEqual(pool.queries, 2)
+        self.assertEqual([r[2]["i"] for r in self.stored()], [i for i in range(20) if i != 7])
+
+    @inlineCallbacks
+    def test_database_failure(self) -> None:
+        """
+        An item the database fails on is answered with INTERNAL_ERROR, the
+        others in its batch are stored.
+        """
+        run_sql(
+            self.url,
+            "ALTER TABLE realtime.messages ADD CONSTRAINT no_bad CHECK (event_name <> 'bad')",
+        )
+        publisher = Publisher(self.pool)
+        bad = self.refusal(publisher.publish(ALICE, "orders", "bad", "{}"))
+        good = publisher.publish(ALICE, "orders", "good", "{}")
+        refusal = yield bad
+        yield good
+        self.assertEqual(refusal.code, INTERNAL_ERROR)
+        self.assertEqual([r[1] for r in self.stored()], ["good"])
+
+    def test_only_the_daemon_may_execute(self) -> None:
+        """
+        The roles clients act as cannot call the functions that take a role
+        and claims as arguments.
+        """
+        connection = psycopg2.connect(self.url)
+        self.addCleanup(connection.close)
+        for statement in [
+            "SELECT realtime.publish_batch('[]')",
+            "SELECT * FROM realtime.authorize_subscribe('project_admin', '{}', 'orders')",
+            "SELECT realtime.assume_caller('project_admin', '{}', 'orders')",
+        ]:
+            for role in ("anon", "authenticated", "project_admin"):
+                with connection.cursor() as cursor:
+                    cursor.execute(f"SET ROLE {role}")
+                    with self.assertRaises(psycopg2.errors.InsufficientPrivilege):
+                        cursor.execute(statement)
+                connection.rollback()
+
+
+class AudienceCounterTests(StoreTestCase):
+    @inlineCallbacks
+    def test_flush(self) -> None:
+        """
+        Counts gathered for several messages are added to
+        C{ws_audience_count} by one statement when the interval has passed,
+        and later counts add to them.
+        """
+        publisher = Publisher(self.pool)
+        first = yield publisher.publish(ALICE, "orders", "e", "{}")
+        second = yield publisher.publish(ALICE, "orders", "e", "{}")
+        pool = CountingPool(self.pool)
+        clock = Clock()
+        counter = AudienceCounter(pool, clock)
+        counter.add(first, 2)
+        counter.add(second, 1)
+        counter.add(first, 3)
+        counter.add(second, 0)
+        self.assertEqual(pool.queries, 0)
+        clock.advance(1)
+        self.assertEqual(pool.queries, 1)
+        counter.add(second, 4)
+        yield counter.stop()
+        self.assertEqual(pool.queries, 2)
+        counts = dict(
+            run_sql(self.url, "SELECT id::text, ws_audience_count FROM realtime.messages")
+        )
+        self.assertEqual(counts, {first: 5, second: 5})

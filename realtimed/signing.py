@@ -22,8 +22,11 @@ def decode_webhook_secret(secret: str) -> bytes:
     """
     if not secret.startswith(SECRET_PREFIX):
         raise ValueError("expected whsec_ followed by base64")
+    encoded = secret[len(SECRET_PREFIX):]
+    # Secrets are often copied without their base64 padding.
+    encoded += "=" * (-len(encoded) % 4)
     try:
-        key = base64.b64decode(secret[len(SECRET_PREFIX):], validate=True)
+        key = base64.b64decode(encoded, validate=True)
     except binascii.Error:
         raise ValueError("expected whsec_ followed by base64") from None
     if len(key) < 24:
@@ -32,6 +35,9 @@ def decode_webhook_secret(secret: str) -> bytes:
 
 
 def encode_webhook_secret(key: bytes) -> str:
+    """
+    The ``whsec_<base64>`` form of a key.
+    """
     return SECRET_PREFIX + base64.b64encode(key).decode("ascii")
 
 

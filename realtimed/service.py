@@ -1,0 +1,167 @@
+"""
+The realtimed daemon as one Twisted service.
+
+Start-up, in order: the database (the configured URL, or an embedded
+PostgreSQL under the data directory), the secrets, the schema migrations,
+the query pool, then the parts that serve (Socket.IO and channels, the admin
+REST API, the LISTEN connection, webhook delivery) and finally the listening
+endpoints.  Shut-down runs it backwards.  A failure during start-up is logged
+and stops the process.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Any, TextIO
+
+from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks, maybeDeferred
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IListeningPort
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.server import Site
+
+from realtimed.config import Config
+from realtimed.keys import KEYS_FILE, Keys, resolve_keys
+from realtimed.store.migrations import migrate
+from realtimed.store.pool import ConnectionPool, redact_dsn
+from realtimed.web import root_resource
+
+log = Logger()
+
+
+class RealtimeService(MultiService):
+    """
+    Everything one realtimed process runs.
+
+    @ivar ready: Fires with this service once every endpoint listens, or
+        fails with the reason start-up failed.
+    @ivar ports: The listening ports, in the order of C{config.port}.
+    @ivar database_url: The database in use, once known.
+    @ivar keys: The secrets in use, once known.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        reactor: Any,
+        out: TextIO | None = None,
+        stop_on_failure: bool = True,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.reactor = reactor
+        self.ready: Deferred[RealtimeService] = Deferred()
+        self.ports: list[IListeningPort] = []
+        self.database_url: str | None = None
+        self.keys: Keys | None = None
+        self.pool: ConnectionPool | None = None
+        self._out = sys.stdout if out is None else out
+        self._stop_on_failure = stop_on_failure
+        self._embedded: Any = None
+        self._stopping = False
+        self._closers: list[Callable[[], object]] = []
+
+    def startService(self) -> None:
+        super().startService()
+        d = self._start()
+        d.addCallbacks(self._started, self._failed)
+
+    def _started(self, _: object) -> None:
+        self.ready.callback(self)
+
+    def _failed(self, reason: Failure) -> None:
+        log.failure("realtimed could not start", reason)
+        self.ready.errback(reason)
+        self.ready.addErrback(lambda _: None)
+        if self._stop_on_failure and self.reactor.running:
+            self.reactor.stop()
+
+    @inlineCallbacks
+    def _start(self) -> Any:
+        config = self.config
+        url = config.database_url
+        if url is None:
+            from realtimed.embedded import EmbeddedPostgres
+
+            self._embedded = EmbeddedPostgres(reactor=self.reactor, data_dir=config.data_dir)
+            url = yield self._embedded.start()
+        self.database_url = url
+        keys, generated = resolve_keys(config)
+        self.keys = keys
+        if self._stopping:
+            return
+        applied = yield migrate(self.reactor, url)
+        log.info(
+            "Database {database} ready ({count} migrations applied now)",
+            database=redact_dsn(url),
+            count=len(applied),
+        )
+        self.pool = ConnectionPool(self.reactor, url)
+        yield self.pool.start()
+        self._closers.append(self.pool.close)
+
+        site = Site(root_resource(health=self.pool.ping))
+        site.displayTracebacks = False
+        for description in config.port:
+            endpoint = serverFromString(self.reactor, description)
+            port = yield endpoint.listen(site)
+            self.ports.append(port)
+        self._announce(generated)
+
+    def _announce(self, generated: list[str]) -> None:
+        """
+        Say where realtimed listens; on the start that generated secrets, say
+        them too (to a terminal) or where they are kept (otherwise), so a
+        new user can connect at once.
+        """
+        for port in self.ports:
+            log.info("realtimed listening on {url}", url=_url_of(port))
+        if not generated:
+            return
+        assert self.keys is not None
+        lines = [f"realtimed is listening on {', '.join(_url_of(p) for p in self.ports)}"]
+        path = f"{self.config.data_dir}/{KEYS_FILE}"
+        if self._out.isatty():
+            lines.append("Generated on this first start (kept in " + path + ", mode 0600):")
+            labels = {
+                "api_key": "API key (admin)",
+                "anon_key": "anon key",
+                "jwt_secret": "JWT secret (HS256)",
+                "webhook_secret": "webhook signing secret",
+            }
+            for name in generated:
+                lines.append(f"  {labels[name]:<24} {getattr(self.keys, name)}")
+        else:
+            lines.append(f"Generated secrets were written to {path} (mode 0600).")
+        self._out.write("\n".join(lines) + "\n")
+        self._out.flush()
+
+    @inlineCallbacks
+    def stopService(self) -> Any:
+        self._stopping = True
+        yield DeferredList([maybeDeferred(port.stopListening) for port in self.ports])
+        self.ports = []
+        yield maybeDeferred(super().stopService)
+        while self._closers:
+            try:
+                yield maybeDeferred(self._closers.pop())
+            except Exception:
+                log.failure("Error while shutting down")
+        if self._embedded is not None:
+            yield self._embedded.stop()
+            self._embedded = None
+
+
+def _url_of(port: IListeningPort) -> str:
+    address = port.getHost()
+    host = getattr(address, "host", None)
+    if host is None:
+        return f"unix:{getattr(address, 'name', address)}"
+    if host in ("0.0.0.0", "::"):
+        host = "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{address.port}/"

@@ -1,0 +1,144 @@
+"""
+Tests for the daemon service, L{realtimed.service}, and its HTTP root,
+L{realtimed.web}: a real realtimed on port 0 against a real PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+
+import treq
+from twisted.internet import reactor
+from twisted.internet.defer import fail, inlineCallbacks, succeed
+from twisted.trial.unittest import TestCase
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+
+from realtimed.config import load
+from realtimed.service import RealtimeService
+from realtimed.web import Health
+from tests.support import create_database, run_sql, server_url
+
+
+def start_realtimed(test: TestCase, database_url: str | None = None, **settings: Any) -> Any:
+    """
+    Start a realtimed on a free port of 127.0.0.1, stopped at cleanup.
+
+    @return: A Deferred firing with the running L{RealtimeService}.
+    """
+    command_line: dict[str, Any] = {
+        "port": ("tcp:0:interface=127.0.0.1",),
+        "data-dir": test.mktemp(),
+        "database-url": database_url or create_database(test),
+    }
+    command_line.update(settings)
+    service = RealtimeService(load(command_line, {}), reactor, out=io.StringIO(), stop_on_failure=False)
+    service.startService()
+    test.addCleanup(service.stopService)
+    return service.ready
+
+
+def base_url(service: RealtimeService) -> str:
+    return f"http://127.0.0.1:{service.ports[0].getHost().port}"
+
+
+class HealthTests(TestCase):
+    @inlineCallbacks
+    def get(self, check: Any) -> Any:
+        root = Resource()
+        root.putChild(b"healthz", Health(check))
+        port = reactor.listenTCP(0, Site(root), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        response = yield treq.get(f"http://127.0.0.1:{port.getHost().port}/healthz", persistent=False)
+        body = yield response.json()
+        return response.code, body
+
+    @inlineCallbacks
+    def test_healthy(self) -> Any:
+        """
+        A passing check answers 200 {"status": "ok"}.
+        """
+        self.assertEqual((yield self.get(lambda: succeed(True))), (200, {"status": "ok"}))
+
+    @inlineCallbacks
+    def test_unhealthy(self) -> Any:
+        """
+        A check that says no, or that fails, answers 503.
+        """
+        self.assertEqual((yield self.get(lambda: succeed(False))), (503, {"status": "unavailable"}))
+        self.assertEqual(
+            (yield self.get(lambda: fail(RuntimeError("down")))), (503, {"status": "unavailable"})
+        )
+        self.flushLoggedErrors(RuntimeError)
+
+
+class ServiceTests(TestCase):
+    timeout = 60
+
+    @inlineCallbacks
+    def test_serves_health(self) -> Any:
+        """
+        realtimed starts against a database URL, applies the schema, and
+        /healthz answers 200 while the database is reachable and 503 once it
+        is gone.
+        """
+        url = create_database(self)
+        service = yield start_realtimed(self, url)
+        self.assertEqual(
+            run_sql(url, "SELECT count(*) > 0 FROM realtime.schema_migrations"), [(True,)]
+        )
+        response = yield treq.get(base_url(service) + "/healthz", persistent=False)
+        self.assertEqual(response.code, 200)
+        self.assertEqual((yield response.json()), {"status": "ok"})
+
+        name = url.rsplit("/", 1)[1]
+        run_sql(server_url(), f'DROP DATABASE "{name}" WITH (FORCE)')
+        response = yield treq.get(base_url(service) + "/healthz", persistent=False)
+        self.assertEqual(response.code, 503)
+        yield response.content()
+        self.flushLoggedErrors()
+
+    @inlineCallbacks
+    def test_announces_generated_secrets(self) -> Any:
+        """
+        A first start that generates secrets says where realtimed listens and
+        where the secrets are kept, without writing them out when the output
+        is not a terminal; a later start says nothing.
+        """
+        url = create_database(self)
+        data_dir = self.mktemp()
+        settings = {"port": ("tcp:0:interface=127.0.0.1",), "data-dir": data_dir, "database-url": url}
+        for expected in (True, False):
+            out = io.StringIO()
+            service = RealtimeService(load(settings, {}), reactor, out=out, stop_on_failure=False)
+            service.startService()
+            yield service.ready
+            yield service.stopService()
+            text = out.getvalue()
+            if expected:
+                self.assertIn("realtimed is listening on http://127.0.0.1:", text)
+                self.assertIn(f"{data_dir}/secrets.json", text)
+                with open(f"{data_dir}/secrets.json") as f:
+                    for secret in json.load(f).values():
+                        self.assertNotIn(secret, text)
+            else:
+                self.assertEqual(text, "")
+
+    @inlineCallbacks
+    def test_start_failure(self) -> Any:
+        """
+        When the database cannot be reached, start-up fails with the reason.
+        """
+        service = RealtimeService(
+            load({"port": ("tcp:0",), "data-dir": self.mktemp(),
+                  "database-url": "postgresql://postgres@127.0.0.1:1/none"}, {}),
+            reactor,
+            out=io.StringIO(),
+            stop_on_failure=False,
+        )
+        service.startService()
+        self.addCleanup(service.stopService)
+        yield self.assertFailure(service.ready, Exception)
+        self.flushLoggedErrors()

@@ -1,0 +1,580 @@
+"""
+The admin REST API: channels, message history and statistics, publishing
+from backends, and the row-level security policies that govern subscribing
+and publishing.
+
+`AdminAPI.resource` is mounted at ``/api/realtime/``; the routes below are
+relative to it.  Every route, the OpenAPI document included, takes an admin
+credential: the API key (``Authorization: Bearer <key>`` or
+``x-api-key: <key>``) or a JWT whose role is ``project_admin``.
+
+Requests and responses are JSON.  Failures are
+``{"error": CODE, "message": ..., "statusCode": N}``:
+
+- 400 ``INVALID_INPUT``: the request is malformed (see `realtimed.validation`);
+- 401 ``UNAUTHORIZED``: no credential, or one that is not valid;
+- 403 ``FORBIDDEN``: a valid credential without admin rights;
+- 404 ``NOT_FOUND``: no such channel, no enabled channel owning a published
+  name, or no such route;
+- 405 ``METHOD_NOT_ALLOWED``: a route that exists, with another method;
+- 409 ``ALREADY_EXISTS``: a channel with that pattern exists;
+- 500 ``INTERNAL_ERROR``: anything unexpected (logged, never described).
+"""
+
+from __future__ import annotations
+
+import functools
+import hmac
+import json
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, ClassVar, Protocol, TypeVar, cast
+
+from attrs import define, frozen
+from klein import Klein
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.resource import IResource
+from twisted.web.server import Request
+from werkzeug.exceptions import MethodNotAllowed, NotFound
+
+from realtimed import validation
+from realtimed.auth import (
+    AuthenticationError,
+    Principal,
+    authenticate,
+    bearer_credential,
+)
+from realtimed.keys import Keys
+from realtimed.openapi import openapi_document
+from realtimed.validation import InvalidInput
+
+log = Logger()
+
+T = TypeVar("T")
+
+UNIQUE_VIOLATION = "23505"
+
+
+class QueryPool(Protocol):
+    """
+    What the API needs of a txpostgres connection pool.
+    """
+
+    def runQuery(
+        self, query: str, params: Any = None
+    ) -> Deferred[list[tuple[Any, ...]]]: ...
+
+    def runInteraction(
+        self, interaction: Callable[..., Any], *args: Any, **kwargs: Any
+    ) -> Deferred[Any]: ...
+
+
+class Clock(Protocol):
+    def seconds(self) -> float: ...
+
+
+@frozen
+class APIError(Exception):
+    """
+    A failure to report to the client as it is.
+    """
+
+    status: int
+    code: str
+    message: str
+
+    def body(self) -> dict[str, Any]:
+        return {"error": self.code, "message": self.message, "statusCode": self.status}
+
+
+def channel_not_found() -> APIError:
+    return APIError(404, "NOT_FOUND", "Channel not found")
+
+
+def strip_outer_parentheses(expression: str) -> str:
+    """
+    C{expression} without the one pair of parentheses that PostgreSQL puts
+    around a policy's expression in ``pg_policies`` (``(enabled = true)``),
+    when one pair encloses all of it; otherwise C{expression} unchanged.
+    Parentheses inside quoted literals and identifiers are not counted.
+    """
+    text = expression.strip()
+    if len(text) < 2 or text[0] != "(" or text[-1] != ")":
+        return expression
+    depth = 0
+    quote: str | None = None
+    for index, char in enumerate(text):
+        if quote is not None:
+            if char == quote:
+                quote = None
+            continue
+        if char in ("'", '"'):
+            quote = char
+        elif char == "(":
+            depth += 1
+        elif char == ")":
+            depth -= 1
+            if depth == 0 and index != len(text) - 1:
+                return expression
+    if depth != 0 or quote is not None:
+        return expression
+    return text[1:-1].strip()
+
+
+_CHANNEL_COLUMNS = """
+    c.id::text, c.pattern::text, c.description, c.webhook_urls, c.enabled,
+    realtime.rfc3339(c.created_at), realtime.rfc3339(c.updated_at)
+"""
+
+_MESSAGE_COLUMNS = """
+    m.id::text, m.event_name, m.channel_id::text, m.channel_name, m.payload,
+    m.sender_type, m.sender_id, m.ws_audience_count, m.wh_audience_count,
+    m.wh_delivered_count, realtime.rfc3339(m.created_at)
+"""
+
+
+def _channel_json(row: Sequence[Any]) -> dict[str, Any]:
+    id_, pattern, description, webhook_urls, enabled, created_at, updated_at = row
+    return {
+        "id": id_,
+        "pattern": pattern,
+        "description": description,
+        "webhookUrls": list(webhook_urls) if webhook_urls else None,
+        "enabled": enabled,
+        "createdAt": created_at,
+        "updatedAt": updated_at,
+    }
+
+
+def _message_json(row: Sequence[Any]) -> dict[str, Any]:
+    (
+        id_,
+        event_name,
+        channel_id,
+        channel_name,
+        payload,
+        sender_type,
+        sender_id,
+        ws_audience,
+        wh_audience,
+        wh_delivered,
+        created_at,
+    ) = row
+    return {
+        "id": id_,
+        "eventName": event_name,
+        "channelId": channel_id,
+        "channelName": channel_name,
+        "payload": payload,
+        "senderType": sender_type,
+        "senderId": sender_id,
+        "wsAudienceCount": ws_audience,
+        "whAudienceCount": wh_audience,
+        "whDeliveredCount": wh_delivered,
+        "createdAt": created_at,
+    }
+
+
+def _pgcode(failure: BaseException) -> str | None:
+    return getattr(failure, "pgcode", None)
+
+
+Handler = Callable[..., Awaitable[tuple[int, Any]]]
+
+
+def _admin_route(handler: Handler) -> Callable[..., Deferred[bytes]]:
+    """
+    Wrap a route: authenticate the admin, run C{handler}, and write what it
+    returns (a status and a JSON value) or the error it raises.
+    """
+
+    @functools.wraps(handler)
+    def route(
+        self: AdminAPI, request: Request, *args: Any, **kwargs: Any
+    ) -> Deferred[bytes]:
+        async def respond() -> bytes:
+            self._require_admin(request)
+            status, body = await handler(self, request, *args, **kwargs)
+            return _write_json(request, status, body)
+
+        d = Deferred.fromCoroutine(respond())
+        d.addErrback(self._failed, request)
+        return d
+
+    return route
+
+
+def _write_json(request: Request, status: int, body: Any) -> bytes:
+    request.setResponseCode(status)
+    request.setHeader(b"Content-Type", b"application/json")
+    request.setHeader(b"Cache-Control", b"no-store")
+    return json.dumps(body, ensure_ascii=False, allow_nan=False).encode("utf-8")
+
+
+def _path(request: Request) -> str:
+    return bytes(request.path).decode("utf-8", "replace")
+
+
+def _query(request: Request) -> dict[str, list[str]]:
+    """
+    The query parameters, decoded; a value that is not UTF-8 is a problem
+    of its parameter.
+    """
+    decoded: dict[str, list[str]] = {}
+    problems = []
+    args: dict[bytes, list[bytes]] = request.args or {}
+    for raw_name, raw_values in args.items():
+        name = raw_name.decode("utf-8", "replace")
+        try:
+            decoded[name] = [v.decode("utf-8") for v in raw_values]
+        except UnicodeDecodeError:
+            problems.append(f"{name}: Invalid UTF-8")
+    if problems:
+        raise InvalidInput(problems)
+    return decoded
+
+
+def _body(request: Request) -> Any:
+    content = request.content
+    raw = content.read(validation.MAX_BODY_BYTES + 1) if content is not None else b""
+    return validation.parse_json_body(raw)
+
+
+@define(slots=False)
+class AdminAPI:
+    """
+    The admin REST API over the realtime schema.
+
+    @ivar _pool: Where queries run.
+    @ivar _keys: What admin credentials are checked against.
+    @ivar _clock: The time, for token expiry.
+    """
+
+    app: ClassVar[Klein] = Klein()
+
+    _pool: QueryPool
+    _keys: Keys
+    _clock: IReactorTime | Clock
+
+    def resource(self) -> IResource:
+        """
+        The resource to mount at ``/api/realtime/``.
+        """
+        return cast(IResource, self.app.resource())
+
+    # -- plumbing ----------------------------------------------------------
+
+    def _require_admin(self, request: Request) -> Principal:
+        credential = bearer_credential(_header(request, b"authorization"))
+        try:
+            if credential is None:
+                credential = _header(request, b"x-api-key")
+                if credential and not hmac.compare_digest(
+                    credential.encode("utf-8", "replace"),
+                    self._keys.api_key.encode("utf-8"),
+                ):
+                    raise AuthenticationError("Invalid API key")
+            principal = authenticate(credential, self._keys, self._clock.seconds())
+        except AuthenticationError as e:
+            request.setHeader(b"WWW-Authenticate", b'Bearer realm="realtime"')
+            raise APIError(401, "UNAUTHORIZED", str(e)) from None
+        if not principal.is_admin:
+            raise APIError(403, "FORBIDDEN", "Admin access required")
+        return principal
+
+    def _failed(self, failure: Failure, request: Request) -> bytes:
+        error = failure.value
+        if isinstance(error, InvalidInput):
+            error = APIError(400, "INVALID_INPUT", error.message)
+        if not isinstance(error, APIError):
+            log.failure(
+                "Admin API request failed: {method} {path}",
+                failure,
+                method=bytes(request.method).decode("ascii", "replace"),
+                path=_path(request),
+            )
+            error = APIError(500, "INTERNAL_ERROR", "Internal server error")
+        return _write_json(request, error.status, error.body())
+
+    @app.handle_errors(NotFound)
+    def _no_route(self, request: Request, failure: Failure) -> bytes:
+        return _write_json(
+            request, 404, APIError(404, "NOT_FOUND", "Route not found").body()
+        )
+
+    @app.handle_errors(MethodNotAllowed)
+    def _wrong_method(self, request: Request, failure: Failure) -> bytes:
+        allowed = getattr(failure.value, "valid_methods", None) or []
+        if allowed:
+            request.setHeader(b"Allow", ", ".join(sorted(allowed)).encode("ascii"))
+        error = APIError(405, "METHOD_NOT_ALLOWED", "Method not allowed")
+        return _write_json(request, 405, error.body())
+
+    # -- the document ------------------------------------------------------
+
+    @app.route("/openapi.json", methods=["GET"])
+    @_admin_route
+    async def openapi(self, request: Request) -> tuple[int, Any]:
+        return 200, openapi_document()
+
+    # -- channels ----------------------------------------------------------
+
+    @app.route("/channels", methods=["GET"])
+    @_admin_route
+    async def list_channels(self, request: Request) -> tuple[int, Any]:
+        rows = await self._pool.runQuery(
+            f"SELECT {_CHANNEL_COLUMNS} FROM realtime.channels c"
+            " ORDER BY c.created_at DESC, c.id DESC"
+        )
+        return 200, [_channel_json(row) for row in rows]
+
+    @app.route("/channels", methods=["POST"])
+    @_admin_route
+    async def create_channel(self, request: Request) -> tuple[int, Any]:
+        creation = validation.channel_creation(_body(request))
+        try:
+            rows = await self._pool.runQuery(
+                "INSERT INTO realtime.channels AS c"
+                " (pattern, description, webhook_urls, enabled)"
+                " VALUES (%s, %s, %s::text[], %s)"
+                f" RETURNING {_CHANNEL_COLUMNS}",
+                (
+                    creation.pattern,
+                    creation.description,
+                    list(creation.webhook_urls) if creation.webhook_urls else None,
+                    creation.enabled,
+                ),
+            )
+        except Exception as e:
+            if _pgcode(e) == UNIQUE_VIOLATION:
+                raise _duplicate(creation.pattern) from None
+            raise
+        log.info(
+            "Channel {channel_id} created for pattern {pattern}",
+            channel_id=rows[0][0],
+            pattern=creation.pattern,
+        )
+        return 201, _channel_json(rows[0])
+
+    @app.route("/channels/<string:id>", methods=["GET"])
+    @_admin_route
+    async def get_channel(self, request: Request, id: str) -> tuple[int, Any]:
+        channel_id = validation.channel_id(id)
+        rows = await self._pool.runQuery(
+            f"SELECT {_CHANNEL_COLUMNS} FROM realtime.channels c WHERE c.id = %s",
+            (channel_id,),
+        )
+        if not rows:
+            raise channel_not_found()
+        return 200, _channel_json(rows[0])
+
+    @app.route("/channels/<string:id>", methods=["PUT"])
+    @_admin_route
+    async def update_channel(self, request: Request, id: str) -> tuple[int, Any]:
+        channel_id = validation.channel_id(id)
+        update = validation.channel_update(_body(request))
+        changes = update.changes()
+        # Column names come from the fixed set ChannelUpdate knows, never
+        # from the request; values are parameters.
+        assignments = [
+            f"{column} = %s::text[]" if column == "webhook_urls" else f"{column} = %s"
+            for column in changes
+        ]
+        values = [
+            list(value) if column == "webhook_urls" and value else value
+            for column, value in changes.items()
+        ]
+        try:
+            rows = await self._pool.runQuery(
+                "UPDATE realtime.channels AS c SET "
+                + ", ".join([*assignments, "updated_at = now()"])
+                + f" WHERE c.id = %s RETURNING {_CHANNEL_COLUMNS}",
+                (*values, channel_id),
+            )
+        except Exception as e:
+            if _pgcode(e) == UNIQUE_VIOLATION:
+                raise _duplicate(str(update.pattern)) from None
+            raise
+        if not rows:
+            raise channel_not_found()
+        log.info(
+            "Channel {channel_id} updated: {fields}",
+            channel_id=channel_id,
+            fields=sorted(changes),
+        )
+        return 200, _channel_json(rows[0])
+
+    @app.route("/channels/<string:id>", methods=["DELETE"])
+    @_admin_route
+    async def delete_channel(self, request: Request, id: str) -> tuple[int, Any]:
+        channel_id = validation.channel_id(id)
+        rows = await self._pool.runQuery(
+            "DELETE FROM realtime.channels WHERE id = %s RETURNING id", (channel_id,)
+        )
+        if not rows:
+            raise channel_not_found()
+        log.info("Channel {channel_id} deleted", channel_id=channel_id)
+        return 200, {"message": "Channel deleted"}
+
+    # -- messages ----------------------------------------------------------
+
+    @app.route("/messages", methods=["GET"])
+    @_admin_route
+    async def list_messages(self, request: Request) -> tuple[int, Any]:
+        query = validation.message_query(_query(request))
+        conditions, params = _message_filters(
+            query.channel_id, event_name=query.event_name
+        )
+        rows = await self._pool.runQuery(
+            f"SELECT {_MESSAGE_COLUMNS} FROM realtime.messages m"
+            f" WHERE {conditions}"
+            " ORDER BY m.created_at DESC, m.id DESC LIMIT %s OFFSET %s",
+            (*params, query.limit, query.offset),
+        )
+        return 200, [_message_json(row) for row in rows]
+
+    @app.route("/messages", methods=["POST"])
+    @_admin_route
+    async def publish(self, request: Request) -> tuple[int, Any]:
+        message = validation.publication(_body(request))
+        rows = await self._pool.runInteraction(_publish, message)
+        if not rows:
+            raise APIError(
+                404, "NOT_FOUND", f"No enabled channel owns the name {message.channel}"
+            )
+        log.info(
+            "Message {message_id} published on {channel} as {event}",
+            message_id=rows[0][0],
+            channel=message.channel,
+            event=message.event,
+        )
+        return 201, _message_json(rows[0])
+
+    @app.route("/messages/stats", methods=["GET"])
+    @_admin_route
+    async def message_stats(self, request: Request) -> tuple[int, Any]:
+        query = validation.stats_query(_query(request))
+        conditions, params = _message_filters(query.channel_id, since=query.since)
+        # One statement, so the numbers come from one snapshot.
+        rows = await self._pool.runQuery(
+            "WITH m AS ("
+            " SELECT m.event_name, m.wh_audience_count, m.wh_delivered_count"
+            f" FROM realtime.messages m WHERE {conditions}"
+            "), top AS ("
+            " SELECT event_name, count(*) AS n FROM m"
+            " GROUP BY event_name ORDER BY n DESC, event_name LIMIT 10"
+            ")"
+            " SELECT (SELECT count(*) FROM m),"
+            " (SELECT coalesce(sum(wh_audience_count), 0) FROM m),"
+            " (SELECT coalesce(sum(wh_delivered_count), 0) FROM m),"
+            " (SELECT coalesce(json_agg(json_build_array(event_name, n)"
+            "  ORDER BY n DESC, event_name), '[]') FROM top)",
+            params,
+        )
+        total, audience, delivered, top = rows[0]
+        return 200, {
+            "totalMessages": int(total),
+            "whDeliveryRate": float(delivered) / float(audience) if audience else 0,
+            "topEvents": [{"eventName": name, "count": int(n)} for name, n in top],
+        }
+
+    # -- permissions -------------------------------------------------------
+
+    @app.route("/permissions", methods=["GET"])
+    @_admin_route
+    async def permissions(self, request: Request) -> tuple[int, Any]:
+        rows = await self._pool.runQuery(
+            "SELECT tablename::text, policyname::text, cmd, roles::text[], qual, with_check"
+            " FROM pg_catalog.pg_policies"
+            " WHERE schemaname = 'realtime' AND tablename IN ('channels', 'messages')"
+            " ORDER BY tablename, policyname"
+        )
+        result: dict[str, Any] = {
+            "subscribe": {"policies": []},
+            "publish": {"policies": []},
+        }
+        for table, name, command, roles, using, with_check in rows:
+            action = "subscribe" if table == "channels" else "publish"
+            result[action]["policies"].append(
+                {
+                    "policyName": name,
+                    "tableName": f"realtime_{table}",
+                    "command": command,
+                    "roles": list(roles or []),
+                    "using": None if using is None else strip_outer_parentheses(using),
+                    "withCheck": (
+                        None
+                        if with_check is None
+                        else strip_outer_parentheses(with_check)
+                    ),
+                }
+            )
+        return 200, result
+
+
+def _header(request: Request, name: bytes) -> str | None:
+    value = request.getHeader(name)
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        return value.decode("latin-1")
+    return str(value)
+
+
+def _duplicate(pattern: str) -> APIError:
+    return APIError(
+        409, "ALREADY_EXISTS", f"A channel with pattern {pattern} already exists"
+    )
+
+
+def _message_filters(
+    channel_id: str | None,
+    event_name: str | None = None,
+    since: Any = None,
+) -> tuple[str, tuple[Any, ...]]:
+    """
+    A C{WHERE} condition on ``realtime.messages m`` and its parameters.
+    """
+    conditions = ["true"]
+    params: list[Any] = []
+    if channel_id is not None:
+        conditions.append("m.channel_id = %s")
+        params.append(channel_id)
+    if event_name is not None:
+        conditions.append("m.event_name = %s")
+        params.append(event_name)
+    if since is not None:
+        conditions.append("m.created_at >= %s")
+        params.append(since)
+    return " AND ".join(conditions), tuple(params)
+
+
+def _publish(cursor: Any, message: validation.Publication) -> Deferred[list[Any]]:
+    """
+    Publish C{message} as the system and read it back, in one transaction.
+
+    @return: A Deferred firing with the stored message's row, or no rows
+        when no enabled channel owns the name.
+    """
+
+    async def run() -> list[Any]:
+        await cursor.execute(
+            "SELECT realtime.publish(%s, %s, %s::jsonb)",
+            (
+                message.channel,
+                message.event,
+                json.dumps(message.payload, ensure_ascii=False, allow_nan=False),
+            ),
+        )
+        (message_id,) = cursor.fetchone()
+        if message_id is None:
+            return []
+        await cursor.execute(
+            f"SELECT {_MESSAGE_COLUMNS} FROM realtime.messages m WHERE m.id = %s",
+            (message_id,),
+        )
+        return list(cursor.fetchall())
+
+    return Deferred.fromCoroutine(run())

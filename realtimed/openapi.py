@@ -1,0 +1,504 @@
+"""
+The OpenAPI 3.1 description of the admin REST API, served at
+``/api/realtime/openapi.json``.
+
+Schemas describe exactly what the API accepts and returns; the tests run
+schemathesis against the live API with this document to keep the two in
+agreement.
+
+Pure code.
+"""
+
+from __future__ import annotations
+
+import copy
+from functools import lru_cache
+from typing import Any, Final
+
+from realtimed import validation
+
+JSON = "application/json"
+
+_NULLABLE_STRING: Final = {"type": ["string", "null"]}
+_UUID: Final = {"type": "string", "format": "uuid"}
+_TIME: Final = {"type": "string", "format": "date-time"}
+_COUNT: Final = {"type": "integer", "minimum": 0}
+
+CHANNEL_PATTERN_REGEX: Final = r"^[A-Za-z0-9_\-:.@*]{1,255}$"
+CHANNEL_NAME_REGEX: Final = r"^[A-Za-z0-9_\-:.@]{1,255}$"
+# What the schema promises is accepted; the API accepts more (any absolute
+# http or https URL with a host), and refuses anything else.
+WEBHOOK_URL_REGEX: Final = (
+    r"^https?://[A-Za-z0-9]([A-Za-z0-9.-]{0,60}[A-Za-z0-9])?(:[1-9][0-9]{0,3})?"
+    r"(/[!-\[\]-~]{0,200})?$"
+)
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {JSON: {"schema": schema}}}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return _json(_ref("Error"), description)
+
+
+_ERRORS: Final = {
+    "400": "INVALID_INPUT: the request is malformed",
+    "401": "UNAUTHORIZED: no credential, or not a valid one",
+    "403": "FORBIDDEN: the credential is valid but not an admin's",
+    "404": "NOT_FOUND",
+    "409": "ALREADY_EXISTS: a channel with this pattern exists",
+    "500": "INTERNAL_ERROR",
+}
+
+
+def _responses(success: tuple[str, dict[str, Any]], *errors: str) -> dict[str, Any]:
+    status, response = success
+    responses: dict[str, Any] = {status: response}
+    for code in ("401", "403", *errors, "500"):
+        responses[code] = _error(_ERRORS[code])
+    return dict(sorted(responses.items()))
+
+
+_CHANNEL_ID_PARAMETER: Final = {
+    "name": "id",
+    "in": "path",
+    "required": True,
+    "description": "The channel's id.",
+    "schema": _UUID,
+}
+
+
+def _channel_fields() -> dict[str, Any]:
+    return {
+        "pattern": {
+            "type": "string",
+            "pattern": CHANNEL_PATTERN_REGEX,
+            "minLength": 1,
+            "maxLength": 255,
+            "description": "Channel names this channel owns; `*` matches any run of characters.",
+        },
+        "description": {
+            "type": ["string", "null"],
+            "maxLength": validation.MAX_DESCRIPTION_LENGTH,
+        },
+        "webhookUrls": {
+            "type": ["array", "null"],
+            "items": {
+                "type": "string",
+                "maxLength": validation.MAX_URL_LENGTH,
+                "pattern": WEBHOOK_URL_REGEX,
+            },
+            "description": "http or https URLs each message is POSTed to; `null` or `[]` for none.",
+        },
+        "enabled": {"type": "boolean"},
+    }
+
+
+def _schemas() -> dict[str, Any]:
+    return {
+        "Error": {
+            "type": "object",
+            "required": ["error", "message", "statusCode"],
+            "additionalProperties": False,
+            "properties": {
+                "error": {
+                    "type": "string",
+                    "enum": [
+                        "INVALID_INPUT",
+                        "UNAUTHORIZED",
+                        "FORBIDDEN",
+                        "NOT_FOUND",
+                        "METHOD_NOT_ALLOWED",
+                        "ALREADY_EXISTS",
+                        "INTERNAL_ERROR",
+                    ],
+                },
+                "message": {"type": "string"},
+                "statusCode": {"type": "integer", "minimum": 400, "maximum": 599},
+            },
+        },
+        "Channel": {
+            "type": "object",
+            "required": [
+                "id",
+                "pattern",
+                "description",
+                "webhookUrls",
+                "enabled",
+                "createdAt",
+                "updatedAt",
+            ],
+            "additionalProperties": False,
+            "properties": {
+                "id": _UUID,
+                "pattern": {"type": "string"},
+                "description": _NULLABLE_STRING,
+                "webhookUrls": {
+                    "type": ["array", "null"],
+                    "items": {"type": "string"},
+                    "minItems": 1,
+                },
+                "enabled": {"type": "boolean"},
+                "createdAt": _TIME,
+                "updatedAt": _TIME,
+            },
+        },
+        "ChannelCreation": {
+            "type": "object",
+            "required": ["pattern"],
+            "additionalProperties": False,
+            "properties": _channel_fields(),
+        },
+        "ChannelUpdate": {
+            "type": "object",
+            "minProperties": 1,
+            "additionalProperties": False,
+            "properties": _channel_fields(),
+            "description": "Only the fields given change; `webhookUrls: null` removes them all.",
+        },
+        "Deleted": {
+            "type": "object",
+            "required": ["message"],
+            "additionalProperties": False,
+            "properties": {"message": {"type": "string", "const": "Channel deleted"}},
+        },
+        "Message": {
+            "type": "object",
+            "required": [
+                "id",
+                "eventName",
+                "channelId",
+                "channelName",
+                "payload",
+                "senderType",
+                "senderId",
+                "wsAudienceCount",
+                "whAudienceCount",
+                "whDeliveredCount",
+                "createdAt",
+            ],
+            "additionalProperties": False,
+            "properties": {
+                "id": _UUID,
+                "eventName": {"type": "string"},
+                "channelId": {
+                    "type": ["string", "null"],
+                    "format": "uuid",
+                    "description": "`null` once the channel is deleted.",
+                },
+                "channelName": {"type": "string"},
+                "payload": {},
+                "senderType": {"type": "string", "enum": ["user", "system"]},
+                "senderId": _NULLABLE_STRING,
+                "wsAudienceCount": _COUNT,
+                "whAudienceCount": _COUNT,
+                "whDeliveredCount": _COUNT,
+                "createdAt": _TIME,
+            },
+        },
+        "Publication": {
+            "type": "object",
+            "required": ["channel", "event"],
+            "additionalProperties": False,
+            "properties": {
+                "channel": {
+                    "type": "string",
+                    "pattern": CHANNEL_NAME_REGEX,
+                    "minLength": 1,
+                    "maxLength": 255,
+                    "description": "A channel name owned by an enabled channel.",
+                },
+                "event": {
+                    "type": "string",
+                    "minLength": 1,
+                    "maxLength": validation.MAX_EVENT_LENGTH,
+                    "not": {"enum": sorted(validation.RESERVED_EVENTS)},
+                    "description": "Any event name but those Socket.IO reserves.",
+                },
+                "payload": {"description": "Any JSON value; `{}` when absent."},
+            },
+        },
+        "MessageStats": {
+            "type": "object",
+            "required": ["totalMessages", "whDeliveryRate", "topEvents"],
+            "additionalProperties": False,
+            "properties": {
+                "totalMessages": _COUNT,
+                "whDeliveryRate": {
+                    "type": "number",
+                    "minimum": 0,
+                    "description": "Webhook deliveries made over deliveries due; 0 when none were due.",
+                },
+                "topEvents": {
+                    "type": "array",
+                    "maxItems": 10,
+                    "items": {
+                        "type": "object",
+                        "required": ["eventName", "count"],
+                        "additionalProperties": False,
+                        "properties": {
+                            "eventName": {"type": "string"},
+                            "count": {"type": "integer", "minimum": 1},
+                        },
+                    },
+                },
+            },
+        },
+        "Policy": {
+            "type": "object",
+            "required": [
+                "policyName",
+                "tableName",
+                "command",
+                "roles",
+                "using",
+                "withCheck",
+            ],
+            "additionalProperties": False,
+            "properties": {
+                "policyName": {"type": "string"},
+                "tableName": {
+                    "type": "string",
+                    "enum": ["realtime_channels", "realtime_messages"],
+                },
+                "command": {
+                    "type": "string",
+                    "enum": ["ALL", "SELECT", "INSERT", "UPDATE", "DELETE"],
+                },
+                "roles": {"type": "array", "items": {"type": "string"}},
+                "using": _NULLABLE_STRING,
+                "withCheck": _NULLABLE_STRING,
+            },
+        },
+        "Permissions": {
+            "type": "object",
+            "required": ["subscribe", "publish"],
+            "additionalProperties": False,
+            "properties": {
+                action: {
+                    "type": "object",
+                    "required": ["policies"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "policies": {"type": "array", "items": _ref("Policy")}
+                    },
+                }
+                for action in ("subscribe", "publish")
+            },
+        },
+    }
+
+
+def _paths() -> dict[str, Any]:
+    channel_body = {
+        "required": True,
+        "content": {JSON: {"schema": _ref("ChannelCreation")}},
+    }
+    update_body = {
+        "required": True,
+        "content": {JSON: {"schema": _ref("ChannelUpdate")}},
+    }
+    channel_id_filter = {
+        "name": "channelId",
+        "in": "query",
+        "required": False,
+        "description": "Only messages of this channel.",
+        "schema": _UUID,
+    }
+    return {
+        "/channels": {
+            "get": {
+                "operationId": "listChannels",
+                "summary": "All channels, newest first",
+                "responses": _responses(
+                    (
+                        "200",
+                        _json(
+                            {"type": "array", "items": _ref("Channel")}, "The channels"
+                        ),
+                    )
+                ),
+            },
+            "post": {
+                "operationId": "createChannel",
+                "summary": "Create a channel",
+                "requestBody": channel_body,
+                "responses": _responses(
+                    ("201", _json(_ref("Channel"), "The new channel")), "400", "409"
+                ),
+            },
+        },
+        "/channels/{id}": {
+            "parameters": [_CHANNEL_ID_PARAMETER],
+            "get": {
+                "operationId": "getChannel",
+                "summary": "One channel",
+                "responses": _responses(
+                    ("200", _json(_ref("Channel"), "The channel")), "400", "404"
+                ),
+            },
+            "put": {
+                "operationId": "updateChannel",
+                "summary": "Change some fields of a channel",
+                "requestBody": update_body,
+                "responses": _responses(
+                    ("200", _json(_ref("Channel"), "The channel as changed")),
+                    "400",
+                    "404",
+                    "409",
+                ),
+            },
+            "delete": {
+                "operationId": "deleteChannel",
+                "summary": "Delete a channel (its messages stay, with channelId null)",
+                "responses": _responses(
+                    ("200", _json(_ref("Deleted"), "Deleted")), "400", "404"
+                ),
+            },
+        },
+        "/messages": {
+            "get": {
+                "operationId": "listMessages",
+                "summary": "Message history, newest first",
+                "parameters": [
+                    channel_id_filter,
+                    {
+                        "name": "eventName",
+                        "in": "query",
+                        "required": False,
+                        "schema": {
+                            "type": "string",
+                            "minLength": 1,
+                            "maxLength": validation.MAX_EVENT_LENGTH,
+                        },
+                    },
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "required": False,
+                        "schema": {
+                            "type": "integer",
+                            "minimum": validation.MIN_LIMIT,
+                            "maximum": validation.MAX_LIMIT,
+                            "default": validation.DEFAULT_LIMIT,
+                        },
+                    },
+                    {
+                        "name": "offset",
+                        "in": "query",
+                        "required": False,
+                        "schema": {
+                            "type": "integer",
+                            "minimum": 0,
+                            "maximum": validation.MAX_OFFSET,
+                            "default": 0,
+                        },
+                    },
+                ],
+                "responses": _responses(
+                    (
+                        "200",
+                        _json(
+                            {"type": "array", "items": _ref("Message")}, "The messages"
+                        ),
+                    ),
+                    "400",
+                ),
+            },
+            "post": {
+                "operationId": "publishMessage",
+                "summary": "Publish a message as the system",
+                "description": (
+                    "Stored, then delivered to subscribed sockets and to the channel's"
+                    " webhooks. 404 when no enabled channel owns the name."
+                ),
+                "requestBody": {
+                    "required": True,
+                    "content": {JSON: {"schema": _ref("Publication")}},
+                },
+                "responses": _responses(
+                    ("201", _json(_ref("Message"), "The stored message")), "400", "404"
+                ),
+            },
+        },
+        "/messages/stats": {
+            "get": {
+                "operationId": "messageStats",
+                "summary": "Message counts, webhook delivery rate and the 10 most frequent events",
+                "parameters": [
+                    channel_id_filter,
+                    {
+                        "name": "since",
+                        "in": "query",
+                        "required": False,
+                        "description": "Only messages created at or after this time.",
+                        "schema": _TIME,
+                    },
+                ],
+                "responses": _responses(
+                    ("200", _json(_ref("MessageStats"), "The statistics")), "400"
+                ),
+            },
+        },
+        "/permissions": {
+            "get": {
+                "operationId": "permissions",
+                "summary": "Row-level security policies deciding subscribe and publish",
+                "responses": _responses(
+                    ("200", _json(_ref("Permissions"), "The policies"))
+                ),
+            },
+        },
+        "/openapi.json": {
+            "get": {
+                "operationId": "openapi",
+                "summary": "This document",
+                "responses": _responses(
+                    ("200", _json({"type": "object"}, "The OpenAPI document"))
+                ),
+            },
+        },
+    }
+
+
+@lru_cache(maxsize=1)
+def _document() -> dict[str, Any]:
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "realtimed admin API",
+            "version": "1",
+            "description": (
+                "Channels, message history and statistics, publishing from backends,"
+                " and the row-level security policies of realtime messaging."
+                " Every route takes an admin credential: the API key"
+                " (as a bearer token or in x-api-key) or a JWT with role project_admin."
+            ),
+        },
+        "servers": [{"url": "/api/realtime"}],
+        "security": [{"bearer": []}, {"apiKey": []}],
+        "paths": _paths(),
+        "components": {
+            "securitySchemes": {
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "The API key, or a JWT (HS256) with role project_admin.",
+                },
+                "apiKey": {"type": "apiKey", "in": "header", "name": "x-api-key"},
+            },
+            "schemas": _schemas(),
+        },
+    }
+
+
+def openapi_document() -> dict[str, Any]:
+    """
+    The OpenAPI document, as a fresh JSON-able value.
+    """
+    return copy.deepcopy(_document())

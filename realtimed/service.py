@@ -23,6 +23,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.server import Site
 
+from realtimed.api import AdminAPI
 from realtimed.config import Config
 from realtimed.keys import KEYS_FILE, Keys, resolve_keys
 from realtimed.store.migrations import migrate
@@ -103,7 +104,8 @@ class RealtimeService(MultiService):
         yield self.pool.start()
         self._closers.append(self.pool.close)
 
-        site = Site(root_resource(health=self.pool.ping))
+        api = AdminAPI(self.pool, keys, self.reactor)
+        site = Site(root_resource(health=self.pool.ping, api=api.resource()))
         site.displayTracebacks = False
         for description in config.port:
             endpoint = serverFromString(self.reactor, description)

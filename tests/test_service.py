@@ -33,7 +33,7 @@ def start_realtimed(test: TestCase, database_url: str | None = None, **settings:
         "data-dir": test.mktemp(),
         "database-url": database_url or create_database(test),
     }
-    command_line.update(settings)
+    command_line.update({name.replace("_", "-"): value for name, value in settings.items()})
     service = RealtimeService(load(command_line, {}), reactor, out=io.StringIO(), stop_on_failure=False)
     service.startService()
     test.addCleanup(service.stopService)
@@ -142,3 +142,21 @@ class ServiceTests(TestCase):
         self.addCleanup(service.stopService)
         yield self.assertFailure(service.ready, Exception)
         self.flushLoggedErrors()
+
+
+class MountTests(TestCase):
+    timeout = 60
+
+    @inlineCallbacks
+    def test_admin_api_mounted(self) -> Any:
+        """
+        The admin REST API answers under /api/realtime/ with the API key, and
+        refuses a request without a credential.
+        """
+        service = yield start_realtimed(self, api_key="ik_" + "k" * 32)
+        url = base_url(service) + "/api/realtime/channels"
+        response = yield treq.get(url, headers={"Authorization": "Bearer ik_" + "k" * 32}, persistent=False)
+        self.assertEqual((response.code, (yield response.json())), (200, []))
+        response = yield treq.get(url, persistent=False)
+        self.assertEqual(response.code, 401)
+        yield response.content()

@@ -30,6 +30,7 @@ setup(
             "websocket-client >= 1.7",
             "requests >= 2.31",
             "standardwebhooks >= 1.0",
+            "schemathesis >= 4.0, < 5",
         ],
     },
 )

@@ -68,15 +68,6 @@ class DatabaseConnection(Connection):  # type: ignore[misc]
     lost: Callable[[Failure], None] | None = None
     _reportedLoss = False
 
-    def doRead(self) -> Any:
-        try:
-            Connection.doRead(self)
-        except psycopg2.Error:
-            return main.CONNECTION_LOST
-        if self._connection is not None and self._connection.closed:
-            return main.CONNECTION_LOST
-        return None
-
     def connectionLost(self, reason: Failure) -> None:
         if self._connection is not None:
             Connection.connectionLost(self, reason)
@@ -86,8 +77,9 @@ class DatabaseConnection(Connection):  # type: ignore[misc]
         if self._reportedLoss:
             return
         self._reportedLoss = True
-        self.reactor.removeReader(self)
-        self.reactor.removeWriter(self)
+        if self._connection is not None:
+            self.reactor.removeReader(self)
+            self.reactor.removeWriter(self)
         if self._connection is not None and not self._connection.closed:
             try:
                 self._connection.close()
@@ -95,6 +87,27 @@ class DatabaseConnection(Connection):  # type: ignore[misc]
                 pass
         if self.lost is not None:
             self.lost(reason)
+
+    def doRead(self) -> Any:
+        try:
+            Connection.doRead(self)
+        except psycopg2.Error as e:
+            # Whatever arrived with the error is still handed over.
+            self.checkForNotifies()
+            return e
+        if self._connection is not None and self._connection.closed:
+            return main.CONNECTION_LOST
+        return None
+
+    def checkForNotifies(self) -> None:
+        """
+        Hand every received NOTIFY to the observers now, in the order the
+        server sent them.  (txpostgres spreads this over a cooperator, where
+        the events of two reads can interleave.)
+        """
+        if self._connection is not None and self._connection.notifies:
+            for _ in self._checkForNotifies():
+                pass
 
     @property
     def isOpen(self) -> bool:
@@ -153,16 +166,17 @@ def open_connection(
     dsn: str,
     timeout: float = CONNECT_TIMEOUT,
     clock: Any = None,
+    **parameters: Any,
 ) -> Deferred[DatabaseConnection]:
     """
     Open a L{DatabaseConnection} to C{dsn}, giving up after C{timeout}
     seconds (libpq's own C{connect_timeout} does not apply to non-blocking
-    connections).
+    connections).  C{parameters} are further libpq connection parameters.
     """
     if clock is None:
         clock = reactor
     connection = DatabaseConnection(reactor=reactor)
-    d: Deferred[Any] = connection.connect(dsn)
+    d: Deferred[Any] = connection.connect(dsn, **parameters)
 
     def timedOut() -> None:
         connection.close()

@@ -1,0 +1,344 @@
+"""
+Tests for realtimed.store.listener against a real PostgreSQL: delivery,
+order, large messages, and catching up after the connection or the whole
+server went away.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import psycopg2
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.task import Clock, deferLater
+from twisted.internet.threads import deferToThread
+from twisted.logger import globalLogPublisher
+from twisted.trial.unittest import TestCase
+
+from realtimed.store.listener import MessageListener
+from realtimed.store.migrations import migrate
+from tests.support import create_database, run_sql
+
+
+@inlineCallbacks
+def wait_for(condition: Callable[[], bool], timeout: float = 30.0) -> Any:
+    """
+    Poll C{condition} until it holds; fail after C{timeout} seconds.
+    """
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        yield deferLater(reactor, 0.02, lambda: None)
+
+
+def publish(url: str, channel: str, event: str, payload: Any) -> str:
+    """
+    Publish with C{realtime.publish()} in a transaction of its own.
+    """
+    rows = run_sql(
+        url, "SELECT realtime.publish(%s, %s, %s::jsonb)", (channel, event, json.dumps(payload))
+    )
+    return str(rows[0][0])
+
+
+@inlineCallbacks
+def prepare(url: str) -> Any:
+    """
+    Migrate C{url} and give it an enabled channel for C{room:*}.
+    """
+    yield migrate(reactor, url)
+    rows = run_sql(url, "INSERT INTO realtime.channels (pattern) VALUES ('room:*') RETURNING id")
+    return str(rows[0][0])
+
+
+class ListenerMixin:
+    """
+    Start a L{MessageListener} that records what it is handed.
+    """
+
+    received: list[dict[str, Any]]
+
+    def startListener(self: Any, url: str, **kwargs: Any) -> MessageListener:
+        self.received = []
+        kwargs.setdefault("initial_delay", 0.1)
+        kwargs.setdefault("max_delay", 1.0)
+        listener = MessageListener(reactor, url, self.received.append, **kwargs)
+        listener.startService()
+        self.addCleanup(listener.stopService)
+        return listener
+
+    def events(self) -> list[str]:
+        return [body["message"]["event"] for body in self.received]
+
+    def waitForEvents(self, *events: str) -> Deferred[Any]:
+        """
+        Wait until every one of C{events} was received.
+        """
+        return wait_for(lambda: set(events) <= set(self.events()))
+
+
+class MessageListenerTests(ListenerMixin, TestCase):
+    """
+    Messages stored in the database reach the listener.
+    """
+
+    @inlineCallbacks
+    def setUp(self) -> Any:
+        self.url = create_database(self)
+        self.channel_id = yield prepare(self.url)
+
+    @inlineCallbacks
+    def test_delivers_in_commit_order(self) -> Any:
+        """
+        Each stored message is handed over once, in commit order, in the
+        shape of the NOTIFY trigger.
+        """
+        listener = self.startListener(self.url)
+        yield wait_for(lambda: listener.connected)
+        ids = [publish(self.url, "room:1", f"e{i}", {"i": i}) for i in range(15)]
+        run_sql(
+            self.url,
+            "SELECT realtime.publish('room:2', 'x1', '{}'), realtime.publish('room:2', 'x2', '{}')",
+        )
+        yield self.waitForEvents("e14", "x1", "x2")
+        yield deferLater(reactor, 0.2, lambda: None)
+        self.assertEqual(self.events(), [f"e{i}" for i in range(15)] + ["x1", "x2"])
+        first = self.received[0]
+        self.assertEqual(first["channelId"], self.channel_id)
+        self.assertEqual(
+            set(first["message"]),
+            {"channel", "event", "messageId", "senderType", "senderId", "payload", "createdAt"},
+        )
+        self.assertEqual(first["message"]["messageId"], ids[0])
+        self.assertEqual(first["message"]["channel"], "room:1")
+        self.assertEqual(first["message"]["payload"], {"i": 0})
+        self.assertEqual(first["message"]["senderType"], "system")
+
+    @inlineCallbacks
+    def test_large_message(self) -> Any:
+        """
+        A message too large for NOTIFY is announced by id and handed over
+        whole, in the same shape, and in its place in the order.
+        """
+        listener = self.startListener(self.url)
+        yield wait_for(lambda: listener.connected)
+        big = {"text": "x" * 9000}
+        publish(self.url, "room:1", "before", {})
+        message_id = publish(self.url, "room:1", "big", big)
+        publish(self.url, "room:1", "after", {})
+        yield self.waitForEvents("before", "big", "after")
+        self.assertEqual(self.events(), ["before", "big", "after"])
+        body = self.received[1]
+        expected = run_sql(
+            self.url, "SELECT realtime.message_json(m) FROM realtime.messages m WHERE id = %s", (message_id,)
+        )[0][0]
+        self.assertEqual(body, {"message": expected, "channelId": self.channel_id})
+        self.assertEqual(body["message"]["payload"], big)
+
+    @inlineCallbacks
+    def test_terminated_connection_catches_up(self) -> Any:
+        """
+        When the server terminates the LISTEN connection, the listener
+        reconnects and hands over, exactly once, the messages stored while
+        it was away, including those of transactions open across the gap.
+        """
+        listener = self.startListener(self.url, initial_delay=0.3)
+        yield wait_for(lambda: listener.connected)
+        publish(self.url, "room:1", "a", {})
+        yield self.waitForEvents("a")
+
+        across = psycopg2.connect(self.url)
+        self.addCleanup(across.close)
+        with across.cursor() as cursor:
+            cursor.execute("SELECT realtime.publish('room:1', 'across', '{}')")
+        during = psycopg2.connect(self.url)
+        self.addCleanup(during.close)
+        with during.cursor() as cursor:
+            cursor.execute("SELECT realtime.publish('room:1', 'during', '{}')")
+
+        old = listener.backend_pid
+        run_sql(self.url, "SELECT pg_terminate_backend(%s, 10000)", (old,))
+        for name in ("b", "c", "d"):
+            publish(self.url, "room:1", name, {})
+        yield wait_for(lambda: not listener.connected)
+        during.commit()
+        publish(self.url, "room:1", "e", {})
+        yield wait_for(lambda: listener.backend_pid not in (None, old))
+        across.commit()
+        publish(self.url, "room:1", "f", {})
+        yield self.waitForEvents("a", "b", "c", "d", "e", "f", "across", "during")
+        publish(self.url, "room:1", "last", {})
+        yield self.waitForEvents("last")
+        counts = Counter(self.events())
+        self.assertEqual(
+            counts,
+            Counter(["a", "b", "c", "d", "e", "f", "across", "during", "last"]),
+        )
+        self.assertEqual(self.events()[0], "a")
+        self.assertEqual(self.events()[-1], "last")
+        self.flushLoggedErrors()
+
+    @inlineCallbacks
+    def test_repeated_drops(self) -> Any:
+        """
+        Several drops in a row, with messages stored around each, still
+        hand every message over exactly once.
+        """
+        listener = self.startListener(self.url, initial_delay=0.05, keepalive_interval=0.1)
+        yield wait_for(lambda: listener.connected)
+        expected = []
+        for round in range(4):
+            for i in range(3):
+                name = f"r{round}m{i}"
+                publish(self.url, "room:1", name, {})
+                expected.append(name)
+            old = listener.backend_pid
+            run_sql(self.url, "SELECT pg_terminate_backend(%s, 10000)", (old,))
+            name = f"r{round}gap"
+            publish(self.url, "room:1", name, {})
+            expected.append(name)
+            yield wait_for(lambda old=old: listener.backend_pid not in (None, old))
+        publish(self.url, "room:1", "last", {})
+        yield self.waitForEvents("last", *expected)
+        self.assertEqual(Counter(self.events()), Counter(expected + ["last"]))
+        self.flushLoggedErrors()
+
+    @inlineCallbacks
+    def test_stop(self) -> Any:
+        """
+        A stopped listener hands nothing over and is not connected.
+        """
+        listener = self.startListener(self.url)
+        yield wait_for(lambda: listener.connected)
+        listener.stopService()
+        self.assertFalse(listener.connected)
+        publish(self.url, "room:1", "ignored", {})
+        yield deferLater(reactor, 0.2, lambda: None)
+        self.assertEqual(self.received, [])
+
+    @inlineCallbacks
+    def test_handler_failure(self) -> Any:
+        """
+        A handler that raises is logged and the next message is still
+        handed over.
+        """
+        seen: list[str] = []
+
+        def handler(body: dict[str, Any]) -> None:
+            seen.append(body["message"]["event"])
+            if len(seen) == 1:
+                raise RuntimeError("boom")
+
+        listener = MessageListener(reactor, self.url, handler)
+        listener.startService()
+        self.addCleanup(listener.stopService)
+        yield wait_for(lambda: listener.connected)
+        publish(self.url, "room:1", "one", {})
+        publish(self.url, "room:1", "two", {})
+        yield wait_for(lambda: seen == ["one", "two"])
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+
+class BackoffTests(TestCase):
+    """
+    Reconnecting waits longer after each failed attempt, up to a cap.
+    """
+
+    @inlineCallbacks
+    def test_backoff(self) -> Any:
+        """
+        Failed attempts are retried after 0.5, 1, 2, 2 ... seconds of the
+        given clock, and each attempt is logged.
+        """
+        clock = Clock()
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        listener = MessageListener(
+            reactor,
+            "postgresql://nobody:secret@127.0.0.1:1/none",
+            lambda body: None,
+            clock=clock,
+            initial_delay=0.5,
+            max_delay=2.0,
+        )
+        listener.startService()
+        self.addCleanup(listener.stopService)
+        delays = []
+        for _ in range(4):
+            yield wait_for(lambda: any(c.func == listener._connect for c in clock.getDelayedCalls()))
+            (retry,) = [c for c in clock.getDelayedCalls() if c.func == listener._connect]
+            delay = retry.getTime() - clock.seconds()
+            delays.append(delay)
+            clock.advance(delay)
+        self.assertEqual(delays, [0.5, 1.0, 2.0, 2.0])
+        self.assertFalse(listener.connected)
+        attempts = [e for e in events if "attempt" in e and e.get("log_namespace", "").endswith("listener")]
+        self.assertEqual([e["attempt"] for e in attempts], [1, 2, 3, 4, 5])
+        text = repr(events)
+        self.assertNotIn("secret", text)
+
+
+class ServerRestartTests(ListenerMixin, TestCase):
+    """
+    The listener survives a restart of its PostgreSQL server.  The test runs
+    its own embedded server, which it may restart.
+    """
+
+    timeout = 180
+
+    @inlineCallbacks
+    def setUp(self) -> Any:
+        import pgserver
+
+        directory = tempfile.mkdtemp(prefix="realtimed-test-restart-")
+        self.addCleanup(shutil.rmtree, directory, ignore_errors=True)
+        self.server = yield deferToThread(pgserver.get_server, directory, cleanup_mode="delete")
+        self.addCleanup(deferToThread, self.server.cleanup)
+        self.url = self.server.get_uri("postgres")
+        yield prepare(self.url)
+
+    def restart(self) -> Deferred[Any]:
+        from pgserver._commands import pg_ctl
+
+        return deferToThread(
+            pg_ctl,
+            ["-w", "-m", "fast", "-l", str(self.server.log), "restart"],
+            pgdata=self.server.pgdata,
+            user=self.server.system_user,
+            timeout=60,
+        )
+
+    @inlineCallbacks
+    def test_restart(self) -> Any:
+        """
+        Messages stored before and after a server restart are all handed
+        over, exactly once.
+        """
+        listener = self.startListener(self.url, initial_delay=0.1, max_delay=0.5)
+        yield wait_for(lambda: listener.connected)
+        publish(self.url, "room:1", "before", {})
+        yield self.waitForEvents("before")
+        publish(self.url, "room:1", "just-before", {})
+        yield self.restart()
+        publish(self.url, "room:1", "after1", {})
+        publish(self.url, "room:1", "after2", {})
+        yield wait_for(lambda: listener.connected, timeout=60)
+        publish(self.url, "room:1", "reconnected", {})
+        yield self.waitForEvents("before", "just-before", "after1", "after2", "reconnected")
+        publish(self.url, "room:1", "last", {})
+        yield self.waitForEvents("last")
+        self.assertEqual(
+            Counter(self.events()),
+            Counter(["before", "just-before", "after1", "after2", "reconnected", "last"]),
+        )
+        self.assertEqual(self.events()[:2], ["before", "just-before"])
+        self.flushLoggedErrors()

@@ -1,0 +1,164 @@
+"""
+The embedded PostgreSQL: with no ``--database-url``, realtimed runs its own
+server from the ``pgserver`` package, with its files under
+``<data-dir>/postgres``, reachable only through a unix socket, and stops it
+on shutdown.  A later start reuses the same files.
+
+pgserver's calls block (initdb, pg_ctl), so they run in the reactor's
+thread pool.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import psycopg2
+from attrs import define, field
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from realtimed.store.pool import redact_dsn
+
+log = Logger()
+
+DATABASE = "realtimed"
+
+
+class EmbeddedNotStarted(Exception):
+    """
+    The embedded PostgreSQL has not been started, or has been stopped.
+    """
+
+
+@define(eq=False)
+class EmbeddedPostgres(Service):
+    """
+    A PostgreSQL server under C{data_dir}/postgres, with a database
+    C{database} (created when absent).
+
+    @ivar reactor: Runs the blocking pgserver calls in its thread pool.
+    @ivar data_dir: realtimed's data directory.
+    @ivar url: The database URL once the server is ready (a unix socket,
+        no password), else C{None}.
+    """
+
+    reactor: Any
+    data_dir: str
+    database: str = DATABASE
+    url: str | None = field(default=None, init=False)
+    _server: Any = field(default=None, init=False)
+    _ready: Deferred[str] | None = field(default=None, init=False)
+
+    @property
+    def directory(self) -> Path:
+        """
+        Where the server's files live.
+        """
+        return Path(self.data_dir).expanduser().resolve() / "postgres"
+
+    def startService(self) -> None:
+        Service.startService(self)
+        d = self.start()
+        d.addErrback(lambda f: log.failure("The embedded PostgreSQL did not start", f))
+
+    def stopService(self) -> Deferred[None]:
+        Service.stopService(self)
+        return self.stop()
+
+    def whenReady(self) -> Deferred[str]:
+        """
+        A Deferred firing with the database URL once the server is up (or
+        failing if it cannot start).
+        """
+        if self._ready is None:
+            return fail(EmbeddedNotStarted())
+        result: Deferred[str] = Deferred()
+
+        def passOn(outcome: Any) -> Any:
+            if isinstance(outcome, Failure):
+                result.errback(outcome)
+            else:
+                result.callback(outcome)
+            return outcome
+
+        self._ready.addBoth(passOn)
+        return result
+
+    def start(self) -> Deferred[str]:
+        """
+        Start the server (initializing its directory on first use) and make
+        sure the database exists.
+
+        @return: A Deferred firing with the database URL.
+        """
+        if self._ready is not None:
+            return self.whenReady()
+        log.info("Starting embedded PostgreSQL in {directory}", directory=str(self.directory))
+        self._ready = deferToThreadPool(self.reactor, self.reactor.getThreadPool(), self._startBlocking)
+
+        def ready(url: str) -> str:
+            self.url = url
+            log.info("Embedded PostgreSQL ready at {url}", url=redact_dsn(url))
+            return url
+
+        def failed(reason: Failure) -> Failure:
+            self._ready = None
+            return reason
+
+        self._ready.addCallbacks(ready, failed)
+        return self.whenReady()
+
+    def stop(self) -> Deferred[None]:
+        """
+        Stop the server (unless another process still uses it).
+        """
+        if self._ready is None:
+            return succeed(None)
+        starting, self._ready = self._ready, None
+        self.url = None
+        d: Deferred[Any] = Deferred()
+
+        def stopNow(_: object) -> Deferred[None]:
+            server, self._server = self._server, None
+            if server is None:
+                return succeed(None)
+            log.info("Stopping embedded PostgreSQL in {directory}", directory=str(self.directory))
+            return deferToThreadPool(self.reactor, self.reactor.getThreadPool(), server.cleanup)
+
+        starting.addBoth(lambda outcome: d.callback(None))
+        d.addCallback(stopNow)
+        d.addErrback(lambda f: log.failure("Stopping the embedded PostgreSQL failed", f))
+        return d
+
+    def _startBlocking(self) -> str:
+        import pgserver
+
+        os.makedirs(self.directory.parent, mode=0o700, exist_ok=True)
+        server = pgserver.get_server(self.directory, cleanup_mode="stop")
+        self._server = server
+        _ensure_database(str(server.get_uri("postgres")), self.database)
+        return str(server.get_uri(self.database))
+
+
+def _ensure_database(maintenance_url: str, name: str) -> None:
+    """
+    Create the database C{name} unless it exists (another process may be
+    creating it at the same time).
+    """
+    connection = psycopg2.connect(maintenance_url)
+    try:
+        connection.autocommit = True
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
+            if cursor.fetchone() is None:
+                try:
+                    cursor.execute(f'CREATE DATABASE "{name}"')
+                except (psycopg2.errors.DuplicateDatabase, psycopg2.errors.UniqueViolation):
+                    pass
+    finally:
+        connection.close()

@@ -9,13 +9,14 @@
 -- They take a role and claims as arguments, so whoever may call them may act
 -- as any of the three roles with any claims: only the daemon's own user (the
 -- owner, which applied this migration) may EXECUTE them.  They are not
--- SECURITY DEFINER (a security-definer function may not change role).
+-- SECURITY DEFINER (a security-definer function may not change role), and
+-- they keep the session's search_path, so that policies and the functions
+-- they call resolve names as they would for any query of the caller's.
 
 -- The caller's role, or NULL for a trusted caller (the admin API key) whose
 -- access is not checked.
 CREATE FUNCTION realtime.assume_caller(caller_role text, claims jsonb, channel text) RETURNS void
     LANGUAGE plpgsql VOLATILE
-    SET search_path = pg_catalog, pg_temp
     AS $$
     BEGIN
         PERFORM set_config('request.jwt.claims', coalesce(claims, '{}'::jsonb)::text, true);
@@ -42,7 +43,6 @@ CREATE FUNCTION realtime.assume_caller(caller_role text, claims jsonb, channel t
 CREATE FUNCTION realtime.authorize_subscribe(caller_role text, claims jsonb, channel text)
     RETURNS TABLE (channel_id uuid, outcome text)
     LANGUAGE plpgsql VOLATILE
-    SET search_path = pg_catalog, pg_temp
     AS $$
     DECLARE
         owner realtime.channels;
@@ -82,7 +82,6 @@ CREATE FUNCTION realtime.authorize_subscribe(caller_role text, claims jsonb, cha
 CREATE FUNCTION realtime.publish_batch(items jsonb)
     RETURNS TABLE (id uuid, outcome text, detail text)
     LANGUAGE plpgsql VOLATILE
-    SET search_path = pg_catalog, pg_temp
     AS $$
     DECLARE
         item jsonb;

@@ -1,0 +1,374 @@
+"""
+Realtime channels on the Socket.IO namespace ``/``.
+
+Wire protocol (DESIGN sections 3 to 5):
+
+- CONNECT: the auth payload ``{"token": ...}`` or ``{"apiKey": ...}``, else
+  the handshake's ``Authorization: Bearer ...`` header, is authenticated;
+  without a valid credential the client gets ``connect_error`` with the
+  reason (``No authentication provided``, ``Invalid token``, ...).
+- ``REALTIME_SUBSCRIBE`` / ``realtime:subscribe`` ``{channel}``: a channel
+  name, or a channel row's pattern exactly as the row has it (every name the
+  row owns).  Ack ``{ok: true, channel, presence: {members}}``.
+- ``REALTIME_UNSUBSCRIBE`` / ``realtime:unsubscribe`` ``{channel}``: ack
+  ``{ok: true, channel}`` (also when it was not subscribed).
+- ``REALTIME_PUBLISH`` / ``realtime:publish`` ``{channel, event, payload}``:
+  only on a name the socket receives (subscribed to it, or to a pattern
+  matching it).  Ack ``{ok: true, channel, messageId}`` once stored.
+- Failures: ack ``{ok: false, channel, error: {code, message}}``, or without
+  an ack callback the event ``realtime:error`` ``{channel, code, message}``.
+- Messages: event named by the message's event, data ``{channel, event,
+  messageId, senderType, senderId, payload, createdAt}``.
+- Presence: ``presence:join`` / ``presence:leave`` ``{channel, member,
+  meta: {channel}}`` to the other members' sockets.
+
+Each socket's requests are handled in the order they arrive: a publish sent
+right after a subscribe, without waiting for its ack, is checked once the
+subscribe is decided.  Publishes themselves do not wait for each other; the
+`Publisher` stores them in order.
+
+Messages reach sockets only through PostgreSQL: a publish is stored, the
+database announces every stored message to every realtimed process, and the
+process's listener calls `Realtime.deliver`, which sends it to this
+process's subscribed sockets.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from attrs import Factory, define, field
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from realtimed.auth import (
+    AuthenticationError,
+    Principal,
+    authenticate,
+    bearer_credential,
+)
+from realtimed.client_events import (
+    ERROR_EVENT,
+    EVENTS,
+    INTERNAL_ERROR,
+    REALTIME_NOT_SUBSCRIBED,
+    Publish,
+    Refusal,
+    Subscribe,
+    Unsubscribe,
+    parse,
+    published_ack,
+    subscribed_ack,
+    unsubscribed_ack,
+)
+from realtimed.engineio.server import ConnectRefused, Namespace, Socket
+from realtimed.keys import Keys
+from realtimed.presence import ANONYMOUS, USER, Identity, Presence, PresenceChange
+from realtimed.store.publisher import (
+    AudienceCounter,
+    Publisher,
+    Queries,
+    Refused,
+    authorize_subscribe,
+)
+from realtimed.subscriptions import Subscription, Subscriptions
+
+log = Logger()
+
+Ack = Callable[..., None]
+
+
+def rfc3339(seconds: float) -> str:
+    """
+    A POSIX time as RFC 3339 UTC text with milliseconds, as the database
+    writes ``createdAt``.
+    """
+    moment = datetime.fromtimestamp(seconds, UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def credential_of(auth: object, headers: Any) -> str | None:
+    """
+    The credential a connecting socket presents: the auth payload's
+    ``token`` or ``apiKey``, else the handshake's bearer ``Authorization``
+    header.
+
+    @raise AuthenticationError: If the auth payload names a credential that
+        is not a string.
+    """
+    if isinstance(auth, dict):
+        for key in ("token", "apiKey"):
+            value = auth.get(key)
+            if value is None:
+                continue
+            if not isinstance(value, str):
+                raise AuthenticationError("Invalid token")
+            if value:
+                return value
+    return bearer_credential(headers.get("authorization"))
+
+
+@define(eq=False)
+class _Client:
+    """
+    What realtime keeps per connected socket.
+    """
+
+    principal: Principal
+    identity: Identity
+    requests: deque[Callable[[], Deferred[None] | None]] = Factory(deque)
+    busy: bool = False
+    expiry: Any = None
+
+
+@define(eq=False)
+class Realtime(Service):
+    """
+    Realtime channels: authentication, subscribe, unsubscribe, publish and
+    presence on C{namespace}, and delivery of stored messages to this
+    process's sockets.
+
+    @ivar namespace: The Socket.IO namespace to serve (``/``).
+    @ivar pool: Database queries (the connection pool).
+    @ivar keys: The credentials sockets are checked against.
+    @ivar clock: The time (connect checks, presence join times, audience
+        count flushes).
+    @ivar audience_interval: Seconds between writes of audience counts.
+    """
+
+    namespace: Namespace
+    pool: Queries
+    keys: Keys
+    clock: Any
+    audience_interval: float = 1.0
+    subscriptions: Subscriptions[Socket] = field(init=False, factory=Subscriptions)
+    presence: Presence[Socket] = field(init=False, factory=Presence)
+    publisher: Publisher = field(init=False)
+    audience: AudienceCounter = field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self.publisher = Publisher(self.pool)
+        self.audience = AudienceCounter(self.pool, self.clock, self.audience_interval)
+        self.namespace.on_connect(self._connect)
+        self.namespace.on_disconnect(self._disconnect)
+        for event, operation in EVENTS.items():
+            self.namespace.on(event, self._handler(operation))
+
+    # Service
+
+    def stopService(self) -> Deferred[None]:
+        Service.stopService(self)
+        d = self.audience.stop()
+        d.addErrback(lambda f: log.failure("Writing the last audience counts failed", f))
+        return d
+
+    # Delivery
+
+    def deliver(self, notification: dict[str, Any]) -> None:
+        """
+        Send a stored message to this process's sockets subscribed to its
+        channel, or to the pattern of the channel row that owns it.
+
+        @param notification: C{{"message": {channel, event, messageId,
+            senderType, senderId, payload, createdAt}, "channelId": ...}},
+            as the database announces it.
+        """
+        message = notification["message"]
+        channel_id = notification.get("channelId")
+        audience = self.subscriptions.audience(
+            message["channel"], str(channel_id) if channel_id is not None else None
+        )
+        if not audience:
+            return
+        self.namespace.emit_many(audience, message["event"], message)
+        self.audience.add(str(message["messageId"]), len(audience))
+
+    # Connecting
+
+    def _connect(self, socket: Socket, auth: object) -> None:
+        try:
+            credential = credential_of(auth, socket.headers)
+            principal = authenticate(credential, self.keys, self._now())
+        except AuthenticationError as e:
+            raise ConnectRefused(str(e)) from None
+        if principal.sender_type == "user" and principal.sender_id is not None:
+            identity = Identity(principal.sender_id, USER)
+        else:
+            identity = Identity(socket.sid, ANONYMOUS)
+        client = _Client(principal, identity)
+        socket.data["realtime"] = client
+        expires = principal.claims.get("exp")
+        if isinstance(expires, (int, float)) and not isinstance(expires, bool):
+            # The socket lives as long as its token.
+            client.expiry = self.clock.callLater(
+                max(0.0, float(expires) - self._now()), self._expired, socket
+            )
+        log.debug(
+            "Socket {sid} connected as {role}", sid=socket.sid, role=principal.role
+        )
+
+    def _expired(self, socket: Socket) -> None:
+        client = self._client(socket)
+        if client is not None:
+            client.expiry = None
+        log.info("Token of socket {sid} expired; disconnecting it", sid=socket.sid)
+        socket.disconnect()
+
+    def _disconnect(self, socket: Socket, reason: str) -> None:
+        client = socket.data.pop("realtime", None)
+        if not isinstance(client, _Client):
+            return
+        client.requests.clear()
+        if client.expiry is not None and client.expiry.active():
+            client.expiry.cancel()
+        for subscription in self.subscriptions.remove_socket(socket):
+            change = self.presence.leave(subscription.channel, socket, client.identity)
+            self._announce(change)
+
+    # Requests
+
+    def _handler(self, operation: str) -> Callable[[Socket, list[Any], Ack | None], None]:
+        def handle(socket: Socket, args: list[Any], ack: Ack | None) -> None:
+            client = self._client(socket)
+            if client is None:
+                return
+            request = parse(operation, args)
+            if isinstance(request, Refusal):
+                self._answer_refusal(socket, ack, request)
+                return
+            if isinstance(request, Subscribe):
+                step: Callable[[], Deferred[None] | None] = lambda: self._subscribe(
+                    socket, client, request, ack
+                )
+            elif isinstance(request, Unsubscribe):
+                step = lambda: self._unsubscribe(socket, client, request, ack)
+            else:
+                step = lambda: self._publish(socket, client, request, ack)
+            client.requests.append(step)
+            if not client.busy:
+                self._work(socket, client)
+
+        handle.__name__ = f"realtime_{operation}"
+        return handle
+
+    def _work(self, socket: Socket, client: _Client) -> None:
+        """
+        Run C{client}'s waiting requests in order; a request that returns
+        an unfired Deferred holds the later ones until it fires.
+        """
+        while client.requests:
+            step = client.requests.popleft()
+            try:
+                d = step()
+            except Exception:  # noqa: BLE001 (logged; the next request still runs)
+                log.failure("Handling a realtime request of {sid} failed", sid=socket.sid)
+                continue
+            if d is not None and not d.called:
+                client.busy = True
+
+                def resume(_: object) -> None:
+                    client.busy = False
+                    if socket.data.get("realtime") is client:
+                        self._work(socket, client)
+
+                d.addBoth(resume)
+                d.addErrback(lambda f: log.failure("Resuming realtime requests failed", f))
+                return
+        client.busy = False
+
+    def _subscribe(
+        self, socket: Socket, client: _Client, request: Subscribe, ack: Ack | None
+    ) -> Deferred[None] | None:
+        channel = request.channel
+        if self.subscriptions.is_subscribed(socket, channel):
+            members = self.presence.members(channel)
+            self._answer(socket, ack, subscribed_ack(channel, [m.to_json() for m in members]))
+            return None
+        d = authorize_subscribe(self.pool, client.principal, channel)
+
+        def allowed(channel_id: str) -> None:
+            if socket.data.get("realtime") is not client:
+                return
+            self.subscriptions.add(socket, Subscription(channel, channel_id))
+            members, change = self.presence.join(
+                channel, socket, client.identity, rfc3339(self._now())
+            )
+            self._answer(socket, ack, subscribed_ack(channel, [m.to_json() for m in members]))
+            self._announce(change)
+
+        answered: Deferred[None] = d.addCallback(allowed)
+        answered.addErrback(self._failed, socket, ack, channel, "subscribe")
+        answered.addErrback(lambda f: log.failure("Answering a subscribe failed", f))
+        return answered
+
+    def _unsubscribe(
+        self, socket: Socket, client: _Client, request: Unsubscribe, ack: Ack | None
+    ) -> None:
+        channel = request.channel
+        if self.subscriptions.remove(socket, channel) is not None:
+            self._announce(self.presence.leave(channel, socket, client.identity))
+        self._answer(socket, ack, unsubscribed_ack(channel))
+
+    def _publish(
+        self, socket: Socket, client: _Client, request: Publish, ack: Ack | None
+    ) -> None:
+        channel = request.channel
+        if not self.subscriptions.receives(socket, channel):
+            self._answer_refusal(
+                socket,
+                ack,
+                Refusal(
+                    channel,
+                    REALTIME_NOT_SUBSCRIBED,
+                    f"Subscribe to {channel} before publishing to it",
+                ),
+            )
+            return
+        d = self.publisher.publish(client.principal, channel, request.event, request.payload_json)
+        d.addCallback(lambda message_id: self._answer(socket, ack, published_ack(channel, message_id)))
+        d.addErrback(self._failed, socket, ack, channel, "publish")
+        d.addErrback(lambda f: log.failure("Answering a publish failed", f))
+
+    # Answers
+
+    def _failed(
+        self, failure: Failure, socket: Socket, ack: Ack | None, channel: str, what: str
+    ) -> None:
+        if failure.check(Refused):
+            refusal = failure.value.refusal
+        else:
+            log.failure("A {what} on {channel} failed", failure, what=what, channel=channel)
+            refusal = Refusal(channel, INTERNAL_ERROR, f"The {what} failed; try again")
+        if socket.data.get("realtime") is None:
+            return
+        self._answer_refusal(socket, ack, refusal)
+
+    def _answer(self, socket: Socket, ack: Ack | None, value: dict[str, Any]) -> None:
+        if ack is not None:
+            ack(value)
+
+    def _answer_refusal(self, socket: Socket, ack: Ack | None, refusal: Refusal) -> None:
+        if ack is not None:
+            ack(refusal.ack())
+        else:
+            socket.emit(ERROR_EVENT, refusal.error_event())
+
+    def _announce(self, change: PresenceChange[Socket] | None) -> None:
+        if change is None:
+            return
+        event, data = change.event()
+        self.namespace.emit_many(change.recipients, event, data)
+
+    # Helpers
+
+    def _client(self, socket: Socket) -> _Client | None:
+        client = socket.data.get("realtime")
+        return client if isinstance(client, _Client) else None
+
+    def _now(self) -> float:
+        return float(self.clock.seconds())

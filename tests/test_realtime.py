@@ -1,0 +1,756 @@
+"""
+End-to-end tests of realtime channels: a real realtimed (real PostgreSQL,
+real port) and python-socketio's client.
+
+python-socketio's client blocks, so each client call runs in a thread
+(`deferToThread`) while the reactor serves.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import queue
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jwt
+import socketio
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.internet.threads import deferToThread
+from twisted.trial.unittest import TestCase
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+
+from realtimed.engineio.server import SocketIOServer
+from realtimed.keys import Keys
+from realtimed.realtime import Realtime
+from realtimed.store.listener import MessageListener
+from realtimed.store.migrations import migrate
+from realtimed.store.pool import ConnectionPool
+from tests.support import create_database, run_sql
+
+KEYS = Keys(
+    jwt_secret="realtime-test-secret-" + "s" * 32,
+    api_key="ik_" + "a" * 40,
+    anon_key="anon_" + "b" * 40,
+    webhook_secret="whsec_" + base64.b64encode(b"k" * 32).decode(),
+)
+
+#: How long a test waits for something that should happen.
+PATIENCE = 15.0
+#: How long a test waits for something that should not happen.
+QUIET = 0.5
+
+
+def token(sub: str | None = "alice", **claims: Any) -> str:
+    """
+    A JWT for C{sub}, signed with the test secret.
+    """
+    body: dict[str, Any] = {"exp": int(time.time()) + 3600, **claims}
+    if sub is not None:
+        body["sub"] = sub
+    return jwt.encode(body, KEYS.jwt_secret, algorithm="HS256")
+
+
+def alg_none_token(sub: str) -> str:
+    header = base64.urlsafe_b64encode(b'{"alg":"none","typ":"JWT"}').rstrip(b"=")
+    body = base64.urlsafe_b64encode(json.dumps({"sub": sub}).encode()).rstrip(b"=")
+    return (header + b"." + body + b".").decode()
+
+
+class Daemon:
+    """
+    One realtimed process's worth of parts, wired as the daemon wires them,
+    serving Socket.IO on a loopback port.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    @inlineCallbacks
+    def start(self) -> Any:
+        yield migrate(reactor, self.url)
+        self.pool = ConnectionPool(reactor, self.url)
+        yield self.pool.start()
+        self.socketio = SocketIOServer(reactor, ping_interval=5, ping_timeout=5)
+        self.realtime = Realtime(
+            namespace=self.socketio.namespace("/"),
+            pool=self.pool,
+            keys=KEYS,
+            clock=reactor,
+            audience_interval=0.1,
+        )
+        self.realtime.startService()
+        self.listener = MessageListener(reactor, self.url, self.realtime.deliver)
+        self.listener.startService()
+        root = Resource()
+        root.putChild(b"socket.io", self.socketio.resource())
+        self.port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(Site(root))
+        deadline = time.monotonic() + PATIENCE
+        while not self.listener.connected:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the listener did not connect")
+            yield sleep(0.02)
+        return self
+
+    @property
+    def address(self) -> str:
+        return f"http://127.0.0.1:{self.port.getHost().port}"
+
+    @inlineCallbacks
+    def stop(self) -> Any:
+        yield self.port.stopListening()
+        self.listener.stopService()
+        yield self.realtime.stopService()
+        self.pool.close()
+
+
+def sleep(seconds: float) -> Deferred[None]:
+    d: Deferred[None] = Deferred()
+    reactor.callLater(seconds, d.callback, None)
+    return d
+
+
+class ConnectFailed(Exception):
+    """
+    The server refused the connection; the message is the connect_error's.
+    """
+
+
+class Client:
+    """
+    A python-socketio client that records every event it receives.  Its
+    methods block; tests call them through `RealtimeTestCase.call`.
+    """
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.sio = socketio.Client(reconnection=False)
+        self.events: queue.Queue[tuple[str, Any]] = queue.Queue()
+        self.seen: list[tuple[str, Any]] = []
+        self.refusal: Any = None
+        self._lock = threading.Lock()
+
+        def anything(event: str, *args: Any) -> None:
+            self.events.put((event, args[0] if len(args) == 1 else list(args)))
+
+        def connect_error(data: Any) -> None:
+            self.refusal = data
+
+        self.sio.on("*", anything)
+        self.sio.on("connect_error", connect_error)
+
+    def connect(self, auth: Any = None, headers: dict[str, str] | None = None, transports: list[str] | None = None) -> None:
+        try:
+            self.sio.connect(
+                self.address,
+                auth=auth,
+                headers=headers or {},
+                transports=transports or ["websocket"],
+                wait_timeout=PATIENCE,
+            )
+        except socketio.exceptions.ConnectionError as e:
+            message = self.refusal.get("message") if isinstance(self.refusal, dict) else self.refusal
+            raise ConnectFailed(message or str(e)) from None
+
+    def request(self, event: str, data: Any) -> Any:
+        """
+        Emit with an ack callback and return the ack.
+        """
+        return self.sio.call(event, data, timeout=PATIENCE)
+
+    def send(self, event: str, *data: Any) -> None:
+        """
+        Emit without an ack callback.
+        """
+        self.sio.emit(event, data[0] if len(data) == 1 else data)
+
+    def next_event(self, name: str | None = None, timeout: float = PATIENCE) -> tuple[str, Any]:
+        """
+        The next event received (named C{name}, if given; others are kept
+        in C{seen}).
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"no {name or 'event'} within {timeout}s; seen {self.seen}")
+            try:
+                event, data = self.events.get(timeout=remaining)
+            except queue.Empty:
+                continue
+            if name is None or event == name:
+                return event, data
+            self.seen.append((event, data))
+
+    def no_event(self, name: str | None = None, timeout: float = QUIET) -> list[tuple[str, Any]]:
+        """
+        Wait C{timeout}; the events (named C{name}) received meanwhile.
+        """
+        time.sleep(timeout)
+        got = []
+        while True:
+            try:
+                event, data = self.events.get_nowait()
+            except queue.Empty:
+                return got
+            if name is None or event == name:
+                got.append((event, data))
+            else:
+                self.seen.append((event, data))
+
+    def disconnect(self) -> None:
+        self.sio.disconnect()
+
+
+class RealtimeTestCase(TestCase):
+    """
+    Each test gets its own database, with the channels C{orders},
+    C{chat:*}, C{user:*}, C{todos} and a disabled C{archive}, and one
+    realtimed serving it.
+    """
+
+    timeout = 120
+
+    @inlineCallbacks
+    def setUp(self) -> Any:
+        self.url = create_database(self)
+        self.daemon = yield self.start_daemon()
+        self.sql(
+            "INSERT INTO realtime.channels (pattern, description) VALUES "
+            "('orders', 'Orders'), ('chat:*', 'Chat rooms'), ('user:*', 'Per user'),"
+            " ('todos', 'Todo rows');"
+            "INSERT INTO realtime.channels (pattern, enabled) VALUES ('archive', false)"
+        )
+
+    @inlineCallbacks
+    def start_daemon(self) -> Any:
+        daemon = Daemon(self.url)
+        yield daemon.start()
+        self.addCleanup(daemon.stop)
+        return daemon
+
+    def sql(self, statement: str, params: Any = None) -> list[tuple[Any, ...]]:
+        return run_sql(self.url, statement, params)
+
+    def call(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> Deferred[Any]:
+        return deferToThread(f, *args, **kwargs)
+
+    @inlineCallbacks
+    def client(self, auth: Any = "alice", daemon: Daemon | None = None, **kwargs: Any) -> Any:
+        """
+        A connected client; C{auth} is a user's sub (a JWT for it is made),
+        or the auth payload itself.
+        """
+        client = Client((daemon or self.daemon).address)
+        if isinstance(auth, str):
+            auth = {"token": token(auth)}
+        yield self.call(client.connect, auth, **kwargs)
+        self.addCleanup(self.call, client.disconnect)
+        return client
+
+    @inlineCallbacks
+    def refused(self, auth: Any, **kwargs: Any) -> Any:
+        """
+        The connect_error message a connection attempt gets.
+        """
+        client = Client(self.daemon.address)
+        try:
+            yield self.call(client.connect, auth, **kwargs)
+        except ConnectFailed as e:
+            return str(e)
+        yield self.call(client.disconnect)
+        self.fail("connected")
+
+    @inlineCallbacks
+    def wait_for(self, check: Callable[[], bool], what: str) -> Any:
+        deadline = time.monotonic() + PATIENCE
+        while not check():
+            if time.monotonic() > deadline:
+                self.fail(f"timed out waiting for {what}")
+            yield sleep(0.05)
+
+
+class ConnectTests(RealtimeTestCase):
+    @inlineCallbacks
+    def test_credentials(self) -> None:
+        """
+        A JWT, the anon key or the API key in the auth payload, or a JWT in
+        the handshake's Authorization header, connect.
+        """
+        for auth in ({"token": token("alice")}, {"token": KEYS.anon_key}, {"apiKey": KEYS.api_key}):
+            client = yield self.client(auth)
+            self.assertTrue(client.sio.connected)
+        client = yield self.client(None, headers={"Authorization": "Bearer " + token("bob")})
+        ack = yield self.call(client.request, "REALTIME_SUBSCRIBE", {"channel": "orders"})
+        self.assertEqual(ack["presence"]["members"][0]["presenceId"], "bob")
+
+    @inlineCallbacks
+    def test_refusals(self) -> None:
+        """
+        No credential, a bad signature, an expired token and an unsigned
+        (C{alg: none}) token are refused with a connect_error that says why.
+        """
+        self.assertEqual((yield self.refused(None)), "No authentication provided")
+        self.assertEqual((yield self.refused({})), "No authentication provided")
+        forged = jwt.encode({"sub": "alice"}, "another-secret-" + "x" * 32, algorithm="HS256")
+        self.assertEqual((yield self.refused({"token": forged})), "Invalid token")
+        expired = token("alice", exp=int(time.time()) - 10)
+        self.assertEqual((yield self.refused({"token": expired})), "Token expired")
+        self.assertEqual((yield self.refused({"token": alg_none_token("alice")})), "Invalid token")
+        self.assertEqual((yield self.refused({"token": 42})), "Invalid token")
+        self.assertEqual(
+            (yield self.refused(None, headers={"Authorization": "Bearer " + forged})),
+            "Invalid token",
+        )
+
+
+class ConnectionExampleTests(RealtimeTestCase):
+    @inlineCallbacks
+    def test_flow(self) -> None:
+        """
+        The reference's Connection Example: subscribe with an ack, publish,
+        receive the message in the documented structure, unsubscribe, and
+        receive nothing more on that channel.
+        """
+        client = yield self.client("alice")
+        ack = yield self.call(client.request, "REALTIME_SUBSCRIBE", {"channel": "orders"})
+        self.assertEqual(ack["ok"], True)
+        self.assertEqual(ack["channel"], "orders")
+        [member] = ack["presence"]["members"]
+        self.assertEqual((member["presenceId"], member["type"]), ("alice", "user"))
+        self.assertRegex(member["joinedAt"], r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+
+        payload = {"orderId": "123", "status": "pending"}
+        ack = yield self.call(
+            client.request,
+            "REALTIME_PUBLISH",
+            {"channel": "orders", "event": "order.created", "payload": payload},
+        )
+        self.assertEqual((ack["ok"], ack["channel"]), (True, "orders"))
+        _event, message = yield self.call(client.next_event, "order.created")
+        self.assertEqual(
+            set(message),
+            {"channel", "event", "messageId", "senderType", "senderId", "payload", "createdAt"},
+        )
+        self.assertEqual(message["channel"], "orders")
+        self.assertEqual(message["event"], "order.created")
+        self.assertEqual(message["messageId"], ack["messageId"])
+        self.assertEqual((message["senderType"], message["senderId"]), ("user", "alice"))
+        self.assertEqual(message["payload"], payload)
+        self.assertRegex(message["createdAt"], r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+        [(stored_payload, sender)] = self.sql(
+            "SELECT payload, sender_id FROM realtime.messages WHERE id = %s", (ack["messageId"],)
+        )
+        self.assertEqual((stored_payload, sender), (payload, "alice"))
+        # Its audience is counted: this one socket.
+        yield self.wait_for(
+            lambda: self.sql(
+                "SELECT ws_audience_count FROM realtime.messages WHERE id = %s", (ack["messageId"],)
+            )
+            == [(1,)],
+            "wsAudienceCount 1",
+        )
+
+        # Without an ack callback, as the example publishes.
+        yield self.call(
+            client.send,
+            "REALTIME_PUBLISH",
+            {"channel": "orders", "event": "order.updated", "payload": {"orderId": "123"}},
+        )
+        _event, message = yield self.call(client.next_event, "order.updated")
+        self.assertEqual(message["payload"], {"orderId": "123"})
+
+        yield self.call(client.send, "REALTIME_UNSUBSCRIBE", {"channel": "orders"})
+        ack = yield self.call(client.request, "REALTIME_UNSUBSCRIBE", {"channel": "orders"})
+        self.assertEqual(ack, {"ok": True, "channel": "orders"})
+        self.sql("SELECT realtime.publish('orders', 'order.created', '{}')")
+        # A later message on another channel arrives after it would have.
+        yield self.call(client.request, "REALTIME_SUBSCRIBE", {"channel": "chat:x"})
+        self.sql("SELECT realtime.publish('chat:x', 'marker', '{}')")
+        yield self.call(client.next_event, "marker")
+        self.assertNotIn("order.created", [e for e, _ in client.seen])
+        self.assertEqual((yield self.call(client.no_event, "order.created")), [])
+
+    @inlineCallbacks
+    def test_lower_case_spellings(self) -> None:
+        """
+        C{realtime:subscribe}, C{realtime:publish} and
+        C{realtime:unsubscribe} are the same events.
+        """
+        client = yield self.client("alice")
+        ack = yield self.call(client.request, "realtime:subscribe", {"channel": "orders"})
+        self.assertTrue(ack["ok"])
+        ack = yield self.call(
+            client.request, "realtime:publish", {"channel": "orders", "event": "e", "payload": {"n": 1}}
+        )
+        self.assertTrue(ack["ok"])
+        _event, message = yield self.call(client.next_event, "e")
+        self.assertEqual(message["messageId"], ack["messageId"])
+        ack = yield self.call(client.request, "realtime:unsubscribe", {"channel": "orders"})
+        self.assertEqual(ack, {"ok": True, "channel": "orders"})
+
+
+class UseCaseTests(RealtimeTestCase):
+    @inlineCallbacks
+    def test_chat(self) -> None:
+        """
+        The chat use case: two users in C{chat:room123} (owned by the
+        C{chat:*} channel) both receive a message, the publisher included,
+        and a subscriber to the pattern C{chat:*} receives it too; another
+        room's subscriber does not.
+        """
+        alice = yield self.client("alice")
+        bob = yield self.client("bob")
+        watcher = yield self.client({"apiKey": KEYS.api_key})
+        other = yield self.client("carol")
+        for client in (alice, bob):
+            ack = yield self.call(client.request, "REALTIME_SUBSCRIBE", {"channel": "chat:room123"})
+            self.assertTrue(ack["ok"], ack)
+        ack = yield self.call(watcher.request, "REALTIME_SUBSCRIBE", {"channel": "chat:*"})
+        self.assertTrue(ack["ok"], ack)
+        yield self.call(other.request, "REALTIME_SUBSCRIBE", {"channel": "chat:lobby"})
+        ack = yield self.call(
+            alice.request,
+            "REALTIME_PUBLISH",
+            {"channel": "chat:room123", "event": "message", "payload": {"text": "Hello!", "sender": "user123"}},
+        )
+        for client in (alice, bob, watcher):
+            _event, message = yield self.call(client.next_event, "message")
+            self.assertEqual(message["channel"], "chat:room123")
+            self.assertEqual(message["payload"], {"text": "Hello!", "sender": "user123"})
+            self.assertEqual(message["messageId"], ack["messageId"])
+        self.assertEqual((yield self.call(other.no_event, "message")), [])
+        yield self.wait_for(
+            lambda: self.sql(
+                "SELECT ws_audience_count FROM realtime.messages WHERE id = %s", (ack["messageId"],)
+            )
+            == [(3,)],
+            "wsAudienceCount 3",
+        )
+
+    @inlineCallbacks
+    def test_todos(self) -> None:
+        """
+        The database use case: a C{todos} table tracked with
+        C{realtime.track_table}; an INSERT, UPDATE and DELETE in SQL reach
+        the subscriber as those events, from the system, with the row as
+        payload.
+        """
+        self.sql(
+            "CREATE TABLE todos (id serial PRIMARY KEY, title text NOT NULL, done boolean NOT NULL DEFAULT false);"
+            "SELECT realtime.track_table('todos')"
+        )
+        client = yield self.client("alice")
+        yield self.call(client.request, "REALTIME_SUBSCRIBE", {"channel": "todos"})
+        self.sql("INSERT INTO todos (title) VALUES ('write tests')")
+        self.sql("UPDATE todos SET done = true WHERE id = 1")
+        self.sql("DELETE FROM todos WHERE id = 1")
+        received = []
+        for _ in range(3):
+            received.append((yield self.call(client.next_event)))
+        self.assertEqual([e for e, _ in received], ["INSERT", "UPDATE", "DELETE"])
+        self.assertEqual(
+            [m["payload"] for _, m in received],
+            [
+                {"id": 1, "title": "write tests", "done": False},
+                {"id": 1, "title": "write tests", "done": True},
+                {"id": 1, "title": "write tests", "done": True},
+            ],
+        )
+        for event, message in received:
+            self.assertEqual((message["channel"], message["event"]), ("todos", event))
+            self.assertEqual((message["senderType"], message["senderId"]), ("system", None))
+
+    @inlineCallbacks
+    def test_row_template_and_pattern(self) -> None:
+        """
+        A table tracked on C{order:{id}} publishes each row's changes on its
+        own name; a subscriber to that name and one to the pattern
+        C{order:*} receive them.
+        """
+        self.sql(
+            "INSERT INTO realtime.channels (pattern) VALUES ('order:*');"
+            "CREATE TABLE shop_orders (id integer PRIMARY KEY, status text);"
+            "SELECT realtime.track_table('shop_orders', 'order:{id}')"
+        )
+        one = yield self.client("alice")
+        every = yield self.client("bob")
+        yield self.call(one.request, "REALTIME_SUBSCRIBE", {"channel": "order:7"})
+        ack = yield self.call(every.request, "REALTIME_SUBSCRIBE", {"channel": "order:*"})
+        self.assertTrue(ack["ok"], ack)
+        self.sql("INSERT INTO shop_orders VALUES (8, 'new'), (7, 'new')")
+        _event, message = yield self.call(one.next_event, "INSERT")
+        self.assertEqual((message["channel"], message["payload"]), ("order:7", {"id": 7, "status": "new"}))
+        first = yield self.call(every.next_event, "INSERT")
+        second = yield self.call(every.next_event, "INSERT")
+        self.assertEqual([first[1]["channel"], second[1]["channel"]], ["order:8", "order:7"])
+        self.assertEqual((yield self.call(one.no_event, "INSERT")), [])
+
+
+class RefusalTests(RealtimeTestCase):
+    @inlineCallbacks
+    def test_subscribe_refusals(self) -> None:
+        """
+        Subscribing to a name no channel owns, to a disabled channel, or as
+        anon under the default policies is refused with
+        REALTIME_UNAUTHORIZED; with no ack callback the refusal comes as
+        C{realtime:error}.
+        """
+        client = yield self.client("alice")
+        for channel in ("nowhere", "archive", "order:*"):
+            ack = yield self.call(client.request, "REALTIME_SUBSCRIBE", {"channel": channel})
+            self.assertEqual(ack["ok"], False)
+            self.assertEqual(ack["channel"], channel)
+            self.assertEqual(ack["error"]["code"], "REALTIME_UNAUTHORIZED")
+            self.assertIsInstance(ack["error"]["message"], str)
+        anon = yield self.client({"token": KEYS.anon_key})
+        ack = yield self.call(anon.request, "REALTIME_SUBSCRIBE", {"channel": "orders"})
+        self.assertEqual(
+            ack,
+            {
+                "ok": False,
+                "channel": "orders",
+                "error": {"code": "REALTIME_UNAUTHORIZED", "message": "Not allowed to subscribe to orders"},
+            },
+        )
+        anon_jwt = yield self.client({"token": token(None, role="anon")})
+        yield self.call(anon_jwt.send, "REALTIME_SUBSCRIBE", {"channel": "orders"})
+        _event, data = yield self.call(anon_jwt.next_event, "realtime:error")
+        self.assertEqual(
+            data,
+            {"channel": "orders", "code": "REALTIME_UNAUTHORIZED", "message": "Not allowed to subscribe to orders"},
+        )
+
+    @inlineCallbacks
+    def test_publish_refusals(self) -> None:
+        """
+        Publishing before subscribing is REALTIME_NOT_SUBSCRIBED; publishing
+        the database's or Socket.IO's reserved event names is INVALID_INPUT;
+        neither stores anything.
+        """
+        client = yield self.client("alice")
+        ack = yield self.call(
+            client.request, "REALTIME_PUBLISH", {"channel": "orders", "event": "e", "payload": {}}
+        )
+        self.assertEqual(ack["ok"], False)
+        self.assertEqual(ack["error"]["code"], "REALTIME_NOT_SUBSCRIBED")
+        yield self.call(client.request, "REALTIME_SUBSCRIBE", {"channel": "orders"})
+        for event in ("INSERT", "UPDATE", "DELETE", "connect", "disconnect", "connect_error"):
+            ack = yield self.call(
+                client.request, "REALTIME_PUBLISH", {"channel": "orders", "event": event, "payload": {}}
+            )
+            self.assertEqual((ack["ok"], ack["channel"]), (False, "orders"))
+            self.assertEqual(ack["error"]["code"], "INVALID_INPUT", event)
+        yield self.call(client.send, "REALTIME_PUBLISH", {"channel": "orders", "event": "INSERT", "payload": {}})
+        event, data = yield self.call(client.next_event, "realtime:error")
+        self.assertEqual((data["channel"], data["code"]), ("orders", "INVALID_INPUT"))
+        self.assertEqual(self.sql("SELECT count(*) FROM realtime.messages"), [(0,)])
+
+    @inlineCallbacks
+    def test_malformed(self) -> None:
+        """
+        Malformed data for each event, in each spelling, is INVALID_INPUT,
+        in the ack or as C{realtime:error}.
+        """
+        client = yield self.client("alice")
+        yield self.call(client.request, "REALTIME_SUBSCRIBE", {"channel": "orders"})
+        bad: list[tuple[str, Any]] = [
+            ("SUBSCRIBE", "orders"),
+            ("SUBSCRIBE", {}),
+            ("SUBSCRIBE", {"channel": 7}),
+            ("SUBSCRIBE", {"channel": "no spaces"}),
+            ("UNSUBSCRIBE", None),
+            ("UNSUBSCRIBE", {"channel": ["orders"]}),
+            ("PUBLISH", {"channel": "orders"}),
+            ("PUBLISH", {"channel": "orders", "event": 5}),
+            ("PUBLISH", {"channel": "orders", "event": ""}),
+            ("PUBLISH", {"event": "e", "payload": {}}),
+            ("PUBLISH", [1, 2]),
+        ]
+        for operation, data in bad:
+            for event in ("REALTIME_" + operation, "realtime:" + operation.lower()):
+                ack = yield self.call(client.request, event, data)
+                self.assertEqual(ack["ok"], False, (event, data))
+                self.assertEqual(ack["error"]["code"], "INVALID_INPUT", (event, data))
+                self.assertIn("channel", ack)
+            yield self.call(client.send, "REALTIME_" + operation, data)
+            event, error = yield self.call(client.next_event, "realtime:error")
+            self.assertEqual(error["code"], "INVALID_INPUT", (operation, data))
+            self.assertEqual(set(error), {"channel", "code", "message"})
+
+
+class PolicyTests(RealtimeTestCase):
+    @inlineCallbacks
+    def test_own_user_channel(self) -> None:
+        """
+        Custom restrictive policies, written with C{realtime.channel_name()}
+        and the JWT claims, are obeyed: users may subscribe only to
+        C{user:<their sub>} among the C{user:*} names, and publish on
+        C{chat:*} only with a C{can_post} claim.
+        """
+        self.sql(
+            """
+            CREATE POLICY own_user_subscribe ON realtime.channels
+                AS RESTRICTIVE FOR SELECT TO authenticated
+                USING (pattern <> 'user:*'
+                       OR realtime.channel_name() = 'user:' || (realtime.jwt_claims() ->> 'sub'));
+            CREATE POLICY posters_publish ON realtime.messages
+                AS RESTRICTIVE FOR INSERT TO authenticated
+                WITH CHECK (realtime.channel_name() = channel_name
+                            AND (channel_name NOT LIKE 'chat:%'
+                                 OR (realtime.jwt_claims() ->> 'can_post') = 'true'));
+            """
+        )
+        admin = yield self.client({"apiKey": KEYS.api_key})
+        ack = yield self.call(admin.request, "REALTIME_SUBSCRIBE", {"channel": "user:*"})
+        self.assertTrue(ack["ok"], ack)
+
+        alice = yield self.client("alice")
+        ack = yield self.call(alice.request, "REALTIME_SUBSCRIBE", {"channel": "user:alice"})
+        self.assertTrue(ack["ok"], ack)
+        for channel in ("user:bob", "user:*"):
+            ack = yield self.call(alice.request, "REALTIME_SUBSCRIBE", {"channel": channel})
+            self.assertEqual(ack["error"]["code"], "REALTIME_UNAUTHORIZED", channel)
+        ack = yield self.call(
+            alice.request, "REALTIME_PUBLISH", {"channel": "user:alice", "event": "note", "payload": {}}
+        )
+        self.assertTrue(ack["ok"], ack)
+        yield self.call(alice.next_event, "note")
+        _event, message = yield self.call(admin.next_event, "note")
+        self.assertEqual(message["channel"], "user:alice")
+
+        ack = yield self.call(alice.request, "REALTIME_SUBSCRIBE", {"channel": "chat:a"})
+        self.assertTrue(ack["ok"], ack)
+        ack = yield self.call(
+            alice.request, "REALTIME_PUBLISH", {"channel": "chat:a", "event": "said", "payload": {}}
+        )
+        self.assertEqual(
+            ack,
+            {
+                "ok": False,
+                "channel": "chat:a",
+                "error": {"code": "REALTIME_UNAUTHORIZED", "message": "Not allowed to publish to chat:a"},
+            },
+        )
+        poster = yield self.client({"token": token("dave", can_post=True)})
+        yield self.call(poster.request, "REALTIME_SUBSCRIBE", {"channel": "chat:a"})
+        ack = yield self.call(
+            poster.request, "REALTIME_PUBLISH", {"channel": "chat:a", "event": "said", "payload": {"hi": 1}}
+        )
+        self.assertTrue(ack["ok"], ack)
+        _event, message = yield self.call(alice.next_event, "said")
+        self.assertEqual((message["senderId"], message["payload"]), ("dave", {"hi": 1}))
+        self.assertEqual(
+            self.sql("SELECT channel_name, sender_id FROM realtime.messages ORDER BY created_at"),
+            [("user:alice", "alice"), ("chat:a", "dave")],
+        )
+
+
+class TwoProcessTests(RealtimeTestCase):
+    @inlineCallbacks
+    def test_publish_and_database_event_cross_processes(self) -> None:
+        """
+        With two realtimed on one database, a subscriber on one receives a
+        publish made on the other and a database event, exactly once each,
+        in order; each process counts its own sockets in
+        C{wsAudienceCount}.
+        """
+        second = yield self.start_daemon()
+        here = yield self.client("alice")
+        there = yield self.client("bob", daemon=second)
+        for client in (here, there):
+            ack = yield self.call(client.request, "REALTIME_SUBSCRIBE", {"channel": "orders"})
+            self.assertTrue(ack["ok"])
+        acks = []
+        for i in range(5):
+            acks.append(
+                (
+                    yield self.call(
+                        there.request,
+                        "REALTIME_PUBLISH",
+                        {"channel": "orders", "event": "n", "payload": {"i": i}},
+                    )
+                )
+            )
+            if i == 2:
+                self.sql("SELECT realtime.publish('orders', 'n', '{\"i\": \"sql\"}')")
+        expected = [0, 1, 2, "sql", 3, 4]
+        for client in (here, there):
+            got = []
+            for _ in expected:
+                _event, message = yield self.call(client.next_event, "n")
+                got.append(message["payload"]["i"])
+            self.assertEqual(got, expected)
+            self.assertEqual((yield self.call(client.no_event, "n")), [])
+        message_id = acks[0]["messageId"]
+        yield self.wait_for(
+            lambda: self.sql(
+                "SELECT ws_audience_count FROM realtime.messages WHERE id = %s", (message_id,)
+            )
+            == [(2,)],
+            "wsAudienceCount 2",
+        )
+
+
+class PresenceTests(RealtimeTestCase):
+    @inlineCallbacks
+    def test_join_second_socket_leave(self) -> None:
+        """
+        A member's join is announced to those present; a second socket of
+        the same user adds no member and no join; the user leaves when its
+        last socket disconnects; anonymous sockets are members of their own.
+        """
+        alice = yield self.client("alice")
+        ack = yield self.call(alice.request, "REALTIME_SUBSCRIBE", {"channel": "chat:room1"})
+        self.assertEqual([m["presenceId"] for m in ack["presence"]["members"]], ["alice"])
+
+        bob = yield self.client("bob")
+        ack = yield self.call(bob.request, "REALTIME_SUBSCRIBE", {"channel": "chat:room1"})
+        self.assertEqual([m["presenceId"] for m in ack["presence"]["members"]], ["alice", "bob"])
+        _event, join = yield self.call(alice.next_event, "presence:join")
+        self.assertEqual(join["channel"], "chat:room1")
+        self.assertEqual(join["meta"], {"channel": "chat:room1"})
+        self.assertEqual((join["member"]["presenceId"], join["member"]["type"]), ("bob", "user"))
+        self.assertEqual(join["member"], ack["presence"]["members"][1])
+
+        bob2 = yield self.client("bob")
+        ack = yield self.call(bob2.request, "REALTIME_SUBSCRIBE", {"channel": "chat:room1"})
+        self.assertEqual([m["presenceId"] for m in ack["presence"]["members"]], ["alice", "bob"])
+        self.assertEqual((yield self.call(alice.no_event, "presence:join")), [])
+
+        yield self.call(bob.disconnect)
+        self.assertEqual((yield self.call(alice.no_event, "presence:leave")), [])
+        yield self.call(bob2.disconnect)
+        _event, leave = yield self.call(alice.next_event, "presence:leave")
+        self.assertEqual(leave["member"]["presenceId"], "bob")
+        self.assertEqual(leave["meta"], {"channel": "chat:room1"})
+
+        anon = yield self.client({"apiKey": KEYS.api_key})
+        ack = yield self.call(anon.request, "REALTIME_SUBSCRIBE", {"channel": "chat:room1"})
+        members = ack["presence"]["members"]
+        self.assertEqual(members[1]["type"], "anonymous")
+        self.assertEqual(members[1]["presenceId"], anon.sio.get_sid("/"))
+        yield self.call(anon.request, "REALTIME_UNSUBSCRIBE", {"channel": "chat:room1"})
+        _event, leave = yield self.call(alice.next_event, "presence:leave")
+        self.assertEqual(leave["member"]["type"], "anonymous")
+
+    @inlineCallbacks
+    def test_disconnect_cleans_up(self) -> None:
+        """
+        A disconnected socket leaves every channel it was in and is no
+        longer delivered to.
+        """
+        alice = yield self.client("alice")
+        for channel in ("orders", "chat:*", "chat:a"):
+            yield self.call(alice.request, "REALTIME_SUBSCRIBE", {"channel": channel})
+        yield self.call(alice.disconnect)
+        realtime = self.daemon.realtime
+        yield self.wait_for(lambda: not list(realtime.subscriptions.sockets()), "no subscriptions")
+        self.assertEqual(realtime.presence.members("orders"), [])
+        self.assertEqual(realtime.presence.members("chat:*"), [])

@@ -22,7 +22,7 @@ def decode_webhook_secret(secret: str) -> bytes:
     """
     if not secret.startswith(SECRET_PREFIX):
         raise ValueError("expected whsec_ followed by base64")
-    encoded = secret[len(SECRET_PREFIX):]
+    encoded = secret[len(SECRET_PREFIX) :]
     # Secrets are often copied without their base64 padding.
     encoded += "=" * (-len(encoded) % 4)
     try:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import base64
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -96,7 +96,7 @@ class SignTests(SynchronousTestCase):
         For any key, id, timestamp and body, the signature is the one the
         reference library computes.
         """
-        when = datetime.fromtimestamp(timestamp, timezone.utc)
+        when = datetime.fromtimestamp(timestamp, UTC)
         self.assertEqual(
             sign(key, message_id, timestamp, body.encode("utf-8")),
             Webhook(key).sign(message_id, when, body),

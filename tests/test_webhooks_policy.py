@@ -134,7 +134,9 @@ class RetryAfterTests(SynchronousTestCase):
         """
         An HTTP-date is a wait until then; a date in the past is no wait.
         """
-        self.assertEqual(parse_retry_after(formatdate(NOW + 90, usegmt=True), NOW), 90.0)
+        self.assertEqual(
+            parse_retry_after(formatdate(NOW + 90, usegmt=True), NOW), 90.0
+        )
         self.assertEqual(parse_retry_after(formatdate(NOW - 90, usegmt=True), NOW), 0.0)
         self.assertEqual(
             parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", 1445412480.0 - 30), 30.0
@@ -154,7 +156,7 @@ class RetryAfterTests(SynchronousTestCase):
         """
         self.assertEqual(parse_retry_after(str(seconds), NOW), float(seconds))
 
-    @given(st.integers(min_value=-10**6, max_value=10**8))
+    @given(st.integers(min_value=-(10**6), max_value=10**8))
     def test_any_date(self, offset: int) -> None:
         """
         Any HTTP-date reads back as the wait until then (none if past).
@@ -231,10 +233,22 @@ class AddressTests(SynchronousTestCase):
         """
         self.assertIsNotNone(address_refusal("example.com"))
 
-    @given(st.sampled_from(["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16",
-                            "127.0.0.0/8", "169.254.0.0/16", "224.0.0.0/4",
-                            "fc00::/7", "fe80::/10", "ff00::/8"]),
-           st.integers(min_value=0))
+    @given(
+        st.sampled_from(
+            [
+                "10.0.0.0/8",
+                "172.16.0.0/12",
+                "192.168.0.0/16",
+                "127.0.0.0/8",
+                "169.254.0.0/16",
+                "224.0.0.0/4",
+                "fc00::/7",
+                "fe80::/10",
+                "ff00::/8",
+            ]
+        ),
+        st.integers(min_value=0),
+    )
     def test_networks(self, network: str, offset: int) -> None:
         """
         Every address of a non-public network is refused, also when written
@@ -247,7 +261,9 @@ class AddressTests(SynchronousTestCase):
             self.assertIsNotNone(address_refusal(f"::ffff:{ip}"))
 
     @given(st.ip_addresses())
-    def test_agrees_with_is_global(self, ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> None:
+    def test_agrees_with_is_global(
+        self, ip: ipaddress.IPv4Address | ipaddress.IPv6Address
+    ) -> None:
         """
         An address that the standard library calls global and not multicast
         is never refused for being non-public, and one it calls non-global

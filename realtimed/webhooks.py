@@ -1,0 +1,1020 @@
+"""
+Webhook delivery: the service that sends the outbox's deliveries.
+
+Every stored message has one row per webhook URL of its channel in
+``realtime.webhook_deliveries``, written by a trigger in the message's own
+transaction (migration 0003).  `WebhookService` sends them:
+
+1. Claim.  One statement picks due rows with ``FOR UPDATE SKIP LOCKED``,
+   within the free concurrency (overall and per receiving host), counts the
+   attempt and pushes ``next_attempt_at`` past the request timeout (a lease),
+   and commits.  Another process never picks a leased row; if this process
+   dies mid-send, the row becomes due again when the lease ends.
+2. Send.  A signed POST (Standard Webhooks), redirects not followed, at most
+   a few KiB of the answer read, the whole exchange bounded by a timeout.
+   The connection goes only to addresses checked by `address_refusal`,
+   resolved when connecting (see `CheckedEndpointFactory`).
+3. Record.  Outcomes are written in batches: delivered (and the message's
+   ``wh_delivered_count`` incremented), pending again after a backoff, or
+   failed.  A row is only updated if it still carries the claimed attempt,
+   so a late answer never overwrites a newer one.
+
+Delivery is at least once: a process that dies after the receiver answered
+but before the outcome is stored sends again after the lease; receivers
+de-duplicate by ``webhook-id``.
+
+The service polls the outbox every second, LISTENs for the
+``realtime_webhooks`` notification the trigger sends, and can be woken with
+`WebhookService.wake`.  Finished rows older than the retention are pruned
+periodically.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from typing import Any
+from typing import Protocol as TypingProtocol
+
+import psycopg2
+from attrs import define, field, frozen
+from twisted.application.service import Service
+from twisted.internet.defer import (
+    Deferred,
+    DeferredList,
+    fail,
+    succeed,
+)
+from twisted.internet.defer import (
+    TimeoutError as DeferredTimeoutError,
+)
+from twisted.internet.endpoints import (
+    TCP4ClientEndpoint,
+    TCP6ClientEndpoint,
+    wrapClientTLS,
+)
+from twisted.internet.error import DNSLookupError
+from twisted.internet.interfaces import (
+    IHostResolution,
+    IProtocol,
+    IProtocolFactory,
+    IResolutionReceiver,
+    IStreamClientEndpoint,
+)
+from twisted.internet.protocol import Protocol
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.client import URI, Agent, HTTPConnectionPool
+from twisted.web.error import SchemeNotSupported
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IAgentEndpointFactory, IResponse
+from txpostgres.txpostgres import Connection
+from zope.interface import implementer
+
+from realtimed.signing import decode_webhook_secret
+from realtimed.webhook_policy import (
+    RetryPolicy,
+    Verdict,
+    address_refusal,
+    parse_retry_after,
+    redact_url,
+    url_refusal,
+    verdict_for_status,
+    webhook_headers,
+)
+
+log = Logger()
+
+#: The NOTIFY channel the outbox trigger signals on.
+NOTIFY_CHANNEL = "realtime_webhooks"
+
+#: The most of an answer's body that is read; the rest is not wanted.
+BODY_LIMIT = 4096
+
+#: Beyond the request timeout, how long a claimed row stays leased.
+LEASE_MARGIN = 50.0
+
+_ERROR_LENGTH = 500
+
+
+class UnsafeAddress(Exception):
+    """
+    A webhook's host resolves to an address deliveries may not reach.
+    """
+
+
+# ---------------------------------------------------------------------------
+# Connecting only to checked addresses
+
+
+@implementer(IResolutionReceiver)
+class _Addresses:
+    """
+    Collects the addresses of one name resolution.
+    """
+
+    def __init__(self) -> None:
+        self.addresses: list[Any] = []
+        self.done: Deferred[list[Any]] = Deferred()
+
+    def resolutionBegan(self, resolution: IHostResolution) -> None:
+        pass
+
+    def addressResolved(self, address: Any) -> None:
+        self.addresses.append(address)
+
+    def resolutionComplete(self) -> None:
+        self.done.callback(self.addresses)
+
+
+@implementer(IStreamClientEndpoint)
+@frozen
+class CheckedEndpoint:
+    """
+    Connects to a host by name, but only after every address the name
+    resolves to has passed `address_refusal` (unless private addresses are
+    allowed), and then to one of those very addresses, so a second DNS
+    answer cannot redirect the connection.
+
+    @ivar tls_hostname: For https, the name to verify the certificate
+        against; C{None} for plain http.
+    """
+
+    reactor: Any
+    host: str
+    port: int
+    tls_hostname: str | None
+    allow_private: bool
+    connect_timeout: float
+
+    def connect(self, factory: IProtocolFactory) -> Deferred[IProtocol]:
+        receiver = _Addresses()
+        self.reactor.nameResolver.resolveHostName(receiver, self.host, self.port)
+        d: Deferred[Any] = receiver.done
+        d.addCallback(self._connect_checked, factory)
+        return d
+
+    def _connect_checked(
+        self, addresses: list[Any], factory: IProtocolFactory
+    ) -> Deferred[IProtocol]:
+        if not addresses:
+            raise DNSLookupError(f"{self.host} has no address")
+        if not self.allow_private:
+            for address in addresses:
+                reason = address_refusal(address.host)
+                if reason is not None:
+                    raise UnsafeAddress(
+                        f"{self.host} resolves to {address.host}: {reason}"
+                    )
+        return self._try(list(addresses), factory, None)
+
+    def _try(
+        self, addresses: list[Any], factory: IProtocolFactory, last: Failure | None
+    ) -> Deferred[IProtocol]:
+        if not addresses:
+            assert last is not None
+            return fail(last)
+        address = addresses.pop(0)
+        endpoint: Any
+        if address.type == "TCP6":
+            endpoint = TCP6ClientEndpoint(
+                self.reactor, address.host, self.port, timeout=self.connect_timeout
+            )
+        else:
+            endpoint = TCP4ClientEndpoint(
+                self.reactor, address.host, self.port, timeout=self.connect_timeout
+            )
+        if self.tls_hostname is not None:
+            from twisted.internet.ssl import optionsForClientTLS
+
+            endpoint = wrapClientTLS(optionsForClientTLS(self.tls_hostname), endpoint)
+        d = endpoint.connect(factory)
+        d.addErrback(lambda f: self._try(addresses, factory, f))
+        return d
+
+
+@implementer(IAgentEndpointFactory)
+@frozen
+class CheckedEndpointFactory:
+    """
+    An agent's endpoints for http and https URLs, as `CheckedEndpoint`s.
+    """
+
+    reactor: Any
+    allow_private: bool
+    connect_timeout: float = 10.0
+
+    def endpointForURI(self, uri: URI) -> Any:
+        scheme = uri.scheme.decode("ascii", "replace")
+        if scheme not in ("http", "https"):
+            raise SchemeNotSupported(f"the {scheme} scheme is not called")
+        host = uri.host.decode("ascii", "replace").strip("[]")
+        return CheckedEndpoint(
+            self.reactor,
+            host,
+            uri.port,
+            host if scheme == "https" else None,
+            self.allow_private,
+            self.connect_timeout,
+        )
+
+
+class HTTPClient(TypingProtocol):
+    """
+    What the service needs of its HTTP client: treq's ``HTTPClient.request``.
+    """
+
+    def request(self, method: str, url: str, **kwargs: Any) -> Deferred[IResponse]: ...
+
+
+def webhook_http_client(
+    reactor: Any,
+    allow_private: bool = False,
+    per_host: int = 8,
+    connect_timeout: float = 10.0,
+) -> tuple[Any, HTTPConnectionPool]:
+    """
+    A treq client for webhook deliveries: persistent connections (up to
+    C{per_host} kept per receiver), made only to checked addresses.
+
+    @return: The client, and its connection pool (close its cached
+        connections when done).
+    """
+    import treq.client
+
+    pool = HTTPConnectionPool(reactor, persistent=True)
+    pool.maxPersistentPerHost = per_host
+    pool.retryAutomatically = False
+    agent = Agent.usingEndpointFactory(
+        reactor,
+        CheckedEndpointFactory(reactor, allow_private, connect_timeout),
+        pool=pool,
+    )
+    return treq.client.HTTPClient(agent), pool
+
+
+# ---------------------------------------------------------------------------
+# Reading a bounded part of an answer
+
+
+class _Discard(Protocol):
+    """
+    Reads and drops an answer's body, giving up (and dropping the
+    connection) after C{limit} bytes.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.received = 0
+        self.done: Deferred[None] = Deferred(lambda d: self._abort())
+
+    def _abort(self) -> None:
+        if self.transport is not None:
+            self.transport.stopProducing()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += len(data)
+        if self.received > self.limit and not self.done.called:
+            self.done.callback(None)
+            self._abort()
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        if not self.done.called:
+            self.done.callback(None)
+
+
+@frozen
+class Answer:
+    """
+    The part of an HTTP answer that matters: its status and Retry-After.
+    """
+
+    status: int
+    retry_after: str | None
+
+
+def _read_answer(response: IResponse) -> Deferred[Answer]:
+    values = response.headers.getRawHeaders(b"retry-after")
+    retry_after = values[0].decode("latin-1") if values else None
+    answer = Answer(response.code, retry_after)
+    discard = _Discard(BODY_LIMIT)
+    response.deliverBody(discard)  # type: ignore[call-arg, misc]
+    return discard.done.addCallback(lambda _: answer)
+
+
+# ---------------------------------------------------------------------------
+# The database
+
+
+@define(eq=False)
+class _Database:
+    """
+    One txpostgres connection (which runs its statements one after the
+    other), opened when first used and opened again after it breaks.
+
+    @ivar on_notify: If given, the connection LISTENs on `NOTIFY_CHANNEL`
+        and calls it for each notification.
+    """
+
+    reactor: Any
+    dsn: str
+    on_notify: Callable[[], None] | None = None
+    _connection: Connection | None = field(default=None, init=False)
+    _connecting: Deferred[Connection] | None = field(default=None, init=False)
+    _closed: bool = field(default=False, init=False)
+
+    def connected(self) -> Deferred[Connection]:
+        if self._closed:
+            return fail(RuntimeError("the webhook database connection is closed"))
+        if self._connection is not None:
+            return succeed(self._connection)
+        if self._connecting is None:
+            self._connecting = self._connect()
+        waiting: Deferred[Connection] = Deferred()
+
+        def connected(connection: Connection) -> Connection:
+            waiting.callback(connection)
+            return connection
+
+        def failed(f: Failure) -> None:
+            # Each waiter gets the failure; the shared Deferred ends here.
+            waiting.errback(f)
+
+        self._connecting.addCallbacks(connected, failed)
+        return waiting
+
+    def _connect(self) -> Deferred[Connection]:
+        connection = Connection(reactor=self.reactor)
+        d: Deferred[Any] = connection.connect(self.dsn)
+        if self.on_notify is not None:
+            notify = self.on_notify
+            d.addCallback(lambda _: connection.runOperation(f"LISTEN {NOTIFY_CHANNEL}"))
+            d.addCallback(lambda _: connection.addNotifyObserver(lambda n: notify()))
+
+        def ready(_: object) -> Connection:
+            self._connecting = None
+            if self._closed:
+                connection.close()
+                raise RuntimeError("the webhook database connection is closed")
+            self._connection = connection
+            return connection
+
+        def failed(f: Failure) -> Failure:
+            self._connecting = None
+            _close_quietly(connection)
+            return f
+
+        d.addCallbacks(ready, failed)
+        return d
+
+    def run_query(
+        self, sql: str, params: Any = None
+    ) -> Deferred[list[tuple[Any, ...]]]:
+        d = self.connected()
+        d.addCallback(lambda c: c.runQuery(sql, params))
+        d.addErrback(self._forget_if_broken)
+        return d
+
+    def run_operation(self, sql: str, params: Any = None) -> Deferred[None]:
+        d = self.connected()
+        d.addCallback(lambda c: c.runOperation(sql, params))
+        d.addErrback(self._forget_if_broken)
+        return d
+
+    def _forget_if_broken(self, f: Failure) -> Failure:
+        connection = self._connection
+        if connection is not None and (
+            f.check(psycopg2.InterfaceError, psycopg2.OperationalError)
+            or connection._connection is None
+            or connection._connection.closed
+        ):
+            self._connection = None
+            _close_quietly(connection)
+        return f
+
+    def close(self) -> None:
+        self._closed = True
+        if self._connection is not None:
+            connection, self._connection = self._connection, None
+            _close_quietly(connection)
+
+
+_CLAIM = """
+WITH candidates AS (
+    SELECT id, host, next_attempt_at
+    FROM realtime.webhook_deliveries
+    WHERE status = 'pending'
+      AND next_attempt_at <= now()
+      AND NOT (host = ANY (%(full_hosts)s::text[]))
+    ORDER BY next_attempt_at
+    LIMIT %(window)s
+    FOR UPDATE SKIP LOCKED
+), ranked AS (
+    SELECT c.id, c.next_attempt_at,
+           row_number() OVER (PARTITION BY c.host ORDER BY c.next_attempt_at, c.id)
+               + coalesce(b.n, 0) AS position
+    FROM candidates c
+    LEFT JOIN unnest(%(busy_hosts)s::text[], %(busy_counts)s::int[]) AS b (host, n)
+        ON b.host = c.host
+), chosen AS (
+    SELECT id FROM ranked
+    WHERE position <= %(per_host)s
+    ORDER BY next_attempt_at, id
+    LIMIT %(free)s
+)
+UPDATE realtime.webhook_deliveries d
+SET attempts = d.attempts + 1,
+    next_attempt_at = now() + make_interval(secs => %(lease)s),
+    updated_at = now()
+FROM chosen, realtime.messages m
+WHERE d.id = chosen.id AND m.id = d.message_id
+RETURNING d.id, d.url, d.host, d.attempts,
+          extract(epoch FROM now() - d.created_at)::float8,
+          m.id::text, m.event_name, m.channel_name,
+          realtime.message_json(m)::text
+"""
+
+_RECORD = """
+WITH outcomes AS (
+    SELECT *
+    FROM unnest(%(ids)s::bigint[], %(attempts)s::int[], %(statuses)s::text[],
+                %(http_statuses)s::int[], %(errors)s::text[], %(delays)s::float8[])
+        AS o (id, attempts, status, http_status, error, delay)
+), recorded AS (
+    UPDATE realtime.webhook_deliveries d
+    SET status = o.status,
+        last_status = o.http_status,
+        last_error = o.error,
+        next_attempt_at = CASE WHEN o.status = 'pending'
+                               THEN now() + make_interval(secs => o.delay)
+                               ELSE d.next_attempt_at END,
+        updated_at = now()
+    FROM outcomes o
+    WHERE d.id = o.id AND d.attempts = o.attempts AND d.status = 'pending'
+    RETURNING d.message_id, d.status
+), delivered AS (
+    SELECT message_id, count(*)::int AS n
+    FROM recorded WHERE status = 'delivered'
+    GROUP BY message_id
+)
+UPDATE realtime.messages m
+SET wh_delivered_count = m.wh_delivered_count + delivered.n
+FROM delivered
+WHERE m.id = delivered.message_id
+"""
+
+_PRUNE = """
+WITH gone AS (
+    DELETE FROM realtime.webhook_deliveries
+    WHERE id IN (
+        SELECT id FROM realtime.webhook_deliveries
+        WHERE status <> 'pending'
+          AND updated_at < now() - make_interval(secs => %(age)s)
+        LIMIT %(batch)s
+    )
+    RETURNING 1
+)
+SELECT count(*) FROM gone
+"""
+
+
+@frozen
+class Delivery:
+    """
+    A claimed delivery: one attempt to POST one message to one URL.
+
+    @ivar attempts: Attempts made, this one included.
+    @ivar age: Seconds since the delivery was queued, at the claim.
+    @ivar body: The message as delivered on sockets, JSON.
+    """
+
+    id: int
+    url: str
+    host: str
+    attempts: int
+    age: float
+    message_id: str
+    event: str
+    channel: str
+    body: bytes
+
+
+@frozen
+class Outcome:
+    """
+    What became of one attempt, to be recorded.
+
+    @ivar status: The delivery's new status: delivered, pending, failed.
+    @ivar delay: For pending, seconds until the next attempt.
+    """
+
+    delivery: Delivery
+    status: str
+    http_status: int | None = None
+    error: str | None = None
+    delay: float = 0.0
+
+
+def _describe(f: Failure) -> str:
+    value = f.value
+    reasons = getattr(value, "reasons", None)
+    if reasons:
+        inner = "; ".join(
+            _describe(r) if isinstance(r, Failure) else str(r) for r in reasons
+        )
+        text = f"{type(value).__name__}: {inner}"
+    else:
+        text = f"{type(value).__name__}: {value}".rstrip(": ")
+    return text[:_ERROR_LENGTH]
+
+
+@define(slots=False, eq=False)
+class WebhookService(Service):
+    """
+    Sends the outbox's webhook deliveries (see the module docstring).
+
+    @ivar reactor: The reactor for database and HTTP connections.
+    @ivar database_url: The PostgreSQL database holding the outbox.
+    @ivar secret: The Standard Webhooks signing secret, C{whsec_<base64>}.
+    @ivar http: The HTTP client (treq's C{HTTPClient} or alike); by default
+        one from L{webhook_http_client}, closed when the service stops.
+    @ivar allow_private: Whether the default HTTP client may connect to
+        loopback, private, link-local and other non-public addresses.
+    @ivar policy: When to retry.
+    @ivar clock: Timers and the signature timestamp; the reactor by default.
+    @ivar max_in_flight: Most attempts at once, overall.
+    @ivar per_host: Most attempts at once to one receiving host.
+    @ivar timeout: Seconds one attempt may take, answer body included.
+    @ivar poll_interval: Seconds between looks at the outbox when nothing
+        wakes the service.
+    @ivar retention: Seconds delivered and failed rows are kept.
+    @ivar prune_interval: Seconds between prunings.
+    @ivar listen: Whether to LISTEN for the outbox trigger's notifications.
+    @ivar jitter: Source of random numbers in [0, 1) for the backoff.
+    """
+
+    reactor: Any
+    database_url: str
+    secret: str = field(repr=False)
+    http: Any = None
+    allow_private: bool = False
+    policy: RetryPolicy = field(factory=RetryPolicy)
+    clock: Any = None
+    max_in_flight: int = 64
+    per_host: int = 8
+    timeout: float = 10.0
+    poll_interval: float = 1.0
+    retention: float = 7 * 24 * 3600.0
+    prune_interval: float = 3600.0
+    listen: bool = True
+    jitter: Callable[[], float] = random.random
+
+    _key: bytes = field(init=False, repr=False)
+    _pool: HTTPConnectionPool | None = field(default=None, init=False)
+    _claims: _Database | None = field(default=None, init=False)
+    _writes: _Database | None = field(default=None, init=False)
+    _in_flight: dict[int, Deferred[None]] = field(factory=dict, init=False)
+    _per_host_busy: dict[str, int] = field(factory=dict, init=False)
+    _claiming: Deferred[Any] | None = field(default=None, init=False)
+    _claim_again: bool = field(default=False, init=False)
+    _wake_pending: bool = field(default=False, init=False)
+    _outcomes: list[Outcome] = field(factory=list, init=False)
+    _flushing: Deferred[None] | None = field(default=None, init=False)
+    _poll: LoopingCall | None = field(default=None, init=False)
+    _prune: LoopingCall | None = field(default=None, init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._key = decode_webhook_secret(self.secret)
+        if self.clock is None:
+            self.clock = self.reactor
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def startService(self) -> None:
+        super().startService()
+        if self.http is None or self._pool is not None:
+            self.http, self._pool = webhook_http_client(
+                self.reactor, self.allow_private, self.per_host, self.timeout
+            )
+        self._claims = _Database(
+            self.reactor, self.database_url, self._wake_soon if self.listen else None
+        )
+        self._writes = _Database(self.reactor, self.database_url)
+        self._poll = LoopingCall(self._tick)
+        self._poll.clock = self.clock
+        self._poll.start(self.poll_interval, now=True).addErrback(
+            lambda f: log.failure("The webhook outbox poll stopped", f)
+        )
+        self._prune = LoopingCall(self._prune_now)
+        self._prune.clock = self.clock
+        self._prune.start(self.prune_interval, now=False).addErrback(
+            lambda f: log.failure("Webhook pruning stopped", f)
+        )
+        if self.listen:
+            # Open the listening connection now, so notifications arrive
+            # even before the first poll has found anything.
+            self._claims.connected().addErrback(
+                lambda f: log.warn(  # noqa: G010 (twisted.logger spells it warn)
+                    "Cannot reach the database for webhooks yet: {error}",
+                    error=_describe(f),
+                )
+            )
+
+    def stopService(self) -> Deferred[None]:
+        """
+        Stop claiming; let the attempts in flight finish (each is bounded
+        by the timeout) and record their outcomes; close connections.
+        """
+        super().stopService()
+        for loop in (self._poll, self._prune):
+            if loop is not None and loop.running:
+                loop.stop()
+        waiting: list[Deferred[Any]] = []
+        if self._claiming is not None:
+            waiting.append(self._claiming)
+        d: Deferred[Any] = DeferredList(waiting)
+        d.addCallback(lambda _: DeferredList(list(self._in_flight.values())))
+        d.addCallback(lambda _: self._flush_all())
+        d.addErrback(lambda f: log.failure("Stopping webhook deliveries", f))
+        d.addCallback(lambda _: self._close())
+        d.addErrback(lambda f: log.failure("Closing webhook connections", f))
+        return d
+
+    def _flush_all(self) -> Deferred[None]:
+        """
+        Record every outcome not yet recorded (one more try if the first
+        fails).
+        """
+        d: Deferred[None] = (
+            self._flushing if self._flushing is not None else succeed(None)
+        )
+        d = _chain(d)
+        d.addCallback(lambda _: self._flush())
+        d.addCallback(lambda _: self._flush() if self._outcomes else None)
+
+        def gave_up(_: object) -> None:
+            if self._outcomes:
+                log.warn(  # noqa: G010 (twisted.logger spells it warn)
+                    "{count} webhook outcomes could not be recorded; those deliveries "
+                    "will be attempted again",
+                    count=len(self._outcomes),
+                )
+
+        d.addCallback(gave_up)
+        return d
+
+    def _close(self) -> Deferred[None] | None:
+        for db in (self._claims, self._writes):
+            if db is not None:
+                db.close()
+        if self._pool is not None:
+            pool = self._pool
+            return pool.closeCachedConnections()
+        return None
+
+    # -- waking and claiming -----------------------------------------------
+
+    def wake(self) -> None:
+        """
+        Look for due deliveries now (call it when a message is stored).
+        """
+        if not self.running:
+            return
+        if self._claiming is not None:
+            self._claim_again = True
+            return
+        self._claim()
+
+    def _wake_soon(self) -> None:
+        if self._wake_pending:
+            return
+        self._wake_pending = True
+
+        def woken() -> None:
+            self._wake_pending = False
+            self.wake()
+
+        self.clock.callLater(0, woken)
+
+    def _tick(self) -> None:
+        self.wake()
+        if self._outcomes and self._flushing is None:
+            self._flush()
+
+    def _claim(self) -> None:
+        free = self.max_in_flight - len(self._in_flight)
+        if free <= 0 or self._claims is None:
+            return
+        full = [h for h, n in self._per_host_busy.items() if n >= self.per_host]
+        busy = [(h, n) for h, n in self._per_host_busy.items() if 0 < n < self.per_host]
+        params = {
+            "full_hosts": full,
+            "busy_hosts": [h for h, _ in busy],
+            "busy_counts": [n for _, n in busy],
+            "per_host": self.per_host,
+            "free": free,
+            "window": min(max(free * 4, 32), 2000),
+            "lease": self.timeout + LEASE_MARGIN,
+        }
+        self._claim_again = False
+        d = self._claims.run_query(_CLAIM, params)
+        d.addCallback(self._start, free)
+        d.addErrback(
+            lambda f: log.warn(  # noqa: G010 (twisted.logger spells it warn)
+                "Could not claim webhook deliveries: {error}", error=_describe(f)
+            )
+        )
+        self._claiming = d
+
+        def claimed(_: object) -> None:
+            self._claiming = None
+            if self.running and self._claim_again:
+                self._wake_soon()
+
+        d.addCallback(claimed)
+        d.addErrback(lambda f: log.failure("After claiming webhook deliveries", f))
+
+    def _start(self, rows: Sequence[tuple[Any, ...]], free: int) -> None:
+        for row in rows:
+            delivery = Delivery(
+                id=row[0],
+                url=row[1],
+                host=row[2],
+                attempts=row[3],
+                age=row[4],
+                message_id=row[5],
+                event=row[6],
+                channel=row[7],
+                body=row[8].encode("utf-8"),
+            )
+            self._per_host_busy[delivery.host] = (
+                self._per_host_busy.get(delivery.host, 0) + 1
+            )
+            self._attempt(delivery)
+        if len(rows) >= free:
+            # There may be more due than there was room for.
+            self._claim_again = True
+
+    # -- one attempt ---------------------------------------------------------
+
+    def _attempt(self, delivery: Delivery) -> None:
+        tracker: Deferred[None] = Deferred()
+        self._in_flight[delivery.id] = tracker
+        refusal = url_refusal(delivery.url)
+        d: Deferred[Outcome]
+        if refusal is not None:
+            d = succeed(self._refused(delivery, refusal))
+        else:
+            d = self._send(delivery)
+        d.addCallback(self._finished)
+        d.addErrback(
+            lambda f: log.failure(
+                "Webhook delivery {delivery_id} went wrong", f, delivery_id=delivery.id
+            )
+        )
+
+        def release(_: object) -> None:
+            del self._in_flight[delivery.id]
+            tracker.callback(None)
+            left = self._per_host_busy[delivery.host] - 1
+            if left:
+                self._per_host_busy[delivery.host] = left
+            else:
+                del self._per_host_busy[delivery.host]
+            self.wake()
+
+        d.addCallback(release)
+        d.addErrback(lambda f: log.failure("Releasing a webhook delivery", f))
+
+    def _send(self, delivery: Delivery) -> Deferred[Outcome]:
+        timestamp = int(self.clock.seconds())
+        headers = webhook_headers(
+            self._key,
+            delivery.message_id,
+            timestamp,
+            delivery.body,
+            delivery.event,
+            delivery.channel,
+        )
+        raw = Headers(
+            {k.encode("ascii"): [v.encode("utf-8")] for k, v in headers.items()}
+        )
+        d: Deferred[Any] = self.http.request(
+            "POST",
+            delivery.url,
+            headers=raw,
+            data=delivery.body,
+            allow_redirects=False,
+            unbuffered=True,
+        )
+        d.addCallback(_read_answer)
+        d.addTimeout(self.timeout, self.clock, onTimeoutCancel=_timed_out)
+        d.addCallbacks(
+            lambda answer: self._answered(delivery, answer),
+            lambda f: self._not_answered(delivery, f),
+        )
+        return d
+
+    def _answered(self, delivery: Delivery, answer: Answer) -> Outcome:
+        verdict = verdict_for_status(answer.status)
+        if verdict is Verdict.DELIVERED:
+            log.debug(
+                "Webhook delivery {delivery_id} of message {message_id} to {url}: {status}",
+                delivery_id=delivery.id,
+                message_id=delivery.message_id,
+                url=redact_url(delivery.url),
+                status=answer.status,
+            )
+            return Outcome(delivery, "delivered", http_status=answer.status)
+        error = f"HTTP {answer.status}"
+        if verdict is Verdict.FAILED:
+            log.warn(  # noqa: G010 (twisted.logger spells it warn)
+                "Webhook delivery {delivery_id} of message {message_id} to {url} failed: "
+                "the receiver answered {status}, which is final",
+                delivery_id=delivery.id,
+                message_id=delivery.message_id,
+                url=redact_url(delivery.url),
+                status=answer.status,
+            )
+            return Outcome(delivery, "failed", http_status=answer.status, error=error)
+        retry_after = parse_retry_after(answer.retry_after, self.clock.seconds())
+        return self._retry(delivery, error, answer.status, retry_after)
+
+    def _not_answered(self, delivery: Delivery, f: Failure) -> Outcome:
+        if f.check(UnsafeAddress):
+            return self._refused(delivery, str(f.value))
+        if f.check(DeferredTimeoutError):
+            error = f"no answer within {self.timeout:g} s"
+        else:
+            error = _describe(f)
+        return self._retry(delivery, error, None, None)
+
+    def _retry(
+        self,
+        delivery: Delivery,
+        error: str,
+        http_status: int | None,
+        retry_after: float | None,
+    ) -> Outcome:
+        delay = self.policy.next_delay(
+            delivery.attempts, delivery.age, self.jitter(), retry_after
+        )
+        if delay is None:
+            log.warn(  # noqa: G010 (twisted.logger spells it warn)
+                "Webhook delivery {delivery_id} of message {message_id} to {url} failed "
+                "after {attempts} attempts ({error}); no more retries",
+                delivery_id=delivery.id,
+                message_id=delivery.message_id,
+                url=redact_url(delivery.url),
+                attempts=delivery.attempts,
+                error=error,
+            )
+            return Outcome(delivery, "failed", http_status=http_status, error=error)
+        log.info(
+            "Webhook delivery {delivery_id} to {url}: {error}; retrying in {delay:.1f} s",
+            delivery_id=delivery.id,
+            url=redact_url(delivery.url),
+            error=error,
+            delay=delay,
+            attempts=delivery.attempts,
+        )
+        return Outcome(
+            delivery, "pending", http_status=http_status, error=error, delay=delay
+        )
+
+    def _refused(self, delivery: Delivery, reason: str) -> Outcome:
+        log.warn(  # noqa: G010 (twisted.logger spells it warn)
+            "Webhook delivery {delivery_id} of message {message_id} to {url} refused: "
+            "{reason}; set --webhook-allow-private to deliver to such addresses",
+            delivery_id=delivery.id,
+            message_id=delivery.message_id,
+            url=redact_url(delivery.url),
+            reason=reason,
+        )
+        return Outcome(delivery, "failed", error=f"refused: {reason}"[:_ERROR_LENGTH])
+
+    # -- recording -------------------------------------------------------------
+
+    def _finished(self, outcome: Outcome) -> None:
+        self._outcomes.append(outcome)
+        if self._flushing is None:
+            self._flush()
+
+    def _flush(self) -> Deferred[None]:
+        """
+        Write the outcomes gathered so far in one statement; those arriving
+        meanwhile go in the next one.
+        """
+        if self._flushing is not None:
+            return _chain(self._flushing)
+        if not self._outcomes or self._writes is None:
+            return succeed(None)
+        batch, self._outcomes = self._outcomes, []
+        params = {
+            "ids": [o.delivery.id for o in batch],
+            "attempts": [o.delivery.attempts for o in batch],
+            "statuses": [o.status for o in batch],
+            "http_statuses": [o.http_status for o in batch],
+            "errors": [o.error for o in batch],
+            "delays": [o.delay for o in batch],
+        }
+        d = self._writes.run_operation(_RECORD, params)
+
+        def failed(f: Failure) -> None:
+            # Keep them for the next flush; the leases keep the rows from
+            # being claimed again meanwhile.
+            self._outcomes[:0] = batch
+            log.warn(  # noqa: G010 (twisted.logger spells it warn)
+                "Could not record {count} webhook outcomes: {error}",
+                count=len(batch),
+                error=_describe(f),
+            )
+
+        d.addErrback(failed)
+        self._flushing = d
+
+        def done(_: object) -> None:
+            self._flushing = None
+            if self._outcomes and self.running:
+                # Not recursion: this runs when the previous write finished.
+                self._flush()
+
+        d.addCallback(done)
+        d.addErrback(lambda f: log.failure("Recording webhook outcomes", f))
+        return _chain(d)
+
+    # -- pruning -----------------------------------------------------------------
+
+    def prune(
+        self, older_than: float | None = None, batch: int = 5000
+    ) -> Deferred[int]:
+        """
+        Delete delivered and failed rows last changed more than
+        C{older_than} seconds ago (the retention by default), in batches.
+
+        @return: A Deferred firing with how many rows were deleted.
+        """
+        if self._writes is None:
+            return fail(RuntimeError("the webhook service is not running"))
+        writes = self._writes
+        age = self.retention if older_than is None else older_than
+        total = 0
+
+        def step(rows: list[tuple[Any, ...]]) -> Any:
+            nonlocal total
+            deleted = int(rows[0][0])
+            total += deleted
+            if deleted < batch:
+                return total
+            d = writes.run_query(_PRUNE, {"age": age, "batch": batch})
+            d.addCallback(step)
+            return d
+
+        d: Deferred[Any] = writes.run_query(_PRUNE, {"age": age, "batch": batch})
+        d.addCallback(step)
+        return d
+
+    def _prune_now(self) -> None:
+        d = self.prune()
+
+        def pruned(count: int) -> None:
+            if count:
+                log.info("Pruned {count} finished webhook deliveries", count=count)
+
+        d.addCallback(pruned)
+        d.addErrback(
+            lambda f: log.warn(  # noqa: G010 (twisted.logger spells it warn)
+                "Could not prune webhook deliveries: {error}", error=_describe(f)
+            )
+        )
+
+
+def _close_quietly(connection: Connection) -> None:
+    try:
+        connection.close()
+    except Exception:  # noqa: BLE001 (a broken connection may fail to close)
+        log.failure("Closing a webhook database connection")
+
+
+def _timed_out(result: object, timeout: float) -> Failure:
+    """
+    Whatever a cancelled request ended with (often a wrapped
+    C{CancelledError}), the reason is the timeout.
+    """
+    return Failure(DeferredTimeoutError(f"no answer within {timeout:g} s"))
+
+
+def _chain(d: Deferred[Any]) -> Deferred[None]:
+    """
+    A new Deferred that fires (with C{None}) when C{d} does, leaving C{d}'s
+    own result alone.
+    """
+    follower: Deferred[None] = Deferred()
+
+    def passthrough(result: object) -> object:
+        follower.callback(None)
+        return result
+
+    d.addBoth(passthrough)
+    return follower

@@ -1,0 +1,734 @@
+"""
+Tests for L{realtimed.webhooks}: deliveries from a real PostgreSQL outbox to
+real receivers on loopback ports.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from standardwebhooks.webhooks import Webhook
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
+from twisted.internet.task import deferLater
+from twisted.logger import formatEvent, globalLogPublisher
+from twisted.trial.unittest import TestCase
+from twisted.web.http import HTTPChannel
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request, Site
+
+from realtimed.signing import encode_webhook_secret
+from realtimed.store.migrations import migrate
+from realtimed.webhook_policy import RetryPolicy
+from realtimed.webhooks import WebhookService
+from tests.support import create_database, run_sql
+
+SECRET = encode_webhook_secret(b"webhook-test-key-" + b"x" * 15)
+
+#: Quick retries, so tests need not wait.
+QUICK = RetryPolicy(base_delay=0.05, max_delay=0.2, horizon=60.0)
+
+
+class Receiver(Resource):
+    """
+    A webhook receiver that records each request and answers from a
+    script: each entry is a status, or a status and extra headers; once the
+    script is used up, 200.
+
+    @ivar delay: Seconds to wait before answering.
+    """
+
+    isLeaf = True
+
+    def __init__(self, script: list[Any] | None = None, delay: float = 0.0) -> None:
+        super().__init__()
+        self.script = list(script or [])
+        self.delay = delay
+        self.requests: list[tuple[dict[str, str], bytes, float]] = []
+        self.answering: set[Any] = set()
+
+    def render_POST(self, request: Request) -> bytes | int:
+        headers = {
+            name.decode().lower(): values[0].decode("utf-8")
+            for name, values in request.requestHeaders.getAllRawHeaders()
+        }
+        assert request.content is not None
+        body = request.content.read()
+        self.requests.append((headers, body, reactor.seconds()))
+        status: int = 200
+        extra: dict[str, str] = {}
+        if self.script:
+            entry = self.script.pop(0)
+            status, extra = entry if isinstance(entry, tuple) else (entry, {})
+        request.setResponseCode(status)
+        for name, value in extra.items():
+            request.setHeader(name, value)
+        if not self.delay:
+            return b"thanks"
+
+        def answer() -> None:
+            self.answering.discard(call)
+            if not request._disconnected:
+                request.write(b"thanks")
+                request.finish()
+
+        call = reactor.callLater(self.delay, answer)
+        self.answering.add(call)
+        return NOT_DONE_YET
+
+    def stop(self) -> None:
+        """
+        Drop the answers not given yet.
+        """
+        for call in self.answering:
+            call.cancel()
+        self.answering.clear()
+
+    def ids(self) -> list[str]:
+        return [headers["webhook-id"] for headers, _, _ in self.requests]
+
+
+class TrackingSite(Site):
+    """
+    A site that can close every connection it accepted, so a test leaves
+    no connection behind.
+    """
+
+    def __init__(self, resource: Resource) -> None:
+        super().__init__(resource)
+        self.channels: dict[HTTPChannel, Deferred[None]] = {}
+
+    def log(self, request: Request) -> None:
+        pass
+
+    def buildProtocol(self, addr: Any) -> Any:
+        channel = super().buildProtocol(addr)
+        gone: Deferred[None] = Deferred()
+        self.channels[channel] = gone
+        lost = channel.connectionLost
+
+        def connectionLost(reason: Any) -> None:
+            lost(reason)
+            self.channels.pop(channel, None)
+            gone.callback(None)
+
+        channel.connectionLost = connectionLost  # type: ignore[method-assign]
+        return channel
+
+    def close_all(self) -> Deferred[Any]:
+        waiting = list(self.channels.values())
+        for channel in list(self.channels):
+            transport = getattr(channel, "_channel", channel).transport
+            if transport is not None:
+                transport.abortConnection()
+        return gatherResults(waiting)
+
+
+class WebhookTestCase(TestCase):
+    """
+    A fresh migrated database per test, and helpers to run receivers and
+    services against it.
+    """
+
+    @inlineCallbacks
+    def setUp(self) -> Any:
+        self.database = create_database(self)
+        yield migrate(reactor, self.database)
+        self.log_events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(self.log_events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.log_events.append)
+
+    def listen(self, receiver: Resource, port: int = 0) -> int:
+        """
+        Serve C{receiver} on 127.0.0.1 until the test ends.
+
+        @return: Its port.
+        """
+        site = TrackingSite(receiver)
+        listening = reactor.listenTCP(port, site, interface="127.0.0.1")
+
+        @inlineCallbacks
+        def close() -> Any:
+            if isinstance(receiver, Receiver):
+                receiver.stop()
+            yield listening.stopListening()
+            yield site.close_all()
+
+        self.addCleanup(close)
+        self.close_receiver = close
+        return int(listening.getHost().port)
+
+    def free_port(self) -> int:
+        """
+        A loopback port with nothing listening (just now).
+        """
+        listening = reactor.listenTCP(0, Site(Resource()), interface="127.0.0.1")
+        port = int(listening.getHost().port)
+        listening.stopListening()
+        return port
+
+    def service(self, **kwargs: Any) -> WebhookService:
+        """
+        A started delivery service on the test database, stopped when the
+        test ends (unless stopped before).
+        """
+        options: dict[str, Any] = {
+            "allow_private": True,
+            "policy": QUICK,
+            "poll_interval": 0.2,
+        }
+        options.update(kwargs)
+        service = WebhookService(reactor, self.database, SECRET, **options)
+        service.startService()
+
+        def stop() -> Any:
+            if service.running:
+                return service.stopService()
+            return None
+
+        self.addCleanup(stop)
+        return service
+
+    def channel(self, pattern: str, *urls: str) -> None:
+        run_sql(
+            self.database,
+            "INSERT INTO realtime.channels (pattern, webhook_urls) VALUES (%s, %s)",
+            (pattern, list(urls)),
+        )
+
+    def publish(self, channel: str, event: str = "evt", payload: Any = None) -> str:
+        rows = run_sql(
+            self.database,
+            "SELECT realtime.publish(%s, %s, %s)::text",
+            (channel, event, json.dumps(payload if payload is not None else {"a": 1})),
+        )
+        return str(rows[0][0])
+
+    def deliveries(self) -> list[tuple[Any, ...]]:
+        return run_sql(
+            self.database,
+            "SELECT message_id::text, url, status, attempts, last_status, last_error"
+            " FROM realtime.webhook_deliveries ORDER BY id",
+        )
+
+    def counts(self, message_id: str) -> tuple[int, int]:
+        rows = run_sql(
+            self.database,
+            "SELECT wh_audience_count, wh_delivered_count FROM realtime.messages"
+            " WHERE id = %s",
+            (message_id,),
+        )
+        return rows[0][0], rows[0][1]
+
+    @inlineCallbacks
+    def wait_for(
+        self, condition: Callable[[], bool], timeout: float = 15.0, what: str = ""
+    ) -> Any:
+        """
+        Poll C{condition} until it holds; fail the test after C{timeout}.
+        """
+        deadline = reactor.seconds() + timeout
+        while not condition():
+            if reactor.seconds() > deadline:
+                self.fail(f"timed out waiting for {what or condition}")
+            yield deferLater(reactor, 0.05, lambda: None)
+
+    def settled(self) -> bool:
+        """
+        Whether no delivery is pending.
+        """
+        return not any(row[2] == "pending" for row in self.deliveries())
+
+    def logged(self, text: str) -> list[str]:
+        lines = []
+        for event in self.log_events:
+            if "log_format" in event:
+                line = formatEvent(event)
+                if text in line:
+                    lines.append(line)
+        return lines
+
+
+class DeliveryTests(WebhookTestCase):
+    @inlineCallbacks
+    def test_signed_delivery(self) -> Any:
+        """
+        A published message reaches the channel's webhook as the message
+        JSON delivered on sockets, signed so that the standardwebhooks
+        library verifies it, with the event and channel headers, and is
+        counted as delivered.
+        """
+        receiver = Receiver()
+        port = self.listen(receiver)
+        self.channel("room:*", f"http://127.0.0.1:{port}/hook?token=t")
+        self.service()
+        message_id = self.publish("room:1", "chat", {"text": "héllo", "n": [1, 2]})
+        yield self.wait_for(lambda: self.settled() and len(receiver.requests) == 1)
+        headers, body, _ = receiver.requests[0]
+        verified = Webhook(SECRET).verify(body, headers)
+        expected = run_sql(
+            self.database,
+            "SELECT realtime.message_json(m) FROM realtime.messages m WHERE id = %s",
+            (message_id,),
+        )[0][0]
+        self.assertEqual(verified, expected)
+        self.assertEqual(verified["payload"], {"text": "héllo", "n": [1, 2]})
+        self.assertEqual(verified["messageId"], message_id)
+        self.assertEqual(headers["webhook-id"], message_id)
+        self.assertEqual(headers["content-type"], "application/json")
+        self.assertEqual(headers["x-realtime-event"], "chat")
+        self.assertEqual(headers["x-realtime-channel"], "room:1")
+        self.assertTrue(headers["webhook-signature"].startswith("v1,"))
+        self.assertEqual(
+            self.deliveries(),
+            [
+                (
+                    message_id,
+                    f"http://127.0.0.1:{port}/hook?token=t",
+                    "delivered",
+                    1,
+                    200,
+                    None,
+                )
+            ],
+        )
+        self.assertEqual(self.counts(message_id), (1, 1))
+
+    @inlineCallbacks
+    def test_every_url(self) -> Any:
+        """
+        Each of the channel's webhook URLs gets the message once, and the
+        audience counts them.
+        """
+        first, second = Receiver(), Receiver()
+        urls = [f"http://127.0.0.1:{self.listen(r)}/" for r in (first, second)]
+        self.channel("room:*", *urls)
+        self.service()
+        message_id = self.publish("room:1")
+        yield self.wait_for(self.settled)
+        self.assertEqual((first.ids(), second.ids()), ([message_id], [message_id]))
+        self.assertEqual(self.counts(message_id), (2, 2))
+
+    @inlineCallbacks
+    def test_500_twice(self) -> Any:
+        """
+        A receiver that answers 500 twice and then 200 gets the message on
+        the third attempt, the same webhook-id each time.
+        """
+        receiver = Receiver([500, 503])
+        port = self.listen(receiver)
+        self.channel("room:*", f"http://127.0.0.1:{port}/")
+        self.service()
+        message_id = self.publish("room:1")
+        yield self.wait_for(self.settled)
+        self.assertEqual(receiver.ids(), [message_id] * 3)
+        self.assertEqual(self.deliveries()[0][2:5], ("delivered", 3, 200))
+        self.assertEqual(self.counts(message_id), (1, 1))
+        for headers, body, _ in receiver.requests:
+            Webhook(SECRET).verify(body, headers)
+
+    @inlineCallbacks
+    def test_down_then_up(self) -> Any:
+        """
+        A receiver that is down when the message is published gets it once
+        it comes up.
+        """
+        port = self.free_port()
+        self.channel("room:*", f"http://127.0.0.1:{port}/")
+        self.service()
+        message_id = self.publish("room:1")
+        yield self.wait_for(
+            lambda: self.deliveries()[0][3] >= 2, what="two failed attempts"
+        )
+        row = self.deliveries()[0]
+        self.assertEqual(row[2], "pending")
+        self.assertIn("refused", row[5].lower())
+        receiver = Receiver()
+        self.listen(receiver, port)
+        yield self.wait_for(self.settled)
+        self.assertEqual(receiver.ids(), [message_id])
+        self.assertEqual(self.counts(message_id), (1, 1))
+
+    @inlineCallbacks
+    def test_410_final(self) -> Any:
+        """
+        A 410 answer is final: the delivery is failed after one attempt and
+        not counted as delivered.
+        """
+        receiver = Receiver([410])
+        port = self.listen(receiver)
+        self.channel("room:*", f"http://127.0.0.1:{port}/")
+        self.service()
+        message_id = self.publish("room:1")
+        yield self.wait_for(self.settled)
+        self.assertEqual(self.deliveries()[0][2:6], ("failed", 1, 410, "HTTP 410"))
+        self.assertEqual(self.counts(message_id), (1, 0))
+        # Give a wrong retry the time to happen.
+        yield deferLater(reactor, 0.5, lambda: None)
+        self.assertEqual(receiver.ids(), [message_id])
+        self.assertTrue(self.logged("which is final"))
+
+    @inlineCallbacks
+    def test_redirect_not_followed(self) -> Any:
+        """
+        A redirect is not followed, and is final.
+        """
+        target = Receiver()
+        target_port = self.listen(target)
+        receiver = Receiver([(307, {"location": f"http://127.0.0.1:{target_port}/"})])
+        port = self.listen(receiver)
+        self.channel("room:*", f"http://127.0.0.1:{port}/")
+        self.service()
+        self.publish("room:1")
+        yield self.wait_for(self.settled)
+        self.assertEqual(self.deliveries()[0][2:5], ("failed", 1, 307))
+        self.assertEqual(target.requests, [])
+
+    @inlineCallbacks
+    def test_retry_after(self) -> Any:
+        """
+        A 429 with Retry-After is retried no sooner than it asks, although
+        the backoff alone would retry at once.
+        """
+        receiver = Receiver([(429, {"retry-after": "1"})])
+        port = self.listen(receiver)
+        self.channel("room:*", f"http://127.0.0.1:{port}/")
+        self.service(policy=RetryPolicy(base_delay=0.001, max_delay=0.001, horizon=60))
+        message_id = self.publish("room:1")
+        yield self.wait_for(self.settled)
+        self.assertEqual(receiver.ids(), [message_id] * 2)
+        first, second = receiver.requests[0][2], receiver.requests[1][2]
+        self.assertGreaterEqual(second - first, 0.9)
+        self.assertEqual(self.deliveries()[0][2:5], ("delivered", 2, 200))
+
+    @inlineCallbacks
+    def test_horizon(self) -> Any:
+        """
+        A receiver that keeps failing is given up on at the horizon, and the
+        delivery is failed.
+        """
+        receiver = Receiver([500] * 1000)
+        port = self.listen(receiver)
+        self.channel("room:*", f"http://127.0.0.1:{port}/")
+        self.service(policy=RetryPolicy(base_delay=0.05, max_delay=0.1, horizon=0.5))
+        message_id = self.publish("room:1")
+        yield self.wait_for(self.settled)
+        row = self.deliveries()[0]
+        self.assertEqual(row[2:6:2], ("failed", 500))
+        self.assertGreaterEqual(row[3], 2)
+        self.assertEqual(len(receiver.requests), row[3])
+        self.assertEqual(self.counts(message_id), (1, 0))
+        self.assertTrue(self.logged("no more retries"))
+
+    @inlineCallbacks
+    def test_timeout(self) -> Any:
+        """
+        A receiver slower than the timeout is retried.
+        """
+        receiver = Receiver(delay=1.0)
+        port = self.listen(receiver)
+        self.channel("room:*", f"http://127.0.0.1:{port}/")
+        self.service(timeout=0.3)
+        self.publish("room:1")
+        yield self.wait_for(lambda: len(receiver.requests) >= 2, what="a retry")
+        row = self.deliveries()[0]
+        self.assertIn("no answer within 0.3 s", row[5] or "")
+
+    @inlineCallbacks
+    def test_large_answer(self) -> Any:
+        """
+        A receiver answering with a large body still counts as delivered;
+        the body is not read to its end.
+        """
+
+        class Chatty(Receiver):
+            def render_POST(self, request: Request) -> bytes | int:
+                super().render_POST(request)
+                return b"x" * 1_000_000
+
+        receiver = Chatty()
+        port = self.listen(receiver)
+        self.channel("room:*", f"http://127.0.0.1:{port}/")
+        self.service()
+        message_id = self.publish("room:1")
+        yield self.wait_for(self.settled)
+        self.assertEqual(self.counts(message_id), (1, 1))
+
+
+class SafetyTests(WebhookTestCase):
+    @inlineCallbacks
+    def test_loopback_refused(self) -> Any:
+        """
+        Without allow_private, a URL pointing at 127.0.0.1 is refused: the
+        receiver gets nothing, the delivery is failed, and a log line says
+        why.
+        """
+        receiver = Receiver()
+        port = self.listen(receiver)
+        self.channel("room:*", f"http://127.0.0.1:{port}/hook?secret=s3cr3t")
+        self.service(allow_private=False)
+        message_id = self.publish("room:1")
+        yield self.wait_for(self.settled)
+        row = self.deliveries()[0]
+        self.assertEqual(row[2:4], ("failed", 1))
+        self.assertIn("loopback", row[5])
+        self.assertEqual(receiver.requests, [])
+        self.assertEqual(self.counts(message_id), (1, 0))
+        lines = self.logged("refused")
+        self.assertEqual(len(lines), 1, lines)
+        self.assertIn("127.0.0.1 is a loopback address", lines[0])
+        self.assertIn("--webhook-allow-private", lines[0])
+        self.assertNotIn("s3cr3t", lines[0])
+
+    @inlineCallbacks
+    def test_localhost_name_refused(self) -> Any:
+        """
+        A host name is judged by the addresses it resolves to: localhost is
+        refused too.
+        """
+        port = self.listen(Receiver())
+        self.channel("room:*", f"http://localhost:{port}/")
+        self.service(allow_private=False)
+        self.publish("room:1")
+        yield self.wait_for(self.settled)
+        row = self.deliveries()[0]
+        self.assertEqual(row[2], "failed")
+        self.assertIn("localhost resolves to", row[5])
+
+    @inlineCallbacks
+    def test_scheme_refused(self) -> Any:
+        """
+        A URL that is not http or https is refused and failed.
+        """
+        self.channel("room:*", "ftp://127.0.0.1/x")
+        self.service()
+        self.publish("room:1")
+        yield self.wait_for(self.settled)
+        row = self.deliveries()[0]
+        self.assertEqual(row[2:4], ("failed", 1))
+        self.assertIn("only http and https", row[5])
+
+
+class DurabilityTests(WebhookTestCase):
+    @inlineCallbacks
+    def test_restart(self) -> Any:
+        """
+        A service stopped while deliveries are pending (some in flight)
+        leaves them to the next one: every delivery arrives, none twice.
+        """
+        receiver = Receiver(delay=0.05)
+        port = self.listen(receiver)
+        self.channel("room:*", f"http://127.0.0.1:{port}/")
+        published = [self.publish("room:1", payload={"n": n}) for n in range(40)]
+        first = self.service(max_in_flight=4, per_host=2)
+        yield self.wait_for(lambda: len(receiver.requests) >= 5, what="some deliveries")
+        yield first.stopService()
+        pending = [row for row in self.deliveries() if row[2] == "pending"]
+        self.assertTrue(pending, "all delivered before the stop")
+        self.assertEqual(receiver.ids(), list(dict.fromkeys(receiver.ids())))
+        self.service()
+        yield self.wait_for(self.settled)
+        self.assertEqual(Counter(receiver.ids()), Counter(published))
+        self.assertEqual(
+            run_sql(
+                self.database,
+                "SELECT count(*) FROM realtime.messages"
+                " WHERE wh_audience_count = 1 AND wh_delivered_count = 1",
+            ),
+            [(40,)],
+        )
+
+    @inlineCallbacks
+    def test_crashed_lease(self) -> Any:
+        """
+        A delivery claimed by a process that died is retried once its lease
+        has run out.
+        """
+        receiver = Receiver()
+        port = self.listen(receiver)
+        self.channel("room:*", f"http://127.0.0.1:{port}/")
+        message_id = self.publish("room:1")
+        # What a claim leaves behind: the attempt counted, the row leased.
+        run_sql(
+            self.database,
+            "UPDATE realtime.webhook_deliveries"
+            " SET attempts = 1, next_attempt_at = now() + interval '0.5 seconds'",
+        )
+        self.service()
+        yield deferLater(reactor, 0.3, lambda: None)
+        self.assertEqual(receiver.requests, [])
+        yield self.wait_for(self.settled)
+        self.assertEqual(receiver.ids(), [message_id])
+        self.assertEqual(self.deliveries()[0][2:4], ("delivered", 2))
+
+    @inlineCallbacks
+    def test_two_services(self) -> Any:
+        """
+        Two services on one database share the outbox: each delivery is sent
+        exactly once.
+        """
+        first, second = Receiver(), Receiver()
+        urls = [f"http://127.0.0.1:{self.listen(r)}/" for r in (first, second)]
+        self.channel("room:*", *urls)
+        self.service(max_in_flight=8, per_host=4)
+        self.service(max_in_flight=8, per_host=4)
+        published = [self.publish("room:1", payload={"n": n}) for n in range(60)]
+        yield self.wait_for(self.settled)
+        self.assertEqual(Counter(first.ids()), Counter(published))
+        self.assertEqual(Counter(second.ids()), Counter(published))
+        self.assertEqual(
+            run_sql(
+                self.database,
+                "SELECT count(*) FROM realtime.messages"
+                " WHERE wh_audience_count = 2 AND wh_delivered_count = 2",
+            ),
+            [(60,)],
+        )
+
+    @inlineCallbacks
+    def test_wake(self) -> Any:
+        """
+        Without polling or LISTEN, wake() makes the service look at once.
+        """
+        receiver = Receiver()
+        port = self.listen(receiver)
+        self.channel("room:*", f"http://127.0.0.1:{port}/")
+        service = self.service(poll_interval=3600.0, listen=False)
+        yield deferLater(reactor, 0.1, lambda: None)
+        message_id = self.publish("room:1")
+        yield deferLater(reactor, 0.3, lambda: None)
+        self.assertEqual(receiver.requests, [])
+        service.wake()
+        yield self.wait_for(self.settled)
+        self.assertEqual(receiver.ids(), [message_id])
+
+    @inlineCallbacks
+    def test_notified(self) -> Any:
+        """
+        With LISTEN, a new message is picked up without waiting for a poll.
+        """
+        receiver = Receiver()
+        port = self.listen(receiver)
+        self.channel("room:*", f"http://127.0.0.1:{port}/")
+        self.service(poll_interval=3600.0)
+        # LISTEN is the first statement of the claiming connection.
+        yield self.wait_for(
+            lambda: (
+                run_sql(
+                    self.database,
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                    " AND (query LIKE 'LISTEN%%' OR query LIKE '%%SKIP LOCKED%%')",
+                )[0][0]
+                > 0
+            ),
+            what="LISTEN",
+        )
+        message_id = self.publish("room:1")
+        yield self.wait_for(self.settled, timeout=5.0)
+        self.assertEqual(receiver.ids(), [message_id])
+
+
+class OutboxTests(WebhookTestCase):
+    def test_rls_roles(self) -> None:
+        """
+        A message inserted by the authenticated role under row-level
+        security is queued for every webhook URL and its audience counted;
+        the role cannot read the outbox.
+        """
+        self.channel(
+            "room:*", "http://a.example/1", "http://b.example/2", "http://a.example/1"
+        )
+        rows = run_sql(
+            self.database,
+            """
+            DO $$
+            BEGIN
+                SET LOCAL ROLE authenticated;
+                INSERT INTO realtime.messages
+                    (event_name, channel_id, channel_name, sender_type, sender_id,
+                     wh_delivered_count)
+                SELECT 'chat', (realtime.owning_channel('room:7')).id, 'room:7', 'user', 'u1', 5;
+                RESET ROLE;
+            END
+            $$;
+            SELECT wh_audience_count, wh_delivered_count FROM realtime.messages;
+            """,
+        )
+        self.assertEqual(rows, [(2, 0)])
+        self.assertEqual(
+            [row[1:4] for row in self.deliveries()],
+            [
+                ("http://a.example/1", "pending", 0),
+                ("http://b.example/2", "pending", 0),
+            ],
+        )
+        with self.assertRaises(Exception) as raised:
+            run_sql(
+                self.database,
+                "SET ROLE anon; SELECT * FROM realtime.webhook_deliveries",
+            )
+        self.assertIn("permission denied", str(raised.exception))
+
+    def test_no_webhooks(self) -> None:
+        """
+        A message on a channel without webhooks queues nothing.
+        """
+        self.channel("quiet")
+        message_id = self.publish("quiet")
+        self.assertEqual(self.deliveries(), [])
+        self.assertEqual(self.counts(message_id), (0, 0))
+
+    @inlineCallbacks
+    def test_prune(self) -> Any:
+        """
+        Pruning deletes delivered and failed rows older than the retention,
+        and keeps recent ones and every pending one.
+        """
+        self.channel(
+            "room:*", "http://a.example/", "http://b.example/", "http://c.example/"
+        )
+        for _ in range(3):
+            self.publish("room:1")
+        run_sql(
+            self.database,
+            """
+            UPDATE realtime.webhook_deliveries SET
+                status = CASE url WHEN 'http://a.example/' THEN 'delivered'
+                                  WHEN 'http://b.example/' THEN 'failed'
+                                  ELSE 'pending' END,
+                updated_at = now() - interval '8 days',
+                next_attempt_at = now() + interval '1 hour'
+            """,
+        )
+        run_sql(
+            self.database,
+            "UPDATE realtime.webhook_deliveries SET updated_at = now()"
+            " WHERE id = (SELECT min(id) FROM realtime.webhook_deliveries"
+            " WHERE status = 'delivered')",
+        )
+        service = self.service()
+        deleted = yield service.prune(batch=2)
+        self.assertEqual(deleted, 5)
+        self.assertEqual(
+            sorted(row[2] for row in self.deliveries()),
+            ["delivered", "pending", "pending", "pending"],
+        )
+
+    @inlineCallbacks
+    def test_pruned_on_schedule(self) -> Any:
+        """
+        The service prunes by itself at its pruning interval.
+        """
+        self.channel("room:*", "http://a.example/")
+        self.publish("room:1")
+        run_sql(
+            self.database,
+            "UPDATE realtime.webhook_deliveries SET status = 'delivered',"
+            " updated_at = now() - interval '8 days'",
+        )
+        self.service(prune_interval=0.1)
+        yield self.wait_for(lambda: not self.deliveries(), what="pruning")
+        self.assertTrue(self.logged("Pruned 1 finished webhook deliveries"))

@@ -267,15 +267,29 @@ class AdminAPI:
     # -- plumbing ----------------------------------------------------------
 
     def _require_admin(self, request: Request) -> Principal:
-        credential = bearer_credential(_header(request, b"authorization"))
+        """
+        The admin making C{request}.  Every credential presented must be
+        valid: a request with a bad ``Authorization`` header is refused even
+        if its ``x-api-key`` is right, and the other way round.
+
+        @raise APIError: 401 without a valid credential, 403 for a valid
+            one that is not an admin's.
+        """
+        authorization = _header(request, b"authorization")
+        api_key = _header(request, b"x-api-key")
         try:
-            if credential is None:
-                credential = _header(request, b"x-api-key")
-                if credential and not hmac.compare_digest(
-                    credential.encode("utf-8", "replace"),
-                    self._keys.api_key.encode("utf-8"),
-                ):
-                    raise AuthenticationError("Invalid API key")
+            if api_key is not None and not hmac.compare_digest(
+                api_key.encode("utf-8", "replace"), self._keys.api_key.encode("utf-8")
+            ):
+                raise AuthenticationError("Invalid API key")
+            if authorization is not None:
+                credential = bearer_credential(authorization)
+                if credential is None:
+                    raise AuthenticationError(
+                        "Invalid Authorization header: expected Bearer <credential>"
+                    )
+            else:
+                credential = api_key
             principal = authenticate(credential, self._keys, self._clock.seconds())
         except AuthenticationError as e:
             request.setHeader(b"WWW-Authenticate", b'Bearer realm="realtime"')

@@ -1110,13 +1110,36 @@ class AuthenticationTests(APIServerMixin, TestCase):
 
     def test_other_scheme(self) -> Any:
         """
-        An Authorization header of another scheme is no credential.
+        An Authorization header of another scheme is refused, even with a
+        right ``x-api-key`` beside it.
         """
         return self.assertRefused(
-            {"Authorization": f"Basic {KEYS.api_key}"},
+            {"Authorization": f"Basic {KEYS.api_key}", "x-api-key": KEYS.api_key},
             401,
             "UNAUTHORIZED",
-            "No authentication provided",
+            "Invalid Authorization header: expected Bearer <credential>",
+        )
+
+    def test_bad_bearer_beside_api_key(self) -> Any:
+        """
+        A bad bearer token is refused even with a right ``x-api-key``.
+        """
+        return self.assertRefused(
+            {"Authorization": "Bearer nonsense", "x-api-key": KEYS.api_key},
+            401,
+            "UNAUTHORIZED",
+            "Invalid token",
+        )
+
+    def test_bad_api_key_beside_bearer(self) -> Any:
+        """
+        A wrong ``x-api-key`` is refused even with a right bearer token.
+        """
+        return self.assertRefused(
+            {"Authorization": f"Bearer {KEYS.api_key}", "x-api-key": "ik_wrong"},
+            401,
+            "UNAUTHORIZED",
+            "Invalid API key",
         )
 
     def test_invalid_token(self) -> Any:
@@ -1178,6 +1201,7 @@ class AuthenticationTests(APIServerMixin, TestCase):
             {"Authorization": f"Bearer {KEYS.api_key}"},
             {"x-api-key": KEYS.api_key},
             {"Authorization": f"Bearer {admin_token}"},
+            {"Authorization": f"Bearer {admin_token}", "x-api-key": KEYS.api_key},
         ):
             status, _ = yield self.request("GET", "/channels", headers=headers)
             self.assertEqual(status, 200, headers)

@@ -1,0 +1,259 @@
+"""
+Tests that the OpenAPI document served at ``/api/realtime/openapi.json``
+tells the truth about the admin API: its routes are the API's routes, the
+reference's examples fit its schemas, and schemathesis, generating requests
+from it against the live API, finds no server error and no response that
+breaks it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import sys
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.defer import inlineCallbacks
+from twisted.internet.utils import getProcessOutputAndValue
+from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
+
+from realtimed.api import AdminAPI
+from realtimed.openapi import openapi_document
+from tests.test_api import KEYS, REFERENCE_CHANNEL, REFERENCE_MESSAGE, APIServerMixin
+
+#: Requests per operation and phase; small, so the run stays well under a
+#: minute on a busy machine.  REALTIMED_SCHEMATHESIS_EXAMPLES raises it.
+MAX_EXAMPLES = int(os.environ.get("REALTIMED_SCHEMATHESIS_EXAMPLES", "12"))
+#: A fixed seed keeps runs repeatable; REALTIMED_SCHEMATHESIS_SEED varies it.
+SEED = os.environ.get("REALTIMED_SCHEMATHESIS_SEED", "20240115")
+
+REFERENCE_STATS = {
+    "totalMessages": 1250,
+    "whDeliveryRate": 0.98,
+    "topEvents": [
+        {"eventName": "order.created", "count": 450},
+        {"eventName": "order.updated", "count": 380},
+        {"eventName": "order.completed", "count": 220},
+    ],
+}
+REFERENCE_PERMISSIONS = {
+    "subscribe": {
+        "policies": [
+            {
+                "policyName": "allow_authenticated_subscribe",
+                "tableName": "realtime_channels",
+                "command": "SELECT",
+                "roles": ["authenticated"],
+                "using": "enabled = true",
+                "withCheck": None,
+            }
+        ]
+    },
+    "publish": {
+        "policies": [
+            {
+                "policyName": "allow_authenticated_publish",
+                "tableName": "realtime_messages",
+                "command": "INSERT",
+                "roles": ["authenticated"],
+                "using": None,
+                "withCheck": "true",
+            }
+        ]
+    },
+}
+
+
+def _klein_routes() -> set[tuple[str, str]]:
+    """
+    Every (path, method) the Klein app routes, in OpenAPI's path syntax.
+    """
+    routes = set()
+    for rule in AdminAPI.app.url_map.iter_rules():
+        path = re.sub(r"<(?:[a-z]+:)?([A-Za-z_]+)>", r"{\1}", rule.rule)
+        for method in rule.methods or ():
+            if method not in ("HEAD", "OPTIONS"):
+                routes.add((path, method.lower()))
+    return routes
+
+
+class DocumentTests(SynchronousTestCase):
+    """
+    The document against the code and the reference.
+    """
+
+    def test_version(self) -> None:
+        """
+        The document is OpenAPI 3.1, served under ``/api/realtime``.
+        """
+        document = openapi_document()
+        self.assertEqual(document["openapi"], "3.1.0")
+        self.assertEqual(document["servers"], [{"url": "/api/realtime"}])
+
+    def test_routes(self) -> None:
+        """
+        The document describes exactly the routes the API has.
+        """
+        documented = {
+            (path, method)
+            for path, item in openapi_document()["paths"].items()
+            for method in item
+            if method != "parameters"
+        }
+        self.assertEqual(documented, _klein_routes())
+
+    def test_every_operation_secured(self) -> None:
+        """
+        No operation opts out of the document-wide admin security, and each
+        documents the 401 and 403 answers.
+        """
+        document = openapi_document()
+        self.assertEqual(document["security"], [{"bearer": []}, {"apiKey": []}])
+        for item in document["paths"].values():
+            for method, operation in item.items():
+                if method == "parameters":
+                    continue
+                self.assertNotIn("security", operation)
+                self.assertIn("401", operation["responses"])
+                self.assertIn("403", operation["responses"])
+
+    def test_reference_examples(self) -> None:
+        """
+        The reference's example responses and request bodies fit the
+        document's schemas (with RFC 3339 times as the reference writes
+        them), and malformed ones do not.
+        """
+        try:
+            import jsonschema_rs
+        except ImportError:
+            raise SkipTest("jsonschema_rs (installed with schemathesis) is needed")
+        document = openapi_document()
+
+        def valid(name: str, instance: Any) -> bool:
+            schema = {"$ref": f"#/components/schemas/{name}", **document}
+            validator = jsonschema_rs.Draft202012Validator(
+                schema, validate_formats=True
+            )
+            return bool(validator.is_valid(instance))
+
+        examples = [
+            ("Channel", REFERENCE_CHANNEL),
+            ("Channel", {**REFERENCE_CHANNEL, "webhookUrls": None}),
+            ("Message", REFERENCE_MESSAGE),
+            ("MessageStats", REFERENCE_STATS),
+            ("Permissions", REFERENCE_PERMISSIONS),
+            ("Deleted", {"message": "Channel deleted"}),
+            (
+                "Error",
+                {
+                    "error": "NOT_FOUND",
+                    "message": "Channel not found",
+                    "statusCode": 404,
+                },
+            ),
+            (
+                "ChannelCreation",
+                {
+                    "pattern": "notifications:*",
+                    "description": "User notifications channel",
+                    "webhookUrls": ["https://example.com/webhook"],
+                    "enabled": True,
+                },
+            ),
+            (
+                "ChannelUpdate",
+                {"description": "Updated notifications channel", "enabled": False},
+            ),
+            ("ChannelUpdate", {"webhookUrls": None}),
+            (
+                "Publication",
+                {"channel": "order:123", "event": "order.created", "payload": {"a": 1}},
+            ),
+        ]
+        for name, example in examples:
+            self.assertTrue(valid(name, example), (name, example))
+        malformed = [
+            ("Channel", {**REFERENCE_CHANNEL, "extra": 1}),
+            ("ChannelCreation", {"description": "no pattern"}),
+            ("ChannelCreation", {"pattern": "a b"}),
+            ("ChannelCreation", {"pattern": "a", "webhookUrls": ["ftp://example.com"]}),
+            ("ChannelUpdate", {}),
+            ("Publication", {"channel": "order:123", "event": "connect"}),
+            ("Publication", {"channel": "order:*", "event": "e"}),
+        ]
+        for name, example in malformed:
+            self.assertFalse(valid(name, example), (name, example))
+
+
+class ServedDocumentTests(APIServerMixin, TestCase):
+    """
+    The document as served, and schemathesis against the live API.
+    """
+
+    timeout = 300
+
+    @inlineCallbacks
+    def test_served(self) -> Any:
+        """
+        ``GET /openapi.json`` serves the document.
+        """
+        status, body = yield self.request("GET", "/openapi.json")
+        self.assertEqual((status, body), (200, openapi_document()))
+
+    @inlineCallbacks
+    def test_schemathesis(self) -> Any:
+        """
+        Requests schemathesis generates from the document, valid and not,
+        with the API key, never cause a 500, and every response conforms to
+        the document (status codes, content types, headers, bodies);
+        schemathesis also checks that requests without the key are refused
+        and that invalid data is rejected.  Its "valid data must be
+        accepted" check is left out: valid ids of channels that do not
+        exist are rightly 404s.
+        """
+        if importlib.util.find_spec("schemathesis") is None:
+            raise SkipTest("schemathesis is not installed")
+        workdir = os.path.abspath("schemathesis")
+        os.makedirs(workdir, exist_ok=True)
+        args = [
+            "-m",
+            "schemathesis.cli",
+            "run",
+            f"{self.base}/openapi.json",
+            "--header",
+            f"x-api-key: {KEYS.api_key}",
+            "--checks",
+            "all",
+            "--exclude-checks",
+            "positive_data_acceptance",
+            "--max-examples",
+            str(MAX_EXAMPLES),
+            "--seed",
+            SEED,
+            "--workers",
+            "1",
+            "--request-timeout",
+            "30",
+            "--generation-database",
+            "none",
+            "--no-color",
+            "--report-dir",
+            os.path.join(workdir, "report"),
+        ]
+        env = {
+            key: value
+            for key, value in os.environ.items()
+            if key in ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "SYSTEMROOT")
+        }
+        env["PYTHONIOENCODING"] = "utf-8"
+        out, err, code = yield getProcessOutputAndValue(
+            sys.executable, args, env=env, path=workdir, reactor=reactor
+        )
+        output = (out + err).decode("utf-8", "replace")
+        self.assertEqual(code, 0, output[-6000:])
+        self.assertIn("No issues found", output)
+        # Every request the run made was answered without a server error,
+        # so nothing was logged as a failure either.
+        self.assertEqual(self.flushLoggedErrors(), [])

@@ -75,6 +75,21 @@ CREATE INDEX messages_channel_created_at ON realtime.messages (channel_id, creat
 CREATE INDEX messages_event_created_at ON realtime.messages (event_name, created_at DESC);
 CREATE INDEX messages_xact_id ON realtime.messages (xact_id);
 
+-- xact_id is always the inserting transaction, whatever the INSERT says: a
+-- LISTEN connection catching up trusts it to find what it missed.
+CREATE FUNCTION realtime.stamp_message_xact() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+    BEGIN
+        NEW.xact_id := pg_current_xact_id();
+        RETURN NEW;
+    END
+    $$;
+
+CREATE TRIGGER stamp_message_xact BEFORE INSERT ON realtime.messages
+    FOR EACH ROW EXECUTE FUNCTION realtime.stamp_message_xact();
+
 ALTER TABLE realtime.channels ENABLE ROW LEVEL SECURITY;
 ALTER TABLE realtime.messages ENABLE ROW LEVEL SECURITY;
 

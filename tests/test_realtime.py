@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import json
 import queue
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -122,53 +121,14 @@ class ConnectFailed(Exception):
     """
 
 
-class Client:
+class EventLog:
     """
-    A python-socketio client that records every event it receives.  Its
-    methods block; tests call them through `RealtimeTestCase.call`.
+    The events a client received, for tests to wait on.
     """
 
-    def __init__(self, address: str) -> None:
-        self.address = address
-        self.sio = socketio.Client(reconnection=False)
+    def __init__(self) -> None:
         self.events: queue.Queue[tuple[str, Any]] = queue.Queue()
         self.seen: list[tuple[str, Any]] = []
-        self.refusal: Any = None
-        self._lock = threading.Lock()
-
-        def anything(event: str, *args: Any) -> None:
-            self.events.put((event, args[0] if len(args) == 1 else list(args)))
-
-        def connect_error(data: Any) -> None:
-            self.refusal = data
-
-        self.sio.on("*", anything)
-        self.sio.on("connect_error", connect_error)
-
-    def connect(self, auth: Any = None, headers: dict[str, str] | None = None, transports: list[str] | None = None) -> None:
-        try:
-            self.sio.connect(
-                self.address,
-                auth=auth,
-                headers=headers or {},
-                transports=transports or ["websocket"],
-                wait_timeout=PATIENCE,
-            )
-        except socketio.exceptions.ConnectionError as e:
-            message = self.refusal.get("message") if isinstance(self.refusal, dict) else self.refusal
-            raise ConnectFailed(message or str(e)) from None
-
-    def request(self, event: str, data: Any) -> Any:
-        """
-        Emit with an ack callback and return the ack.
-        """
-        return self.sio.call(event, data, timeout=PATIENCE)
-
-    def send(self, event: str, *data: Any) -> None:
-        """
-        Emit without an ack callback.
-        """
-        self.sio.emit(event, data[0] if len(data) == 1 else data)
 
     def next_event(self, name: str | None = None, timeout: float = PATIENCE) -> tuple[str, Any]:
         """
@@ -204,7 +164,66 @@ class Client:
             else:
                 self.seen.append((event, data))
 
+
+class Client(EventLog):
+    """
+    A python-socketio client that records every event it receives.  Its
+    methods block; tests call them through `RealtimeTestCase.call`.
+    """
+
+    def __init__(self, address: str) -> None:
+        super().__init__()
+        self.address = address
+        self.sio = socketio.Client(reconnection=False)
+        self.refusal: Any = None
+
+        def anything(event: str, *args: Any) -> None:
+            self.events.put((event, args[0] if len(args) == 1 else list(args)))
+
+        def connect_error(data: Any) -> None:
+            self.refusal = data
+
+        self.sio.on("*", anything)
+        self.sio.on("connect_error", connect_error)
+
+    @property
+    def sid(self) -> str | None:
+        return self.sio.get_sid("/")
+
+    def connect(
+        self,
+        auth: Any = None,
+        headers: dict[str, str] | None = None,
+        transports: list[str] | None = None,
+    ) -> None:
+        try:
+            self.sio.connect(
+                self.address,
+                auth=auth,
+                headers=headers or {},
+                transports=transports or ["websocket"],
+                wait_timeout=PATIENCE,
+            )
+        except socketio.exceptions.ConnectionError as e:
+            message = self.refusal.get("message") if isinstance(self.refusal, dict) else self.refusal
+            raise ConnectFailed(message or str(e)) from None
+
+    def request(self, event: str, data: Any) -> Any:
+        """
+        Emit with an ack callback and return the ack.
+        """
+        return self.sio.call(event, data, timeout=PATIENCE)
+
+    def send(self, event: str, data: Any) -> None:
+        """
+        Emit without an ack callback.
+        """
+        self.sio.emit(event, data)
+
     def disconnect(self) -> None:
+        self.sio.disconnect()
+
+    def close(self) -> None:
         self.sio.disconnect()
 
 
@@ -216,6 +235,7 @@ class RealtimeTestCase(TestCase):
     """
 
     timeout = 120
+    client_class: Callable[[str], Any] = Client
 
     @inlineCallbacks
     def setUp(self) -> Any:
@@ -247,11 +267,15 @@ class RealtimeTestCase(TestCase):
         A connected client; C{auth} is a user's sub (a JWT for it is made),
         or the auth payload itself.
         """
-        client = Client((daemon or self.daemon).address)
+        client = self.new_client(daemon)
         if isinstance(auth, str):
             auth = {"token": token(auth)}
         yield self.call(client.connect, auth, **kwargs)
-        self.addCleanup(self.call, client.disconnect)
+        return client
+
+    def new_client(self, daemon: Daemon | None = None) -> Any:
+        client = self.client_class((daemon or self.daemon).address)
+        self.addCleanup(self.call, client.close)
         return client
 
     @inlineCallbacks
@@ -259,12 +283,11 @@ class RealtimeTestCase(TestCase):
         """
         The connect_error message a connection attempt gets.
         """
-        client = Client(self.daemon.address)
+        client = self.new_client()
         try:
             yield self.call(client.connect, auth, **kwargs)
         except ConnectFailed as e:
             return str(e)
-        yield self.call(client.disconnect)
         self.fail("connected")
 
     @inlineCallbacks
@@ -285,7 +308,7 @@ class ConnectTests(RealtimeTestCase):
         """
         for auth in ({"token": token("alice")}, {"token": KEYS.anon_key}, {"apiKey": KEYS.api_key}):
             client = yield self.client(auth)
-            self.assertTrue(client.sio.connected)
+            self.assertIsNotNone(client.sid)
         client = yield self.client(None, headers={"Authorization": "Bearer " + token("bob")})
         ack = yield self.call(client.request, "REALTIME_SUBSCRIBE", {"channel": "orders"})
         self.assertEqual(ack["presence"]["members"][0]["presenceId"], "bob")
@@ -735,7 +758,7 @@ class PresenceTests(RealtimeTestCase):
         ack = yield self.call(anon.request, "REALTIME_SUBSCRIBE", {"channel": "chat:room1"})
         members = ack["presence"]["members"]
         self.assertEqual(members[1]["type"], "anonymous")
-        self.assertEqual(members[1]["presenceId"], anon.sio.get_sid("/"))
+        self.assertEqual(members[1]["presenceId"], anon.sid)
         yield self.call(anon.request, "REALTIME_UNSUBSCRIBE", {"channel": "chat:room1"})
         _event, leave = yield self.call(alice.next_event, "presence:leave")
         self.assertEqual(leave["member"]["type"], "anonymous")

@@ -1,0 +1,177 @@
+"""
+End-to-end tests of realtime channels with the JavaScript
+C{socket.io-client}, run by node through C{tests/js/realtime_driver.js}.
+
+The same scenarios as L{tests.test_realtime} run with this client.  The
+client library is looked up from C{tests/js} (its C{node_modules}), or from
+C{$REALTIMED_TEST_NODE_PATH}; without node or the library these tests are
+skipped.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import queue
+import shutil
+import subprocess
+import threading
+from pathlib import Path
+from typing import Any
+
+from tests import test_realtime as scenarios
+from tests.test_realtime import PATIENCE, ConnectFailed, EventLog
+
+JS = Path(__file__).parent / "js"
+DRIVER = JS / "realtime_driver.js"
+
+
+def _environment() -> dict[str, str]:
+    environment = dict(os.environ)
+    extra = os.environ.get("REALTIMED_TEST_NODE_PATH")
+    if extra:
+        environment["NODE_PATH"] = extra
+    return environment
+
+
+def _why_not() -> str | None:
+    """
+    Why the JavaScript client cannot run here, or C{None} if it can.
+    """
+    if shutil.which("node") is None:
+        return "node is not installed"
+    found = subprocess.run(
+        ["node", "-e", "require.resolve('socket.io-client')"],
+        cwd=JS,
+        env=_environment(),
+        capture_output=True,
+        check=False,
+    )
+    if found.returncode != 0:
+        return "socket.io-client is not installed (npm install in tests/js)"
+    return None
+
+
+SKIP = _why_not()
+
+
+class JSClient(EventLog):
+    """
+    A socket.io-client socket in a node process, with the methods of
+    L{tests.test_realtime.Client}.
+    """
+
+    def __init__(self, address: str) -> None:
+        super().__init__()
+        self.address = address
+        self.sid: str | None = None
+        self._ids = itertools.count(1)
+        self._answers: dict[int, queue.Queue[dict[str, Any]]] = {}
+        self._lock = threading.Lock()
+        self.process = subprocess.Popen(
+            ["node", str(DRIVER)],
+            cwd=JS,
+            env=_environment(),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            value = json.loads(line)
+            if value.get("type") == "event":
+                self.events.put((value["event"], value["data"]))
+                continue
+            with self._lock:
+                answers = self._answers.pop(value["id"], None)
+            if answers is not None:
+                answers.put(value)
+
+    def _command(self, op: str, **fields: Any) -> dict[str, Any]:
+        command_id = next(self._ids)
+        answers: queue.Queue[dict[str, Any]] = queue.Queue()
+        with self._lock:
+            self._answers[command_id] = answers
+        assert self.process.stdin is not None
+        self.process.stdin.write(json.dumps({"id": command_id, "op": op, **fields}) + "\n")
+        self.process.stdin.flush()
+        try:
+            return answers.get(timeout=PATIENCE)
+        except queue.Empty:
+            raise TimeoutError(f"no answer to {op} within {PATIENCE}s") from None
+
+    def connect(
+        self,
+        auth: Any = None,
+        headers: dict[str, str] | None = None,
+        transports: list[str] | None = None,
+    ) -> None:
+        answer = self._command(
+            "connect", url=self.address, auth=auth, headers=headers, transports=transports
+        )
+        if not answer["ok"]:
+            raise ConnectFailed(answer["message"])
+        self.sid = answer["sid"]
+
+    def request(self, event: str, data: Any) -> Any:
+        return self._command("request", event=event, data=data)["ack"]
+
+    def send(self, event: str, data: Any) -> None:
+        self._command("send", event=event, data=data)
+
+    def disconnect(self) -> None:
+        self._command("disconnect")
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            assert self.process.stdin is not None
+            try:
+                self.process.stdin.close()
+            except OSError:
+                pass
+            try:
+                self.process.wait(timeout=PATIENCE)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._reader.join(PATIENCE)
+
+
+class JSConnectTests(scenarios.ConnectTests):
+    client_class = JSClient
+    skip = SKIP
+
+
+class JSConnectionExampleTests(scenarios.ConnectionExampleTests):
+    client_class = JSClient
+    skip = SKIP
+
+
+class JSUseCaseTests(scenarios.UseCaseTests):
+    client_class = JSClient
+    skip = SKIP
+
+
+class JSRefusalTests(scenarios.RefusalTests):
+    client_class = JSClient
+    skip = SKIP
+
+
+class JSPolicyTests(scenarios.PolicyTests):
+    client_class = JSClient
+    skip = SKIP
+
+
+class JSTwoProcessTests(scenarios.TwoProcessTests):
+    client_class = JSClient
+    skip = SKIP
+
+
+class JSPresenceTests(scenarios.PresenceTests):
+    client_class = JSClient
+    skip = SKIP

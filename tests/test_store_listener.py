@@ -13,10 +13,18 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import psycopg2
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.endpoints import (
+    TCP4ClientEndpoint,
+    TCP4ServerEndpoint,
+    UNIXClientEndpoint,
+    connectProtocol,
+)
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock, deferLater
 from twisted.internet.threads import deferToThread
 from twisted.logger import globalLogPublisher
@@ -341,4 +349,101 @@ class ServerRestartTests(ListenerMixin, TestCase):
             Counter(["before", "just-before", "after1", "after2", "reconnected", "last"]),
         )
         self.assertEqual(self.events()[:2], ["before", "just-before"])
+        self.flushLoggedErrors()
+
+
+class _Pipe(Protocol):
+    """
+    One side of a proxied connection; drops what it receives while frozen.
+    """
+
+    peer: _Pipe | None = None
+    frozen = False
+    buffered: bytes = b""
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.frozen:
+            return
+        if self.peer is None:
+            self.buffered += data
+        else:
+            self.peer.transport.write(data)
+
+    def connectionLost(self, reason: Any = None) -> None:
+        if self.peer is not None and self.peer.transport is not None:
+            self.peer.transport.loseConnection()
+
+
+class _Proxy(Factory):
+    """
+    A loopback TCP proxy to PostgreSQL whose existing connections can be
+    made to go silent, like a link that died without a word.
+    """
+
+    def __init__(self, target: Any) -> None:
+        self.target = target
+        self.pipes: list[_Pipe] = []
+
+    def buildProtocol(self, addr: Any) -> _Pipe:
+        near = _Pipe()
+        self.pipes.append(near)
+
+        def connected(far: _Pipe) -> None:
+            far.peer, near.peer = near, far
+            self.pipes.append(far)
+            if near.buffered:
+                far.transport.write(near.buffered)
+                near.buffered = b""
+
+        d = connectProtocol(self.target, _Pipe())
+        d.addCallbacks(connected, lambda f: near.transport.loseConnection())
+        return near
+
+    def freeze(self) -> None:
+        for pipe in self.pipes:
+            pipe.frozen = True
+
+
+class SilentLinkTests(ListenerMixin, TestCase):
+    """
+    A link that goes silent is found by the keepalive query.
+    """
+
+    @inlineCallbacks
+    def setUp(self) -> Any:
+        self.url = create_database(self)
+        yield prepare(self.url)
+        parts = urlsplit(self.url)
+        socket_dir = parse_qs(parts.query).get("host", [None])[0]
+        if socket_dir is not None:
+            target = UNIXClientEndpoint(reactor, f"{socket_dir}/.s.PGSQL.{parts.port or 5432}")
+        else:
+            target = TCP4ClientEndpoint(reactor, parts.hostname, parts.port or 5432)
+        self.proxy = _Proxy(target)
+        port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(self.proxy)
+        self.addCleanup(port.stopListening)
+        user = parts.username or "postgres"
+        self.proxied = f"postgresql://{user}@127.0.0.1:{port.getHost().port}{parts.path}"
+
+    @inlineCallbacks
+    def test_keepalive_timeout(self) -> Any:
+        """
+        When the link stops answering, the unanswered keepalive query drops
+        it; the listener reconnects and catches up on what was stored
+        meanwhile.
+        """
+        listener = self.startListener(
+            self.proxied, keepalive_interval=0.2, keepalive_timeout=0.5, initial_delay=0.1
+        )
+        yield wait_for(lambda: listener.connected)
+        publish(self.url, "room:1", "before", {})
+        yield self.waitForEvents("before")
+        old = listener.backend_pid
+        self.proxy.freeze()
+        publish(self.url, "room:1", "silent1", {})
+        publish(self.url, "room:1", "silent2", {})
+        yield wait_for(lambda: listener.backend_pid not in (None, old))
+        publish(self.url, "room:1", "after", {})
+        yield self.waitForEvents("before", "silent1", "silent2", "after")
+        self.assertEqual(Counter(self.events()), Counter(["before", "silent1", "silent2", "after"]))
         self.flushLoggedErrors()

@@ -1,0 +1,3 @@
+"""
+Engine.IO v4 and Socket.IO v5 for Twisted.
+"""

@@ -1,0 +1,453 @@
+"""
+The Socket.IO v5 server the application codes against.
+
+`SocketIOServer` owns an `EngineIOServer` and turns each Engine.IO session
+into a `SocketIOConnection`, which decodes Socket.IO packets and keeps one
+`Socket` per namespace the client joined.  Handlers run synchronously in the
+reactor thread; a handler may return a Deferred, whose failures are logged.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+from attrs import define, field
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.resource import Resource
+
+from realtimed.engineio.engine_packets import MESSAGE, EncodedPacket, websocket_frame
+from realtimed.engineio.socket_packets import (
+    ACK,
+    BINARY_ACK,
+    BINARY_EVENT,
+    CONNECT,
+    CONNECT_ERROR,
+    DISCONNECT,
+    EVENT,
+    SocketPacket,
+    SocketPacketDecoder,
+    SocketProtocolError,
+    encode,
+)
+from realtimed.engineio.transports import EngineConfig, EngineConnection, EngineIOServer
+
+log = Logger()
+
+_MESSAGE = str(MESSAGE)
+
+ConnectHandler = Callable[["Socket", Any], object]
+EventHandler = Callable[["Socket", list[Any], "Callable[..., None] | None"], object]
+AnyHandler = Callable[["Socket", str, list[Any], "Callable[..., None] | None"], object]
+DisconnectHandler = Callable[["Socket", str], object]
+AckCallback = Callable[..., object]
+
+
+class ConnectRefused(Exception):
+    """
+    Raised (or failed with) by a connect handler to refuse the connection;
+    the client gets ``connect_error`` with ``message`` (and ``data``).
+    """
+
+    def __init__(self, message: str, data: Any = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.data = data
+
+
+def _engine_packets(packet: SocketPacket) -> list[EncodedPacket]:
+    parts = encode(packet)
+    return [_MESSAGE + str(parts[0]), *parts[1:]]
+
+
+def _report(failure: Failure, what: str) -> None:
+    log.failure("{what} failed", failure, what=what)
+
+
+@define(eq=False)
+class Namespace:
+    """
+    A Socket.IO namespace and the handlers registered on it.
+    """
+
+    name: str
+    sockets: dict[str, Socket] = field(factory=dict)
+    _connect: ConnectHandler | None = None
+    _disconnect: DisconnectHandler | None = None
+    _handlers: dict[str, EventHandler] = field(factory=dict)
+    _any: AnyHandler | None = None
+
+    def on_connect(self, handler: ConnectHandler) -> None:
+        """
+        ``handler(socket, auth)`` runs for every connection attempt, with
+        the CONNECT packet's payload (or `None`).  It may return a Deferred.
+        Raising or failing with `ConnectRefused` refuses the connection.
+        Emits made before it returns are sent after the CONNECT reply.
+        """
+        self._connect = handler
+
+    def on(self, event: str, handler: EventHandler) -> None:
+        """
+        ``handler(socket, args, ack)`` runs for every ``event``; ``ack`` is
+        `None` unless the client asked for an acknowledgement, and calling
+        ``ack(*values)`` sends it (once).
+        """
+        self._handlers[event] = handler
+
+    def on_any(self, handler: AnyHandler) -> None:
+        """
+        ``handler(socket, event, args, ack)`` runs for events that have no
+        handler of their own.
+        """
+        self._any = handler
+
+    def on_disconnect(self, handler: DisconnectHandler) -> None:
+        """
+        ``handler(socket, reason)`` runs once when a connected socket goes
+        away: ``"client namespace disconnect"``, ``"server namespace
+        disconnect"``, ``"transport close"``, ``"transport error"``,
+        ``"ping timeout"``, ``"parse error"`` or ``"forced close"``.
+        """
+        self._disconnect = handler
+
+    def emit_many(self, sockets: Iterable[Socket], event: str, *args: Any) -> None:
+        """
+        Send one event to many sockets of this namespace.  The packet is
+        encoded and framed once; each WebSocket recipient costs one write,
+        each polling recipient one append to its queue.  Sockets that are
+        not connected are skipped.
+        """
+        packets = _engine_packets(SocketPacket(EVENT, self.name, [event, *args]))
+        if len(packets) == 1:
+            frames = websocket_frame(packets[0])
+        else:
+            frames = b"".join(map(websocket_frame, packets))
+        for socket in sockets:
+            if socket._live:
+                connection = socket._engine
+                write = connection.write
+                if write is not None and not connection.paused:
+                    write(frames)
+                else:
+                    connection.send_prepared(packets, frames)
+            elif socket._early is not None:
+                socket._early.append(packets)
+
+    def emit(self, event: str, *args: Any) -> None:
+        """
+        Send one event to every socket connected to this namespace.
+        """
+        self.emit_many(list(self.sockets.values()), event, *args)
+
+
+@define(eq=False)
+class Socket:
+    """
+    A client's presence in one namespace.
+    """
+
+    sid: str
+    namespace: Namespace
+    _engine: EngineConnection
+    _connection: SocketIOConnection
+    #: free for the application
+    data: dict[str, Any] = field(factory=dict)
+    connected: bool = False
+    #: connected, and what was emitted during the connect handler is sent
+    _live: bool = False
+    _acks: dict[int, AckCallback] = field(factory=dict)
+    _next_ack: int = 0
+    _early: list[list[EncodedPacket]] | None = field(factory=list)
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        """
+        The headers of the request that opened the Engine.IO session, with
+        lower-case names.
+        """
+        return self._engine.headers
+
+    @property
+    def query(self) -> Mapping[str, str]:
+        """
+        The query parameters of the request that opened the session.
+        """
+        return self._engine.query
+
+    @property
+    def engine_sid(self) -> str:
+        """
+        The id of the underlying Engine.IO session.
+        """
+        return self._engine.sid
+
+    def emit(self, event: str, *args: Any, ack: AckCallback | None = None) -> None:
+        """
+        Send an event; when ``ack`` is given, the client is asked to
+        acknowledge and ``ack(*values)`` runs with its answer.
+        """
+        ack_id = None
+        if ack is not None:
+            ack_id = self._next_ack
+            self._next_ack += 1
+            self._acks[ack_id] = ack
+        self._send(SocketPacket(EVENT, self.namespace.name, [event, *args], ack_id))
+
+    def disconnect(self) -> None:
+        """
+        Leave the namespace from the server side.  When it was the last
+        namespace of its connection, the Engine.IO session is closed too.
+        """
+        if self._connection.sockets.get(self.namespace.name) is not self:
+            return
+        self._send(SocketPacket(DISCONNECT, self.namespace.name))
+        self._connection._left(self, "server namespace disconnect")
+        if not self._connection.sockets:
+            self._engine.close()
+
+    def _send(self, packet: SocketPacket) -> None:
+        if self._live:
+            self._engine.send_many(_engine_packets(packet))
+        elif self._early is not None:
+            self._early.append(_engine_packets(packet))
+
+    def _connected(self) -> None:
+        self.connected = True
+        self._engine.send_many(
+            _engine_packets(
+                SocketPacket(CONNECT, self.namespace.name, {"sid": self.sid})
+            )
+        )
+        early, self._early = self._early, None
+        self._live = True
+        for packets in early or ():
+            self._engine.send_many(packets)
+
+    def _acked(self, ack_id: int, values: list[Any]) -> None:
+        callback = self._acks.pop(ack_id, None)
+        if callback is None:
+            return
+        try:
+            result = callback(*values)
+        except Exception:  # noqa: BLE001 - application code must not break the server
+            log.failure("Acknowledgement callback failed")
+            return
+        if isinstance(result, Deferred):
+            result.addErrback(_report, "Acknowledgement callback")
+
+
+@define(eq=False)
+class SocketIOConnection:
+    """
+    The Socket.IO side of one Engine.IO session.
+    """
+
+    server: SocketIOServer
+    engine: EngineConnection
+    sockets: dict[str, Socket] = field(factory=dict)
+    _decoder: SocketPacketDecoder = field(factory=SocketPacketDecoder)
+    _connect_timer: IDelayedCall | None = None
+
+    def start(self) -> None:
+        """
+        Begin waiting for the first CONNECT packet.
+        """
+        self._connect_timer = self.server.reactor.callLater(
+            self.server.connect_timeout, self._connect_timed_out
+        )
+
+    def _connect_timed_out(self) -> None:
+        self._connect_timer = None
+        if not self.sockets:
+            self.engine.close()
+
+    def message(self, data: str | bytes) -> None:
+        try:
+            packet = self._decoder.feed(data)
+        except SocketProtocolError as e:
+            log.info(
+                "Bad Socket.IO packet on {sid}: {error}",
+                sid=self.engine.sid,
+                error=str(e),
+            )
+            self.engine.close()
+            return
+        if packet is None:
+            return
+        kind = packet.type
+        if kind == EVENT or kind == BINARY_EVENT:
+            self._event(packet)
+        elif kind == ACK or kind == BINARY_ACK:
+            socket = self.sockets.get(packet.namespace)
+            if socket is not None and packet.id is not None:
+                socket._acked(packet.id, packet.data)
+        elif kind == CONNECT:
+            self._connect(packet.namespace, packet.data)
+        elif kind == DISCONNECT:
+            socket = self.sockets.get(packet.namespace)
+            if socket is not None:
+                self._left(socket, "client namespace disconnect")
+        else:
+            self.engine.close()
+
+    def closed(self, reason: str) -> None:
+        if self._connect_timer is not None and self._connect_timer.active():
+            self._connect_timer.cancel()
+        self._connect_timer = None
+        for socket in list(self.sockets.values()):
+            self._left(socket, reason)
+
+    def _send(self, packet: SocketPacket) -> None:
+        self.engine.send_many(_engine_packets(packet))
+
+    def _connect(self, name: str, auth: Any) -> None:
+        namespace = self.server._namespaces.get(name)
+        if namespace is None:
+            self._send(
+                SocketPacket(CONNECT_ERROR, name, {"message": "Invalid namespace"})
+            )
+            return
+        if name in self.sockets:
+            return
+        socket = Socket(secrets.token_urlsafe(15), namespace, self.engine, self)
+        self.sockets[name] = socket
+        if self._connect_timer is not None and self._connect_timer.active():
+            self._connect_timer.cancel()
+        self._connect_timer = None
+        hook = namespace._connect
+        if hook is None:
+            self._accepted(None, socket)
+            return
+        d = maybeDeferred(hook, socket, auth)
+        d.addCallbacks(
+            self._accepted, self._refused, callbackArgs=(socket,), errbackArgs=(socket,)
+        )
+        d.addErrback(_report, "Accepting a connection")
+
+    def _accepted(self, result: object, socket: Socket) -> None:
+        if self.sockets.get(socket.namespace.name) is not socket or self.engine.closed:
+            return
+        socket.namespace.sockets[socket.sid] = socket
+        socket._connected()
+
+    def _refused(self, failure: Failure, socket: Socket) -> None:
+        name = socket.namespace.name
+        if self.sockets.get(name) is socket:
+            del self.sockets[name]
+        if failure.check(ConnectRefused):
+            error = failure.value
+            body: dict[str, Any] = {"message": error.message}
+            if error.data is not None:
+                body["data"] = error.data
+        else:
+            log.failure("Connect handler failed", failure)
+            body = {"message": "Internal server error"}
+        self._send(SocketPacket(CONNECT_ERROR, name, body))
+
+    def _left(self, socket: Socket, reason: str) -> None:
+        namespace = socket.namespace
+        if self.sockets.get(namespace.name) is socket:
+            del self.sockets[namespace.name]
+        namespace.sockets.pop(socket.sid, None)
+        was_connected = socket.connected
+        socket.connected = False
+        socket._live = False
+        socket._early = None
+        socket._acks.clear()
+        handler = namespace._disconnect
+        if was_connected and handler is not None:
+            try:
+                result = handler(socket, reason)
+            except Exception:  # noqa: BLE001 - application code must not break the server
+                log.failure("Disconnect handler failed")
+                return
+            if isinstance(result, Deferred):
+                result.addErrback(_report, "Disconnect handler")
+
+    def _event(self, packet: SocketPacket) -> None:
+        socket = self.sockets.get(packet.namespace)
+        if socket is None or not socket.connected:
+            return
+        namespace = socket.namespace
+        event, *args = packet.data
+        ack = None if packet.id is None else self._ack_for(socket, packet.id)
+        handler = namespace._handlers.get(event)
+        try:
+            if handler is not None:
+                result = handler(socket, args, ack)
+            elif namespace._any is not None:
+                result = namespace._any(socket, event, args, ack)
+            else:
+                return
+        except Exception:  # noqa: BLE001 - application code must not break the server
+            log.failure("Handler for {event!r} failed", event=event)
+            return
+        if isinstance(result, Deferred):
+            result.addErrback(_report, f"Handler for {event!r}")
+
+    def _ack_for(self, socket: Socket, ack_id: int) -> Callable[..., None]:
+        sent = False
+
+        def ack(*values: Any) -> None:
+            nonlocal sent
+            if sent:
+                return
+            sent = True
+            socket._send(SocketPacket(ACK, socket.namespace.name, list(values), ack_id))
+
+        return ack
+
+
+@define(eq=False)
+class SocketIOServer:
+    """
+    A Socket.IO v5 server over Engine.IO v4.  Times are in seconds;
+    ``cors_origins`` lists the origins allowed to make credentialed
+    cross-origin requests (``"*"``: any).
+    """
+
+    reactor: IReactorTime
+    ping_interval: float = field(default=25.0, kw_only=True)
+    ping_timeout: float = field(default=20.0, kw_only=True)
+    max_payload: int = field(default=1_000_000, kw_only=True)
+    connect_timeout: float = field(default=45.0, kw_only=True)
+    cors_origins: Sequence[str] = field(default=(), kw_only=True)
+    max_buffer: int = field(default=4_000_000, kw_only=True)
+    engine: EngineIOServer = field(init=False)
+    _namespaces: dict[str, Namespace] = field(factory=dict, init=False)
+
+    def __attrs_post_init__(self) -> None:
+        config = EngineConfig(
+            ping_interval=self.ping_interval,
+            ping_timeout=self.ping_timeout,
+            max_payload=self.max_payload,
+            max_buffer=self.max_buffer,
+            cors_origins=tuple(self.cors_origins),
+        )
+        self.engine = EngineIOServer(self.reactor, self._accept, config)
+
+    def _accept(self, engine: EngineConnection) -> SocketIOConnection:
+        connection = SocketIOConnection(self, engine)
+        connection.start()
+        return connection
+
+    def namespace(self, name: str = "/") -> Namespace:
+        """
+        The namespace called ``name``, created on first use.  Clients may
+        only connect to namespaces that exist.
+        """
+        namespace = self._namespaces.get(name)
+        if namespace is None:
+            namespace = self._namespaces[name] = Namespace(name)
+        return namespace
+
+    def resource(self) -> Resource:
+        """
+        The resource to mount at ``/socket.io/``; it serves long-polling
+        and WebSocket upgrades.
+        """
+        return self.engine.resource()

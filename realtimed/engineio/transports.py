@@ -1,0 +1,686 @@
+"""
+Engine.IO v4 over Twisted: HTTP long-polling through twisted.web and
+WebSocket through Autobahn, both served by one resource.
+
+`EngineIOServer` owns the sessions.  Each session is an `EngineConnection`:
+the pure `EngineSession` state machine plus the I/O it needs (the active
+WebSocket, a candidate WebSocket during an upgrade, the waiting polling
+``GET``, the polling outbox and the heartbeat timer).  The layer above
+(Socket.IO, or the conformance echo app) supplies an `EngineHandler` per
+session through the ``accept`` callable given to the server.
+
+WebSocket frames are written pre-framed straight to the TCP transport (see
+`realtimed.engineio.engine_packets.websocket_frame`), so a frame built once
+can go to many connections.  Autobahn still parses incoming frames and
+handles the opening and closing handshakes; permessage-deflate is not
+offered, which is what makes sharing frames possible.
+
+Slow readers: a WebSocket connection registers a streaming producer with its
+TCP transport, so it learns when the kernel stops taking data.  What is
+written after that point is counted, and when the count passes
+``max_buffer`` bytes the connection is dropped.  A polling outbox is capped
+the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+from attrs import define, field
+from autobahn.twisted.resource import WebSocketResource
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request
+
+from realtimed.engineio import session as states
+from realtimed.engineio.engine_packets import (
+    EncodedPacket,
+    EngineProtocolError,
+    decode_packet,
+    decode_payload,
+    encode_payload,
+    open_packet,
+    websocket_frame,
+)
+from realtimed.engineio.session import POLLING, WEBSOCKET, EngineSession
+
+log = Logger()
+
+# error codes of the reference server, sent as JSON with HTTP errors
+UNKNOWN_TRANSPORT = (0, "Transport unknown")
+UNKNOWN_SID = (1, "Session ID unknown")
+BAD_HANDSHAKE_METHOD = (2, "Bad handshake method")
+BAD_REQUEST = (3, "Bad request")
+UNSUPPORTED_VERSION = (5, "Unsupported protocol version")
+
+
+class EngineHandler(Protocol):
+    """
+    What the layer above provides for each session.
+    """
+
+    def message(self, data: str | bytes) -> None:
+        """
+        A ``message`` packet arrived.
+        """
+
+    def closed(self, reason: str) -> None:
+        """
+        The session ended (see `realtimed.engineio.session.Closed`).
+        """
+
+
+@define(frozen=True)
+class EngineConfig:
+    """
+    Settings shared by every session of a server (times in seconds).
+    """
+
+    ping_interval: float = 25.0
+    ping_timeout: float = 20.0
+    max_payload: int = 1_000_000
+    max_buffer: int = 4_000_000
+    cors_origins: tuple[str, ...] = ()
+
+
+def _headers_of(request: Request) -> dict[str, str]:
+    return {
+        name.decode("latin-1").lower(): ", ".join(v.decode("latin-1") for v in values)
+        for name, values in request.requestHeaders.getAllRawHeaders()
+    }
+
+
+@define(eq=False)
+class EngineConnection:
+    """
+    One Engine.IO session and its transports.
+    """
+
+    server: EngineIOServer
+    session: EngineSession
+    headers: Mapping[str, str]
+    query: Mapping[str, str]
+    handler: EngineHandler | None = None
+    #: ``transport.write`` of the active WebSocket, `None` on polling
+    write: Callable[[bytes], None] | None = None
+    #: the kernel buffer of the active WebSocket is full
+    paused: bool = False
+    _backlog: int = 0
+    _ws: EngineWebSocketProtocol | None = None
+    _candidate: EngineWebSocketProtocol | None = None
+    _poll: Request | None = None
+    _outbox: list[EncodedPacket] = field(factory=list)
+    _outbox_size: int = 0
+    _timer: IDelayedCall | None = None
+
+    @property
+    def sid(self) -> str:
+        """
+        The Engine.IO session id.
+        """
+        return self.session.sid
+
+    @property
+    def closed(self) -> bool:
+        """
+        Whether the session is over.
+        """
+        return self.session.closed
+
+    # --- sending --------------------------------------------------------
+
+    def send(self, packet: EncodedPacket) -> None:
+        """
+        Send one encoded packet on the active transport.
+        """
+        if self.session.closed:
+            return
+        if self.write is not None:
+            self.send_frames(websocket_frame(packet))
+        else:
+            self._queue((packet,))
+
+    def send_many(self, packets: list[EncodedPacket]) -> None:
+        """
+        Send packets that belong together (a Socket.IO packet and its
+        attachments).
+        """
+        if self.session.closed:
+            return
+        if self.write is not None:
+            self.send_frames(b"".join(map(websocket_frame, packets)))
+        else:
+            self._queue(packets)
+
+    def send_prepared(self, packets: list[EncodedPacket], frames: bytes) -> None:
+        """
+        Send packets for which the WebSocket frames were already built.
+        """
+        if self.write is not None:
+            self.send_frames(frames)
+        elif not self.session.closed:
+            self._queue(packets)
+
+    def send_frames(self, frames: bytes) -> None:
+        """
+        Write WebSocket frames to the active WebSocket, dropping the
+        connection when its reader has fallen too far behind.
+        """
+        write = self.write
+        if write is None:
+            return
+        if self.paused:
+            self._backlog += len(frames)
+            if self._backlog > self.server.config.max_buffer:
+                log.info("Dropping slow WebSocket reader {sid}", sid=self.sid)
+                ws = self._ws
+                self._apply(self.session.transport_lost(), "transport error")
+                if ws is not None:
+                    ws.dropConnection(abort=True)
+                return
+        write(frames)
+
+    def _queue(self, packets: tuple[EncodedPacket, ...] | list[EncodedPacket]) -> None:
+        self._outbox.extend(packets)
+        for packet in packets:
+            self._outbox_size += len(packet)
+        if self._outbox_size > self.server.config.max_buffer:
+            log.info("Dropping slow polling reader {sid}", sid=self.sid)
+            self._outbox.clear()
+            self._outbox_size = 0
+            self._apply(self.session.transport_lost(), "transport error")
+            return
+        if self._poll is not None and not self.session.upgrading:
+            self._flush_poll()
+
+    def _flush_poll(self) -> None:
+        request = self._poll
+        self._poll = None
+        if request is None:
+            return
+        body = encode_payload(self._outbox)
+        self._outbox.clear()
+        self._outbox_size = 0
+        request.setHeader(b"content-type", b"text/plain; charset=UTF-8")
+        request.write(body)
+        request.finish()
+
+    def _release_poll(self) -> None:
+        request = self._poll
+        self._poll = None
+        if request is not None:
+            request.setHeader(b"content-type", b"text/plain; charset=UTF-8")
+            request.write(states.NOOP_PACKET.encode("ascii"))
+            request.finish()
+
+    # --- closing --------------------------------------------------------
+
+    def close(self) -> None:
+        """
+        End the session from the server side: what is queued is still
+        sent, followed by a ``close`` packet.
+        """
+        self._apply(self.session.close())
+
+    # --- timers ---------------------------------------------------------
+
+    def _reschedule(self) -> None:
+        due = self.session.deadline()
+        timer = self._timer
+        if timer is not None and timer.active():
+            if due is not None and timer.getTime() == due:
+                return
+            timer.cancel()
+        self._timer = None
+        if due is not None:
+            clock = self.server.reactor
+            self._timer = clock.callLater(max(0.0, due - clock.seconds()), self._expire)
+
+    def _expire(self) -> None:
+        self._timer = None
+        self._apply(self.session.expire(self.server.reactor.seconds()))
+
+    def _catch_up(self) -> None:
+        # a request may get here before an overdue timer has run
+        due = self.session.deadline()
+        if due is not None and due <= self.server.reactor.seconds():
+            self._expire()
+
+    # --- input ----------------------------------------------------------
+
+    def _apply(self, actions: list[states.Action], reason: str | None = None) -> None:
+        for action in actions:
+            if isinstance(action, states.Deliver):
+                if self.handler is not None:
+                    self.handler.message(action.data)
+            elif isinstance(action, states.Send):
+                self.send(action.packet)
+            elif isinstance(action, states.SendCandidate):
+                if self._candidate is not None:
+                    self._candidate.transport.write(websocket_frame(action.packet))
+            elif isinstance(action, states.ReleasePoll):
+                self._release_poll()
+            elif isinstance(action, states.Upgraded):
+                self._upgraded()
+            elif isinstance(action, states.DropCandidate):
+                candidate, self._candidate = self._candidate, None
+                if candidate is not None:
+                    candidate.connection = None
+                    candidate.sendClose()
+            elif isinstance(action, states.Closed):
+                self._closed(reason or action.reason)
+        if not self.session.closed:
+            self._reschedule()
+
+    def _upgraded(self) -> None:
+        ws, self._candidate = self._candidate, None
+        assert ws is not None
+        self._release_poll()
+        self._attach(ws)
+        pending, self._outbox = self._outbox, []
+        self._outbox_size = 0
+        if pending:
+            self.send_many(pending)
+
+    def _attach(self, ws: EngineWebSocketProtocol) -> None:
+        self._ws = ws
+        ws.connection = self
+        transport = ws.transport
+        self.write = transport.write
+        # twisted.web's channel is still registered as the producer of the
+        # connection it handed over
+        transport.unregisterProducer()
+        transport.registerProducer(_WriteWatch(self), True)
+
+    def _closed(self, reason: str) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        self.server._forget(self)
+        ws, self._ws = self._ws, None
+        self.write = None
+        if ws is not None:
+            ws.connection = None
+            if ws.state == WebSocketServerProtocol.STATE_OPEN:
+                ws.sendClose()
+        request, self._poll = self._poll, None
+        if request is not None:
+            if reason == "transport close":
+                self._outbox = [states.NOOP_PACKET]
+            elif not self._outbox or self._outbox[-1] != states.CLOSE_PACKET:
+                self._outbox.append(states.CLOSE_PACKET)
+            self._poll = request
+            self._flush_poll()
+        elif self.session.transport == POLLING and reason in (
+            "forced close",
+            "transport close",
+        ):
+            # The client has yet to fetch what was queued and the close
+            # packet; or it closed the session with a POST that overtook
+            # its own GET, which still deserves its noop.
+            if reason == "transport close":
+                self._outbox = [states.NOOP_PACKET]
+            self.server._linger(self)
+        self._outbox_size = 0
+        handler, self.handler = self.handler, None
+        if handler is not None:
+            try:
+                handler.closed(reason)
+            except Exception:  # noqa: BLE001 - application code must not break the server
+                log.failure("Session close handler failed")
+
+    def poll(self, request: Request) -> bytes | int:
+        """
+        A polling ``GET``.
+        """
+        self._catch_up()
+        if self.session.closed:
+            # lingering after a server-side close: hand over the rest
+            self.server._forget(self)
+            self._poll = request
+            self._flush_poll()
+            return NOT_DONE_YET
+        if self.session.transport != POLLING:
+            return self.server._error(request, BAD_REQUEST)
+        if self._poll is not None:
+            self._apply(self.session.close(), "transport error")
+            return self.server._error(request, BAD_REQUEST)
+        self._poll = request
+        request.notifyFinish().addErrback(self._poll_lost, request)
+        if self.session.upgrading:
+            self._release_poll()
+        elif self._outbox:
+            self._flush_poll()
+        return NOT_DONE_YET
+
+    def _poll_lost(self, failure: Failure, request: Request) -> None:
+        if self._poll is request:
+            self._poll = None
+
+    def post(self, request: Request) -> bytes:
+        """
+        A polling ``POST``.
+        """
+        self._catch_up()
+        if self.session.closed or self.session.transport != POLLING:
+            return self.server._error(request, BAD_REQUEST)
+        body = request.content.read() if request.content is not None else b""
+        if len(body) > self.server.config.max_payload:
+            self._apply(self.session.close(), "transport error")
+            request.setResponseCode(413)
+            return b""
+        try:
+            packets = decode_payload(body)
+        except EngineProtocolError as e:
+            log.info(
+                "Bad polling payload from {sid}: {error}", sid=self.sid, error=str(e)
+            )
+            self._apply(self.session.protocol_error())
+            return self.server._error(request, BAD_REQUEST)
+        now = self.server.reactor.seconds()
+        for packet in packets:
+            self._apply(self.session.receive(packet, now))
+            if self.session.closed:
+                break
+        request.setHeader(b"content-type", b"text/html")
+        return b"ok"
+
+    def ws_message(self, ws: EngineWebSocketProtocol, data: str | bytes) -> None:
+        """
+        A message arrived on one of this session's WebSockets.
+        """
+        try:
+            packet = decode_packet(data)
+        except EngineProtocolError as e:
+            log.info(
+                "Bad WebSocket packet from {sid}: {error}", sid=self.sid, error=str(e)
+            )
+            if ws is self._ws:
+                self._apply(self.session.protocol_error())
+            else:
+                self._apply([states.DropCandidate()])
+            return
+        now = self.server.reactor.seconds()
+        if ws is self._ws:
+            self._apply(self.session.receive(packet, now))
+        elif ws is self._candidate:
+            self._apply(self.session.receive_candidate(packet, now))
+
+    def ws_lost(self, ws: EngineWebSocketProtocol) -> None:
+        """
+        One of this session's WebSockets closed.
+        """
+        if ws is self._ws:
+            self._ws = None
+            self.write = None
+            self._apply(self.session.transport_lost())
+        elif ws is self._candidate:
+            self._candidate = None
+            self.session.candidate_lost()
+            self._reschedule()
+
+
+@define(eq=False)
+class _WriteWatch:
+    """
+    A streaming producer registered with a WebSocket's TCP transport only
+    to learn when its send buffer is full.
+    """
+
+    connection: EngineConnection
+
+    def pauseProducing(self) -> None:
+        self.connection.paused = True
+
+    def resumeProducing(self) -> None:
+        self.connection.paused = False
+        self.connection._backlog = 0
+
+    def stopProducing(self) -> None:
+        self.connection.paused = True
+
+
+class EngineWebSocketProtocol(WebSocketServerProtocol):
+    """
+    A WebSocket that carries one Engine.IO session, either from the start
+    or as the target of an upgrade from polling.
+    """
+
+    server: EngineIOServer
+    connection: EngineConnection | None = None
+    _sid: str | None = None
+    _headers: dict[str, str]
+    _query: dict[str, str]
+
+    def onConnect(self, request: ConnectionRequest) -> None:
+        params = request.params
+        if params.get("EIO") != ["4"] or params.get("transport") != ["websocket"]:
+            raise ConnectionDeny(400, "Bad request")
+        sid = params.get("sid")
+        self._sid = sid[0] if sid else None
+        self._headers = {k.lower(): v for k, v in request.headers.items()}
+        self._query = {k: v[0] for k, v in params.items() if v}
+
+    def onOpen(self) -> None:
+        self.server._websocket_opened(self, self._sid, self._headers, self._query)
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        connection = self.connection
+        if connection is None:
+            return
+        if isBinary:
+            connection.ws_message(self, payload)
+        else:
+            connection.ws_message(self, payload.decode("utf-8"))
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        connection, self.connection = self.connection, None
+        if connection is not None:
+            connection.ws_lost(self)
+
+
+@define(eq=False)
+class EngineIOServer:
+    """
+    Engine.IO sessions served through `resource`.
+
+    ``accept(connection)`` is called for every new session, after the open
+    packet has been sent, and returns the session's `EngineHandler`.
+    """
+
+    reactor: IReactorTime
+    accept: Callable[[EngineConnection], EngineHandler]
+    config: EngineConfig = field(factory=EngineConfig)
+    sessions: dict[str, EngineConnection] = field(factory=dict)
+    _factory: WebSocketServerFactory = field(init=False)
+    _websocket_resource: WebSocketResource = field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        server = self
+
+        class Protocol(EngineWebSocketProtocol):
+            pass
+
+        Protocol.server = server
+        factory = WebSocketServerFactory()
+        factory.protocol = Protocol
+        factory.setProtocolOptions(
+            maxFramePayloadSize=self.config.max_payload,
+            maxMessagePayloadSize=self.config.max_payload,
+            autoPingInterval=0,
+            openHandshakeTimeout=10,
+            closeHandshakeTimeout=2,
+        )
+        factory.reactor = self.reactor
+        self._factory = factory
+        self._websocket_resource = WebSocketResource(factory)
+
+    def resource(self) -> Resource:
+        """
+        The resource to mount at the Engine.IO path (``/engine.io/`` or
+        ``/socket.io/``).
+        """
+        return EngineIOResource(self)
+
+    # --- sessions -------------------------------------------------------
+
+    def _new_sid(self) -> str:
+        sid = secrets.token_urlsafe(15)
+        while sid in self.sessions:
+            sid = secrets.token_urlsafe(15)
+        return sid
+
+    def _open(
+        self, transport: str, headers: Mapping[str, str], query: Mapping[str, str]
+    ) -> tuple[EngineConnection, str]:
+        config = self.config
+        sid = self._new_sid()
+        session = EngineSession.start(
+            sid,
+            transport,
+            config.ping_interval,
+            config.ping_timeout,
+            self.reactor.seconds(),
+        )
+        connection = EngineConnection(self, session, headers, query)
+        self.sessions[sid] = connection
+        upgrades = ["websocket"] if transport == POLLING else []
+        handshake = open_packet(
+            sid, upgrades, config.ping_interval, config.ping_timeout, config.max_payload
+        )
+        return connection, handshake
+
+    def _started(self, connection: EngineConnection) -> None:
+        connection._reschedule()
+        try:
+            connection.handler = self.accept(connection)
+        except Exception:  # noqa: BLE001 - application code must not break the server
+            log.failure("Session handler failed to start")
+            connection.close()
+
+    def _forget(self, connection: EngineConnection) -> None:
+        if self.sessions.get(connection.sid) is connection:
+            del self.sessions[connection.sid]
+
+    def _linger(self, connection: EngineConnection) -> None:
+        self.sessions[connection.sid] = connection
+        self.reactor.callLater(
+            self.config.ping_interval + self.config.ping_timeout,
+            self._forget,
+            connection,
+        )
+
+    def _websocket_opened(
+        self,
+        ws: EngineWebSocketProtocol,
+        sid: str | None,
+        headers: Mapping[str, str],
+        query: Mapping[str, str],
+    ) -> None:
+        if sid is None:
+            connection, handshake = self._open(WEBSOCKET, headers, query)
+            connection._attach(ws)
+            connection.send(handshake)
+            self._started(connection)
+            return
+        existing = self.sessions.get(sid)
+        if existing is None or not existing.session.begin_upgrade(
+            self.reactor.seconds()
+        ):
+            ws.sendClose()
+            return
+        existing._candidate = ws
+        ws.connection = existing
+        existing._reschedule()
+
+    # --- HTTP -----------------------------------------------------------
+
+    def _error(self, request: Request, error: tuple[int, str]) -> bytes:
+        code, message = error
+        request.setResponseCode(400)
+        request.setHeader(b"content-type", b"application/json")
+        return json.dumps({"code": code, "message": message}).encode("ascii")
+
+    def _cors(self, request: Request) -> None:
+        origins = self.config.cors_origins
+        raw = request.getHeader(b"origin")
+        if raw is None or not origins:
+            return
+        origin = raw.decode("latin-1")
+        if "*" in origins or origin in origins:
+            request.setHeader(b"access-control-allow-origin", raw)
+            request.setHeader(b"access-control-allow-credentials", b"true")
+            request.setHeader(b"vary", b"Origin")
+
+    def render(self, request: Request) -> bytes | int:
+        """
+        Serve one request at the Engine.IO path.
+        """
+        self._cors(request)
+        method = request.method
+        if method == b"OPTIONS":
+            request.setResponseCode(204)
+            request.setHeader(b"access-control-allow-methods", b"GET, POST, OPTIONS")
+            wanted = request.getHeader(b"access-control-request-headers")
+            if wanted:
+                request.setHeader(b"access-control-allow-headers", wanted)
+            return b""
+        query = {
+            k.decode("latin-1"): v[0].decode("latin-1")
+            for k, v in (request.args or {}).items()
+            if v
+        }
+        if query.get("EIO") != "4":
+            return self._error(request, UNSUPPORTED_VERSION)
+        transport = query.get("transport")
+        if transport not in (POLLING, WEBSOCKET):
+            return self._error(request, UNKNOWN_TRANSPORT)
+        sid = query.get("sid")
+        if transport == WEBSOCKET:
+            upgrade = (request.getHeader(b"upgrade") or b"").lower()
+            if method != b"GET" or upgrade != b"websocket":
+                return self._error(request, BAD_REQUEST)
+            if sid is not None and sid not in self.sessions:
+                return self._error(request, UNKNOWN_SID)
+            result: bytes | int = self._websocket_resource.render(request)
+            return result
+        if sid is None:
+            if method != b"GET":
+                return self._error(request, BAD_HANDSHAKE_METHOD)
+            connection, handshake = self._open(POLLING, _headers_of(request), query)
+            request.setHeader(b"content-type", b"text/plain; charset=UTF-8")
+            request.write(handshake.encode("utf-8"))
+            request.finish()
+            self._started(connection)
+            return NOT_DONE_YET
+        connection = self.sessions.get(sid)
+        if connection is None:
+            return self._error(request, UNKNOWN_SID)
+        if method == b"GET":
+            return connection.poll(request)
+        if method == b"POST":
+            return connection.post(request)
+        return self._error(request, BAD_REQUEST)
+
+
+class EngineIOResource(Resource):
+    """
+    The twisted.web face of an `EngineIOServer`: polling requests and
+    WebSocket upgrades at one path.
+    """
+
+    isLeaf = True
+
+    def __init__(self, server: EngineIOServer) -> None:
+        super().__init__()
+        self._server = server
+
+    def render(self, request: Request) -> Any:
+        return self._server.render(request)

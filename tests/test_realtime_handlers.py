@@ -1,0 +1,285 @@
+"""
+Tests for L{realtimed.realtime.Realtime} with an in-memory namespace and
+database, for what end-to-end tests cannot easily arrange: the order of a
+socket's requests, disconnects while the database is deciding, token expiry,
+database failures, fan-out calls.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import jwt
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from realtimed.engineio.server import ConnectRefused
+from realtimed.keys import Keys
+from realtimed.realtime import Realtime, credential_of, rfc3339
+
+KEYS = Keys(
+    jwt_secret="handler-test-secret-" + "s" * 32,
+    api_key="ik_" + "a" * 40,
+    anon_key="anon_" + "b" * 40,
+    webhook_secret="whsec_" + base64.b64encode(b"k" * 32).decode(),
+)
+NOW = 1_800_000_000.0
+
+
+def token(sub: str, **claims: Any) -> str:
+    return jwt.encode({"sub": sub, **claims}, KEYS.jwt_secret, algorithm="HS256")
+
+
+class FakeSocket:
+    def __init__(self, sid: str, headers: dict[str, str] | None = None) -> None:
+        self.sid = sid
+        self.headers = headers or {}
+        self.data: dict[str, Any] = {}
+        self.emitted: list[tuple[str, tuple[Any, ...]]] = []
+        self.disconnected = False
+
+    def emit(self, event: str, *args: Any, ack: Any = None) -> None:
+        self.emitted.append((event, args))
+
+    def disconnect(self) -> None:
+        self.disconnected = True
+
+
+class FakeNamespace:
+    def __init__(self) -> None:
+        self.handlers: dict[str, Any] = {}
+        self.connect: Any = None
+        self.disconnect: Any = None
+        self.fanouts: list[tuple[set[str], str, tuple[Any, ...]]] = []
+
+    def on_connect(self, handler: Any) -> None:
+        self.connect = handler
+
+    def on(self, event: str, handler: Any) -> None:
+        self.handlers[event] = handler
+
+    def on_disconnect(self, handler: Any) -> None:
+        self.disconnect = handler
+
+    def emit_many(self, sockets: Any, event: str, *args: Any) -> None:
+        self.fanouts.append(({s.sid for s in sockets}, event, args))
+
+
+class FakePool:
+    """
+    Records queries; the test answers them.
+    """
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Any, Deferred[Any]]] = []
+
+    def runQuery(self, sql: str, params: Any = None) -> Deferred[Any]:
+        d: Deferred[Any] = Deferred()
+        self.calls.append((sql, params, d))
+        return d
+
+    runOperation = runQuery
+
+    def pop(self, containing: str) -> tuple[Any, Deferred[Any]]:
+        for i, (sql, params, d) in enumerate(self.calls):
+            if containing in sql:
+                del self.calls[i]
+                return params, d
+        raise AssertionError(f"no query with {containing!r} in {[c[0] for c in self.calls]}")
+
+
+class Acks:
+    def __init__(self) -> None:
+        self.values: list[Any] = []
+
+    def __call__(self, *values: Any) -> None:
+        self.values.append(values[0] if len(values) == 1 else list(values))
+
+
+class HandlerTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(NOW)
+        self.namespace = FakeNamespace()
+        self.pool = FakePool()
+        self.realtime = Realtime(
+            namespace=self.namespace,  # type: ignore[arg-type]
+            pool=self.pool,
+            keys=KEYS,
+            clock=self.clock,
+        )
+
+    def connect(self, sid: str, auth: Any) -> FakeSocket:
+        socket = FakeSocket(sid)
+        self.namespace.connect(socket, auth)
+        return socket
+
+    def emit(self, socket: FakeSocket, event: str, data: Any, ack: Any = None) -> None:
+        self.namespace.handlers[event](socket, [data], ack)
+
+    def allow_subscribe(self, channel_id: str = "c1") -> None:
+        _, d = self.pool.pop("authorize_subscribe")
+        d.callback([(channel_id, "allowed")])
+
+    def test_credentials(self) -> None:
+        """
+        The auth payload's token or apiKey, else the bearer header, is the
+        credential; a bad one refuses the connection with its reason.
+        """
+        self.assertEqual(credential_of({"token": "t"}, {}), "t")
+        self.assertEqual(credential_of({"apiKey": "k"}, {"authorization": "Bearer h"}), "k")
+        self.assertEqual(credential_of(None, {"authorization": "Bearer h"}), "h")
+        self.assertEqual(credential_of({"token": ""}, {"authorization": "Bearer h"}), "h")
+        self.assertIsNone(credential_of("x", {}))
+        with self.assertRaises(ConnectRefused) as raised:
+            self.connect("s", None)
+        self.assertEqual(raised.exception.message, "No authentication provided")
+        with self.assertRaises(ConnectRefused) as raised:
+            self.connect("s", {"token": ["x"]})
+        self.assertEqual(raised.exception.message, "Invalid token")
+        socket = self.connect("s", {"apiKey": KEYS.api_key})
+        self.assertIn("realtime", socket.data)
+
+    def test_requests_in_order(self) -> None:
+        """
+        A publish sent right after a subscribe, without waiting for its ack,
+        is checked once the subscribe is decided, so it is accepted.
+        """
+        socket = self.connect("s", {"token": token("alice")})
+        sub_acks, pub_acks = Acks(), Acks()
+        self.emit(socket, "REALTIME_SUBSCRIBE", {"channel": "orders"}, sub_acks)
+        self.emit(socket, "REALTIME_PUBLISH", {"channel": "orders", "event": "e", "payload": 1}, pub_acks)
+        self.assertEqual(pub_acks.values, [])
+        self.allow_subscribe()
+        self.assertEqual(sub_acks.values[0]["ok"], True)
+        params, d = self.pool.pop("publish_batch")
+        self.assertIn('"payload":1', params[0])
+        self.assertIn('"sender_id":"alice"', params[0])
+        d.callback([("m1", "stored", None)])
+        self.assertEqual(pub_acks.values, [{"ok": True, "channel": "orders", "messageId": "m1"}])
+
+    def test_publishes_batched(self) -> None:
+        """
+        Publishes made while one is being stored go together in the next
+        statement.
+        """
+        socket = self.connect("s", {"token": token("alice")})
+        self.emit(socket, "REALTIME_SUBSCRIBE", {"channel": "orders"}, Acks())
+        self.allow_subscribe()
+        acks = Acks()
+        for i in range(4):
+            self.emit(socket, "REALTIME_PUBLISH", {"channel": "orders", "event": "e", "payload": i}, acks)
+        params, d = self.pool.pop("publish_batch")
+        self.assertEqual(params[0].count('"event"'), 1)
+        d.callback([("m0", "stored", None)])
+        params, d = self.pool.pop("publish_batch")
+        self.assertEqual(params[0].count('"event"'), 3)
+        d.callback([("m1", "stored", None), ("m2", "denied", "no"), ("m3", "stored", None)])
+        self.assertEqual([a["ok"] for a in acks.values], [True, True, False, True])
+        self.assertEqual(acks.values[2]["error"]["code"], "REALTIME_UNAUTHORIZED")
+
+    def test_disconnect_while_deciding(self) -> None:
+        """
+        A socket that disconnects while its subscribe is being decided is
+        not subscribed afterwards.
+        """
+        socket = self.connect("s", {"token": token("alice")})
+        acks = Acks()
+        self.emit(socket, "REALTIME_SUBSCRIBE", {"channel": "orders"}, acks)
+        self.namespace.disconnect(socket, "transport close")
+        self.allow_subscribe()
+        self.assertEqual(list(self.realtime.subscriptions.sockets()), [])
+        self.assertEqual(self.realtime.presence.members("orders"), [])
+
+    def test_database_failure(self) -> None:
+        """
+        A subscribe the database cannot decide is answered INTERNAL_ERROR;
+        without an ack callback, as realtime:error.
+        """
+        socket = self.connect("s", {"token": token("alice")})
+        acks = Acks()
+        self.emit(socket, "REALTIME_SUBSCRIBE", {"channel": "orders"}, acks)
+        _, d = self.pool.pop("authorize_subscribe")
+        d.errback(RuntimeError("database gone"))
+        self.assertEqual(acks.values[0]["error"]["code"], "INTERNAL_ERROR")
+        self.emit(socket, "REALTIME_SUBSCRIBE", {"channel": "orders"})
+        _, d = self.pool.pop("authorize_subscribe")
+        d.errback(RuntimeError("database gone"))
+        self.assertEqual(socket.emitted[-1][0], "realtime:error")
+        self.assertEqual(socket.emitted[-1][1][0]["code"], "INTERNAL_ERROR")
+        self.flushLoggedErrors(RuntimeError)
+
+    def test_token_expiry(self) -> None:
+        """
+        A socket is disconnected when its token expires; one that left
+        earlier is not touched.
+        """
+        socket = self.connect("s", {"token": token("alice", exp=NOW + 60)})
+        other = self.connect("o", {"token": token("bob", exp=NOW + 60)})
+        self.namespace.disconnect(other, "transport close")
+        self.clock.advance(59)
+        self.assertFalse(socket.disconnected)
+        self.clock.advance(1)
+        self.assertTrue(socket.disconnected)
+        self.assertFalse(other.disconnected)
+
+    def test_deliver(self) -> None:
+        """
+        A stored message goes out with one fan-out call to the sockets of
+        its name and of its owning row's pattern, and their number is
+        written as its audience later, in one statement.
+        """
+        sockets = []
+        for sid, channel, row in [("a", "chat:1", "c1"), ("b", "chat:*", "c1"), ("c", "chat:2", "c1")]:
+            socket = self.connect(sid, {"token": token(sid)})
+            self.emit(socket, "REALTIME_SUBSCRIBE", {"channel": channel}, Acks())
+            self.allow_subscribe(row)
+            sockets.append(socket)
+        message = {"channel": "chat:1", "event": "message", "messageId": "m1"}
+        self.namespace.fanouts.clear()
+        self.realtime.deliver({"message": message, "channelId": "c1"})
+        self.realtime.deliver({"message": {**message, "channel": "other", "messageId": "m2"}, "channelId": None})
+        self.assertEqual(self.namespace.fanouts, [({"a", "b"}, "message", (message,))])
+        self.clock.advance(1)
+        params, d = self.pool.pop("ws_audience_count")
+        self.assertEqual(params, (["m1"], [2]))
+        d.callback(None)
+
+    def test_presence_announcements(self) -> None:
+        """
+        Joins and leaves go to the other members' sockets with the
+        contract's shape; disconnect leaves every channel.
+        """
+        alice = self.connect("a", {"token": token("alice")})
+        self.emit(alice, "REALTIME_SUBSCRIBE", {"channel": "room"}, Acks())
+        self.allow_subscribe()
+        bob = self.connect("b", {"token": token("bob")})
+        acks = Acks()
+        self.emit(bob, "realtime:subscribe", {"channel": "room"}, acks)
+        self.allow_subscribe()
+        joined = rfc3339(NOW)
+        self.assertEqual(
+            acks.values[0]["presence"]["members"],
+            [
+                {"presenceId": "alice", "type": "user", "joinedAt": joined},
+                {"presenceId": "bob", "type": "user", "joinedAt": joined},
+            ],
+        )
+        member = {"presenceId": "bob", "type": "user", "joinedAt": joined}
+        self.assertEqual(
+            self.namespace.fanouts[-1],
+            ({"a"}, "presence:join", ({"channel": "room", "member": member, "meta": {"channel": "room"}},)),
+        )
+        self.namespace.disconnect(bob, "transport close")
+        self.assertEqual(
+            self.namespace.fanouts[-1],
+            ({"a"}, "presence:leave", ({"channel": "room", "member": member, "meta": {"channel": "room"}},)),
+        )
+
+    def test_rfc3339(self) -> None:
+        """
+        Times are written as the database writes them.
+        """
+        self.assertEqual(rfc3339(0.5), "1970-01-01T00:00:00.500Z")

@@ -516,6 +516,39 @@ class UseCaseTests(RealtimeTestCase):
         self.assertEqual((yield self.call(one.no_event, "INSERT")), [])
 
 
+    @inlineCallbacks
+    def test_large_message(self) -> None:
+        """
+        A message too large to travel inside a NOTIFY is still delivered
+        whole.
+        """
+        client = yield self.client("alice")
+        yield self.call(client.request, "REALTIME_SUBSCRIBE", {"channel": "orders"})
+        payload = {"text": "x" * 50_000, "items": list(range(1000))}
+        ack = yield self.call(
+            client.request, "REALTIME_PUBLISH", {"channel": "orders", "event": "big", "payload": payload}
+        )
+        self.assertTrue(ack["ok"], ack)
+        _event, message = yield self.call(client.next_event, "big")
+        self.assertEqual((message["messageId"], message["payload"]), (ack["messageId"], payload))
+
+    @inlineCallbacks
+    def test_publish_under_pattern(self) -> None:
+        """
+        A socket subscribed to the pattern C{chat:*} may publish on any name
+        it covers, and receives its own message once.
+        """
+        client = yield self.client("alice")
+        yield self.call(client.request, "REALTIME_SUBSCRIBE", {"channel": "chat:*"})
+        yield self.call(client.request, "REALTIME_SUBSCRIBE", {"channel": "chat:9"})
+        ack = yield self.call(
+            client.request, "REALTIME_PUBLISH", {"channel": "chat:9", "event": "m", "payload": {}}
+        )
+        self.assertTrue(ack["ok"], ack)
+        yield self.call(client.next_event, "m")
+        self.assertEqual((yield self.call(client.no_event, "m")), [])
+
+
 class RefusalTests(RealtimeTestCase):
     @inlineCallbacks
     def test_subscribe_refusals(self) -> None:

@@ -110,16 +110,21 @@ def ensure_node_packages() -> None:
     missing or stale.
     """
     if shutil.which("node") is None or shutil.which("npm") is None:
-        raise SetupError("node and npm are needed for the Node peer and the load generator")
+        raise SetupError(
+            "node and npm are needed for the Node peer and the load generator"
+        )
     lock = PEERS / "package-lock.json"
     marker = PEERS / "node_modules" / ".package-lock.json"
-    if marker.exists() and marker.stat().st_mtime >= lock.stat().st_mtime:
-        if (PEERS / "node_modules" / "socket.io").exists() and (PEERS / "node_modules" / "pg").exists():
-            return
+    installed = all(
+        (PEERS / "node_modules" / name).exists() for name in ("socket.io", "pg")
+    )
+    if installed and marker.exists() and marker.stat().st_mtime >= lock.stat().st_mtime:
+        return
     log("installing the Node packages (npm ci in bench/peers)")
     proc = subprocess.run(
         ["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"],
         cwd=PEERS,
+        check=False,
         capture_output=True,
         text=True,
     )
@@ -141,17 +146,30 @@ def ensure_bench_venv() -> Path:
     log("installing python-socketio, aiohttp and py-spy into bench/.venv")
     base = getattr(sys, "_base_executable", None) or sys.executable
     if not python.exists():
-        proc = subprocess.run([base, "-m", "venv", str(VENV)], capture_output=True, text=True)
+        proc = subprocess.run(
+            [base, "-m", "venv", str(VENV)], check=False, capture_output=True, text=True
+        )
         if proc.returncode != 0:
             raise SetupError(f"cannot create bench/.venv:\n{proc.stdout}{proc.stderr}")
     proc = subprocess.run(
-        [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-         "-r", str(requirements)],
+        [
+            str(python),
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "-r",
+            str(requirements),
+        ],
+        check=False,
         capture_output=True,
         text=True,
     )
     if proc.returncode != 0:
-        raise SetupError(f"pip install into bench/.venv failed:\n{proc.stdout}{proc.stderr}")
+        raise SetupError(
+            f"pip install into bench/.venv failed:\n{proc.stdout}{proc.stderr}"
+        )
     stamp.write_text(wanted + "\n")
     return python
 
@@ -161,7 +179,11 @@ def find_realtimed_python() -> Path:
     A Python that can import realtimed: $REALTIMED_PYTHON, this one, or the
     repository's .venv.
     """
-    candidates = [os.environ.get("REALTIMED_PYTHON"), sys.executable, str(ROOT / ".venv" / "bin" / "python")]
+    candidates = [
+        os.environ.get("REALTIMED_PYTHON"),
+        sys.executable,
+        str(ROOT / ".venv" / "bin" / "python"),
+    ]
     tried = []
     for candidate in candidates:
         if not candidate or not Path(candidate).exists():
@@ -169,13 +191,16 @@ def find_realtimed_python() -> Path:
         proc = subprocess.run(
             [candidate, "-c", "import realtimed.tap, twisted.scripts.twistd"],
             cwd=ROOT,
+            check=False,
             capture_output=True,
             text=True,
         )
         if proc.returncode == 0:
             return Path(candidate)
         tried.append(f"{candidate}: {proc.stderr.strip().splitlines()[-1:]}")
-    raise SetupError("no Python here imports realtimed (set REALTIMED_PYTHON): " + "; ".join(tried))
+    raise SetupError(
+        "no Python here imports realtimed (set REALTIMED_PYTHON): " + "; ".join(tried)
+    )
 
 
 def raise_file_limit(needed: int) -> int:
@@ -202,7 +227,9 @@ def _b64(data: bytes) -> str:
 def make_jwt(secret: str, claims: dict[str, Any]) -> str:
     header = _b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
     body = _b64(json.dumps(claims).encode())
-    signature = hmac.new(secret.encode(), f"{header}.{body}".encode(), hashlib.sha256).digest()
+    signature = hmac.new(
+        secret.encode(), f"{header}.{body}".encode(), hashlib.sha256
+    ).digest()
     return f"{header}.{body}.{_b64(signature)}"
 
 
@@ -224,7 +251,19 @@ def pinned(cpu: str, command: list[str]) -> list[str]:
 
 def psql(postgres: str, database: str, sql: str) -> str:
     proc = subprocess.run(
-        ["psql", f"{postgres}/{database}", "-X", "-q", "-t", "-A", "-v", "ON_ERROR_STOP=1", "-c", sql],
+        [
+            "psql",
+            f"{postgres}/{database}",
+            "-X",
+            "-q",
+            "-t",
+            "-A",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-c",
+            sql,
+        ],
+        check=False,
         capture_output=True,
         text=True,
     )
@@ -243,7 +282,12 @@ class Secrets:
         now = int(time.time())
         return make_jwt(
             self.jwt_secret,
-            {"sub": JWT_SUBJECT, "role": "authenticated", "iat": now, "exp": now + 6 * 3600},
+            {
+                "sub": JWT_SUBJECT,
+                "role": "authenticated",
+                "iat": now,
+                "exp": now + 6 * 3600,
+            },
         )
 
 
@@ -269,8 +313,13 @@ class RunningServer:
 
 
 def wait_ready(server: RunningServer, timeout: float) -> None:
+    """
+    Wait until the server answers an Engine.IO polling handshake.  A server
+    that answers HTTP but keeps refusing the handshake fails after 10 s.
+    """
     url = f"http://127.0.0.1:{server.port}/socket.io/?EIO=4&transport=polling"
     deadline = time.monotonic() + timeout
+    refused_since = None
     while time.monotonic() < deadline:
         if server.process.poll() is not None:
             raise SetupError(
@@ -280,10 +329,18 @@ def wait_ready(server: RunningServer, timeout: float) -> None:
             with urllib.request.urlopen(url, timeout=2) as response:
                 if response.status == 200:
                     return
+        except urllib.error.HTTPError as e:
+            refused_since = refused_since or time.monotonic()
+            if time.monotonic() - refused_since > 10:
+                raise SetupError(
+                    f"{server.name} answers HTTP {e.code} to an Engine.IO handshake at /socket.io/"
+                ) from None
         except (urllib.error.URLError, OSError):
             pass
-        time.sleep(0.1)
-    raise SetupError(f"{server.name} did not answer within {timeout:.0f}s:\n{server.log_tail()}")
+        time.sleep(0.2)
+    raise SetupError(
+        f"{server.name} did not answer within {timeout:.0f}s:\n{server.log_tail()}"
+    )
 
 
 def http_json(method: str, url: str, body: object, api_key: str) -> tuple[int, Any]:
@@ -291,7 +348,10 @@ def http_json(method: str, url: str, body: object, api_key: str) -> tuple[int, A
         url,
         data=json.dumps(body).encode(),
         method=method,
-        headers={"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"},
+        headers={
+            "Authorization": f"Bearer {api_key}",
+            "Content-Type": "application/json",
+        },
     )
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
@@ -320,34 +380,55 @@ class Bench:
             cwd = PEERS
         elif name == "python-socketio":
             assert self.bench_python is not None
-            command = [str(self.bench_python), str(PEERS / "pysio_server.py"), str(port)]
+            command = [
+                str(self.bench_python),
+                str(PEERS / "pysio_server.py"),
+                str(port),
+            ]
             cwd = PEERS
         elif name == "realtimed":
             assert self.realtimed_python is not None
             database = f"realtimed_bench_{os.getpid()}_{scenario}"
             database_url = f"{self.postgres}/{database}"
-            psql(self.postgres, "postgres", f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+            psql(
+                self.postgres,
+                "postgres",
+                f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)',
+            )
             psql(self.postgres, "postgres", f'CREATE DATABASE "{database}"')
             data_dir = self.workdir / f"realtimed-data-{scenario}"
             data_dir.mkdir(exist_ok=True)
             command = [
-                str(self.realtimed_python), "-c",
+                str(self.realtimed_python),
+                "-c",
                 "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()",
-                "-n", "--pidfile=", "realtimed",
-                "--port", f"tcp:{port}:interface=127.0.0.1",
-                "--database-url", database_url,
-                "--data-dir", str(data_dir),
-                "--jwt-secret", self.secrets.jwt_secret,
-                "--api-key", self.secrets.api_key,
-                "--anon-key", self.secrets.anon_key,
+                "-n",
+                "--pidfile=",
+                "realtimed",
+                "--port",
+                f"tcp:{port}:interface=127.0.0.1",
+                "--database-url",
+                database_url,
+                "--data-dir",
+                str(data_dir),
+                "--jwt-secret",
+                self.secrets.jwt_secret,
+                "--api-key",
+                self.secrets.api_key,
+                "--anon-key",
+                self.secrets.anon_key,
             ]
             cwd = self.workdir
         else:
             raise SetupError(f"unknown server {name}")
         with open(log_path, "wb") as log_file:
             process = subprocess.Popen(
-                pinned(SERVER_CPU, command), cwd=cwd, env=env, stdout=log_file,
-                stderr=subprocess.STDOUT, start_new_session=True,
+                pinned(SERVER_CPU, command),
+                cwd=cwd,
+                env=env,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         running = RunningServer(name, port, process, log_path, database_url, database)
         try:
@@ -359,7 +440,11 @@ class Bench:
             stop_process(process)
             if database is not None:
                 try:
-                    psql(self.postgres, "postgres", f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+                    psql(
+                        self.postgres,
+                        "postgres",
+                        f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)',
+                    )
                 except SetupError as e:
                     log(str(e))
 
@@ -370,14 +455,19 @@ class Bench:
         """
         for pattern in ("bench", "room:*", "pub:*", "t"):
             status, body = http_json(
-                "POST", f"http://127.0.0.1:{server.port}/api/realtime/channels",
-                {"pattern": pattern}, self.secrets.api_key,
+                "POST",
+                f"http://127.0.0.1:{server.port}/api/realtime/channels",
+                {"pattern": pattern},
+                self.secrets.api_key,
             )
             if status not in (200, 201):
-                raise SetupError(f"creating channel {pattern!r} failed: {status} {body}")
+                raise SetupError(
+                    f"creating channel {pattern!r} failed: {status} {body}"
+                )
         assert server.database is not None
         psql(
-            self.postgres, server.database,
+            self.postgres,
+            server.database,
             "CREATE TABLE t (id bigserial PRIMARY KEY, ts double precision NOT NULL, pad text);"
             "SELECT realtime.track_table('t');",
         )
@@ -410,9 +500,21 @@ class Profiler:
             return
         log(f"py-spy recording pid {self.pid} into {self.out}")
         self.process = subprocess.Popen(
-            [str(self.py_spy), "record", "--pid", str(self.pid), "--rate", "200",
-             "--nonblocking", "--format", "raw", "--output", str(self.out)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            [
+                str(self.py_spy),
+                "record",
+                "--pid",
+                str(self.pid),
+                "--rate",
+                "200",
+                "--nonblocking",
+                "--format",
+                "raw",
+                "--output",
+                str(self.out),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
         )
 
     def stop(self) -> None:
@@ -457,7 +559,9 @@ def summarize_profile(path: Path, top: int = 30) -> str:
     lines = [f"{total} samples", "", "self %  function"]
     lines += [f"{100 * n / total:6.1f}  {name}" for name, n in own.most_common(top)]
     lines += ["", "incl %  function"]
-    lines += [f"{100 * n / total:6.1f}  {name}" for name, n in inclusive.most_common(top)]
+    lines += [
+        f"{100 * n / total:6.1f}  {name}" for name, n in inclusive.most_common(top)
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -493,30 +597,38 @@ def run_loadgen(
         "serverPid": server.pid,
         "quick": bench.quick,
         "databaseUrl": server.database_url,
-        "timeLimitSeconds": 120 if bench.quick else 600,
     }
     profiler = None
-    if profile_dir is not None and server.name == "realtimed" and scenario in PROFILED_PHASES:
+    if (
+        profile_dir is not None
+        and server.name == "realtimed"
+        and scenario in PROFILED_PHASES
+    ):
         assert bench.bench_python is not None
-        profiler = Profiler(bench.bench_python, profile_dir / f"realtimed-s{scenario}.txt", server.pid)
+        profiler = Profiler(
+            bench.bench_python, profile_dir / f"realtimed-s{scenario}.txt", server.pid
+        )
     process = subprocess.Popen(
         pinned(LOADGEN_CPU, ["node", str(LOADGEN), json.dumps(config)]),
-        stdout=subprocess.PIPE, stderr=None if not bench.quick else subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        stderr=None if not bench.quick else subprocess.PIPE,
+        text=True,
     )
     stderr_lines: list[str] = []
     if process.stderr is not None:
         stream = process.stderr
 
         def keep() -> None:
-            for line in stream:
-                stderr_lines.append(line)
+            stderr_lines.extend(stream)
 
         threading.Thread(target=keep, daemon=True).start()
     result: dict[str, Any] | None = None
     error = None
     steps = []
     assert process.stdout is not None
-    timer = threading.Timer(config["timeLimitSeconds"] + 30, process.kill)
+    time_limit = 120 if bench.quick else 600
+    config["timeLimitSeconds"] = time_limit
+    timer = threading.Timer(time_limit + 30, process.kill)
     timer.start()
     try:
         for line in process.stdout:
@@ -525,7 +637,11 @@ def run_loadgen(
             except ValueError:
                 continue
             kind = message.get("type")
-            if kind == "phase" and profiler is not None and message.get("name") == PROFILED_PHASES[scenario]:
+            if (
+                kind == "phase"
+                and profiler is not None
+                and message.get("name") == PROFILED_PHASES[scenario]
+            ):
                 if message.get("state") == "start":
                     profiler.start()
                 else:
@@ -546,18 +662,23 @@ def run_loadgen(
             process.wait()
     if result is None:
         detail = "".join(stderr_lines[-10:])
-        raise SetupError(f"load generator failed: {error or process.returncode}\n{detail}")
+        raise SetupError(
+            f"load generator failed: {error or process.returncode}\n{detail}"
+        )
     return result
 
 
-def run_one(bench: Bench, scenario: int, name: str, profile_dir: Path | None) -> dict[str, Any]:
+def run_one(
+    bench: Bench, scenario: int, name: str, profile_dir: Path | None
+) -> dict[str, Any]:
     if scenario == 5 and name != "realtimed":
         return {"skipped": "no database events in this server"}
     with bench.server(name, scenario) as server:
         result = run_loadgen(bench, scenario, server, profile_dir)
         if name == "realtimed" and scenario == 6 and server.database:
             stored = psql(
-                bench.postgres, server.database,
+                bench.postgres,
+                server.database,
                 "SELECT count(*) FROM realtime.messages WHERE channel_name LIKE 'pub:%'",
             )
             result["stored"] = int(stored)
@@ -580,7 +701,9 @@ def _fmt(value: Any, digits: int = 0) -> str:
     return f"{value:,.{digits}f}"
 
 
-def metrics(scenario: int, r: dict[str, Any]) -> list[tuple[str, Any, int]]:
+def metrics(
+    scenario: int, r: dict[str, Any], quick: bool
+) -> list[tuple[str, Any, int]]:
     """
     (label, value, digits) rows of one server's result.
     """
@@ -588,10 +711,14 @@ def metrics(scenario: int, r: dict[str, Any]) -> list[tuple[str, Any, int]]:
         sustained = r.get("sustained") or {}
         at = r.get("latencyAtRate") or {}
         lat = at.get("latency") or {}
-        rate = r.get("latencyRate")
+        rate = 500 if scenario == 2 and not quick else 50
         per = r.get("recipientsPerMessage")
         return [
-            ("sustained deliveries/s", (sustained.get("rate") or 0) * (per or 0) or None, 0),
+            (
+                "sustained deliveries/s",
+                (sustained.get("rate") or 0) * (per or 0) or None,
+                0,
+            ),
             (f"p50 ms at {rate} publishes/s", lat.get("p50"), 1),
             (f"p99 ms at {rate} publishes/s", lat.get("p99"), 1),
         ]
@@ -621,7 +748,8 @@ def details(scenario: int, r: dict[str, Any]) -> str:
         s = r.get("sustained") or {}
         at = r.get("latencyAtRate") or {}
         steps = " ".join(
-            f"{st['rate']}{'+' if st['sustained'] else '-'}" for st in r.get("steps", [])
+            f"{st['rate']}{'+' if st['sustained'] else '-'}"
+            for st in r.get("steps", [])
         )
         return (
             f"{r.get('connections')} conns; at the sustained rate: server cpu {s.get('serverCpu')}, "
@@ -660,7 +788,13 @@ def details(scenario: int, r: dict[str, Any]) -> str:
 LOWER_IS_BETTER = ("p50", "p99", "RSS")
 
 
-def table(scenario: int, title: str, results: dict[str, dict[str, Any]], servers: list[str]) -> str:
+def table(
+    scenario: int,
+    title: str,
+    results: dict[str, dict[str, Any]],
+    servers: list[str],
+    quick: bool,
+) -> str:
     peers = [s for s in servers if s != "realtimed"]
     ratio_columns = [f"realtimed/{p}" for p in peers] if "realtimed" in servers else []
     header = ["scenario " + str(scenario), *servers, *ratio_columns]
@@ -671,12 +805,12 @@ def table(scenario: int, title: str, results: dict[str, dict[str, Any]], servers
         r = results.get(name, {})
         if "error" in r or "skipped" in r:
             continue
-        for label, value, digits in metrics(scenario, r):
+        for label, value, digits in metrics(scenario, r, quick):
             if label not in labels:
                 labels.append(label)
             values.setdefault(label, {})[name] = (value, digits)
     if not labels:
-        labels = [label for label, _, _ in metrics(scenario, {})]
+        labels = [label for label, _, _ in metrics(scenario, {}, quick)]
     for label in labels:
         row = [label]
         for name in servers:
@@ -691,7 +825,11 @@ def table(scenario: int, title: str, results: dict[str, dict[str, Any]], servers
         for peer in peers if ratio_columns else []:
             mine = values.get(label, {}).get("realtimed", (None, 0))[0]
             theirs = values.get(label, {}).get(peer, (None, 0))[0]
-            if isinstance(mine, (int, float)) and isinstance(theirs, (int, float)) and theirs:
+            if (
+                isinstance(mine, (int, float))
+                and isinstance(theirs, (int, float))
+                and theirs
+            ):
                 row.append(f"{mine / theirs:.2f}x")
             else:
                 row.append("-")
@@ -700,7 +838,12 @@ def table(scenario: int, title: str, results: dict[str, dict[str, Any]], servers
     lines = [f"== {title}"]
     lines.append("  ".join(h.ljust(widths[i]) for i, h in enumerate(header)))
     for row in rows:
-        lines.append("  ".join(c.ljust(widths[i]) if i == 0 else c.rjust(widths[i]) for i, c in enumerate(row)))
+        lines.append(
+            "  ".join(
+                c.ljust(widths[i]) if i == 0 else c.rjust(widths[i])
+                for i, c in enumerate(row)
+            )
+        )
     for name in servers:
         r = results.get(name, {})
         if "error" in r:
@@ -729,19 +872,47 @@ def machine_line() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--scenario", type=int, action="append", choices=sorted(SCENARIOS),
-                        help="run only this scenario (repeatable); default: all")
-    parser.add_argument("--quick", action="store_true", help="tiny sizes: checks the harness, measures nothing")
-    parser.add_argument("--servers", default=",".join(SERVERS),
-                        help="comma-separated, from: " + ", ".join(SERVERS))
-    parser.add_argument("--postgres", default=os.environ.get("BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432"),
-                        help="PostgreSQL server URL without a database, for realtimed")
-    parser.add_argument("--profile", type=Path, metavar="DIR",
-                        help="record py-spy profiles of realtimed in scenarios 1 and 6 into DIR")
-    parser.add_argument("--json", type=Path, metavar="FILE", help="also write all results as JSON")
-    parser.add_argument("--setup-only", action="store_true",
-                        help="install the Node packages and bench/.venv, then exit")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--scenario",
+        type=int,
+        action="append",
+        choices=sorted(SCENARIOS),
+        help="run only this scenario (repeatable); default: all",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="tiny sizes: checks the harness, measures nothing",
+    )
+    parser.add_argument(
+        "--servers",
+        default=",".join(SERVERS),
+        help="comma-separated, from: " + ", ".join(SERVERS),
+    )
+    parser.add_argument(
+        "--postgres",
+        default=os.environ.get(
+            "BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432"
+        ),
+        help="PostgreSQL server URL without a database, for realtimed",
+    )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help="record py-spy profiles of realtimed in scenarios 1 and 6 into DIR",
+    )
+    parser.add_argument(
+        "--json", type=Path, metavar="FILE", help="also write all results as JSON"
+    )
+    parser.add_argument(
+        "--setup-only",
+        action="store_true",
+        help="install the Node packages and bench/.venv, then exit",
+    )
     args = parser.parse_args(argv)
 
     servers = [s.strip() for s in args.servers.split(",") if s.strip()]
@@ -763,7 +934,9 @@ def main(argv: list[str] | None = None) -> int:
 
     limit = raise_file_limit(32768)
     if limit < 12000:
-        log(f"open files limited to {limit}: scenarios with 10,000 connections may fail")
+        log(
+            f"open files limited to {limit}: scenarios with 10,000 connections may fail"
+        )
     if args.profile:
         args.profile.mkdir(parents=True, exist_ok=True)
 
@@ -771,11 +944,17 @@ def main(argv: list[str] | None = None) -> int:
     tables = []
     failed = False
     print(f"machine: {machine_line()}", flush=True)
-    print(f"mode: {'quick (sizes too small to measure anything)' if args.quick else 'full'}", flush=True)
+    print(
+        f"mode: {'quick (sizes too small to measure anything)' if args.quick else 'full'}",
+        flush=True,
+    )
     with tempfile.TemporaryDirectory(prefix="realtimed-bench-") as tmp:
         bench = Bench(
-            quick=args.quick, workdir=Path(tmp), postgres=args.postgres.rstrip("/"),
-            bench_python=bench_python, realtimed_python=realtimed_python,
+            quick=args.quick,
+            workdir=Path(tmp),
+            postgres=args.postgres.rstrip("/"),
+            bench_python=bench_python,
+            realtimed_python=realtimed_python,
         )
         for scenario in scenarios:
             results: dict[str, dict[str, Any]] = {}
@@ -789,13 +968,21 @@ def main(argv: list[str] | None = None) -> int:
                     log(f"scenario {scenario} on {name} failed: {e}")
             all_results[scenario] = results
             title = f"scenario {scenario}: {(QUICK_SCENARIOS if args.quick else SCENARIOS)[scenario]}"
-            text = table(scenario, title, results, servers)
+            text = table(scenario, title, results, servers, args.quick)
             tables.append(text)
             print(text, flush=True)
     print("\n" + "\n\n".join(tables) if len(tables) > 1 else "", flush=True)
     if args.json:
-        args.json.write_text(json.dumps({"machine": machine_line(), "quick": args.quick,
-                                         "results": all_results}, indent=2))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "machine": machine_line(),
+                    "quick": args.quick,
+                    "results": all_results,
+                },
+                indent=2,
+            )
+        )
     return 1 if failed else 0
 
 

@@ -24,7 +24,7 @@ import re
 import sys
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import socketio
@@ -37,7 +37,7 @@ sio = socketio.AsyncServer(async_mode="aiohttp", cors_allowed_origins=[])
 app = web.Application()
 sio.attach(app)
 
-# sid -> the token's subject, and sid -> channels it has joined.
+# sid -> the subject of the token it connected with.
 subjects: dict[str, str | None] = {}
 
 
@@ -65,7 +65,11 @@ def verify_token(token: object) -> dict[str, Any] | None:
 
 
 def failure(channel: object, code: str, message: str) -> dict[str, Any]:
-    return {"ok": False, "channel": channel, "error": {"code": code, "message": message}}
+    return {
+        "ok": False,
+        "channel": channel,
+        "error": {"code": code, "message": message},
+    }
 
 
 @sio.event
@@ -102,7 +106,7 @@ async def publish(sid: str, data: object) -> dict[str, Any]:
     if channel not in sio.rooms(sid):
         return failure(channel, "REALTIME_NOT_SUBSCRIBED", "Not subscribed")
     message_id = str(uuid.uuid4())
-    created = datetime.now(timezone.utc)
+    created = datetime.now(UTC)
     message = {
         "channel": channel,
         "event": event,
@@ -110,7 +114,8 @@ async def publish(sid: str, data: object) -> dict[str, Any]:
         "senderType": "user",
         "senderId": subjects.get(sid),
         "payload": data.get("payload", {}),
-        "createdAt": created.strftime("%Y-%m-%dT%H:%M:%S.") + f"{created.microsecond // 1000:03d}Z",
+        "createdAt": created.strftime("%Y-%m-%dT%H:%M:%S.")
+        + f"{created.microsecond // 1000:03d}Z",
     }
     await sio.emit(event, message, room=channel)
     return {"ok": True, "channel": channel, "messageId": message_id}

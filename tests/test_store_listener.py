@@ -404,6 +404,26 @@ class _Proxy(Factory):
             pipe.frozen = True
 
 
+@inlineCallbacks
+def start_proxy(test: TestCase, url: str) -> Any:
+    """
+    Start a L{_Proxy} to the server of C{url}, stopped at cleanup.
+
+    @return: The proxy, and the URL of the same database through it.
+    """
+    parts = urlsplit(url)
+    socket_dir = parse_qs(parts.query).get("host", [None])[0]
+    if socket_dir is not None:
+        target = UNIXClientEndpoint(reactor, f"{socket_dir}/.s.PGSQL.{parts.port or 5432}")
+    else:
+        target = TCP4ClientEndpoint(reactor, parts.hostname, parts.port or 5432)
+    proxy = _Proxy(target)
+    port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(proxy)
+    test.addCleanup(port.stopListening)
+    user = parts.username or "postgres"
+    return proxy, f"postgresql://{user}@127.0.0.1:{port.getHost().port}{parts.path}"
+
+
 class SilentLinkTests(ListenerMixin, TestCase):
     """
     A link that goes silent is found by the keepalive query.
@@ -413,17 +433,7 @@ class SilentLinkTests(ListenerMixin, TestCase):
     def setUp(self) -> Any:
         self.url = create_database(self)
         yield prepare(self.url)
-        parts = urlsplit(self.url)
-        socket_dir = parse_qs(parts.query).get("host", [None])[0]
-        if socket_dir is not None:
-            target = UNIXClientEndpoint(reactor, f"{socket_dir}/.s.PGSQL.{parts.port or 5432}")
-        else:
-            target = TCP4ClientEndpoint(reactor, parts.hostname, parts.port or 5432)
-        self.proxy = _Proxy(target)
-        port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(self.proxy)
-        self.addCleanup(port.stopListening)
-        user = parts.username or "postgres"
-        self.proxied = f"postgresql://{user}@127.0.0.1:{port.getHost().port}{parts.path}"
+        self.proxy, self.proxied = yield start_proxy(self, self.url)
 
     @inlineCallbacks
     def test_keepalive_timeout(self) -> Any:

@@ -177,6 +177,35 @@ class ConnectionPoolTests(TestCase):
         self.assertIs(self.successResultOf(self.pool.ping()), False)
 
 
+class SilentLinkTests(TestCase):
+    """
+    A database that stops answering.
+    """
+
+    @inlineCallbacks
+    def test_ping_times_out(self) -> Any:
+        """
+        C{ping} answers C{False} when the database does not answer in time,
+        and the pool works again once the stuck connection is gone.
+        """
+        from tests.test_store_listener import start_proxy
+
+        url = create_database(self)
+        proxy, proxied = yield start_proxy(self, url)
+        pool = ConnectionPool(reactor, proxied, size=1)
+        self.addCleanup(pool.close)
+        yield pool.start()
+        alive = yield pool.ping()
+        self.assertIs(alive, True)
+        proxy.freeze()
+        alive = yield pool.ping(timeout=0.2)
+        self.assertIs(alive, False)
+        for pipe in proxy.pipes:
+            pipe.transport.loseConnection()
+        alive = yield pool.ping(timeout=10.0)
+        self.assertIs(alive, True)
+
+
 class UnreachableTests(TestCase):
     """
     A pool whose server cannot be reached.

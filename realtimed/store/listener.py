@@ -47,7 +47,12 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from realtimed.store.pool import DatabaseConnection, open_connection, redact_dsn
+from realtimed.store.pool import (
+    TCP_KEEPALIVES,
+    DatabaseConnection,
+    open_connection,
+    redact_dsn,
+)
 
 log = Logger()
 
@@ -68,16 +73,6 @@ WHERE m.id = %s
 """
 
 SNAPSHOT = "SELECT pg_current_snapshot()::text"
-
-# libpq TCP keepalives, so a link that dies in the middle of a query is
-# noticed too (the keepalive query only runs while the connection is idle).
-TCP_KEEPALIVES = {
-    "keepalives": 1,
-    "keepalives_idle": 10,
-    "keepalives_interval": 5,
-    "keepalives_count": 3,
-}
-
 
 @frozen
 class _Notified:

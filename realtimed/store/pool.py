@@ -35,6 +35,15 @@ T = TypeVar("T")
 # Seconds a connection attempt may take before it is given up.
 CONNECT_TIMEOUT = 10.0
 
+# libpq TCP keepalives, so that a link that died silently in the middle of a
+# query is noticed (no effect on unix sockets).
+TCP_KEEPALIVES = {
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+}
+
 
 def redact_dsn(dsn: str) -> str:
     """
@@ -265,13 +274,30 @@ class ConnectionPool:
         """
         return self._using(lambda c: c.runInteraction(interaction, *args, **kwargs))
 
-    def ping(self) -> Deferred[bool]:
+    def ping(self, timeout: float = 5.0) -> Deferred[bool]:
         """
-        Can the database be queried right now?  Never fails.
+        Can the database be queried right now?  Answers C{False} when it
+        cannot within C{timeout} seconds; never fails.
         """
-        d: Deferred[Any] = self.runQuery("SELECT 1")
-        d.addCallbacks(lambda rows: rows == [(1,)], lambda _: False)
-        return d
+        answer: Deferred[bool] = Deferred()
+        query: Deferred[Any] = self.runQuery("SELECT 1")
+
+        def tooLate() -> None:
+            if not answer.called:
+                answer.callback(False)
+
+        timer = self.reactor.callLater(timeout, tooLate)
+
+        def done(alive: bool) -> None:
+            if timer.active():
+                timer.cancel()
+            if not answer.called:
+                answer.callback(alive)
+
+        query.addCallbacks(lambda rows: rows == [(1,)], lambda _: False)
+        query.addCallback(done)
+        query.addErrback(lambda f: log.failure("Pinging the database failed", f))
+        return answer
 
     def _using(self, work: Callable[[DatabaseConnection], Deferred[T]]) -> Deferred[T]:
         d: Deferred[Any] = self._checkout()
@@ -301,7 +327,7 @@ class ConnectionPool:
             self._open -= 1
         if self._open < self.size:
             self._open += 1
-            d = open_connection(self.reactor, self.dsn, self.connect_timeout)
+            d = open_connection(self.reactor, self.dsn, self.connect_timeout, **TCP_KEEPALIVES)
 
             def failed(reason: Failure) -> Failure:
                 self._open -= 1

@@ -261,7 +261,10 @@ class EngineConnection:
                 if self.handler is not None:
                     self.handler.message(action.data)
             elif isinstance(action, states.Send):
-                self.send(action.packet)
+                if self.write is not None:
+                    self.send_frames(websocket_frame(action.packet))
+                else:
+                    self._queue((action.packet,))
             elif isinstance(action, states.SendCandidate):
                 if self._candidate is not None:
                     self._candidate.transport.write(websocket_frame(action.packet))
@@ -296,7 +299,10 @@ class EngineConnection:
         self.write = transport.write
         # twisted.web's channel is still registered as the producer of the
         # connection it handed over
-        transport.unregisterProducer()
+        if getattr(transport, "producer", None) or getattr(
+            transport, "_producer", None
+        ):
+            transport.unregisterProducer()
         transport.registerProducer(_WriteWatch(self), True)
 
     def _closed(self, reason: str) -> None:
@@ -318,16 +324,17 @@ class EngineConnection:
                 self._outbox.append(states.CLOSE_PACKET)
             self._poll = request
             self._flush_poll()
-        elif self.session.transport == POLLING and reason in (
-            "forced close",
-            "transport close",
+        elif self.session.transport == POLLING and reason not in (
+            "ping timeout",
+            "parse error",
         ):
             # The client has yet to fetch what was queued and the close
             # packet; or it closed the session with a POST that overtook
             # its own GET, which still deserves its noop.
             if reason == "transport close":
                 self._outbox = [states.NOOP_PACKET]
-            self.server._linger(self)
+            if self._outbox:
+                self.server._linger(self)
         self._outbox_size = 0
         handler, self.handler = self.handler, None
         if handler is not None:
@@ -342,7 +349,9 @@ class EngineConnection:
         """
         self._catch_up()
         if self.session.closed:
-            # lingering after a server-side close: hand over the rest
+            if self.server.sessions.get(self.sid) is not self:
+                return self.server._error(request, UNKNOWN_SID)
+            # lingering after the session closed: hand over the rest
             self.server._forget(self)
             self._poll = request
             self._flush_poll()

@@ -1,0 +1,770 @@
+"""
+Tests for the Engine.IO session: the pure state machine, and the Twisted
+adapter driven by a `Clock`, in-memory requests and in-memory WebSocket
+transports.
+"""
+
+from __future__ import annotations
+
+import json
+from io import BytesIO
+from typing import Any
+
+from autobahn.twisted.websocket import WebSocketServerProtocol
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.server import NOT_DONE_YET
+from twisted.web.test.requesthelper import DummyRequest
+
+from realtimed.engineio import session as states
+from realtimed.engineio.engine_packets import EnginePacket, decode_packet
+from realtimed.engineio.session import POLLING, WEBSOCKET, EngineSession
+from realtimed.engineio.transports import (
+    EngineConfig,
+    EngineConnection,
+    EngineIOServer,
+)
+
+
+def parse_frames(data: bytes) -> list[str | bytes]:
+    """
+    The payloads of the unmasked server frames in ``data``.
+    """
+    found: list[str | bytes] = []
+    i = 0
+    while i < len(data):
+        opcode = data[i] & 0x0F
+        length = data[i + 1] & 0x7F
+        i += 2
+        if length == 126:
+            length = int.from_bytes(data[i : i + 2], "big")
+            i += 2
+        elif length == 127:
+            length = int.from_bytes(data[i : i + 8], "big")
+            i += 8
+        payload = data[i : i + length]
+        i += length
+        found.append(payload.decode("utf-8") if opcode == 1 else payload)
+    return found
+
+
+class FakeWebSocket:
+    """
+    Stands in for an Autobahn protocol: what is written goes to a
+    `StringTransport`, closing is recorded.
+    """
+
+    STATE_OPEN = WebSocketServerProtocol.STATE_OPEN
+
+    def __init__(self) -> None:
+        self.transport = StringTransport()
+        self.state = WebSocketServerProtocol.STATE_OPEN
+        self.connection: EngineConnection | None = None
+        self.closed = False
+        self.dropped = False
+
+    def sendClose(self) -> None:
+        self.closed = True
+        self.state = WebSocketServerProtocol.STATE_CLOSING
+
+    def dropConnection(self, abort: bool = False) -> None:
+        self.dropped = True
+        self.state = WebSocketServerProtocol.STATE_CLOSED
+
+    def received(self) -> list[str | bytes]:
+        """
+        Packets written so far, forgetting them.
+        """
+        frames = parse_frames(self.transport.value())
+        self.transport.clear()
+        return frames
+
+    def receive(self, data: str | bytes) -> None:
+        """
+        The client sends ``data``.
+        """
+        assert self.connection is not None
+        self.connection.ws_message(self, data)  # type: ignore[arg-type]
+
+    def lose(self) -> None:
+        """
+        The TCP connection goes away.
+        """
+        connection, self.connection = self.connection, None
+        if connection is not None:
+            connection.ws_lost(self)  # type: ignore[arg-type]
+
+
+class RecordingHandler:
+    """
+    An `EngineHandler` that records what it gets.
+    """
+
+    def __init__(self, connection: EngineConnection) -> None:
+        self.connection = connection
+        self.messages: list[str | bytes] = []
+        self.reasons: list[str] = []
+
+    def message(self, data: str | bytes) -> None:
+        self.messages.append(data)
+
+    def closed(self, reason: str) -> None:
+        self.reasons.append(reason)
+
+
+def make_request(
+    method: bytes = b"GET",
+    args: dict[str, str] | None = None,
+    body: bytes = b"",
+    headers: dict[bytes, bytes] | None = None,
+) -> DummyRequest:
+    request = DummyRequest([b""])
+    request.method = method
+    request.args = {k.encode(): [v.encode()] for k, v in (args or {}).items()}
+    request.content = BytesIO(body)
+    for name, value in (headers or {}).items():
+        request.requestHeaders.setRawHeaders(name, [value])
+    return request
+
+
+def written(request: DummyRequest) -> bytes:
+    return b"".join(request.written)
+
+
+class EngineHarness:
+    """
+    An `EngineIOServer` on a `Clock`, with helpers to speak polling and
+    (fake) WebSocket to it.
+    """
+
+    def __init__(self, **config: Any) -> None:
+        self.clock = Clock()
+        self.handlers: list[RecordingHandler] = []
+        settings = {"ping_interval": 25.0, "ping_timeout": 20.0, **config}
+        self.server = EngineIOServer(self.clock, self._accept, EngineConfig(**settings))
+
+    def _accept(self, connection: EngineConnection) -> RecordingHandler:
+        handler = RecordingHandler(connection)
+        self.handlers.append(handler)
+        return handler
+
+    def render(self, request: DummyRequest) -> DummyRequest:
+        result = self.server.render(request)
+        if result is not NOT_DONE_YET:
+            request.write(result)
+            request.finish()
+        return request
+
+    def request(
+        self,
+        method: bytes = b"GET",
+        sid: str | None = None,
+        body: bytes = b"",
+        headers: dict[bytes, bytes] | None = None,
+        **args: str,
+    ) -> DummyRequest:
+        query = {"EIO": "4", "transport": "polling", **args}
+        if sid is not None:
+            query["sid"] = sid
+        return self.render(make_request(method, query, body, headers))
+
+    def open_polling(self) -> str:
+        request = self.request()
+        body = written(request)
+        assert body.startswith(b"0"), body
+        sid: str = json.loads(body[1:])["sid"]
+        return sid
+
+    def open_websocket(self, sid: str | None = None) -> FakeWebSocket:
+        ws = FakeWebSocket()
+        self.server._websocket_opened(ws, sid, {"x-test": "1"}, {})  # type: ignore[arg-type]
+        return ws
+
+
+class StateMachineTests(SynchronousTestCase):
+    """
+    `EngineSession` without any I/O.
+    """
+
+    def session(self, transport: str = POLLING) -> EngineSession:
+        return EngineSession.start("sid", transport, 25.0, 20.0, now=100.0)
+
+    def test_ping_after_interval(self) -> None:
+        """
+        The first ping is due one interval after the start; then a pong is
+        due within the timeout.
+        """
+        session = self.session()
+        self.assertEqual(session.deadline(), 125.0)
+        self.assertEqual(session.expire(124.0), [])
+        self.assertEqual(session.expire(125.0), [states.Send("2")])
+        self.assertEqual(session.deadline(), 145.0)
+
+    def test_pong_schedules_next_ping(self) -> None:
+        """
+        A pong ends the wait and the next ping is due an interval later.
+        """
+        session = self.session()
+        session.expire(125.0)
+        self.assertEqual(session.receive(EnginePacket(3), 130.0), [])
+        self.assertEqual(session.deadline(), 155.0)
+
+    def test_ping_timeout(self) -> None:
+        """
+        Without a pong the session closes with ``ping timeout``.
+        """
+        session = self.session()
+        session.expire(125.0)
+        self.assertEqual(session.expire(145.0), [states.Closed("ping timeout")])
+        self.assertTrue(session.closed)
+        self.assertIsNone(session.deadline())
+        self.assertEqual(session.receive(EnginePacket(4, "late"), 146.0), [])
+
+    def test_message(self) -> None:
+        """
+        Message packets are delivered, text and binary.
+        """
+        session = self.session()
+        self.assertEqual(
+            session.receive(EnginePacket(4, "hi"), 101.0), [states.Deliver("hi")]
+        )
+        self.assertEqual(
+            session.receive(EnginePacket(4, b"\x01"), 101.0), [states.Deliver(b"\x01")]
+        )
+
+    def test_client_close(self) -> None:
+        """
+        A close packet from the client ends the session.
+        """
+        session = self.session()
+        self.assertEqual(
+            session.receive(EnginePacket(1), 101.0), [states.Closed("transport close")]
+        )
+
+    def test_server_close(self) -> None:
+        """
+        The server closes by sending a close packet.
+        """
+        session = self.session()
+        self.assertEqual(
+            session.close(), [states.Send("1"), states.Closed("forced close")]
+        )
+        self.assertEqual(session.close(), [])
+
+    def test_upgrade_packet_outside_upgrade(self) -> None:
+        """
+        An upgrade packet on the active transport is a protocol error.
+        """
+        session = self.session()
+        self.assertEqual(
+            session.receive(EnginePacket(5), 101.0), [states.Closed("parse error")]
+        )
+
+    def test_upgrade(self) -> None:
+        """
+        A candidate WebSocket probes, the pending poll is released, and the
+        upgrade packet moves the session to WebSocket for good.
+        """
+        session = self.session()
+        self.assertTrue(session.begin_upgrade(101.0))
+        self.assertFalse(session.begin_upgrade(101.0))
+        self.assertEqual(
+            session.receive_candidate(EnginePacket(2, "probe"), 101.0),
+            [states.SendCandidate("3probe"), states.ReleasePoll()],
+        )
+        self.assertEqual(
+            session.receive_candidate(EnginePacket(5), 101.0), [states.Upgraded()]
+        )
+        self.assertEqual(session.transport, WEBSOCKET)
+        self.assertFalse(session.upgrading)
+        self.assertFalse(session.begin_upgrade(102.0))
+
+    def test_candidate_sends_junk(self) -> None:
+        """
+        Anything but a probe or the upgrade on a candidate drops it; the
+        session stays on polling.
+        """
+        session = self.session()
+        session.begin_upgrade(101.0)
+        self.assertEqual(
+            session.receive_candidate(EnginePacket(4, "x"), 101.0),
+            [states.DropCandidate()],
+        )
+        self.assertFalse(session.upgrading)
+        self.assertEqual(session.transport, POLLING)
+
+    def test_upgrade_timeout(self) -> None:
+        """
+        A candidate that does not finish the upgrade in time is dropped.
+        """
+        session = self.session()
+        session.begin_upgrade(101.0)
+        self.assertEqual(session.deadline(), 101.0 + states.UPGRADE_TIMEOUT)
+        self.assertEqual(
+            session.expire(101.0 + states.UPGRADE_TIMEOUT), [states.DropCandidate()]
+        )
+        self.assertFalse(session.upgrading)
+
+    def test_websocket_session_cannot_upgrade(self) -> None:
+        """
+        A session that started on WebSocket takes no candidate.
+        """
+        self.assertFalse(self.session(WEBSOCKET).begin_upgrade(101.0))
+
+
+class HandshakeTests(SynchronousTestCase):
+    """
+    Opening sessions and refusing bad requests.
+    """
+
+    def test_polling_handshake(self) -> None:
+        """
+        A GET without sid opens a session and answers with the open packet.
+        """
+        harness = EngineHarness(ping_interval=0.3, ping_timeout=0.2)
+        request = harness.request()
+        self.assertEqual(request.responseCode, None)
+        body = written(request)
+        self.assertEqual(body[:1], b"0")
+        handshake = json.loads(body[1:])
+        self.assertEqual(
+            handshake,
+            {
+                "sid": handshake["sid"],
+                "upgrades": ["websocket"],
+                "pingInterval": 300,
+                "pingTimeout": 200,
+                "maxPayload": 1000000,
+            },
+        )
+        self.assertIn(handshake["sid"], harness.server.sessions)
+        self.assertEqual(len(harness.handlers), 1)
+
+    def test_websocket_handshake(self) -> None:
+        """
+        A WebSocket without sid opens a session with no upgrades.
+        """
+        harness = EngineHarness()
+        ws = harness.open_websocket()
+        [packet] = ws.received()
+        assert isinstance(packet, str)
+        self.assertEqual(json.loads(packet[1:])["upgrades"], [])
+        self.assertEqual(harness.handlers[0].connection.headers, {"x-test": "1"})
+
+    def assertRefused(self, request: DummyRequest, code: int) -> None:
+        self.assertEqual(request.responseCode, 400)
+        self.assertEqual(json.loads(written(request))["code"], code)
+
+    def test_bad_version(self) -> None:
+        """
+        A missing or wrong EIO parameter is refused with code 5.
+        """
+        harness = EngineHarness()
+        self.assertRefused(
+            harness.render(make_request(args={"transport": "polling"})), 5
+        )
+        self.assertRefused(harness.request(EIO="3"), 5)
+
+    def test_bad_transport(self) -> None:
+        """
+        A missing or unknown transport is refused with code 0.
+        """
+        harness = EngineHarness()
+        self.assertRefused(harness.render(make_request(args={"EIO": "4"})), 0)
+        self.assertRefused(harness.request(transport="flash"), 0)
+
+    def test_bad_method(self) -> None:
+        """
+        A handshake must be a GET.
+        """
+        harness = EngineHarness()
+        self.assertRefused(harness.request(b"POST"), 2)
+        self.assertRefused(harness.request(b"PUT"), 2)
+        self.assertEqual(harness.server.sessions, {})
+
+    def test_unknown_sid(self) -> None:
+        """
+        A request for an unknown session is refused with code 1.
+        """
+        harness = EngineHarness()
+        self.assertRefused(harness.request(sid="nope"), 1)
+        self.assertRefused(harness.request(b"POST", sid="nope", body=b"4x"), 1)
+
+    def test_websocket_without_upgrade_header(self) -> None:
+        """
+        ``transport=websocket`` over plain HTTP is a bad request.
+        """
+        harness = EngineHarness()
+        self.assertRefused(harness.request(transport="websocket"), 3)
+
+    def test_cors_allowed_origin(self) -> None:
+        """
+        A configured origin gets credentialed CORS headers, preflights
+        included; another origin gets none.
+        """
+        harness = EngineHarness(cors_origins=("https://app.example",))
+        request = harness.request(headers={b"origin": b"https://app.example"})
+        self.assertEqual(
+            request.responseHeaders.getRawHeaders(b"access-control-allow-origin"),
+            [b"https://app.example"],
+        )
+        self.assertEqual(
+            request.responseHeaders.getRawHeaders(b"access-control-allow-credentials"),
+            [b"true"],
+        )
+        other = harness.request(headers={b"origin": b"https://evil.example"})
+        self.assertIsNone(
+            other.responseHeaders.getRawHeaders(b"access-control-allow-origin")
+        )
+        preflight = harness.request(
+            b"OPTIONS",
+            headers={
+                b"origin": b"https://app.example",
+                b"access-control-request-headers": b"content-type",
+            },
+        )
+        self.assertEqual(preflight.responseCode, 204)
+        self.assertEqual(
+            preflight.responseHeaders.getRawHeaders(b"access-control-allow-headers"),
+            [b"content-type"],
+        )
+
+    def test_cors_any_origin(self) -> None:
+        """
+        ``*`` allows any origin, echoed back so credentials may be used.
+        """
+        harness = EngineHarness(cors_origins=("*",))
+        request = harness.request(headers={b"origin": b"http://x.example"})
+        self.assertEqual(
+            request.responseHeaders.getRawHeaders(b"access-control-allow-origin"),
+            [b"http://x.example"],
+        )
+
+
+class PollingTests(SynchronousTestCase):
+    """
+    Sessions on HTTP long-polling.
+    """
+
+    def setUp(self) -> None:
+        self.harness = EngineHarness()
+        self.sid = self.harness.open_polling()
+        self.handler = self.harness.handlers[0]
+        self.connection = self.handler.connection
+
+    def test_post_delivers(self) -> None:
+        """
+        Packets in a POST are delivered in order and answered ``ok``.
+        """
+        request = self.harness.request(b"POST", self.sid, b"4a\x1e4b\x1ebAQI=")
+        self.assertEqual(written(request), b"ok")
+        self.assertEqual(self.handler.messages, ["a", "b", b"\x01\x02"])
+
+    def test_get_waits_for_data(self) -> None:
+        """
+        A GET with nothing to send waits; what is sent next answers it.
+        """
+        request = self.harness.request(sid=self.sid)
+        self.assertEqual(request.finished, 0)
+        self.connection.send("4hello")
+        self.assertEqual(written(request), b"4hello")
+        self.assertEqual(request.finished, 1)
+
+    def test_get_takes_queue(self) -> None:
+        """
+        Packets sent between polls are all returned by the next GET.
+        """
+        self.connection.send("4a")
+        self.connection.send_many(["451-[]", b"\x01"])
+        self.assertEqual(
+            written(self.harness.request(sid=self.sid)), b"4a\x1e451-[]\x1ebAQ=="
+        )
+
+    def test_heartbeat(self) -> None:
+        """
+        The server pings every interval; pongs keep the session open.
+        """
+        for _ in range(3):
+            request = self.harness.request(sid=self.sid)
+            self.harness.clock.advance(25)
+            self.assertEqual(written(request), b"2")
+            self.harness.clock.advance(10)
+            self.harness.request(b"POST", self.sid, b"3")
+        self.assertIn(self.sid, self.harness.server.sessions)
+
+    def test_ping_timeout(self) -> None:
+        """
+        Without a pong the session closes and its sid is no longer known.
+        """
+        self.harness.clock.advance(25)
+        self.harness.clock.advance(20)
+        self.assertEqual(self.handler.reasons, ["ping timeout"])
+        self.assertEqual(self.harness.request(sid=self.sid).responseCode, 400)
+
+    def test_overdue_timer_runs_first(self) -> None:
+        """
+        A request arriving after the pong deadline finds the session
+        closed even if the timer has not run yet.
+        """
+        self.harness.clock.advance(25)
+        self.harness.clock.rightNow += 21
+        self.assertEqual(self.harness.request(sid=self.sid).responseCode, 400)
+
+    def test_duplicate_get(self) -> None:
+        """
+        A second concurrent GET is refused and closes the session; the
+        first gets the close packet.
+        """
+        first = self.harness.request(sid=self.sid)
+        second = self.harness.request(sid=self.sid)
+        self.assertEqual(second.responseCode, 400)
+        self.assertEqual(written(first), b"1")
+        self.assertEqual(self.handler.reasons, ["transport error"])
+        self.assertEqual(self.harness.request(sid=self.sid).responseCode, 400)
+
+    def test_client_close(self) -> None:
+        """
+        A close packet answers the waiting GET with a noop and ends the
+        session.
+        """
+        waiting = self.harness.request(sid=self.sid)
+        self.assertEqual(written(self.harness.request(b"POST", self.sid, b"1")), b"ok")
+        self.assertEqual(written(waiting), b"6")
+        self.assertEqual(self.handler.reasons, ["transport close"])
+        self.assertEqual(self.harness.request(sid=self.sid).responseCode, 400)
+
+    def test_server_close_delivered_later(self) -> None:
+        """
+        When the server closes a session with no GET waiting, the next GET
+        still gets what was queued and the close packet.
+        """
+        self.connection.send("4bye")
+        self.connection.close()
+        self.assertEqual(self.handler.reasons, ["forced close"])
+        self.assertEqual(written(self.harness.request(sid=self.sid)), b"4bye\x1e1")
+        self.assertEqual(self.harness.request(sid=self.sid).responseCode, 400)
+
+    def test_bad_packet(self) -> None:
+        """
+        An undecodable packet is a 400 and closes the session.
+        """
+        self.assertEqual(
+            self.harness.request(b"POST", self.sid, b"abc").responseCode, 400
+        )
+        self.assertEqual(self.handler.reasons, ["parse error"])
+        self.assertEqual(self.harness.request(sid=self.sid).responseCode, 400)
+
+    def test_binary_junk(self) -> None:
+        """
+        A body that is not UTF-8 is a 400 and closes the session.
+        """
+        self.assertEqual(
+            self.harness.request(b"POST", self.sid, b"\xff\x00\x01").responseCode, 400
+        )
+        self.assertEqual(self.handler.reasons, ["parse error"])
+
+    def test_oversize_payload(self) -> None:
+        """
+        A body over the maximum payload is a 413 and closes the session.
+        """
+        harness = EngineHarness(max_payload=10)
+        sid = harness.open_polling()
+        self.assertEqual(
+            harness.request(b"POST", sid, b"4" + b"x" * 10).responseCode, 413
+        )
+        self.assertEqual(harness.handlers[0].reasons, ["transport error"])
+
+    def test_wrong_method(self) -> None:
+        """
+        Methods other than GET and POST are refused.
+        """
+        self.assertEqual(self.harness.request(b"PUT", self.sid).responseCode, 400)
+
+    def test_queue_bound(self) -> None:
+        """
+        A client that stops polling is dropped once its queue passes the
+        buffer limit.
+        """
+        harness = EngineHarness(max_buffer=100)
+        harness.open_polling()
+        connection = harness.handlers[0].connection
+        for _ in range(20):
+            connection.send("4" + "x" * 9)
+        self.assertEqual(harness.handlers[0].reasons, ["transport error"])
+        self.assertEqual(harness.server.sessions, {})
+
+    def test_lost_poll(self) -> None:
+        """
+        A GET whose client went away is forgotten; the next one works.
+        """
+        request = self.harness.request(sid=self.sid)
+        request.processingFailed(Exception("gone"))  # type: ignore[no-untyped-call]
+        self.flushLoggedErrors()
+        second = self.harness.request(sid=self.sid)
+        self.assertIsNone(second.responseCode)
+        self.connection.send("4x")
+        self.assertEqual(written(second), b"4x")
+
+
+class WebSocketTests(SynchronousTestCase):
+    """
+    Sessions on WebSocket, and upgrades from polling.
+    """
+
+    def test_messages(self) -> None:
+        """
+        Text and binary messages pass both ways, one packet per frame.
+        """
+        harness = EngineHarness()
+        ws = harness.open_websocket()
+        ws.received()
+        ws.receive("4hello")
+        ws.receive(b"\x01\x02")
+        handler = harness.handlers[0]
+        self.assertEqual(handler.messages, ["hello", b"\x01\x02"])
+        handler.connection.send("4back")
+        handler.connection.send(b"\x03")
+        self.assertEqual(ws.received(), ["4back", b"\x03"])
+
+    def test_heartbeat_and_timeout(self) -> None:
+        """
+        Pings go out every interval; a missing pong closes the WebSocket.
+        """
+        harness = EngineHarness()
+        ws = harness.open_websocket()
+        ws.received()
+        harness.clock.advance(25)
+        self.assertEqual(ws.received(), ["2"])
+        ws.receive("3")
+        harness.clock.advance(25)
+        self.assertEqual(ws.received(), ["2"])
+        harness.clock.advance(20)
+        self.assertTrue(ws.closed)
+        self.assertEqual(harness.handlers[0].reasons, ["ping timeout"])
+
+    def test_bad_packet(self) -> None:
+        """
+        An undecodable packet closes the session.
+        """
+        harness = EngineHarness()
+        ws = harness.open_websocket()
+        ws.receive("abc")
+        self.assertTrue(ws.closed)
+        self.assertEqual(harness.handlers[0].reasons, ["parse error"])
+
+    def test_client_close_and_lost(self) -> None:
+        """
+        A close packet, or the connection going away, ends the session.
+        """
+        harness = EngineHarness()
+        ws = harness.open_websocket()
+        ws.receive("1")
+        self.assertTrue(ws.closed)
+        other = harness.open_websocket()
+        other.lose()
+        self.assertEqual(
+            [h.reasons for h in harness.handlers], [["transport close"]] * 2
+        )
+        self.assertEqual(harness.server.sessions, {})
+
+    def test_server_close(self) -> None:
+        """
+        The server sends a close packet then closes the WebSocket.
+        """
+        harness = EngineHarness()
+        ws = harness.open_websocket()
+        ws.received()
+        harness.handlers[0].connection.close()
+        self.assertEqual(ws.received(), ["1"])
+        self.assertTrue(ws.closed)
+
+    def test_slow_reader(self) -> None:
+        """
+        Writes beyond the buffer limit while the kernel buffer is full drop
+        the connection.
+        """
+        harness = EngineHarness(max_buffer=1000)
+        ws = harness.open_websocket()
+        connection = harness.handlers[0].connection
+        producer = ws.transport.producer
+        producer.pauseProducing()
+        connection.send("4" + "x" * 500)
+        self.assertFalse(ws.dropped)
+        producer.resumeProducing()
+        producer.pauseProducing()
+        connection.send("4" + "x" * 500)
+        connection.send("4" + "x" * 500)
+        self.assertTrue(ws.dropped)
+        self.assertEqual(harness.handlers[0].reasons, ["transport error"])
+
+    def test_upgrade(self) -> None:
+        """
+        Probe, noop to the waiting poll, upgrade; then the queued packets
+        go out on the WebSocket and polling is refused.
+        """
+        harness = EngineHarness()
+        sid = harness.open_polling()
+        connection = harness.handlers[0].connection
+        waiting = harness.request(sid=sid)
+        ws = harness.open_websocket(sid)
+        ws.receive("2probe")
+        self.assertEqual(ws.received(), ["3probe"])
+        self.assertEqual(written(waiting), b"6")
+        # while upgrading, polls are released at once and data waits
+        connection.send("4queued")
+        self.assertEqual(written(harness.request(sid=sid)), b"6")
+        ws.receive("5")
+        self.assertEqual(ws.received(), ["4queued"])
+        ws.receive("4hi")
+        self.assertEqual(harness.handlers[0].messages, ["hi"])
+        self.assertEqual(harness.request(sid=sid).responseCode, 400)
+        self.assertEqual(harness.request(b"POST", sid, b"4x").responseCode, 400)
+        again = harness.open_websocket(sid)
+        self.assertTrue(again.closed)
+        connection.send("4direct")
+        self.assertEqual(ws.received(), ["4direct"])
+
+    def test_second_candidate_refused(self) -> None:
+        """
+        Only one WebSocket may try to take over a session.
+        """
+        harness = EngineHarness()
+        sid = harness.open_polling()
+        harness.open_websocket(sid)
+        self.assertTrue(harness.open_websocket(sid).closed)
+
+    def test_candidate_lost(self) -> None:
+        """
+        When the candidate goes away, the session stays on polling.
+        """
+        harness = EngineHarness()
+        sid = harness.open_polling()
+        ws = harness.open_websocket(sid)
+        ws.lose()
+        request = harness.request(sid=sid)
+        harness.handlers[0].connection.send("4still")
+        self.assertEqual(written(request), b"4still")
+
+    def test_candidate_timeout(self) -> None:
+        """
+        A candidate that never finishes is closed after the upgrade timeout.
+        """
+        harness = EngineHarness(ping_interval=100.0, ping_timeout=100.0)
+        sid = harness.open_polling()
+        ws = harness.open_websocket(sid)
+        harness.clock.advance(states.UPGRADE_TIMEOUT)
+        self.assertTrue(ws.closed)
+        self.assertIn(sid, harness.server.sessions)
+
+    def test_candidate_junk(self) -> None:
+        """
+        An undecodable packet on a candidate closes only the candidate.
+        """
+        harness = EngineHarness()
+        sid = harness.open_polling()
+        ws = harness.open_websocket(sid)
+        ws.receive("")
+        self.assertTrue(ws.closed)
+        self.assertIn(sid, harness.server.sessions)
+        self.assertEqual(decode_packet("4x"), EnginePacket(4, "x"))

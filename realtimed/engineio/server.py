@@ -429,6 +429,8 @@ class SocketIOServer:
             cors_origins=tuple(self.cors_origins),
         )
         self.engine = EngineIOServer(self.reactor, self._accept, config)
+        # the main namespace always exists, as with the reference server
+        self.namespace("/")
 
     def _accept(self, engine: EngineConnection) -> SocketIOConnection:
         connection = SocketIOConnection(self, engine)
@@ -438,7 +440,7 @@ class SocketIOServer:
     def namespace(self, name: str = "/") -> Namespace:
         """
         The namespace called ``name``, created on first use.  Clients may
-        only connect to namespaces that exist.
+        only connect to namespaces that exist; ``/`` always does.
         """
         namespace = self._namespaces.get(name)
         if namespace is None:

@@ -329,7 +329,8 @@ def url_problem(url: str) -> str | None:
 
 def _webhook_urls(value: Any, problems: list[str]) -> tuple[str, ...] | None:
     """
-    The webhook URLs; C{None} for none (C{null} or an empty list).
+    The webhook URLs, without repeats; C{None} for none (C{null} or an
+    empty list).
     """
     if value is None:
         return None
@@ -346,7 +347,8 @@ def _webhook_urls(value: Any, problems: list[str]) -> tuple[str, ...] | None:
             problems.append(f"webhookUrls.{index}: {problem}")
             continue
         urls.append(url)
-    return tuple(urls) or None
+    # The same URL twice would be one webhook; keep the first.
+    return tuple(dict.fromkeys(urls)) or None
 
 
 def _enabled(value: Any, problems: list[str]) -> bool:

@@ -8,12 +8,14 @@ from __future__ import annotations
 import base64
 import json
 import re
+import select
 import time
 import uuid
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import jwt
+import psycopg2
 import treq
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
@@ -72,7 +74,7 @@ def error(status: int, code: str, message: str) -> dict[str, Any]:
     return {"error": code, "message": message, "statusCode": status}
 
 
-class APIServerMixin:
+class APIServerMixin(TestCase):
     """
     A fresh migrated database, and the API mounted at ``/api/realtime/`` of
     a site listening on a loopback port.
@@ -83,8 +85,8 @@ class APIServerMixin:
     client_pool: HTTPConnectionPool
 
     @inlineCallbacks
-    def setUp(self) -> Any:
-        test: TestCase = self  # type: ignore[assignment]
+    def setUp(self) -> Any:  # type: ignore[override]
+        test: TestCase = self
         self.database = create_database(test)
         yield migrate(reactor, self.database)
         pool = ConnectionPool(reactor, self.database, size=2)
@@ -97,7 +99,9 @@ class APIServerMixin:
         api.putChild(b"realtime", self.api.resource())
         site = Site(root)
         site.displayTracebacks = False
-        port: IListeningPort = reactor.listenTCP(0, site, interface="127.0.0.1")
+        port = cast(IListeningPort, reactor).listenTCP(  # type: ignore[attr-defined]
+            0, site, interface="127.0.0.1"
+        )
         test.addCleanup(port.stopListening)
         self.base = f"http://127.0.0.1:{port.getHost().port}/api/realtime"
         self.client_pool = HTTPConnectionPool(reactor, persistent=False)
@@ -125,13 +129,13 @@ class APIServerMixin:
         response = yield treq.request(
             method,
             self.base + path,
-            headers={k: [v] for k, v in headers.items()},
+            headers={k: [v] for k, v in headers.items()},  # type: ignore[arg-type]
             data=data,
             params=params,
             pool=self.client_pool,
         )
         content = yield response.content()
-        test: TestCase = self  # type: ignore[assignment]
+        test: TestCase = self
         test.assertEqual(
             response.headers.getRawHeaders(b"content-type"), [b"application/json"]
         )
@@ -191,7 +195,7 @@ class APIServerMixin:
         return message_id
 
 
-class ChannelTests(APIServerMixin, TestCase):
+class ChannelTests(APIServerMixin):
     """
     ``/channels`` and ``/channels/{id}``.
     """
@@ -437,7 +441,7 @@ class ChannelTests(APIServerMixin, TestCase):
         )
 
 
-class ChannelValidationTests(APIServerMixin, TestCase):
+class ChannelValidationTests(APIServerMixin):
     """
     Malformed channel bodies: each problem is a 400 ``INVALID_INPUT``
     naming its field, all of them in one message.
@@ -607,7 +611,7 @@ class ChannelValidationTests(APIServerMixin, TestCase):
         )
 
 
-class MessageTests(APIServerMixin, TestCase):
+class MessageTests(APIServerMixin):
     """
     ``GET /messages`` and ``POST /messages``.
     """
@@ -760,6 +764,47 @@ class MessageTests(APIServerMixin, TestCase):
         self.assertEqual(history, [message])
 
     @inlineCallbacks
+    def test_publish_delivered(self) -> Any:
+        """
+        A published message is announced to every realtimed process like
+        any other (a notification on ``realtime_messages`` carrying it), and
+        its webhook audience is its channel's webhook URLs.
+        """
+        listener = psycopg2.connect(self.database)
+        self.addCleanup(listener.close)
+        listener.autocommit = True
+        with listener.cursor() as cursor:
+            cursor.execute("LISTEN realtime_messages")
+        yield self.channel(
+            webhookUrls=["https://example.com/a", "https://example.com/b"]
+        )
+        status, message = yield self.request(
+            "POST", "/messages", {"channel": "order:9", "event": "e", "payload": [1]}
+        )
+        self.assertEqual((status, message["whAudienceCount"]), (201, 2))
+        notified: list[Any] = []
+        for _ in range(50):
+            select.select([listener], [], [], 0.1)
+            listener.poll()
+            notified.extend(json.loads(n.payload) for n in listener.notifies)
+            del listener.notifies[:]
+            if notified:
+                break
+        self.assertEqual(len(notified), 1)
+        self.assertEqual(
+            notified[0]["message"],
+            {
+                "channel": "order:9",
+                "event": "e",
+                "messageId": message["id"],
+                "senderType": "system",
+                "senderId": None,
+                "payload": [1],
+                "createdAt": message["createdAt"],
+            },
+        )
+
+    @inlineCallbacks
     def test_publish_any_payload(self) -> Any:
         """
         The payload may be any JSON value, and is C{{}} when absent.  Backends
@@ -839,7 +884,7 @@ class MessageTests(APIServerMixin, TestCase):
             self.assertEqual(status, 400)
 
 
-class StatsTests(APIServerMixin, TestCase):
+class StatsTests(APIServerMixin):
     """
     ``GET /messages/stats``.
     """
@@ -986,7 +1031,7 @@ class StatsTests(APIServerMixin, TestCase):
         )
 
 
-class PermissionTests(APIServerMixin, TestCase):
+class PermissionTests(APIServerMixin):
     """
     ``GET /permissions``.
     """
@@ -1074,7 +1119,7 @@ class PermissionTests(APIServerMixin, TestCase):
         )
 
 
-class AuthenticationTests(APIServerMixin, TestCase):
+class AuthenticationTests(APIServerMixin):
     """
     Every route takes an admin credential.
     """
@@ -1219,7 +1264,7 @@ class AuthenticationTests(APIServerMixin, TestCase):
         )
 
 
-class FailureTests(APIServerMixin, TestCase):
+class FailureTests(APIServerMixin):
     """
     Unknown routes, wrong methods and database failures are JSON errors.
     """
@@ -1258,6 +1303,4 @@ class FailureTests(APIServerMixin, TestCase):
         self.assertEqual(
             result, (500, error(500, "INTERNAL_ERROR", "Internal server error"))
         )
-        import psycopg2
-
         self.assertEqual(len(self.flushLoggedErrors(psycopg2.Error)), 1)

@@ -17,7 +17,7 @@ from typing import Any
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.utils import getProcessOutputAndValue
-from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from realtimed.api import AdminAPI
 from realtimed.openapi import openapi_document
@@ -187,7 +187,7 @@ class DocumentTests(SynchronousTestCase):
             self.assertFalse(valid(name, example), (name, example))
 
 
-class ServedDocumentTests(APIServerMixin, TestCase):
+class ServedDocumentTests(APIServerMixin):
     """
     The document as served, and schemathesis against the live API.
     """

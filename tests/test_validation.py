@@ -31,7 +31,11 @@ def json_of(text: st.SearchStrategy[str]) -> st.SearchStrategy[Any]:
     JSON values whose strings are drawn from C{text}.
     """
     return st.recursive(
-        st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | text,
+        st.none()
+        | st.booleans()
+        | st.integers()
+        | st.floats(allow_nan=False, allow_infinity=False)
+        | text,
         lambda children: (
             st.lists(children, max_size=4) | st.dictionaries(text, children, max_size=4)
         ),
@@ -161,7 +165,7 @@ class ChannelBodyTests(SynchronousTestCase):
     ) -> None:
         """
         Every well-formed body describes the channel it says, an empty list
-        of webhook URLs being none.
+        of webhook URLs being none, and a URL given twice kept once.
         """
         body = {
             "pattern": pattern,
@@ -171,7 +175,12 @@ class ChannelBodyTests(SynchronousTestCase):
         }
         self.assertEqual(
             validation.channel_creation(body),
-            ChannelCreation(pattern, description, tuple(webhook_urls) or None, enabled),
+            ChannelCreation(
+                pattern,
+                description,
+                tuple(dict.fromkeys(webhook_urls)) or None,
+                enabled,
+            ),
         )
 
     def test_defaults(self) -> None:

@@ -158,7 +158,7 @@ class MessageListenerTests(ListenerMixin, TestCase):
         reconnects and hands over, exactly once, the messages stored while
         it was away, including those of transactions open across the gap.
         """
-        listener = self.startListener(self.url, initial_delay=0.3)
+        listener = self.startListener(self.url, initial_delay=0.3, catch_up_batch=2)
         yield wait_for(lambda: listener.connected)
         publish(self.url, "room:1", "a", {})
         yield self.waitForEvents("a")
@@ -314,11 +314,13 @@ class ServerRestartTests(ListenerMixin, TestCase):
         self.url = self.server.get_uri("postgres")
         yield prepare(self.url)
 
-    def restart(self) -> Deferred[Any]:
+    def restart(self) -> None:
+        """
+        Restart the server, blocking.
+        """
         from pgserver._commands import pg_ctl
 
-        return deferToThread(
-            pg_ctl,
+        pg_ctl(
             ["-w", "-m", "fast", "-l", str(self.server.log), "restart"],
             pgdata=self.server.pgdata,
             user=self.server.system_user,
@@ -336,17 +338,29 @@ class ServerRestartTests(ListenerMixin, TestCase):
         publish(self.url, "room:1", "before", {})
         yield self.waitForEvents("before")
         publish(self.url, "room:1", "just-before", {})
-        yield self.restart()
+        # While the server restarts, the listener finds it gone and retries.
+        old = listener.backend_pid
+        yield deferToThread(self.restart)
         publish(self.url, "room:1", "after1", {})
-        publish(self.url, "room:1", "after2", {})
-        yield wait_for(lambda: listener.connected, timeout=60)
+        yield wait_for(lambda: listener.backend_pid not in (None, old), timeout=60)
         publish(self.url, "room:1", "reconnected", {})
-        yield self.waitForEvents("before", "just-before", "after1", "after2", "reconnected")
+        yield self.waitForEvents("before", "just-before", "after1", "reconnected")
+
+        # Restarting without letting the listener run: everything stored
+        # after the restart reaches it by catching up.
+        old = listener.backend_pid
+        publish(self.url, "room:1", "before2", {})
+        self.restart()
+        publish(self.url, "room:1", "after2", {})
+        publish(self.url, "room:1", "after3", {})
+        yield wait_for(lambda: listener.backend_pid not in (None, old), timeout=60)
         publish(self.url, "room:1", "last", {})
-        yield self.waitForEvents("last")
+        yield self.waitForEvents("before2", "after2", "after3", "last")
         self.assertEqual(
             Counter(self.events()),
-            Counter(["before", "just-before", "after1", "after2", "reconnected", "last"]),
+            Counter(
+                ["before", "just-before", "after1", "reconnected", "before2", "after2", "after3", "last"]
+            ),
         )
         self.assertEqual(self.events()[:2], ["before", "just-before"])
         self.flushLoggedErrors()

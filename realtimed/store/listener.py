@@ -59,11 +59,14 @@ log = Logger()
 CHANNEL = "realtime_messages"
 
 CATCH_UP = """
-SELECT realtime.message_json(m), m.channel_id, m.id
+SELECT realtime.message_json(m), m.channel_id, m.xact_id::text, m.created_at, m.id
 FROM realtime.messages m
 WHERE m.xact_id >= pg_snapshot_xmin(%(snapshot)s::pg_snapshot)
   AND NOT pg_visible_in_snapshot(m.xact_id, %(snapshot)s::pg_snapshot)
-ORDER BY m.xact_id, m.created_at
+  AND (%(xact)s::xid8 IS NULL
+       OR (m.xact_id, m.created_at, m.id) > (%(xact)s::xid8, %(created)s::timestamptz, %(id)s::uuid))
+ORDER BY m.xact_id, m.created_at, m.id
+LIMIT %(limit)s
 """
 
 READ_MESSAGE = """
@@ -125,6 +128,7 @@ class MessageListener(Service):
         take the snapshot the next catch-up starts from.
     @ivar keepalive_timeout: A keepalive unanswered for this long drops the
         connection.
+    @ivar catch_up_batch: How many missed messages are read at a time.
     @ivar connected: LISTEN is in place and messages flow.
     """
 
@@ -138,6 +142,7 @@ class MessageListener(Service):
     keepalive_interval: float = 10.0
     keepalive_timeout: float = 10.0
     connect_timeout: float = 10.0
+    catch_up_batch: int = 500
     connected: bool = field(default=False, init=False)
     _connection: DatabaseConnection | None = field(default=None, init=False)
     _generation: int = field(default=0, init=False)
@@ -384,12 +389,22 @@ class MessageListener(Service):
 
     @inlineCallbacks
     def _catchUp(self, connection: Any) -> Any:
-        start = self._marks[0]
-        rows = yield connection.runQuery(CATCH_UP, {"snapshot": start.snapshot})
+        parameters = {
+            "snapshot": self._marks[0].snapshot,
+            "xact": None,
+            "created": None,
+            "id": None,
+            "limit": self.catch_up_batch,
+        }
         caught = 0
-        for message, channel_id, _ in rows:
-            if self._deliver({"message": message, "channelId": channel_id}):
-                caught += 1
+        while True:
+            rows = yield connection.runQuery(CATCH_UP, parameters)
+            for message, channel_id, *_ in rows:
+                if self._deliver({"message": message, "channelId": channel_id}):
+                    caught += 1
+            if len(rows) < self.catch_up_batch:
+                break
+            _, _, parameters["xact"], parameters["created"], parameters["id"] = rows[-1]
         log.info(
             "Caught up on {count} message(s) stored while the LISTEN connection was away",
             count=caught,

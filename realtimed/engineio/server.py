@@ -453,3 +453,10 @@ class SocketIOServer:
         and WebSocket upgrades.
         """
         return self.engine.resource()
+
+    def close(self) -> None:
+        """
+        Close every connection, for shutdown; disconnect handlers run with
+        ``"forced close"``.
+        """
+        self.engine.close()

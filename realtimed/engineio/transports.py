@@ -510,6 +510,8 @@ class EngineIOServer:
     sessions: dict[str, EngineConnection] = field(factory=dict)
     _factory: WebSocketServerFactory = field(init=False)
     _websocket_resource: WebSocketResource = field(init=False)
+    _lingering: dict[str, IDelayedCall] = field(factory=dict, init=False)
+    _stopping: bool = field(default=False, init=False)
 
     def __attrs_post_init__(self) -> None:
         server = self
@@ -577,14 +579,32 @@ class EngineIOServer:
     def _forget(self, connection: EngineConnection) -> None:
         if self.sessions.get(connection.sid) is connection:
             del self.sessions[connection.sid]
+        timer = self._lingering.pop(connection.sid, None)
+        if timer is not None and timer.active():
+            timer.cancel()
 
     def _linger(self, connection: EngineConnection) -> None:
+        if self._stopping:
+            return
         self.sessions[connection.sid] = connection
-        self.reactor.callLater(
+        self._lingering[connection.sid] = self.reactor.callLater(
             self.config.ping_interval + self.config.ping_timeout,
             self._forget,
             connection,
         )
+
+    def close(self) -> None:
+        """
+        Close every session (for shutdown): each client gets a close
+        packet where its transport allows, and no state is kept.
+        """
+        self._stopping = True
+        try:
+            for connection in list(self.sessions.values()):
+                connection.close()
+                self._forget(connection)
+        finally:
+            self._stopping = False
 
     def _websocket_opened(
         self,

@@ -31,7 +31,7 @@ from typing import Any, ClassVar, Protocol, TypeVar, cast
 
 from attrs import define, frozen
 from klein import Klein
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -299,6 +299,9 @@ class AdminAPI:
         return principal
 
     def _failed(self, failure: Failure, request: Request) -> bytes:
+        if failure.check(CancelledError) and getattr(request, "_disconnected", False):
+            # The client went away and the work for it was cancelled.
+            return b""
         error = failure.value
         if isinstance(error, InvalidInput):
             error = APIError(400, "INVALID_INPUT", error.message)

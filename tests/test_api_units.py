@@ -4,11 +4,22 @@ Tests for the pure parts of L{realtimed.api}.
 
 from __future__ import annotations
 
+from typing import Any
+
 from hypothesis import given
 from hypothesis import strategies as st
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
+from twisted.internet.protocol import Protocol
+from twisted.internet.task import deferLater
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.web.server import Site
 
-from realtimed.api import APIError, strip_outer_parentheses
+from realtimed.api import AdminAPI, APIError, strip_outer_parentheses
+from realtimed.keys import Keys
+
+KEYS = Keys("s" * 40, "ik_" + "a" * 40, "anon_" + "b" * 40, "whsec_a2trazI=")
 
 # Expressions as pg_get_expr writes them: no enclosing pair of their own.
 bare_expressions = st.sampled_from(
@@ -84,3 +95,67 @@ class APIErrorTests(SynchronousTestCase):
             APIError(404, "NOT_FOUND", "Channel not found").body(),
             {"error": "NOT_FOUND", "message": "Channel not found", "statusCode": 404},
         )
+
+
+class HangingPool:
+    """
+    A pool whose queries never end, until cancelled.
+
+    @ivar queried: Fires when a query is made.
+    @ivar cancelled: Fires when that query is cancelled.
+    """
+
+    def __init__(self) -> None:
+        self.queried: Deferred[None] = Deferred()
+        self.cancelled: Deferred[None] = Deferred()
+
+    def runQuery(self, query: str, params: Any = None) -> Deferred[Any]:
+        self.queried.callback(None)
+        return Deferred(lambda _: self.cancelled.callback(None))
+
+    def runInteraction(
+        self, interaction: Any, *args: Any, **kwargs: Any
+    ) -> Deferred[Any]:
+        return self.runQuery("")
+
+
+class DisconnectTests(TestCase):
+    """
+    A client that goes away while its request waits for the database.
+    """
+
+    @inlineCallbacks
+    def test_cancelled_quietly(self) -> Any:
+        """
+        The database work is cancelled, and nothing is logged as an error.
+        """
+        pool = HangingPool()
+        site = Site(AdminAPI(pool, KEYS, reactor).resource())
+        port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(site)
+        self.addCleanup(port.stopListening)
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port)
+        client = yield endpoint.connect(_Factory())
+        client.transport.write(
+            b"GET /channels HTTP/1.1\r\nHost: localhost\r\n"
+            b"x-api-key: " + KEYS.api_key.encode() + b"\r\n\r\n"
+        )
+        yield pool.queried
+        client.transport.loseConnection()
+        yield pool.cancelled
+        yield deferLater(reactor, 0, lambda: None)
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+
+class _Factory:
+    """
+    Makes one silent client protocol.
+    """
+
+    def buildProtocol(self, addr: Any) -> Protocol:
+        return Protocol()
+
+    def doStart(self) -> None:
+        pass
+
+    def doStop(self) -> None:
+        pass

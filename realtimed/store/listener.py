@@ -126,8 +126,8 @@ class MessageListener(Service):
         further attempt waits C{factor} times longer, up to C{max_delay}.
     @ivar keepalive_interval: Seconds between keepalive queries, which also
         take the snapshot the next catch-up starts from.
-    @ivar keepalive_timeout: A keepalive unanswered for this long drops the
-        connection.
+    @ivar keepalive_timeout: A keepalive unanswered for this long (counting
+        any query ahead of it) drops the connection.
     @ivar catch_up_batch: How many missed messages are read at a time.
     @ivar connected: LISTEN is in place and messages flow.
     """
@@ -280,10 +280,6 @@ class MessageListener(Service):
         self._keepalive = None
         connection = self._connection
         if generation != self._generation or connection is None:
-            return
-        if connection.lock.locked:
-            # A query is under way; TCP keepalives watch the link meanwhile.
-            self._scheduleKeepalive(generation)
             return
         rotate = not self._catching_up and self._pending is None
         mark = _Mark(None)

@@ -71,10 +71,10 @@ from realtimed.keys import Keys
 from realtimed.presence import ANONYMOUS, USER, Identity, Presence, PresenceChange
 from realtimed.store.publisher import (
     AudienceCounter,
+    Authorizer,
     Publisher,
     Queries,
     Refused,
-    authorize_subscribe,
 )
 from realtimed.subscriptions import Subscription, Subscriptions
 
@@ -149,10 +149,12 @@ class Realtime(Service):
     subscriptions: Subscriptions[Socket] = field(init=False, factory=Subscriptions)
     presence: Presence[Socket] = field(init=False, factory=Presence)
     publisher: Publisher = field(init=False)
+    authorizer: Authorizer = field(init=False)
     audience: AudienceCounter = field(init=False)
 
     def __attrs_post_init__(self) -> None:
         self.publisher = Publisher(self.pool)
+        self.authorizer = Authorizer(self.pool)
         self.audience = AudienceCounter(self.pool, self.clock, self.audience_interval)
         self.namespace.on_connect(self._connect)
         self.namespace.on_disconnect(self._disconnect)
@@ -289,7 +291,7 @@ class Realtime(Service):
             members = self.presence.members(channel)
             self._answer(socket, ack, subscribed_ack(channel, [m.to_json() for m in members]))
             return None
-        d = authorize_subscribe(self.pool, client.principal, channel)
+        d = self.authorizer.authorize(client.principal, channel)
 
         def allowed(channel_id: str) -> None:
             if socket.data.get("realtime") is not client:

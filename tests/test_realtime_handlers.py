@@ -120,8 +120,8 @@ class HandlerTests(SynchronousTestCase):
         self.namespace.handlers[event](socket, [data], ack)
 
     def allow_subscribe(self, channel_id: str = "c1") -> None:
-        _, d = self.pool.pop("authorize_subscribe")
-        d.callback([(channel_id, "allowed")])
+        _, d = self.pool.pop("authorize_subscribes")
+        d.callback([(channel_id, "allowed", None)])
 
     def test_credentials(self) -> None:
         """
@@ -201,11 +201,11 @@ class HandlerTests(SynchronousTestCase):
         socket = self.connect("s", {"token": token("alice")})
         acks = Acks()
         self.emit(socket, "REALTIME_SUBSCRIBE", {"channel": "orders"}, acks)
-        _, d = self.pool.pop("authorize_subscribe")
+        _, d = self.pool.pop("authorize_subscribes")
         d.errback(RuntimeError("database gone"))
         self.assertEqual(acks.values[0]["error"]["code"], "INTERNAL_ERROR")
         self.emit(socket, "REALTIME_SUBSCRIBE", {"channel": "orders"})
-        _, d = self.pool.pop("authorize_subscribe")
+        _, d = self.pool.pop("authorize_subscribes")
         d.errback(RuntimeError("database gone"))
         self.assertEqual(socket.emitted[-1][0], "realtime:error")
         self.assertEqual(socket.emitted[-1][1][0]["code"], "INTERNAL_ERROR")

@@ -19,12 +19,7 @@ from realtimed.auth import ADMIN_PRINCIPAL, ANON_PRINCIPAL, Principal
 from realtimed.client_events import INTERNAL_ERROR, REALTIME_UNAUTHORIZED
 from realtimed.store.migrations import migrate
 from realtimed.store.pool import ConnectionPool
-from realtimed.store.publisher import (
-    AudienceCounter,
-    Publisher,
-    Refused,
-    authorize_subscribe,
-)
+from realtimed.store.publisher import AudienceCounter, Authorizer, Publisher, Refused
 from tests.support import create_database, run_sql
 
 
@@ -98,9 +93,9 @@ class AuthorizeSubscribeTests(StoreTestCase):
         name an enabled channel owns, and gets the owning row's id; anon may
         not.
         """
-        channel_id = yield authorize_subscribe(self.pool, ALICE, "chat:room123")
+        channel_id = yield Authorizer(self.pool).authorize(ALICE, "chat:room123")
         self.assertEqual(channel_id, self.channel_id("chat:*"))
-        refusal = yield self.refusal(authorize_subscribe(self.pool, ANON_PRINCIPAL, "orders"))
+        refusal = yield self.refusal(Authorizer(self.pool).authorize(ANON_PRINCIPAL, "orders"))
         self.assertEqual(
             (refusal.channel, refusal.code, refusal.message),
             ("orders", REALTIME_UNAUTHORIZED, "Not allowed to subscribe to orders"),
@@ -114,7 +109,7 @@ class AuthorizeSubscribeTests(StoreTestCase):
         """
         for principal in (ALICE, ADMIN_PRINCIPAL):
             for channel in ("nothing", "off", "order:*", "chat:room:*"):
-                refusal = yield self.refusal(authorize_subscribe(self.pool, principal, channel))
+                refusal = yield self.refusal(Authorizer(self.pool).authorize(principal, channel))
                 self.assertEqual(refusal.code, REALTIME_UNAUTHORIZED)
                 self.assertIn("No enabled channel", refusal.message)
 
@@ -123,7 +118,7 @@ class AuthorizeSubscribeTests(StoreTestCase):
         """
         A row's pattern, exactly, may be subscribed to.
         """
-        channel_id = yield authorize_subscribe(self.pool, ALICE, "chat:*")
+        channel_id = yield Authorizer(self.pool).authorize(ALICE, "chat:*")
         self.assertEqual(channel_id, self.channel_id("chat:*"))
 
     @inlineCallbacks
@@ -132,7 +127,7 @@ class AuthorizeSubscribeTests(StoreTestCase):
         The admin is not checked against policies (there are none for its
         role).
         """
-        channel_id = yield authorize_subscribe(self.pool, ADMIN_PRINCIPAL, "orders")
+        channel_id = yield Authorizer(self.pool).authorize(ADMIN_PRINCIPAL, "orders")
         self.assertEqual(channel_id, self.channel_id("orders"))
 
     @inlineCallbacks
@@ -142,10 +137,10 @@ class AuthorizeSubscribeTests(StoreTestCase):
         a user may subscribe to its own C{user:<sub>} only.
         """
         run_sql(self.url, OWN_CHANNEL_ONLY)
-        yield authorize_subscribe(self.pool, ALICE, "user:alice")
-        refusal = yield self.refusal(authorize_subscribe(self.pool, ALICE, "user:bob"))
+        yield Authorizer(self.pool).authorize(ALICE, "user:alice")
+        refusal = yield self.refusal(Authorizer(self.pool).authorize(ALICE, "user:bob"))
         self.assertEqual(refusal.code, REALTIME_UNAUTHORIZED)
-        refusal = yield self.refusal(authorize_subscribe(self.pool, ALICE, "user:*"))
+        refusal = yield self.refusal(Authorizer(self.pool).authorize(ALICE, "user:*"))
         self.assertEqual(refusal.code, REALTIME_UNAUTHORIZED)
 
     @inlineCallbacks
@@ -155,10 +150,48 @@ class AuthorizeSubscribeTests(StoreTestCase):
         change the statement.
         """
         refusal = yield self.refusal(
-            authorize_subscribe(self.pool, ALICE, "x'; DROP TABLE realtime.channels; --")
+            Authorizer(self.pool).authorize(ALICE, "x'; DROP TABLE realtime.channels; --")
         )
         self.assertEqual(refusal.code, REALTIME_UNAUTHORIZED)
         self.assertEqual(len(run_sql(self.url, "SELECT * FROM realtime.channels")), 4)
+
+
+    @inlineCallbacks
+    def test_batched(self) -> None:
+        """
+        Subscribes asked for while a batch is being decided are decided
+        together by one statement; one whose policy fails with an error is
+        answered INTERNAL_ERROR and the others are decided as usual.
+        """
+        run_sql(
+            self.url,
+            """
+            CREATE POLICY no_boom ON realtime.channels AS RESTRICTIVE FOR SELECT TO authenticated
+                USING (CASE WHEN realtime.channel_name() = 'chat:boom'
+                            THEN (length(realtime.channel_name()) / 0) = 1 ELSE true END);
+            """,
+        )
+        pool = CountingPool(self.pool)
+        authorizer = Authorizer(pool)
+        names = ["orders", "chat:a", "chat:boom", "nothing", "user:x", "chat:*"]
+        results = []
+        for name in names:
+            d = authorizer.authorize(ALICE, name)
+            d.addErrback(lambda f: f.trap(Refused) and f.value.refusal.code)
+            results.append(d)
+        outcomes = yield gatherResults(results)
+        self.assertEqual(pool.queries, 2)
+        self.assertEqual(
+            outcomes,
+            [
+                self.channel_id("orders"),
+                self.channel_id("chat:*"),
+                INTERNAL_ERROR,
+                REALTIME_UNAUTHORIZED,
+                self.channel_id("user:*"),
+                self.channel_id("chat:*"),
+            ],
+        )
 
 
 class PublisherTests(StoreTestCase):
@@ -270,6 +303,7 @@ class PublisherTests(StoreTestCase):
         for statement in [
             "SELECT realtime.publish_batch('[]')",
             "SELECT * FROM realtime.authorize_subscribe('project_admin', '{}', 'orders')",
+            "SELECT * FROM realtime.authorize_subscribes('[]')",
             "SELECT realtime.assume_caller('project_admin', '{}', 'orders')",
         ]:
             for role in ("anon", "authenticated", "project_admin"):

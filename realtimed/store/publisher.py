@@ -15,15 +15,17 @@ batch is in flight, new publishes wait and go together in the next one.  A
 single round trip then stores as many messages as arrived meanwhile, and
 since batches commit one after another, the messages of one socket are
 stored (and therefore delivered) in the order it published them.
+Subscribes are decided in batches the same way by `Authorizer`.
 """
 
 from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Callable
 from typing import Any, Protocol
 
-from attrs import Factory, define, frozen
+from attrs import Factory, define, field, frozen
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -62,45 +64,117 @@ def caller_role(principal: Principal) -> str | None:
     return None if principal.is_admin else principal.role
 
 
-def claims_json(principal: Principal) -> str:
-    return json.dumps(dict(principal.claims), separators=(",", ":"), default=str)
-
-
 def no_channel(channel: str) -> Refusal:
     return Refusal(channel, REALTIME_UNAUTHORIZED, f"No enabled channel matches {channel}")
-
-
-def authorize_subscribe(pool: Queries, principal: Principal, channel: str) -> Deferred[str]:
-    """
-    May C{principal} subscribe to C{channel} (a name, or a channel row's
-    pattern)?
-
-    @return: A Deferred firing with the id of the owning channel row, or
-        failing with L{Refused}.
-    """
-    d = pool.runQuery(
-        "SELECT channel_id::text, outcome FROM realtime.authorize_subscribe(%s, %s::jsonb, %s)",
-        (caller_role(principal), claims_json(principal), channel),
-    )
-
-    def decided(rows: list[tuple[Any, ...]]) -> str:
-        [(channel_id, outcome)] = rows
-        if outcome == "allowed":
-            return str(channel_id)
-        if outcome == "no_channel":
-            raise Refused(no_channel(channel))
-        raise Refused(
-            Refusal(channel, REALTIME_UNAUTHORIZED, f"Not allowed to subscribe to {channel}")
-        )
-
-    return d.addCallback(decided)
 
 
 @frozen
 class _Pending:
     item: str
     channel: str
-    done: Deferred[str]
+    done: Deferred[Any]
+
+
+@define
+class _Batches:
+    """
+    Items waiting to be sent to a set-returning function that takes them as
+    one JSON array and answers with one row per item, in order.  One batch
+    is in flight at a time; what arrives meanwhile goes in the next, so the
+    batches grow with the load and the items are handled in arrival order.
+    """
+
+    pool: Queries
+    query: str
+    answer: Callable[[_Pending, tuple[Any, ...]], None]
+    what: str
+    max_batch: int
+    _queue: list[_Pending] = Factory(list)
+    _in_flight: bool = False
+
+    def add(self, item: str, channel: str) -> Deferred[Any]:
+        done: Deferred[Any] = Deferred()
+        self._queue.append(_Pending(item, channel, done))
+        if not self._in_flight:
+            self._next()
+        return done
+
+    def _next(self) -> None:
+        if not self._queue:
+            self._in_flight = False
+            return
+        self._in_flight = True
+        batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
+        d = self.pool.runQuery(self.query, ("[" + ",".join(p.item for p in batch) + "]",))
+        d.addCallbacks(self._answered, self._failed, callbackArgs=(batch,), errbackArgs=(batch,))
+        d.addErrback(lambda f: log.failure("Answering a batch of {what} failed", f, what=self.what))
+        d.addBoth(lambda _: self._next())
+
+    def _answered(self, rows: list[tuple[Any, ...]], batch: list[_Pending]) -> None:
+        for pending, row in zip(batch, rows, strict=True):
+            try:
+                self.answer(pending, row)
+            except Exception:  # noqa: BLE001 (each item is answered, whatever another does)
+                log.failure("Answering one of a batch of {what} failed", what=self.what)
+
+    def _failed(self, failure: Failure, batch: list[_Pending]) -> None:
+        log.failure("A batch of {count} {what} failed", failure, count=len(batch), what=self.what)
+        for pending in batch:
+            pending.done.errback(
+                Refused(Refusal(pending.channel, INTERNAL_ERROR, f"The {self.what} failed; try again"))
+            )
+
+
+@define
+class Authorizer:
+    """
+    Decides subscribes, batching those that arrive while a batch is being
+    decided.
+    """
+
+    pool: Queries
+    max_batch: int = 500
+    _batches: _Batches = field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._batches = _Batches(
+            self.pool,
+            "SELECT channel_id::text, outcome, detail FROM realtime.authorize_subscribes(%s::jsonb)",
+            _subscribe_decided,
+            "subscribe",
+            self.max_batch,
+        )
+
+    def authorize(self, principal: Principal, channel: str) -> Deferred[str]:
+        """
+        May C{principal} subscribe to C{channel} (a name, or a channel row's
+        pattern)?
+
+        @return: A Deferred firing with the id of the owning channel row, or
+            failing with L{Refused}.
+        """
+        item = json.dumps(
+            {"role": caller_role(principal), "claims": dict(principal.claims), "channel": channel},
+            separators=(",", ":"),
+            default=str,
+        )
+        return self._batches.add(item, channel)
+
+
+def _subscribe_decided(pending: _Pending, row: tuple[Any, ...]) -> None:
+    channel_id, outcome, detail = row
+    channel = pending.channel
+    if outcome == "allowed":
+        pending.done.callback(str(channel_id))
+    elif outcome == "no_channel":
+        pending.done.errback(Refused(no_channel(channel)))
+    elif outcome == "denied":
+        pending.done.errback(
+            Refused(Refusal(channel, REALTIME_UNAUTHORIZED, f"Not allowed to subscribe to {channel}"))
+        )
+    else:
+        log.error("Checking a subscribe to {channel} failed: {detail}", channel=channel, detail=detail)
+        pending.done.errback(Refused(Refusal(channel, INTERNAL_ERROR, "The subscribe failed; try again")))
 
 
 @define
@@ -113,8 +187,16 @@ class Publisher:
 
     pool: Queries
     max_batch: int = 500
-    _queue: list[_Pending] = Factory(list)
-    _in_flight: bool = False
+    _batches: _Batches = field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._batches = _Batches(
+            self.pool,
+            "SELECT id::text, outcome, detail FROM realtime.publish_batch(%s::jsonb)",
+            _publish_decided,
+            "publish",
+            self.max_batch,
+        )
 
     def publish(
         self, principal: Principal, channel: str, event: str, payload_json: str
@@ -142,59 +224,25 @@ class Publisher:
         )
         # The payload is already JSON text: splice it in rather than decode
         # and encode it again.
-        item = '{"payload":' + payload_json + "," + fields[1:]
-        done: Deferred[str] = Deferred()
-        self._queue.append(_Pending(item, channel, done))
-        if not self._in_flight:
-            self._next()
-        return done
+        return self._batches.add('{"payload":' + payload_json + "," + fields[1:], channel)
 
-    def _next(self) -> None:
-        if not self._queue:
-            self._in_flight = False
-            return
-        self._in_flight = True
-        batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
-        d = self.pool.runQuery(
-            "SELECT id::text, outcome, detail FROM realtime.publish_batch(%s::jsonb)",
-            ("[" + ",".join(p.item for p in batch) + "]",),
+
+def _publish_decided(pending: _Pending, row: tuple[Any, ...]) -> None:
+    message_id, outcome, detail = row
+    channel = pending.channel
+    if outcome == "stored":
+        pending.done.callback(message_id)
+    elif outcome == "no_channel":
+        pending.done.errback(Refused(no_channel(channel)))
+    elif outcome == "denied":
+        pending.done.errback(
+            Refused(Refusal(channel, REALTIME_UNAUTHORIZED, f"Not allowed to publish to {channel}"))
         )
-        d.addCallbacks(self._stored, self._failed, callbackArgs=(batch,), errbackArgs=(batch,))
-        d.addErrback(lambda f: log.failure("Answering a publish batch failed", f))
-        d.addBoth(lambda _: self._next())
-
-    def _stored(self, rows: list[tuple[Any, ...]], batch: list[_Pending]) -> None:
-        for pending, (message_id, outcome, detail) in zip(batch, rows, strict=True):
-            if outcome == "stored":
-                pending.done.callback(message_id)
-            elif outcome == "no_channel":
-                pending.done.errback(Refused(no_channel(pending.channel)))
-            elif outcome == "denied":
-                pending.done.errback(
-                    Refused(
-                        Refusal(
-                            pending.channel,
-                            REALTIME_UNAUTHORIZED,
-                            f"Not allowed to publish to {pending.channel}",
-                        )
-                    )
-                )
-            else:
-                log.error(
-                    "Storing a message on {channel} failed: {detail}",
-                    channel=pending.channel,
-                    detail=detail,
-                )
-                pending.done.errback(
-                    Refused(Refusal(pending.channel, INTERNAL_ERROR, "The message could not be stored"))
-                )
-
-    def _failed(self, failure: Failure, batch: list[_Pending]) -> None:
-        log.failure("Storing {count} messages failed", failure, count=len(batch))
-        for pending in batch:
-            pending.done.errback(
-                Refused(Refusal(pending.channel, INTERNAL_ERROR, "The message could not be stored"))
-            )
+    else:
+        log.error("Storing a message on {channel} failed: {detail}", channel=channel, detail=detail)
+        pending.done.errback(
+            Refused(Refusal(channel, INTERNAL_ERROR, "The message could not be stored"))
+        )
 
 
 @define

@@ -72,6 +72,33 @@ CREATE FUNCTION realtime.authorize_subscribe(caller_role text, claims jsonb, cha
     END
     $$;
 
+-- authorize_subscribe for many callers at once, in one round trip.  Each
+-- item: {"role": text or null, "claims": {...}, "channel": text}.  One row
+-- per item, in order; an item whose check fails (a policy raising an error)
+-- gets outcome 'error' and detail, and does not affect the others.
+CREATE FUNCTION realtime.authorize_subscribes(items jsonb)
+    RETURNS TABLE (channel_id uuid, outcome text, detail text)
+    LANGUAGE plpgsql VOLATILE
+    AS $$
+    DECLARE
+        item jsonb;
+    BEGIN
+        FOR item IN SELECT value FROM jsonb_array_elements(items) LOOP
+            detail := NULL;
+            BEGIN
+                SELECT a.channel_id, a.outcome INTO channel_id, outcome
+                FROM realtime.authorize_subscribe(
+                    item ->> 'role', item -> 'claims', item ->> 'channel') AS a;
+            EXCEPTION WHEN others THEN
+                channel_id := NULL;
+                outcome := 'error';
+                detail := SQLSTATE || ': ' || SQLERRM;
+            END;
+            RETURN NEXT;
+        END LOOP;
+    END
+    $$;
+
 -- Store a batch of publishes in one transaction, each as its own caller.
 -- Each item of the array:
 --   {"id": uuid, "role": text or null, "claims": {...}, "channel": name,
@@ -124,4 +151,5 @@ CREATE FUNCTION realtime.publish_batch(items jsonb)
 
 REVOKE ALL ON FUNCTION realtime.assume_caller(text, jsonb, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION realtime.authorize_subscribe(text, jsonb, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION realtime.authorize_subscribes(jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION realtime.publish_batch(jsonb) FROM PUBLIC;

@@ -35,7 +35,6 @@ process's subscribed sockets.
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -121,7 +120,7 @@ class _Client:
 
     principal: Principal
     identity: Identity
-    requests: deque[Callable[[], Deferred[None] | None]] = Factory(deque)
+    requests: list[Callable[[], Deferred[None] | None]] = Factory(list)
     busy: bool = False
     expiry: Any = None
 
@@ -264,7 +263,7 @@ class Realtime(Service):
         an unfired Deferred holds the later ones until it fires.
         """
         while client.requests:
-            step = client.requests.popleft()
+            step = client.requests.pop(0)
             try:
                 d = step()
             except Exception:  # noqa: BLE001 (logged; the next request still runs)

@@ -200,3 +200,39 @@ class ParseTests(SynchronousTestCase):
             return
         assert isinstance(parsed, Publish), parsed
         self.assertEqual(json.loads(parsed.payload_json), payload)
+
+
+anything = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text() | st.binary(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=10,
+)
+
+
+class ParseAnythingTests(SynchronousTestCase):
+    @given(
+        st.sampled_from([SUBSCRIBE, UNSUBSCRIBE, PUBLISH]),
+        st.lists(
+            anything
+            | st.fixed_dictionaries(
+                {"channel": st.text(max_size=8) | anything},
+                optional={"event": st.text(max_size=8) | anything, "payload": anything},
+            ),
+            max_size=3,
+        ),
+    )
+    def test_never_raises(self, operation: str, args: list[object]) -> None:
+        """
+        Whatever a client sends, checking it gives a request or an
+        INVALID_INPUT refusal whose channel is the one sent, if a string;
+        a publish that passes encodes as JSON.
+        """
+        parsed = parse(operation, args)
+        if isinstance(parsed, Refusal):
+            self.assertEqual(parsed.code, INVALID_INPUT)
+            data = args[0] if args else None
+            if parsed.channel is not None:
+                assert isinstance(data, dict)
+                self.assertEqual(parsed.channel, data["channel"])
+        elif isinstance(parsed, Publish):
+            json.loads(parsed.payload_json)

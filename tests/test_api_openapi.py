@@ -215,6 +215,11 @@ class ServedDocumentTests(APIServerMixin):
         """
         if importlib.util.find_spec("schemathesis") is None:
             raise SkipTest("schemathesis is not installed")
+        # A channel owning every name, so generated publications reach the
+        # database, and stored messages, so that history has rows to check.
+        channel = yield self.channel(pattern="*", webhookUrls=["https://example.com/"])
+        self.store_message(channel["id"], payload={"orderId": "123"}, counts=(5, 1, 1))
+        self.store_message(None, event="INSERT", sender_type="system", sender_id=None)
         workdir = os.path.abspath("schemathesis")
         os.makedirs(workdir, exist_ok=True)
         args = [

@@ -614,13 +614,13 @@ class DurabilityTests(WebhookTestCase):
         port = self.listen(receiver)
         self.channel("room:*", f"http://127.0.0.1:{port}/")
         self.service(poll_interval=3600.0)
-        # LISTEN is the first statement of the claiming connection.
+        # The claiming connection LISTENs before its first claim.
         yield self.wait_for(
             lambda: (
                 run_sql(
                     self.database,
                     "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-                    " AND (query LIKE 'LISTEN%%' OR query LIKE '%%SKIP LOCKED%%')",
+                    " AND (query LIKE 'LISTEN%%' OR query LIKE 'EXECUTE webhook_claim%%')",
                 )[0][0]
                 > 0
             ),
@@ -730,5 +730,8 @@ class OutboxTests(WebhookTestCase):
             " updated_at = now() - interval '8 days'",
         )
         self.service(prune_interval=0.1)
-        yield self.wait_for(lambda: not self.deliveries(), what="pruning")
-        self.assertTrue(self.logged("Pruned 1 finished webhook deliveries"))
+        yield self.wait_for(
+            lambda: bool(self.logged("Pruned 1 finished webhook deliveries")),
+            what="pruning",
+        )
+        self.assertEqual(self.deliveries(), [])

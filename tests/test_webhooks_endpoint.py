@@ -1,0 +1,171 @@
+"""
+Tests for L{realtimed.webhooks.CheckedEndpoint} and the service's
+configuration, in memory: no name is really resolved, nothing connects.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.error import DNSLookupError
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.testing import MemoryReactorClock
+from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.client import URI
+from twisted.web.error import SchemeNotSupported
+
+from realtimed.config import load
+from realtimed.signing import encode_webhook_secret
+from realtimed.webhooks import (
+    CheckedEndpoint,
+    CheckedEndpointFactory,
+    UnsafeAddress,
+    WebhookService,
+)
+
+SECRET = encode_webhook_secret(b"k" * 32)
+
+
+class FakeResolver:
+    """
+    Resolves every name to the addresses it was given.
+    """
+
+    def __init__(self, addresses: list[Any]) -> None:
+        self.addresses = addresses
+        self.asked: list[tuple[str, int]] = []
+
+    def resolveHostName(self, receiver: Any, host: str, port: int = 0, *a: Any) -> None:
+        self.asked.append((host, port))
+        receiver.resolutionBegan(None)
+        for address in self.addresses:
+            receiver.addressResolved(address)
+        receiver.resolutionComplete()
+
+
+def reactor_resolving(*addresses: Any) -> MemoryReactorClock:
+    reactor = MemoryReactorClock()
+    reactor.nameResolver = FakeResolver(list(addresses))  # type: ignore[attr-defined]
+    return reactor
+
+
+class CheckedEndpointTests(SynchronousTestCase):
+    def connect(self, reactor: Any, allow_private: bool = False) -> Any:
+        endpoint = CheckedEndpoint(
+            reactor, "hooks.example", 443, None, allow_private, 10.0
+        )
+        return endpoint.connect(Factory.forProtocol(Protocol))
+
+    def test_connects_to_checked_address(self) -> None:
+        """
+        A name resolving to public addresses is connected to by the resolved
+        address itself, with the connect timeout.
+        """
+        reactor = reactor_resolving(IPv4Address("TCP", "93.184.216.34", 443))
+        self.connect(reactor)
+        self.assertEqual(reactor.nameResolver.asked, [("hooks.example", 443)])  # type: ignore[attr-defined]
+        host, port, _, timeout, _ = reactor.tcpClients[0]
+        self.assertEqual((host, port, timeout), ("93.184.216.34", 443, 10.0))
+
+    def test_ipv6(self) -> None:
+        """
+        An IPv6 address is connected to over IPv6.
+        """
+        reactor = reactor_resolving(IPv6Address("TCP", "2606:4700::1111", 443))
+        self.connect(reactor)
+        self.assertEqual(reactor.tcpClients[0][0], "2606:4700::1111")
+
+    def test_any_private_address_refuses(self) -> None:
+        """
+        If any address of the name is not public, nothing is connected and
+        the reason names the address.
+        """
+        reactor = reactor_resolving(
+            IPv4Address("TCP", "93.184.216.34", 443),
+            IPv4Address("TCP", "169.254.169.254", 443),
+        )
+        failure = self.failureResultOf(self.connect(reactor), UnsafeAddress)
+        self.assertIn("169.254.169.254 is a link-local address", str(failure.value))
+        self.assertEqual(reactor.tcpClients, [])
+
+    def test_ipv4_mapped_refused(self) -> None:
+        """
+        An IPv4-mapped IPv6 loopback address is refused too.
+        """
+        reactor = reactor_resolving(IPv6Address("TCP", "::ffff:127.0.0.1", 443))
+        failure = self.failureResultOf(self.connect(reactor), UnsafeAddress)
+        self.assertIn("loopback", str(failure.value))
+
+    def test_allow_private(self) -> None:
+        """
+        With private addresses allowed, a loopback address is connected to.
+        """
+        reactor = reactor_resolving(IPv4Address("TCP", "127.0.0.1", 443))
+        self.connect(reactor, allow_private=True)
+        self.assertEqual(reactor.tcpClients[0][0], "127.0.0.1")
+
+    def test_no_address(self) -> None:
+        """
+        A name without addresses fails as a DNS lookup error (retried later).
+        """
+        reactor = reactor_resolving()
+        self.failureResultOf(self.connect(reactor), DNSLookupError)
+
+    def test_next_address(self) -> None:
+        """
+        When connecting to the first address fails, the next one is tried.
+        """
+        reactor = reactor_resolving(
+            IPv4Address("TCP", "93.184.216.34", 443),
+            IPv4Address("TCP", "93.184.216.35", 443),
+        )
+        self.connect(reactor)
+        from twisted.internet.error import ConnectionRefusedError
+
+        reactor.tcpClients[0][2].clientConnectionFailed(None, ConnectionRefusedError())
+        self.assertEqual(reactor.tcpClients[1][0], "93.184.216.35")
+
+    def test_factory(self) -> None:
+        """
+        The agent's endpoints are checked endpoints; https ones verify the
+        URL's host name; other schemes are not supported.
+        """
+        factory = CheckedEndpointFactory(MemoryReactorClock(), False)
+        endpoint = factory.endpointForURI(
+            URI.fromBytes(b"https://Hooks.example:8443/x")
+        )
+        self.assertEqual(
+            (endpoint.host, endpoint.port, endpoint.tls_hostname),
+            ("Hooks.example", 8443, "Hooks.example"),
+        )
+        plain = factory.endpointForURI(URI.fromBytes(b"http://[::1]/x"))
+        self.assertEqual(
+            (plain.host, plain.port, plain.tls_hostname), ("::1", 80, None)
+        )
+        with self.assertRaises(SchemeNotSupported):
+            factory.endpointForURI(URI.fromBytes(b"ftp://hooks.example/x"))
+
+
+class FromConfigTests(SynchronousTestCase):
+    def test_from_config(self) -> None:
+        """
+        The daemon's settings give the service its private-address rule and
+        its retry horizon.
+        """
+        config = load(
+            {"webhook-allow-private": True, "webhook-retry-hours": 2.0}, environ={}
+        )
+        service = WebhookService.from_config(
+            MemoryReactorClock(), config, "postgresql:///x", SECRET
+        )
+        self.assertTrue(service.allow_private)
+        self.assertEqual(service.policy.horizon, 7200.0)
+        self.assertEqual(service.secret, SECRET)
+
+    def test_bad_secret(self) -> None:
+        """
+        A secret that is not a Standard Webhooks secret is refused at once.
+        """
+        with self.assertRaises(ValueError):
+            WebhookService(MemoryReactorClock(), "postgresql:///x", "not-a-secret")

@@ -18,6 +18,7 @@ from typing import Any, TextIO
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks, maybeDeferred
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.task import deferLater
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -25,7 +26,10 @@ from twisted.web.server import Site
 
 from realtimed.api import AdminAPI
 from realtimed.config import Config
+from realtimed.engineio.server import SocketIOServer
 from realtimed.keys import KEYS_FILE, Keys, resolve_keys
+from realtimed.realtime import Realtime
+from realtimed.store.listener import MessageListener
 from realtimed.store.migrations import migrate
 from realtimed.store.pool import ConnectionPool, redact_dsn
 from realtimed.web import root_resource
@@ -59,6 +63,9 @@ class RealtimeService(MultiService):
         self.database_url: str | None = None
         self.keys: Keys | None = None
         self.pool: ConnectionPool | None = None
+        self.socketio: SocketIOServer | None = None
+        self.realtime: Realtime | None = None
+        self.listener: MessageListener | None = None
         self._out = sys.stdout if out is None else out
         self._stop_on_failure = stop_on_failure
         self._embedded: Any = None
@@ -104,14 +111,48 @@ class RealtimeService(MultiService):
         yield self.pool.start()
         self._closers.append(self.pool.close)
 
+        self.socketio = SocketIOServer(self.reactor, cors_origins=config.cors_origin)
+        self.realtime = Realtime(
+            namespace=self.socketio.namespace("/"),
+            pool=self.pool,
+            keys=keys,
+            clock=self.reactor,
+        )
+        self.listener = MessageListener(
+            reactor=self.reactor, dsn=url, on_message=self.realtime.deliver
+        )
+        self.listener.setServiceParent(self)
+        self.realtime.setServiceParent(self)
+        yield self._until(lambda: self.listener.connected, "LISTEN connection", 60.0)
+
         api = AdminAPI(self.pool, keys, self.reactor)
-        site = Site(root_resource(health=self.pool.ping, api=api.resource()))
+        site = Site(
+            root_resource(
+                health=self.pool.ping,
+                socketio=self.socketio.resource(),
+                api=api.resource(),
+            )
+        )
         site.displayTracebacks = False
         for description in config.port:
             endpoint = serverFromString(self.reactor, description)
             port = yield endpoint.listen(site)
             self.ports.append(port)
         self._announce(generated)
+
+    @inlineCallbacks
+    def _until(self, condition: Callable[[], bool], what: str, timeout: float) -> Any:
+        """
+        Wait for C{condition} to hold, checking every 20 ms, for at most
+        C{timeout} seconds.
+        """
+        deadline = self.reactor.seconds() + timeout
+        while not condition():
+            if self._stopping:
+                raise RuntimeError(f"stopped while waiting for the {what}")
+            if self.reactor.seconds() > deadline:
+                raise TimeoutError(f"the {what} was not ready within {timeout:g} s")
+            yield deferLater(self.reactor, 0.02, lambda: None)
 
     def _announce(self, generated: list[str]) -> None:
         """
@@ -146,6 +187,8 @@ class RealtimeService(MultiService):
         self._stopping = True
         yield DeferredList([maybeDeferred(port.stopListening) for port in self.ports])
         self.ports = []
+        if self.socketio is not None:
+            self.socketio.close()
         yield maybeDeferred(super().stopService)
         while self._closers:
             try:

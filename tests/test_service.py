@@ -160,3 +160,18 @@ class MountTests(TestCase):
         response = yield treq.get(url, persistent=False)
         self.assertEqual(response.code, 401)
         yield response.content()
+
+    @inlineCallbacks
+    def test_socketio_mounted(self) -> Any:
+        """
+        Engine.IO answers a polling handshake under /socket.io/ with its open
+        packet.
+        """
+        service = yield start_realtimed(self)
+        response = yield treq.get(
+            base_url(service) + "/socket.io/?EIO=4&transport=polling", persistent=False
+        )
+        body = yield response.text()
+        self.assertEqual(response.code, 200)
+        self.assertTrue(body.startswith("0{"), body)
+        self.assertIn('"sid"', body)

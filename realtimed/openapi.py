@@ -34,25 +34,127 @@ WEBHOOK_URL_REGEX: Final = (
 )
 
 
+# The API reference's examples.
+CHANNEL_EXAMPLE: Final = {
+    "id": "550e8400-e29b-41d4-a716-446655440000",
+    "pattern": "order:*",
+    "description": "Order updates channel",
+    "webhookUrls": ["https://example.com/webhook"],
+    "enabled": True,
+    "createdAt": "2024-01-15T10:30:00.000Z",
+    "updatedAt": "2024-01-15T10:30:00.000Z",
+}
+CHANNEL_CREATION_EXAMPLE: Final = {
+    "pattern": "notifications:*",
+    "description": "User notifications channel",
+    "webhookUrls": ["https://example.com/webhook"],
+    "enabled": True,
+}
+CHANNEL_UPDATE_EXAMPLE: Final = {
+    "description": "Updated notifications channel",
+    "enabled": False,
+}
+MESSAGE_EXAMPLE: Final = {
+    "id": "660e8400-e29b-41d4-a716-446655440000",
+    "eventName": "order.created",
+    "channelId": "550e8400-e29b-41d4-a716-446655440000",
+    "channelName": "order:123",
+    "payload": {"orderId": "123", "status": "pending"},
+    "senderType": "user",
+    "senderId": "770e8400-e29b-41d4-a716-446655440000",
+    "wsAudienceCount": 5,
+    "whAudienceCount": 1,
+    "whDeliveredCount": 1,
+    "createdAt": "2024-01-15T10:30:00.000Z",
+}
+PUBLICATION_EXAMPLE: Final = {
+    "channel": "order:123",
+    "event": "order.created",
+    "payload": {"orderId": "123", "status": "pending"},
+}
+STATS_EXAMPLE: Final = {
+    "totalMessages": 1250,
+    "whDeliveryRate": 0.98,
+    "topEvents": [
+        {"eventName": "order.created", "count": 450},
+        {"eventName": "order.updated", "count": 380},
+        {"eventName": "order.completed", "count": 220},
+    ],
+}
+PERMISSIONS_EXAMPLE: Final = {
+    "subscribe": {
+        "policies": [
+            {
+                "policyName": "allow_authenticated_subscribe",
+                "tableName": "realtime_channels",
+                "command": "SELECT",
+                "roles": ["authenticated"],
+                "using": "enabled = true",
+                "withCheck": None,
+            }
+        ]
+    },
+    "publish": {
+        "policies": [
+            {
+                "policyName": "allow_authenticated_publish",
+                "tableName": "realtime_messages",
+                "command": "INSERT",
+                "roles": ["authenticated"],
+                "using": None,
+                "withCheck": "true",
+            }
+        ]
+    },
+}
+_NO_EXAMPLE: Final = object()
+
+
 def _ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
-def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
-    return {"description": description, "content": {JSON: {"schema": schema}}}
+def _json(
+    schema: dict[str, Any], description: str, example: Any = _NO_EXAMPLE
+) -> dict[str, Any]:
+    media: dict[str, Any] = {"schema": schema}
+    if example is not _NO_EXAMPLE:
+        media["example"] = example
+    return {"description": description, "content": {JSON: media}}
 
 
-def _error(description: str) -> dict[str, Any]:
-    return _json(_ref("Error"), description)
+def _request(schema: str, example: Any) -> dict[str, Any]:
+    return {
+        "required": True,
+        "content": {JSON: {"schema": _ref(schema), "example": example}},
+    }
+
+
+def _error(status: str, description: str, message: str) -> dict[str, Any]:
+    code = description.split(":")[0]
+    example = {"error": code, "message": message, "statusCode": int(status)}
+    return _json(_ref("Error"), description, example)
 
 
 _ERRORS: Final = {
-    "400": "INVALID_INPUT: the request is malformed",
-    "401": "UNAUTHORIZED: no credential, or not a valid one",
-    "403": "FORBIDDEN: the credential is valid but not an admin's",
-    "404": "NOT_FOUND",
-    "409": "ALREADY_EXISTS: a channel with this pattern exists",
-    "500": "INTERNAL_ERROR",
+    "400": (
+        "INVALID_INPUT: the request is malformed; each problem as <path>: <reason>",
+        "pattern: Channel pattern is required",
+    ),
+    "401": (
+        "UNAUTHORIZED: no credential, or not a valid one",
+        "No authentication provided",
+    ),
+    "403": (
+        "FORBIDDEN: the credential is valid but not an admin's",
+        "Admin access required",
+    ),
+    "404": ("NOT_FOUND", "Channel not found"),
+    "409": (
+        "ALREADY_EXISTS: a channel with this pattern exists",
+        "A channel with pattern order:* already exists",
+    ),
+    "500": ("INTERNAL_ERROR", "Internal server error"),
 }
 
 
@@ -60,7 +162,7 @@ def _responses(success: tuple[str, dict[str, Any]], *errors: str) -> dict[str, A
     status, response = success
     responses: dict[str, Any] = {status: response}
     for code in ("401", "403", *errors, "500"):
-        responses[code] = _error(_ERRORS[code])
+        responses[code] = _error(code, *_ERRORS[code])
     return dict(sorted(responses.items()))
 
 
@@ -70,6 +172,7 @@ _CHANNEL_ID_PARAMETER: Final = {
     "required": True,
     "description": "The channel's id.",
     "schema": _UUID,
+    "example": CHANNEL_EXAMPLE["id"],
 }
 
 
@@ -295,14 +398,6 @@ def _schemas() -> dict[str, Any]:
 
 
 def _paths() -> dict[str, Any]:
-    channel_body = {
-        "required": True,
-        "content": {JSON: {"schema": _ref("ChannelCreation")}},
-    }
-    update_body = {
-        "required": True,
-        "content": {JSON: {"schema": _ref("ChannelUpdate")}},
-    }
     channel_id_filter = {
         "name": "channelId",
         "in": "query",
@@ -319,7 +414,9 @@ def _paths() -> dict[str, Any]:
                     (
                         "200",
                         _json(
-                            {"type": "array", "items": _ref("Channel")}, "The channels"
+                            {"type": "array", "items": _ref("Channel")},
+                            "The channels",
+                            [CHANNEL_EXAMPLE],
                         ),
                     )
                 ),
@@ -327,9 +424,11 @@ def _paths() -> dict[str, Any]:
             "post": {
                 "operationId": "createChannel",
                 "summary": "Create a channel",
-                "requestBody": channel_body,
+                "requestBody": _request("ChannelCreation", CHANNEL_CREATION_EXAMPLE),
                 "responses": _responses(
-                    ("201", _json(_ref("Channel"), "The new channel")), "400", "409"
+                    ("201", _json(_ref("Channel"), "The new channel", CHANNEL_EXAMPLE)),
+                    "400",
+                    "409",
                 ),
             },
         },
@@ -339,13 +438,15 @@ def _paths() -> dict[str, Any]:
                 "operationId": "getChannel",
                 "summary": "One channel",
                 "responses": _responses(
-                    ("200", _json(_ref("Channel"), "The channel")), "400", "404"
+                    ("200", _json(_ref("Channel"), "The channel", CHANNEL_EXAMPLE)),
+                    "400",
+                    "404",
                 ),
             },
             "put": {
                 "operationId": "updateChannel",
                 "summary": "Change some fields of a channel",
-                "requestBody": update_body,
+                "requestBody": _request("ChannelUpdate", CHANNEL_UPDATE_EXAMPLE),
                 "responses": _responses(
                     ("200", _json(_ref("Channel"), "The channel as changed")),
                     "400",
@@ -357,7 +458,14 @@ def _paths() -> dict[str, Any]:
                 "operationId": "deleteChannel",
                 "summary": "Delete a channel (its messages stay, with channelId null)",
                 "responses": _responses(
-                    ("200", _json(_ref("Deleted"), "Deleted")), "400", "404"
+                    (
+                        "200",
+                        _json(
+                            _ref("Deleted"), "Deleted", {"message": "Channel deleted"}
+                        ),
+                    ),
+                    "400",
+                    "404",
                 ),
             },
         },
@@ -404,7 +512,9 @@ def _paths() -> dict[str, Any]:
                     (
                         "200",
                         _json(
-                            {"type": "array", "items": _ref("Message")}, "The messages"
+                            {"type": "array", "items": _ref("Message")},
+                            "The messages",
+                            [MESSAGE_EXAMPLE],
                         ),
                     ),
                     "400",
@@ -417,12 +527,14 @@ def _paths() -> dict[str, Any]:
                     "Stored, then delivered to subscribed sockets and to the channel's"
                     " webhooks. 404 when no enabled channel owns the name."
                 ),
-                "requestBody": {
-                    "required": True,
-                    "content": {JSON: {"schema": _ref("Publication")}},
-                },
+                "requestBody": _request("Publication", PUBLICATION_EXAMPLE),
                 "responses": _responses(
-                    ("201", _json(_ref("Message"), "The stored message")), "400", "404"
+                    (
+                        "201",
+                        _json(_ref("Message"), "The stored message", MESSAGE_EXAMPLE),
+                    ),
+                    "400",
+                    "404",
                 ),
             },
         },
@@ -441,7 +553,11 @@ def _paths() -> dict[str, Any]:
                     },
                 ],
                 "responses": _responses(
-                    ("200", _json(_ref("MessageStats"), "The statistics")), "400"
+                    (
+                        "200",
+                        _json(_ref("MessageStats"), "The statistics", STATS_EXAMPLE),
+                    ),
+                    "400",
                 ),
             },
         },
@@ -450,7 +566,10 @@ def _paths() -> dict[str, Any]:
                 "operationId": "permissions",
                 "summary": "Row-level security policies deciding subscribe and publish",
                 "responses": _responses(
-                    ("200", _json(_ref("Permissions"), "The policies"))
+                    (
+                        "200",
+                        _json(_ref("Permissions"), "The policies", PERMISSIONS_EXAMPLE),
+                    )
                 ),
             },
         },

@@ -186,6 +186,44 @@ class DocumentTests(SynchronousTestCase):
         for name, example in malformed:
             self.assertFalse(valid(name, example), (name, example))
 
+    def test_document_examples(self) -> None:
+        """
+        Every example the document gives (request bodies, responses,
+        errors, parameters) fits the schema beside it.
+        """
+        try:
+            import jsonschema_rs
+        except ImportError:
+            raise SkipTest("jsonschema_rs (installed with schemathesis) is needed")
+        document = openapi_document()
+        checked = 0
+
+        def check(where: str, holder: dict[str, Any]) -> None:
+            nonlocal checked
+            if "example" not in holder:
+                return
+            schema = {**holder["schema"], "components": document["components"]}
+            validator = jsonschema_rs.Draft202012Validator(
+                schema, validate_formats=True
+            )
+            self.assertTrue(validator.is_valid(holder["example"]), where)
+            checked += 1
+
+        for path, item in document["paths"].items():
+            for method, operation in item.items():
+                if method == "parameters":
+                    for parameter in operation:
+                        check(f"{path} {parameter['name']}", parameter)
+                    continue
+                for media in (
+                    operation.get("requestBody", {}).get("content", {}).values()
+                ):
+                    check(f"{method} {path} body", media)
+                for status, response in operation["responses"].items():
+                    for media in response.get("content", {}).values():
+                        check(f"{method} {path} {status}", media)
+        self.assertGreater(checked, 50)
+
 
 class ServedDocumentTests(APIServerMixin):
     """

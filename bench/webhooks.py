@@ -4,25 +4,30 @@ Webhook deliveries per second to local receivers.
 
     bench/webhooks.py [--messages N] [--receivers K] [--postgres URL]
                       [--max-in-flight M] [--per-host P] [--verify]
+                      [--same-process]
 
 Creates a throw-away database on the PostgreSQL server at ``--postgres``
 (default postgresql://postgres@127.0.0.1:5432/postgres), applies realtimed's
-migrations, starts K receivers (twisted.web on 127.0.0.1, answering 204) and
-one channel whose webhook URLs are those receivers, publishes N messages in
-one transaction with ``realtime.publish``, then starts the delivery service
-and measures from its start until the outbox holds no pending delivery.
-Receivers and service share one process and one reactor, so the figure is
-for one core doing both sides.  The database is dropped at the end.
+migrations, starts K receivers (twisted.web on 127.0.0.1, answering 204, in a
+child process unless ``--same-process``) and one channel whose webhook URLs
+are those receivers, publishes N messages in one transaction with
+``realtime.publish``, then starts one delivery service and measures from its
+start until the outbox holds no pending delivery.  It prints that figure,
+and checks that every receiver got every message exactly once and that the
+messages' ``wh_delivered_count`` add up.  The database is dropped at the end.
 
-With ``--verify``, each receiver checks every signature with the
-``standardwebhooks`` package (slower).
+With ``--verify``, the receivers check every signature with the
+``standardwebhooks`` package.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
@@ -45,6 +50,11 @@ SECRET = encode_webhook_secret(b"benchmark-webhook-key-0123456789")
 
 
 class Receiver(Resource):
+    """
+    Counts webhook requests (and distinct webhook-ids); GET answers the
+    counts as JSON.
+    """
+
     isLeaf = True
 
     def __init__(self, verify: bool) -> None:
@@ -73,10 +83,35 @@ class Receiver(Resource):
         request.setResponseCode(204)
         return b""
 
+    def render_GET(self, request: Request) -> bytes:
+        return json.dumps({"count": self.count, "distinct": len(self.ids)}).encode()
+
 
 class QuietSite(Site):
     def log(self, request: Request) -> None:
         pass
+
+
+def serve(count: int, verify: bool) -> None:
+    """
+    Run C{count} receivers; print their ports on one line; stop at end of
+    input.
+    """
+    from twisted.internet import reactor, stdio
+    from twisted.protocols.basic import LineReceiver
+
+    ports = [
+        reactor.listenTCP(0, QuietSite(Receiver(verify)), interface="127.0.0.1")  # type: ignore[attr-defined]
+        for _ in range(count)
+    ]
+    print(" ".join(str(p.getHost().port) for p in ports), flush=True)
+
+    class StopAtEOF(LineReceiver):
+        def connectionLost(self, reason: Any = None) -> None:
+            reactor.stop()  # type: ignore[attr-defined]
+
+    stdio.StandardIO(StopAtEOF())
+    reactor.run()  # type: ignore[attr-defined]
 
 
 def admin(url: str, statement: str) -> None:
@@ -100,13 +135,30 @@ def query(url: str, statement: str, params: Any = None) -> list[tuple[Any, ...]]
         connection.close()
 
 
-async def run(reactor: Any, options: argparse.Namespace, database: str) -> None:
+def counts(url: str) -> dict[str, int]:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.loads(response.read())  # type: ignore[no-any-return]
+
+
+async def run(
+    reactor: Any,
+    options: argparse.Namespace,
+    database: str,
+    child: subprocess.Popen[str] | None,
+) -> None:
     await migrate(reactor, database)
-    receivers = [Receiver(options.verify) for _ in range(options.receivers)]
-    ports = [
-        reactor.listenTCP(0, QuietSite(r), interface="127.0.0.1") for r in receivers
-    ]
-    urls = [f"http://127.0.0.1:{p.getHost().port}/hook" for p in ports]
+    if options.same_process:
+        ports = [
+            reactor.listenTCP(
+                0, QuietSite(Receiver(options.verify)), interface="127.0.0.1"
+            )
+            for _ in range(options.receivers)
+        ]
+        numbers = [p.getHost().port for p in ports]
+    else:
+        assert child is not None and child.stdout is not None
+        numbers = [int(p) for p in child.stdout.readline().split()]
+    urls = [f"http://127.0.0.1:{port}/hook" for port in numbers]
     query(
         database,
         "INSERT INTO realtime.channels (pattern, webhook_urls) VALUES ('bench', %s)",
@@ -131,18 +183,30 @@ async def run(reactor: Any, options: argparse.Namespace, database: str) -> None:
     )
     started = time.perf_counter()
     service.startService()
-    while sum(r.count for r in receivers) < expected:
-        await task.deferLater(reactor, 0.05, lambda: None)
-    while query(
-        database,
-        "SELECT count(*) FROM realtime.webhook_deliveries WHERE status = 'pending'",
-    )[0][0]:
-        await task.deferLater(reactor, 0.05, lambda: None)
+    # One connection for watching, kept open: connecting blocks the reactor.
+    watcher = psycopg2.connect(database)
+    watcher.autocommit = True
+    with watcher.cursor() as cursor:
+        while True:
+            cursor.execute(
+                "SELECT count(*) FROM realtime.webhook_deliveries"
+                " WHERE status = 'pending'"
+            )
+            if not cursor.fetchone()[0]:
+                break
+            await task.deferLater(reactor, 0.05, lambda: None)
     elapsed = time.perf_counter() - started
+    watcher.close()
     await service.stopService()
-    for port in ports:
-        await port.stopListening()
-    unique = sum(len(r.ids) for r in receivers)
+    if options.same_process:
+        seen = await ensureDeferred(_counts_async(reactor, urls))
+        for port in ports:
+            await port.stopListening()
+    else:
+        seen = [counts(url) for url in urls]
+        assert child is not None and child.stdin is not None
+        child.stdin.close()
+        child.wait(10)
     delivered = query(
         database, "SELECT sum(wh_delivered_count) FROM realtime.messages"
     )[0][0]
@@ -154,9 +218,24 @@ async def run(reactor: Any, options: argparse.Namespace, database: str) -> None:
         f"delivered {expected} webhooks in {elapsed:.2f} s:"
         f" {expected / elapsed:.0f} deliveries/s"
         f" (max_in_flight={options.max_in_flight}, per_host={options.per_host},"
-        f" verify={options.verify}; received {sum(r.count for r in receivers)},"
-        f" distinct per receiver {unique}, wh_delivered_count total {delivered})"
+        f" verify={options.verify}, receivers in"
+        f" {'this' if options.same_process else 'a child'} process)"
     )
+    print(
+        f"received {[s['count'] for s in seen]}, distinct ids"
+        f" {[s['distinct'] for s in seen]}, wh_delivered_count total {delivered}"
+    )
+    if any(
+        s["count"] != options.messages or s["distinct"] != options.messages
+        for s in seen
+    ):
+        raise SystemExit("a receiver missed a message or got one twice")
+
+
+async def _counts_async(reactor: Any, urls: list[str]) -> list[dict[str, int]]:
+    from twisted.internet.threads import deferToThread
+
+    return [await deferToThread(counts, url) for url in urls]
 
 
 def main() -> None:
@@ -166,20 +245,35 @@ def main() -> None:
     parser.add_argument("--max-in-flight", type=int, default=64)
     parser.add_argument("--per-host", type=int, default=8)
     parser.add_argument("--verify", action="store_true")
+    parser.add_argument("--same-process", action="store_true")
+    parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
     parser.add_argument(
         "--postgres", default="postgresql://postgres@127.0.0.1:5432/postgres"
     )
     options = parser.parse_args()
+    if options.serve:
+        serve(options.serve, options.verify)
+        return
     name = "realtimed_bench_" + uuid.uuid4().hex[:12]
     admin(options.postgres, f'CREATE DATABASE "{name}"')
     database = urlunsplit(urlsplit(options.postgres)._replace(path="/" + name))
+    child = None
+    if not options.same_process:
+        command = [sys.executable, __file__, "--serve", str(options.receivers)]
+        if options.verify:
+            command.append("--verify")
+        child = subprocess.Popen(
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
     try:
 
         def go(reactor: Any) -> Deferred[None]:
-            return ensureDeferred(run(reactor, options, database))
+            return ensureDeferred(run(reactor, options, database, child))
 
         task.react(go)
     finally:
+        if child is not None and child.poll() is None:
+            child.kill()
         admin(options.postgres, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 

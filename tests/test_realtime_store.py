@@ -255,6 +255,43 @@ class PublisherTests(StoreTestCase):
         self.assertEqual([r[0] for r in self.stored()], ["user:alice"])
 
     @inlineCallbacks
+    def test_callers_in_one_batch(self) -> None:
+        """
+        Within one batch each publish is checked as its own caller, with its
+        own claims and channel name, whether the batch is stored whole or
+        item by item.
+        """
+        run_sql(self.url, OWN_CHANNEL_ONLY)
+        bob = user("bob")
+        for refused in (False, True):
+            publisher = Publisher(self.pool)
+            calls = [
+                (ALICE, "user:alice"),
+                (bob, "user:bob"),
+                (ADMIN_PRINCIPAL, "user:carol"),
+                (bob, "user:bob"),
+                (ALICE, "user:alice"),
+            ]
+            if refused:
+                calls.insert(2, (bob, "user:alice"))
+            results = []
+            for principal, channel in calls:
+                d = publisher.publish(principal, channel, "e", "{}")
+                d.addErrback(lambda f: f.trap(Refused) and f.value.refusal.code)
+                results.append(d)
+            outcomes = yield gatherResults(results)
+            codes = [o if o == REALTIME_UNAUTHORIZED else "stored" for o in outcomes]
+            expected = ["stored"] * len(calls)
+            if refused:
+                expected[2] = REALTIME_UNAUTHORIZED
+            self.assertEqual(codes, expected)
+        self.assertEqual(
+            [(r[0], r[4]) for r in self.stored()],
+            [("user:alice", "alice"), ("user:bob", "bob"), ("user:carol", None), ("user:bob", "bob"),
+             ("user:alice", "alice")] * 2,
+        )
+
+    @inlineCallbacks
     def test_batching(self) -> None:
         """
         Publishes made while a batch is in flight are stored together by one
@@ -304,7 +341,8 @@ class PublisherTests(StoreTestCase):
             "SELECT realtime.publish_batch('[]')",
             "SELECT * FROM realtime.authorize_subscribe('project_admin', '{}', 'orders')",
             "SELECT * FROM realtime.authorize_subscribes('[]')",
-            "SELECT realtime.assume_caller('project_admin', '{}', 'orders')",
+            "SELECT realtime.subscribed_channel('orders')",
+            "SELECT realtime.checked_role('anon')",
         ]:
             for role in ("anon", "authenticated", "project_admin"):
                 with connection.cursor() as cursor:

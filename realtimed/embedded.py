@@ -52,7 +52,8 @@ class EmbeddedPostgres(Service):
     database: str = DATABASE
     url: str | None = field(default=None, init=False)
     _server: Any = field(default=None, init=False)
-    _ready: Deferred[str] | None = field(default=None, init=False)
+    _starting: Deferred[None] | None = field(default=None, init=False)
+    _waiters: list[Deferred[str]] = field(factory=list, init=False)
 
     @property
     def directory(self) -> Path:
@@ -72,22 +73,16 @@ class EmbeddedPostgres(Service):
 
     def whenReady(self) -> Deferred[str]:
         """
-        A Deferred firing with the database URL once the server is up (or
-        failing if it cannot start).
+        A Deferred firing with the database URL once the server is up, or
+        failing if it cannot start.
         """
-        if self._ready is None:
+        if self.url is not None:
+            return succeed(self.url)
+        if self._starting is None:
             return fail(EmbeddedNotStarted())
-        result: Deferred[str] = Deferred()
-
-        def passOn(outcome: Any) -> Any:
-            if isinstance(outcome, Failure):
-                result.errback(outcome)
-            else:
-                result.callback(outcome)
-            return outcome
-
-        self._ready.addBoth(passOn)
-        return result
+        waiter: Deferred[str] = Deferred()
+        self._waiters.append(waiter)
+        return waiter
 
     def start(self) -> Deferred[str]:
         """
@@ -96,41 +91,56 @@ class EmbeddedPostgres(Service):
 
         @return: A Deferred firing with the database URL.
         """
-        if self._ready is not None:
+        if self._starting is not None:
             return self.whenReady()
         log.info("Starting embedded PostgreSQL in {directory}", directory=str(self.directory))
-        self._ready = deferToThreadPool(self.reactor, self.reactor.getThreadPool(), self._startBlocking)
+        d: Deferred[Any] = deferToThreadPool(
+            self.reactor, self.reactor.getThreadPool(), self._startBlocking
+        )
+        self._starting = d
+        waiter = self.whenReady()
 
-        def ready(url: str) -> str:
+        def ready(url: str) -> None:
             self.url = url
             log.info("Embedded PostgreSQL ready at {url}", url=redact_dsn(url))
-            return url
+            self._settle(url)
 
-        def failed(reason: Failure) -> Failure:
-            self._ready = None
-            return reason
+        def failed(reason: Failure) -> None:
+            self._starting = None
+            self._settle(reason)
 
-        self._ready.addCallbacks(ready, failed)
-        return self.whenReady()
+        d.addCallbacks(ready, failed)
+        d.addErrback(lambda f: log.failure("Starting the embedded PostgreSQL failed", f))
+        return waiter
+
+    def _settle(self, outcome: str | Failure) -> None:
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if isinstance(outcome, Failure):
+                waiter.errback(outcome)
+            else:
+                waiter.callback(outcome)
 
     def stop(self) -> Deferred[None]:
         """
-        Stop the server (unless another process still uses it).
+        Stop the server (unless another process still uses it), once any
+        start under way has finished.
         """
-        if self._ready is None:
-            return succeed(None)
-        starting, self._ready = self._ready, None
+        starting, self._starting = self._starting, None
         self.url = None
+        if starting is None:
+            return succeed(None)
         d: Deferred[Any] = Deferred()
+        starting.addBoth(lambda _: d.callback(None))
 
         def stopNow(_: object) -> Deferred[None]:
+            self.url = None
             server, self._server = self._server, None
             if server is None:
                 return succeed(None)
             log.info("Stopping embedded PostgreSQL in {directory}", directory=str(self.directory))
             return deferToThreadPool(self.reactor, self.reactor.getThreadPool(), server.cleanup)
 
-        starting.addBoth(lambda outcome: d.callback(None))
         d.addCallback(stopNow)
         d.addErrback(lambda f: log.failure("Stopping the embedded PostgreSQL failed", f))
         return d

@@ -91,3 +91,23 @@ class EmbeddedPostgresTests(TestCase):
         self.failureResultOf(service.whenReady(), EmbeddedNotStarted)
         self.assertIsNone(service.url)
         self.successResultOf(service.stop())
+
+    @inlineCallbacks
+    def test_start_fails(self) -> Any:
+        """
+        When the server cannot start, C{start} and every C{whenReady} fail
+        with the reason (left to the caller to report), and starting may be
+        tried again.
+        """
+        blocker = Path(self.data_dir) / "file"
+        blocker.write_text("not a directory")
+        service = EmbeddedPostgres(reactor, str(blocker / "data"))
+        waiting = service.start()
+        also = service.whenReady()
+        yield self.assertFailure(waiting, OSError)
+        yield self.assertFailure(also, OSError)
+        self.assertIsNone(service.url)
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 0)
+        yield self.assertFailure(service.start(), OSError)
+        yield service.stop()
+

@@ -36,7 +36,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 from typing import Protocol as TypingProtocol
 
-import psycopg2
 from attrs import define, field, frozen
 from twisted.application.service import Service
 from twisted.internet.defer import (
@@ -69,11 +68,17 @@ from twisted.web.client import URI, Agent, HTTPConnectionPool
 from twisted.web.error import SchemeNotSupported
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgentEndpointFactory, IResponse
-from txpostgres.txpostgres import Connection
 from zope.interface import implementer
 
 from realtimed.config import Config
 from realtimed.signing import decode_webhook_secret
+from realtimed.store.pool import (
+    CONNECT_TIMEOUT,
+    TCP_KEEPALIVES,
+    DatabaseConnection,
+    is_disconnect,
+    open_connection,
+)
 from realtimed.webhook_policy import (
     RetryPolicy,
     Verdict,
@@ -186,6 +191,7 @@ class CheckedEndpoint:
             endpoint = TCP4ClientEndpoint(
                 self.reactor, address.host, self.port, timeout=self.connect_timeout
             )
+        endpoint = _NoDelay(endpoint)
         if self.tls_hostname is not None:
             from twisted.internet.ssl import optionsForClientTLS
 
@@ -193,6 +199,31 @@ class CheckedEndpoint:
         d = endpoint.connect(factory)
         d.addErrback(lambda f: self._try(addresses, factory, f))
         return d
+
+
+@implementer(IStreamClientEndpoint)
+@frozen
+class _NoDelay:
+    """
+    Turns Nagle's algorithm off on the connections of a TCP endpoint.  A
+    request goes out in several writes (head, then body); with Nagle on,
+    the body waits for the receiver to acknowledge the head, which a
+    delayed ACK holds back for tens of milliseconds.
+    """
+
+    endpoint: Any
+
+    def connect(self, factory: IProtocolFactory) -> Deferred[IProtocol]:
+        d: Deferred[Any] = self.endpoint.connect(factory)
+        d.addCallback(_no_delay)
+        return d
+
+
+def _no_delay(protocol: Any) -> Any:
+    transport = getattr(protocol, "transport", None)
+    if transport is not None and hasattr(transport, "setTcpNoDelay"):
+        transport.setTcpNoDelay(True)
+    return protocol
 
 
 @implementer(IAgentEndpointFactory)
@@ -311,31 +342,34 @@ def _read_answer(response: IResponse) -> Deferred[Answer]:
 @define(eq=False)
 class _Database:
     """
-    One txpostgres connection (which runs its statements one after the
-    other), opened when first used and opened again after it breaks.
+    One connection (which runs its statements one after the other), opened
+    when first used and opened again after the server dropped it.
 
     @ivar on_notify: If given, the connection LISTENs on `NOTIFY_CHANNEL`
-        and calls it for each notification.
+        and calls it for each notification, and once the connection was
+        lost (so that whatever was notified meanwhile is looked for).
+    @ivar setup: Statements run on each new connection.
     """
 
     reactor: Any
     dsn: str
     on_notify: Callable[[], None] | None = None
     setup: Sequence[str] = ()
-    _connection: Connection | None = field(default=None, init=False)
-    _connecting: Deferred[Connection] | None = field(default=None, init=False)
+    _connection: DatabaseConnection | None = field(default=None, init=False)
+    _connecting: Deferred[DatabaseConnection] | None = field(default=None, init=False)
     _closed: bool = field(default=False, init=False)
 
-    def connected(self) -> Deferred[Connection]:
+    def connected(self) -> Deferred[DatabaseConnection]:
         if self._closed:
             return fail(RuntimeError("the webhook database connection is closed"))
-        if self._connection is not None:
+        if self._connection is not None and self._connection.isOpen:
             return succeed(self._connection)
+        self._connection = None
         if self._connecting is None:
             self._connecting = self._connect()
-        waiting: Deferred[Connection] = Deferred()
+        waiting: Deferred[DatabaseConnection] = Deferred()
 
-        def connected(connection: Connection) -> Connection:
+        def connected(connection: DatabaseConnection) -> DatabaseConnection:
             waiting.callback(connection)
             return connection
 
@@ -346,18 +380,29 @@ class _Database:
         self._connecting.addCallbacks(connected, failed)
         return waiting
 
-    def _connect(self) -> Deferred[Connection]:
-        connection = Connection(reactor=self.reactor)
-        d: Deferred[Any] = connection.connect(self.dsn)
-        for statement in self.setup:
-            d.addCallback(_then_run, connection, statement)
-        if self.on_notify is not None:
-            notify = self.on_notify
-            d.addCallback(lambda _: connection.runOperation(f"LISTEN {NOTIFY_CHANNEL}"))
-            d.addCallback(lambda _: connection.addNotifyObserver(lambda n: notify()))
+    def _connect(self) -> Deferred[DatabaseConnection]:
+        d: Deferred[Any] = open_connection(
+            self.reactor, self.dsn, CONNECT_TIMEOUT, **TCP_KEEPALIVES
+        )
+        opened: list[DatabaseConnection] = []
 
-        def ready(_: object) -> Connection:
+        def prepare(connection: DatabaseConnection) -> Deferred[None]:
+            opened.append(connection)
+            connection.lost = lambda reason: self._lost(connection)
+            setup: Deferred[Any] = succeed(None)
+            for statement in self.setup:
+                setup.addCallback(_then_run, connection, statement)
+            if self.on_notify is not None:
+                notify = self.on_notify
+                setup.addCallback(_then_run, connection, f"LISTEN {NOTIFY_CHANNEL}")
+                setup.addCallback(
+                    lambda _: connection.addNotifyObserver(lambda n: notify())
+                )
+            return setup
+
+        def ready(_: object) -> DatabaseConnection:
             self._connecting = None
+            connection = opened[0]
             if self._closed:
                 connection.close()
                 raise RuntimeError("the webhook database connection is closed")
@@ -366,33 +411,40 @@ class _Database:
 
         def failed(f: Failure) -> Failure:
             self._connecting = None
-            _close_quietly(connection)
+            for connection in opened:
+                _close_quietly(connection)
             return f
 
+        d.addCallback(prepare)
         d.addCallbacks(ready, failed)
         return d
+
+    def _lost(self, connection: DatabaseConnection) -> None:
+        if self._connection is not connection:
+            return
+        self._connection = None
+        if not self._closed:
+            log.info("The webhook service lost a database connection; reconnecting")
+            if self.on_notify is not None:
+                self.on_notify()
 
     def run_query(
         self, sql: str, params: Any = None
     ) -> Deferred[list[tuple[Any, ...]]]:
-        d = self.connected()
+        d: Deferred[Any] = self.connected()
         d.addCallback(lambda c: c.runQuery(sql, params))
         d.addErrback(self._forget_if_broken)
         return d
 
     def run_operation(self, sql: str, params: Any = None) -> Deferred[None]:
-        d = self.connected()
+        d: Deferred[Any] = self.connected()
         d.addCallback(lambda c: c.runOperation(sql, params))
         d.addErrback(self._forget_if_broken)
         return d
 
     def _forget_if_broken(self, f: Failure) -> Failure:
         connection = self._connection
-        if connection is not None and (
-            f.check(psycopg2.InterfaceError, psycopg2.OperationalError)
-            or connection._connection is None
-            or connection._connection.closed
-        ):
+        if connection is not None and (is_disconnect(f) or not connection.isOpen):
             self._connection = None
             _close_quietly(connection)
         return f
@@ -1044,11 +1096,13 @@ class WebhookService(Service):
         )
 
 
-def _then_run(_: object, connection: Connection, statement: str) -> Deferred[None]:
+def _then_run(
+    _: object, connection: DatabaseConnection, statement: str
+) -> Deferred[None]:
     return connection.runOperation(statement)  # type: ignore[no-any-return]
 
 
-def _close_quietly(connection: Connection) -> None:
+def _close_quietly(connection: DatabaseConnection) -> None:
     try:
         connection.close()
     except Exception:  # noqa: BLE001 (a broken connection may fail to close)

@@ -236,6 +236,18 @@ class WebhookTestCase(TestCase):
                 self.fail(f"timed out waiting for {what or condition}")
             yield deferLater(reactor, 0.05, lambda: None)
 
+    def listening(self) -> bool:
+        """
+        Whether a service's claiming connection has LISTENed (it does so
+        before its first claim).
+        """
+        rows = run_sql(
+            self.database,
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+            " AND (query LIKE 'LISTEN%%' OR query LIKE 'EXECUTE webhook_claim%%')",
+        )
+        return bool(rows[0][0])
+
     def settled(self) -> bool:
         """
         Whether no delivery is pending.
@@ -589,6 +601,34 @@ class DurabilityTests(WebhookTestCase):
         )
 
     @inlineCallbacks
+    def test_database_connections_lost(self) -> Any:
+        """
+        When the database drops the service's connections, the service
+        connects again, LISTENs again, and carries on delivering (no
+        polling here: the notification must arrive).
+        """
+        receiver = Receiver()
+        port = self.listen(receiver)
+        self.channel("room:*", f"http://127.0.0.1:{port}/")
+        self.service(poll_interval=3600.0)
+        first = self.publish("room:1")
+        yield self.wait_for(lambda: receiver.ids() == [first])
+        run_sql(
+            self.database,
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        )
+        yield self.wait_for(lambda: bool(self.logged("lost a database connection")))
+        yield self.wait_for(
+            self.listening,
+            what="LISTEN again",
+        )
+        second = self.publish("room:1")
+        yield self.wait_for(self.settled)
+        self.assertEqual(receiver.ids(), [first, second])
+        self.assertEqual(self.counts(second), (1, 1))
+
+    @inlineCallbacks
     def test_wake(self) -> Any:
         """
         Without polling or LISTEN, wake() makes the service look at once.
@@ -616,14 +656,7 @@ class DurabilityTests(WebhookTestCase):
         self.service(poll_interval=3600.0)
         # The claiming connection LISTENs before its first claim.
         yield self.wait_for(
-            lambda: (
-                run_sql(
-                    self.database,
-                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-                    " AND (query LIKE 'LISTEN%%' OR query LIKE 'EXECUTE webhook_claim%%')",
-                )[0][0]
-                > 0
-            ),
+            self.listening,
             what="LISTEN",
         )
         message_id = self.publish("room:1")

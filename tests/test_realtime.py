@@ -1,6 +1,6 @@
 """
-End-to-end tests of realtime channels: a real realtimed (real PostgreSQL,
-real port) and python-socketio's client.
+End-to-end tests of realtime channels: a real realtimed (the daemon's
+service, real PostgreSQL, real port) and python-socketio's client.
 
 python-socketio's client blocks, so each client call runs in a thread
 (`deferToThread`) while the reactor serves.
@@ -9,6 +9,7 @@ python-socketio's client blocks, so each client call runs in a thread
 from __future__ import annotations
 
 import base64
+import io
 import json
 import queue
 import time
@@ -19,18 +20,13 @@ import jwt
 import socketio
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
-from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
-from twisted.web.resource import Resource
-from twisted.web.server import Site
 
-from realtimed.engineio.server import SocketIOServer
+from realtimed.config import load
 from realtimed.keys import Keys
 from realtimed.realtime import Realtime
-from realtimed.store.listener import MessageListener
-from realtimed.store.migrations import migrate
-from realtimed.store.pool import ConnectionPool
+from realtimed.service import RealtimeService
 from tests.support import create_database, run_sql
 
 KEYS = Keys(
@@ -64,49 +60,43 @@ def alg_none_token(sub: str) -> str:
 
 class Daemon:
     """
-    One realtimed process's worth of parts, wired as the daemon wires them,
-    serving Socket.IO on a loopback port.
+    A realtimed daemon (the service C{twistd realtimed} runs) in this
+    process, on a loopback port chosen by the system.
     """
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, data_dir: str) -> None:
         self.url = url
+        self.data_dir = data_dir
 
     @inlineCallbacks
     def start(self) -> Any:
-        yield migrate(reactor, self.url)
-        self.pool = ConnectionPool(reactor, self.url)
-        yield self.pool.start()
-        self.socketio = SocketIOServer(reactor, ping_interval=5, ping_timeout=5)
-        self.realtime = Realtime(
-            namespace=self.socketio.namespace("/"),
-            pool=self.pool,
-            keys=KEYS,
-            clock=reactor,
-            audience_interval=0.1,
+        config = load(
+            {
+                "port": ("tcp:0:interface=127.0.0.1",),
+                "database-url": self.url,
+                "data-dir": self.data_dir,
+                "jwt-secret": KEYS.jwt_secret,
+                "api-key": KEYS.api_key,
+                "anon-key": KEYS.anon_key,
+                "webhook-secret": KEYS.webhook_secret,
+            },
+            {},
         )
-        self.realtime.startService()
-        self.listener = MessageListener(reactor, self.url, self.realtime.deliver)
-        self.listener.startService()
-        root = Resource()
-        root.putChild(b"socket.io", self.socketio.resource())
-        self.port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(Site(root))
-        deadline = time.monotonic() + PATIENCE
-        while not self.listener.connected:
-            if time.monotonic() > deadline:
-                raise RuntimeError("the listener did not connect")
-            yield sleep(0.02)
+        self.service = RealtimeService(config, reactor, out=io.StringIO(), stop_on_failure=False)
+        self.service.startService()
+        yield self.service.ready
         return self
 
     @property
-    def address(self) -> str:
-        return f"http://127.0.0.1:{self.port.getHost().port}"
+    def realtime(self) -> Realtime:
+        return self.service.realtime
 
-    @inlineCallbacks
-    def stop(self) -> Any:
-        yield self.port.stopListening()
-        self.listener.stopService()
-        yield self.realtime.stopService()
-        self.pool.close()
+    @property
+    def address(self) -> str:
+        return f"http://127.0.0.1:{self.service.ports[0].getHost().port}"
+
+    def stop(self) -> Deferred[None]:
+        return self.service.stopService()
 
 
 def sleep(seconds: float) -> Deferred[None]:
@@ -250,7 +240,7 @@ class RealtimeTestCase(TestCase):
 
     @inlineCallbacks
     def start_daemon(self) -> Any:
-        daemon = Daemon(self.url)
+        daemon = Daemon(self.url, self.mktemp())
         yield daemon.start()
         self.addCleanup(daemon.stop)
         return daemon

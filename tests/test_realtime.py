@@ -89,11 +89,14 @@ class Daemon:
 
     @property
     def realtime(self) -> Realtime:
-        return self.service.realtime
+        realtime = self.service.realtime
+        assert realtime is not None
+        return realtime
 
     @property
     def address(self) -> str:
-        return f"http://127.0.0.1:{self.service.ports[0].getHost().port}"
+        port: Any = self.service.ports[0]
+        return f"http://127.0.0.1:{port.getHost().port}"
 
     def stop(self) -> Deferred[None]:
         return self.service.stopService()
@@ -101,7 +104,8 @@ class Daemon:
 
 def sleep(seconds: float) -> Deferred[None]:
     d: Deferred[None] = Deferred()
-    reactor.callLater(seconds, d.callback, None)
+    clock: Any = reactor
+    clock.callLater(seconds, d.callback, None)
     return d
 
 
@@ -143,7 +147,7 @@ class EventLog:
         Wait C{timeout}; the events (named C{name}) received meanwhile.
         """
         time.sleep(timeout)
-        got = []
+        got: list[tuple[str, Any]] = []
         while True:
             try:
                 event, data = self.events.get_nowait()
@@ -291,7 +295,7 @@ class RealtimeTestCase(TestCase):
 
 class ConnectTests(RealtimeTestCase):
     @inlineCallbacks
-    def test_credentials(self) -> None:
+    def test_credentials(self) -> Any:
         """
         A JWT, the anon key or the API key in the auth payload, or a JWT in
         the handshake's Authorization header, connect.
@@ -304,7 +308,7 @@ class ConnectTests(RealtimeTestCase):
         self.assertEqual(ack["presence"]["members"][0]["presenceId"], "bob")
 
     @inlineCallbacks
-    def test_refusals(self) -> None:
+    def test_refusals(self) -> Any:
         """
         No credential, a bad signature, an expired token and an unsigned
         (C{alg: none}) token are refused with a connect_error that says why.
@@ -325,7 +329,7 @@ class ConnectTests(RealtimeTestCase):
 
 class ConnectionExampleTests(RealtimeTestCase):
     @inlineCallbacks
-    def test_flow(self) -> None:
+    def test_flow(self) -> Any:
         """
         The reference's Connection Example: subscribe with an ack, publish,
         receive the message in the documented structure, unsubscribe, and
@@ -391,7 +395,7 @@ class ConnectionExampleTests(RealtimeTestCase):
         self.assertEqual((yield self.call(client.no_event, "order.created")), [])
 
     @inlineCallbacks
-    def test_lower_case_spellings(self) -> None:
+    def test_lower_case_spellings(self) -> Any:
         """
         C{realtime:subscribe}, C{realtime:publish} and
         C{realtime:unsubscribe} are the same events.
@@ -411,7 +415,7 @@ class ConnectionExampleTests(RealtimeTestCase):
 
 class UseCaseTests(RealtimeTestCase):
     @inlineCallbacks
-    def test_chat(self) -> None:
+    def test_chat(self) -> Any:
         """
         The chat use case: two users in C{chat:room123} (owned by the
         C{chat:*} channel) both receive a message, the publisher included,
@@ -448,7 +452,7 @@ class UseCaseTests(RealtimeTestCase):
         )
 
     @inlineCallbacks
-    def test_todos(self) -> None:
+    def test_todos(self) -> Any:
         """
         The database use case: a C{todos} table tracked with
         C{realtime.track_table}; an INSERT, UPDATE and DELETE in SQL reach
@@ -481,7 +485,7 @@ class UseCaseTests(RealtimeTestCase):
             self.assertEqual((message["senderType"], message["senderId"]), ("system", None))
 
     @inlineCallbacks
-    def test_row_template_and_pattern(self) -> None:
+    def test_row_template_and_pattern(self) -> Any:
         """
         A table tracked on C{order:{id}} publishes each row's changes on its
         own name; a subscriber to that name and one to the pattern
@@ -507,7 +511,7 @@ class UseCaseTests(RealtimeTestCase):
 
 
     @inlineCallbacks
-    def test_large_message(self) -> None:
+    def test_large_message(self) -> Any:
         """
         A message too large to travel inside a NOTIFY is still delivered
         whole.
@@ -523,7 +527,7 @@ class UseCaseTests(RealtimeTestCase):
         self.assertEqual((message["messageId"], message["payload"]), (ack["messageId"], payload))
 
     @inlineCallbacks
-    def test_publish_under_pattern(self) -> None:
+    def test_publish_under_pattern(self) -> Any:
         """
         A socket subscribed to the pattern C{chat:*} may publish on any name
         it covers, and receives its own message once.
@@ -541,7 +545,7 @@ class UseCaseTests(RealtimeTestCase):
 
 class RefusalTests(RealtimeTestCase):
     @inlineCallbacks
-    def test_subscribe_refusals(self) -> None:
+    def test_subscribe_refusals(self) -> Any:
         """
         Subscribing to a name no channel owns, to a disabled channel, or as
         anon under the default policies is refused with
@@ -574,7 +578,7 @@ class RefusalTests(RealtimeTestCase):
         )
 
     @inlineCallbacks
-    def test_publish_refusals(self) -> None:
+    def test_publish_refusals(self) -> Any:
         """
         Publishing before subscribing is REALTIME_NOT_SUBSCRIBED; publishing
         the database's or Socket.IO's reserved event names is INVALID_INPUT;
@@ -599,7 +603,7 @@ class RefusalTests(RealtimeTestCase):
         self.assertEqual(self.sql("SELECT count(*) FROM realtime.messages"), [(0,)])
 
     @inlineCallbacks
-    def test_malformed(self) -> None:
+    def test_malformed(self) -> Any:
         """
         Malformed data for each event, in each spelling, is INVALID_INPUT,
         in the ack or as C{realtime:error}.
@@ -633,7 +637,7 @@ class RefusalTests(RealtimeTestCase):
 
 class PolicyTests(RealtimeTestCase):
     @inlineCallbacks
-    def test_own_user_channel(self) -> None:
+    def test_own_user_channel(self) -> Any:
         """
         Custom restrictive policies, written with C{realtime.channel_name()}
         and the JWT claims, are obeyed: users may subscribe only to
@@ -700,7 +704,7 @@ class PolicyTests(RealtimeTestCase):
 
 class TwoProcessTests(RealtimeTestCase):
     @inlineCallbacks
-    def test_publish_and_database_event_cross_processes(self) -> None:
+    def test_publish_and_database_event_cross_processes(self) -> Any:
         """
         With two realtimed on one database, a subscriber on one receives a
         publish made on the other and a database event, exactly once each,
@@ -746,7 +750,7 @@ class TwoProcessTests(RealtimeTestCase):
 
 class PresenceTests(RealtimeTestCase):
     @inlineCallbacks
-    def test_join_second_socket_leave(self) -> None:
+    def test_join_second_socket_leave(self) -> Any:
         """
         A member's join is announced to those present; a second socket of
         the same user adds no member and no join; the user leaves when its
@@ -787,7 +791,7 @@ class PresenceTests(RealtimeTestCase):
         self.assertEqual(leave["member"]["type"], "anonymous")
 
     @inlineCallbacks
-    def test_disconnect_cleans_up(self) -> None:
+    def test_disconnect_cleans_up(self) -> Any:
         """
         A disconnected socket leaves every channel it was in and is no
         longer delivered to.

@@ -99,7 +99,7 @@ class TwoDaemonsTests(TestCase):
         return process
 
     @inlineCallbacks
-    def test_exactly_once_in_order(self) -> None:
+    def test_exactly_once_in_order(self) -> Any:
         """
         Publishes made through one daemon and messages published by SQL
         reach the subscribers of both daemons exactly once, in the same

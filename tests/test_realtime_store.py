@@ -87,7 +87,7 @@ class StoreTestCase(TestCase):
 
 class AuthorizeSubscribeTests(StoreTestCase):
     @inlineCallbacks
-    def test_default_policies(self) -> None:
+    def test_default_policies(self) -> Any:
         """
         With the installed policies an authenticated user may subscribe to a
         name an enabled channel owns, and gets the owning row's id; anon may
@@ -102,7 +102,7 @@ class AuthorizeSubscribeTests(StoreTestCase):
         )
 
     @inlineCallbacks
-    def test_no_enabled_channel(self) -> None:
+    def test_no_enabled_channel(self) -> Any:
         """
         A name no channel owns, a disabled channel, and a pattern that is not
         a row's pattern are refused, for admins too.
@@ -114,7 +114,7 @@ class AuthorizeSubscribeTests(StoreTestCase):
                 self.assertIn("No enabled channel", refusal.message)
 
     @inlineCallbacks
-    def test_pattern(self) -> None:
+    def test_pattern(self) -> Any:
         """
         A row's pattern, exactly, may be subscribed to.
         """
@@ -122,7 +122,7 @@ class AuthorizeSubscribeTests(StoreTestCase):
         self.assertEqual(channel_id, self.channel_id("chat:*"))
 
     @inlineCallbacks
-    def test_admin_trusted(self) -> None:
+    def test_admin_trusted(self) -> Any:
         """
         The admin is not checked against policies (there are none for its
         role).
@@ -131,7 +131,7 @@ class AuthorizeSubscribeTests(StoreTestCase):
         self.assertEqual(channel_id, self.channel_id("orders"))
 
     @inlineCallbacks
-    def test_custom_policy(self) -> None:
+    def test_custom_policy(self) -> Any:
         """
         A policy reading C{realtime.channel_name()} and the claims decides:
         a user may subscribe to its own C{user:<sub>} only.
@@ -144,7 +144,7 @@ class AuthorizeSubscribeTests(StoreTestCase):
         self.assertEqual(refusal.code, REALTIME_UNAUTHORIZED)
 
     @inlineCallbacks
-    def test_quotes_are_data(self) -> None:
+    def test_quotes_are_data(self) -> Any:
         """
         Whatever a channel name holds, it is a parameter: quotes do not
         change the statement.
@@ -157,7 +157,7 @@ class AuthorizeSubscribeTests(StoreTestCase):
 
 
     @inlineCallbacks
-    def test_batched(self) -> None:
+    def test_batched(self) -> Any:
         """
         Subscribes asked for while a batch is being decided are decided
         together by one statement; one whose policy fails with an error is
@@ -203,7 +203,7 @@ class PublisherTests(StoreTestCase):
         )
 
     @inlineCallbacks
-    def test_store(self) -> None:
+    def test_store(self) -> Any:
         """
         A publish is stored with the sender from the principal, the owning
         channel's id and the payload, under the id it answers with.
@@ -227,7 +227,7 @@ class PublisherTests(StoreTestCase):
         )
 
     @inlineCallbacks
-    def test_refusals(self) -> None:
+    def test_refusals(self) -> Any:
         """
         Anon cannot publish under the default policies; a name without an
         enabled channel is refused; neither stores anything.
@@ -242,7 +242,7 @@ class PublisherTests(StoreTestCase):
         self.assertEqual(self.stored(), [])
 
     @inlineCallbacks
-    def test_custom_policy(self) -> None:
+    def test_custom_policy(self) -> Any:
         """
         An INSERT policy on messages reading the claims and
         C{realtime.channel_name()} decides publishes.
@@ -255,7 +255,7 @@ class PublisherTests(StoreTestCase):
         self.assertEqual([r[0] for r in self.stored()], ["user:alice"])
 
     @inlineCallbacks
-    def test_callers_in_one_batch(self) -> None:
+    def test_callers_in_one_batch(self) -> Any:
         """
         Within one batch each publish is checked as its own caller, with its
         own claims and channel name, whether the batch is stored whole or
@@ -292,7 +292,7 @@ class PublisherTests(StoreTestCase):
         )
 
     @inlineCallbacks
-    def test_batching(self) -> None:
+    def test_batching(self) -> Any:
         """
         Publishes made while a batch is in flight are stored together by one
         statement, in the order they were made; a refused one does not stop
@@ -313,7 +313,7 @@ class PublisherTests(StoreTestCase):
         self.assertEqual([r[2]["i"] for r in self.stored()], [i for i in range(20) if i != 7])
 
     @inlineCallbacks
-    def test_database_failure(self) -> None:
+    def test_database_failure(self) -> Any:
         """
         An item the database fails on is answered with INTERNAL_ERROR, the
         others in its batch are stored.
@@ -354,7 +354,7 @@ class PublisherTests(StoreTestCase):
 
 class AudienceCounterTests(StoreTestCase):
     @inlineCallbacks
-    def test_flush(self) -> None:
+    def test_flush(self) -> Any:
         """
         Counts gathered for several messages are added to
         C{ws_audience_count} by one statement when the interval has passed,

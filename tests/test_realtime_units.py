@@ -6,6 +6,7 @@ and L{realtimed.client_events}.
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -140,7 +141,7 @@ class ParseTests(SynchronousTestCase):
         Malformed data is refused with INVALID_INPUT and says what is wrong;
         the channel is echoed only when it was a string.
         """
-        cases = [
+        cases: list[tuple[str, list[Any], str | None, str]] = [
             (SUBSCRIBE, [], None, "data must be an object"),
             (SUBSCRIBE, ["orders"], None, "data must be an object"),
             (SUBSCRIBE, [None], None, "data must be an object"),

@@ -16,7 +16,8 @@ from importlib import resources
 from attrs import frozen
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.logger import Logger
-from txpostgres.txpostgres import Connection
+
+from realtimed.store.pool import open_connection
 
 log = Logger()
 
@@ -68,8 +69,7 @@ def migrate(reactor, dsn: str, migrations: list[Migration] | None = None) -> Def
     """
     if migrations is None:
         migrations = available_migrations()
-    connection = Connection(reactor=reactor)
-    yield connection.connect(dsn)
+    connection = yield open_connection(reactor, dsn)
     applied: list[int] = []
     try:
         yield connection.runOperation("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK,))

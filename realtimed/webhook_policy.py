@@ -92,16 +92,19 @@ class RetryPolicy:
         @param age: Seconds since the delivery was queued.
         @param jitter: A random number in [0, 1).
         @param retry_after: The receiver's C{Retry-After}, in seconds from
-            now, if it gave a usable one; it replaces the backoff (and a
-            wait beyond the horizon means no further attempt).
+            now, if it gave a usable one: the next attempt is no sooner
+            (and a wait beyond the horizon means no further attempt).
         """
         remaining = self.horizon - age
         if remaining <= 0:
             return None
-        if retry_after is not None:
-            delay = max(0.0, retry_after)
-            return delay if delay <= remaining else None
         delay = min(max(jitter, 0.0), 1.0) * self.ceiling(attempts)
+        if retry_after is not None:
+            if retry_after > remaining:
+                return None
+            # Not sooner than asked; and a receiver that keeps asking for
+            # no wait at all still gets the backoff, not a busy loop.
+            delay = max(delay, retry_after)
         return min(delay, remaining)
 
 

@@ -277,6 +277,9 @@ def webhook_http_client(
 
     pool = HTTPConnectionPool(reactor, persistent=True)
     pool.maxPersistentPerHost = per_host
+    # Idle connections are dropped before most servers' keep-alive timeouts
+    # would drop them under a request.
+    pool.cachedConnectionTimeout = 30
     pool.retryAutomatically = False
     agent = Agent.usingEndpointFactory(
         reactor,

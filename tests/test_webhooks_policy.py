@@ -84,11 +84,40 @@ class RetryPolicyTests(SynchronousTestCase):
 
     def test_retry_after(self) -> None:
         """
-        A Retry-After replaces the backoff, unless it asks for a wait past
-        the horizon.
+        A Retry-After puts the next attempt off to no sooner than asked,
+        unless it asks for a wait past the horizon.
         """
         self.assertEqual(self.policy.next_delay(1, 0.0, 0.0, retry_after=120.0), 120.0)
         self.assertIsNone(self.policy.next_delay(1, 86000.0, 0.0, retry_after=600.0))
+
+    def test_retry_after_zero(self) -> None:
+        """
+        A Retry-After of 0 does not make the retries any quicker than the
+        backoff.
+        """
+        self.assertEqual(self.policy.next_delay(5, 0.0, 0.5, retry_after=0.0), 16.0)
+
+    @given(
+        attempts=st.integers(min_value=1, max_value=100),
+        age=st.floats(min_value=0, max_value=90_000),
+        jitter=st.floats(min_value=0, max_value=1, exclude_max=True),
+        retry_after=st.floats(min_value=0, max_value=200_000),
+    )
+    def test_retry_after_bounds(
+        self, attempts: int, age: float, jitter: float, retry_after: float
+    ) -> None:
+        """
+        With a Retry-After, the next attempt is never sooner than asked,
+        never later than the horizon, and is given up exactly when the
+        wait asked for goes past the horizon.
+        """
+        delay = self.policy.next_delay(attempts, age, jitter, retry_after)
+        if age >= self.policy.horizon or age + retry_after > self.policy.horizon:
+            self.assertIsNone(delay)
+            return
+        assert delay is not None
+        self.assertGreaterEqual(delay, retry_after)
+        self.assertLessEqual(age + delay, self.policy.horizon + 1e-6)
 
     @given(
         attempts=st.integers(min_value=0, max_value=10_000),

@@ -72,8 +72,7 @@ class Receiver(Resource):
         body = request.content.read()
         if self.webhook is not None:
             headers = {
-                k.decode(): v[0].decode()
-                for k, v in request.requestHeaders.getAllRawHeaders()
+                k.decode(): v[0].decode() for k, v in request.requestHeaders.getAllRawHeaders()
             }
             self.webhook.verify(body, headers)
         self.count += 1
@@ -149,9 +148,7 @@ async def run(
     await migrate(reactor, database)
     if options.same_process:
         ports = [
-            reactor.listenTCP(
-                0, QuietSite(Receiver(options.verify)), interface="127.0.0.1"
-            )
+            reactor.listenTCP(0, QuietSite(Receiver(options.verify)), interface="127.0.0.1")
             for _ in range(options.receivers)
         ]
         numbers = [p.getHost().port for p in ports]
@@ -189,8 +186,7 @@ async def run(
     with watcher.cursor() as cursor:
         while True:
             cursor.execute(
-                "SELECT count(*) FROM realtime.webhook_deliveries"
-                " WHERE status = 'pending'"
+                "SELECT count(*) FROM realtime.webhook_deliveries WHERE status = 'pending'"
             )
             if not cursor.fetchone()[0]:
                 break
@@ -207,9 +203,7 @@ async def run(
         assert child is not None and child.stdin is not None
         child.stdin.close()
         child.wait(10)
-    delivered = query(
-        database, "SELECT sum(wh_delivered_count) FROM realtime.messages"
-    )[0][0]
+    delivered = query(database, "SELECT sum(wh_delivered_count) FROM realtime.messages")[0][0]
     print(
         f"published {options.messages} messages x {options.receivers} webhook URLs"
         f" in {published:.2f} s"
@@ -225,10 +219,7 @@ async def run(
         f"received {[s['count'] for s in seen]}, distinct ids"
         f" {[s['distinct'] for s in seen]}, wh_delivered_count total {delivered}"
     )
-    if any(
-        s["count"] != options.messages or s["distinct"] != options.messages
-        for s in seen
-    ):
+    if any(s["count"] != options.messages or s["distinct"] != options.messages for s in seen):
         raise SystemExit("a receiver missed a message or got one twice")
 
 
@@ -247,9 +238,7 @@ def main() -> None:
     parser.add_argument("--verify", action="store_true")
     parser.add_argument("--same-process", action="store_true")
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
-    parser.add_argument(
-        "--postgres", default="postgresql://postgres@127.0.0.1:5432/postgres"
-    )
+    parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432/postgres")
     options = parser.parse_args()
     if options.serve:
         serve(options.serve, options.verify)
@@ -262,9 +251,7 @@ def main() -> None:
         command = [sys.executable, __file__, "--serve", str(options.receivers)]
         if options.verify:
             command.append("--verify")
-        child = subprocess.Popen(
-            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-        )
+        child = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
 
         def go(reactor: Any) -> Deferred[None]:

@@ -170,9 +170,7 @@ class CheckedEndpoint:
             for address in addresses:
                 reason = address_refusal(address.host)
                 if reason is not None:
-                    raise UnsafeAddress(
-                        f"{self.host} resolves to {address.host}: {reason}"
-                    )
+                    raise UnsafeAddress(f"{self.host} resolves to {address.host}: {reason}")
         return self._try(list(addresses), factory, None)
 
     def _try(
@@ -398,9 +396,7 @@ class _Database:
             if self.on_notify is not None:
                 notify = self.on_notify
                 setup.addCallback(_then_run, connection, f"LISTEN {NOTIFY_CHANNEL}")
-                setup.addCallback(
-                    lambda _: connection.addNotifyObserver(lambda n: notify())
-                )
+                setup.addCallback(lambda _: connection.addNotifyObserver(lambda n: notify()))
             return setup
 
         def ready(_: object) -> DatabaseConnection:
@@ -431,9 +427,7 @@ class _Database:
             if self.on_notify is not None:
                 self.on_notify()
 
-    def run_query(
-        self, sql: str, params: Any = None
-    ) -> Deferred[list[tuple[Any, ...]]]:
+    def run_query(self, sql: str, params: Any = None) -> Deferred[list[tuple[Any, ...]]]:
         d: Deferred[Any] = self.connected()
         d.addCallback(lambda c: c.runQuery(sql, params))
         d.addErrback(self._forget_if_broken)
@@ -605,9 +599,7 @@ def _describe(f: Failure) -> str:
     value = f.value
     reasons = getattr(value, "reasons", None)
     if reasons:
-        inner = "; ".join(
-            _describe(r) if isinstance(r, Failure) else str(r) for r in reasons
-        )
+        inner = "; ".join(_describe(r) if isinstance(r, Failure) else str(r) for r in reasons)
         text = f"{type(value).__name__}: {inner}"
     else:
         text = f"{type(value).__name__}: {value}".rstrip(": ")
@@ -667,6 +659,7 @@ class WebhookService(Service):
     _outcomes: list[Outcome] = field(factory=list, init=False)
     _flushing: Deferred[None] | None = field(default=None, init=False)
     _poll: LoopingCall | None = field(default=None, init=False)
+    _trouble: tuple[str, float] | None = field(default=None, init=False)
     _prune: LoopingCall | None = field(default=None, init=False)
 
     @classmethod
@@ -703,10 +696,10 @@ class WebhookService(Service):
             self.reactor,
             self.database_url,
             self._wake_soon if self.listen else None,
-            _SESSION + (_PREPARE_CLAIM,),
+            (*_SESSION, _PREPARE_CLAIM),
         )
         self._writes = _Database(
-            self.reactor, self.database_url, None, _SESSION + (_PREPARE_RECORD,)
+            self.reactor, self.database_url, None, (*_SESSION, _PREPARE_RECORD)
         )
         self._poll = LoopingCall(self._tick)
         self._poll.clock = self.clock
@@ -721,12 +714,7 @@ class WebhookService(Service):
         if self.listen:
             # Open the listening connection now, so notifications arrive
             # even before the first poll has found anything.
-            self._claims.connected().addErrback(
-                lambda f: log.warn(  # noqa: G010 (twisted.logger spells it warn)
-                    "Cannot reach the database for webhooks yet: {error}",
-                    error=_describe(f),
-                )
-            )
+            self._claims.connected().addErrback(self._database_trouble)
 
     def stopService(self) -> Deferred[None]:
         """
@@ -756,16 +744,14 @@ class WebhookService(Service):
         Record every outcome not yet recorded (one more try if the first
         fails).
         """
-        d: Deferred[None] = (
-            self._flushing if self._flushing is not None else succeed(None)
-        )
+        d: Deferred[None] = self._flushing if self._flushing is not None else succeed(None)
         d = _chain(d)
         d.addCallback(lambda _: self._flush())
         d.addCallback(lambda _: self._flush() if self._outcomes else None)
 
         def gave_up(_: object) -> None:
             if self._outcomes:
-                log.warn(  # noqa: G010 (twisted.logger spells it warn)
+                log.warn(
                     "{count} webhook outcomes could not be recorded; those deliveries "
                     "will be attempted again",
                     count=len(self._outcomes),
@@ -782,6 +768,21 @@ class WebhookService(Service):
             pool = self._pool
             return pool.closeCachedConnections()
         return None
+
+    def _database_trouble(self, f: Failure) -> None:
+        """
+        Log a failed database statement: a new kind of error at once, the
+        same one again at most once a minute (the poll retries every
+        second while the database is away).
+        """
+        error = _describe(f)
+        now = self.clock.seconds()
+        if self._trouble is not None:
+            last_error, last_time = self._trouble
+            if last_error == error and now - last_time < 60:
+                return
+        self._trouble = (error, now)
+        log.warn("Webhook deliveries wait for the database: {error}", error=error)
 
     # -- waking and claiming -----------------------------------------------
 
@@ -829,11 +830,7 @@ class WebhookService(Service):
         self._claim_again = False
         d = self._claims.run_query(_CLAIM, params)
         d.addCallback(self._start, free)
-        d.addErrback(
-            lambda f: log.warn(  # noqa: G010 (twisted.logger spells it warn)
-                "Could not claim webhook deliveries: {error}", error=_describe(f)
-            )
-        )
+        d.addErrback(self._database_trouble)
         self._claiming = d
 
         def claimed(_: object) -> None:
@@ -857,9 +854,7 @@ class WebhookService(Service):
                 channel=row[7],
                 body=row[8].encode("utf-8"),
             )
-            self._per_host_busy[delivery.host] = (
-                self._per_host_busy.get(delivery.host, 0) + 1
-            )
+            self._per_host_busy[delivery.host] = self._per_host_busy.get(delivery.host, 0) + 1
             self._attempt(delivery)
         if len(rows) >= free:
             # There may be more due than there was room for.
@@ -906,9 +901,7 @@ class WebhookService(Service):
             delivery.event,
             delivery.channel,
         )
-        raw = Headers(
-            {k.encode("ascii"): [v.encode("utf-8")] for k, v in headers.items()}
-        )
+        raw = Headers({k.encode("ascii"): [v.encode("utf-8")] for k, v in headers.items()})
         d: Deferred[Any] = self.http.request(
             "POST",
             delivery.url,
@@ -938,7 +931,7 @@ class WebhookService(Service):
             return Outcome(delivery, "delivered", http_status=answer.status)
         error = f"HTTP {answer.status}"
         if verdict is Verdict.FAILED:
-            log.warn(  # noqa: G010 (twisted.logger spells it warn)
+            log.warn(
                 "Webhook delivery {delivery_id} of message {message_id} to {url} failed: "
                 "the receiver answered {status}, which is final",
                 delivery_id=delivery.id,
@@ -966,11 +959,9 @@ class WebhookService(Service):
         http_status: int | None,
         retry_after: float | None,
     ) -> Outcome:
-        delay = self.policy.next_delay(
-            delivery.attempts, delivery.age, self.jitter(), retry_after
-        )
+        delay = self.policy.next_delay(delivery.attempts, delivery.age, self.jitter(), retry_after)
         if delay is None:
-            log.warn(  # noqa: G010 (twisted.logger spells it warn)
+            log.warn(
                 "Webhook delivery {delivery_id} of message {message_id} to {url} failed "
                 "after {attempts} attempts ({error}); no more retries",
                 delivery_id=delivery.id,
@@ -988,12 +979,10 @@ class WebhookService(Service):
             delay=delay,
             attempts=delivery.attempts,
         )
-        return Outcome(
-            delivery, "pending", http_status=http_status, error=error, delay=delay
-        )
+        return Outcome(delivery, "pending", http_status=http_status, error=error, delay=delay)
 
     def _refused(self, delivery: Delivery, reason: str) -> Outcome:
-        log.warn(  # noqa: G010 (twisted.logger spells it warn)
+        log.warn(
             "Webhook delivery {delivery_id} of message {message_id} to {url} refused: "
             "{reason}; set --webhook-allow-private to deliver to such addresses",
             delivery_id=delivery.id,
@@ -1034,11 +1023,7 @@ class WebhookService(Service):
             # Keep them for the next flush; the leases keep the rows from
             # being claimed again meanwhile.
             self._outcomes[:0] = batch
-            log.warn(  # noqa: G010 (twisted.logger spells it warn)
-                "Could not record {count} webhook outcomes: {error}",
-                count=len(batch),
-                error=_describe(f),
-            )
+            self._database_trouble(f)
 
         d.addErrback(failed)
         self._flushing = d
@@ -1055,9 +1040,7 @@ class WebhookService(Service):
 
     # -- pruning -----------------------------------------------------------------
 
-    def prune(
-        self, older_than: float | None = None, batch: int = 5000
-    ) -> Deferred[int]:
+    def prune(self, older_than: float | None = None, batch: int = 5000) -> Deferred[int]:
         """
         Delete delivered and failed rows last changed more than
         C{older_than} seconds ago (the retention by default), in batches.
@@ -1093,22 +1076,18 @@ class WebhookService(Service):
 
         d.addCallback(pruned)
         d.addErrback(
-            lambda f: log.warn(  # noqa: G010 (twisted.logger spells it warn)
-                "Could not prune webhook deliveries: {error}", error=_describe(f)
-            )
+            lambda f: log.warn("Could not prune webhook deliveries: {error}", error=_describe(f))
         )
 
 
-def _then_run(
-    _: object, connection: DatabaseConnection, statement: str
-) -> Deferred[None]:
+def _then_run(_: object, connection: DatabaseConnection, statement: str) -> Deferred[None]:
     return connection.runOperation(statement)  # type: ignore[no-any-return]
 
 
 def _close_quietly(connection: DatabaseConnection) -> None:
     try:
         connection.close()
-    except Exception:  # noqa: BLE001 (a broken connection may fail to close)
+    except Exception:
         log.failure("Closing a webhook database connection")
 
 

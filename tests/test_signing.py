@@ -59,9 +59,7 @@ class SignTests(SynchronousTestCase):
         headers = {
             "webhook-id": "3f2c6a55-0f5e-4c59-9c55-1f7f3c7f2b10",
             "webhook-timestamp": str(timestamp),
-            "webhook-signature": sign(
-                KEY, "3f2c6a55-0f5e-4c59-9c55-1f7f3c7f2b10", timestamp, body
-            ),
+            "webhook-signature": sign(KEY, "3f2c6a55-0f5e-4c59-9c55-1f7f3c7f2b10", timestamp, body),
         }
         self.assertEqual(
             Webhook(secret).verify(body, headers),

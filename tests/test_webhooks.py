@@ -217,16 +217,13 @@ class WebhookTestCase(TestCase):
     def counts(self, message_id: str) -> tuple[int, int]:
         rows = run_sql(
             self.database,
-            "SELECT wh_audience_count, wh_delivered_count FROM realtime.messages"
-            " WHERE id = %s",
+            "SELECT wh_audience_count, wh_delivered_count FROM realtime.messages WHERE id = %s",
             (message_id,),
         )
         return rows[0][0], rows[0][1]
 
     @inlineCallbacks
-    def wait_for(
-        self, condition: Callable[[], bool], timeout: float = 15.0, what: str = ""
-    ) -> Any:
+    def wait_for(self, condition: Callable[[], bool], timeout: float = 15.0, what: str = "") -> Any:
         """
         Poll C{condition} until it holds; fail the test after C{timeout}.
         """
@@ -352,9 +349,7 @@ class DeliveryTests(WebhookTestCase):
         self.channel("room:*", f"http://127.0.0.1:{port}/")
         self.service()
         message_id = self.publish("room:1")
-        yield self.wait_for(
-            lambda: self.deliveries()[0][3] >= 2, what="two failed attempts"
-        )
+        yield self.wait_for(lambda: self.deliveries()[0][3] >= 2, what="two failed attempts")
         row = self.deliveries()[0]
         self.assertEqual(row[2], "pending")
         self.assertIn("refused", row[5].lower())
@@ -671,9 +666,7 @@ class OutboxTests(WebhookTestCase):
         security is queued for every webhook URL and its audience counted;
         the role cannot read the outbox.
         """
-        self.channel(
-            "room:*", "http://a.example/1", "http://b.example/2", "http://a.example/1"
-        )
+        self.channel("room:*", "http://a.example/1", "http://b.example/2", "http://a.example/1")
         rows = run_sql(
             self.database,
             """
@@ -720,9 +713,7 @@ class OutboxTests(WebhookTestCase):
         Pruning deletes delivered and failed rows older than the retention,
         and keeps recent ones and every pending one.
         """
-        self.channel(
-            "room:*", "http://a.example/", "http://b.example/", "http://c.example/"
-        )
+        self.channel("room:*", "http://a.example/", "http://b.example/", "http://c.example/")
         for _ in range(3):
             self.publish("room:1")
         run_sql(

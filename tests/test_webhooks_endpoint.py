@@ -52,9 +52,7 @@ def reactor_resolving(*addresses: Any) -> MemoryReactorClock:
 
 class CheckedEndpointTests(SynchronousTestCase):
     def connect(self, reactor: Any, allow_private: bool = False) -> Any:
-        endpoint = CheckedEndpoint(
-            reactor, "hooks.example", 443, None, allow_private, 10.0
-        )
+        endpoint = CheckedEndpoint(reactor, "hooks.example", 443, None, allow_private, 10.0)
         return endpoint.connect(Factory.forProtocol(Protocol))
 
     def test_connects_to_checked_address(self) -> None:
@@ -132,17 +130,13 @@ class CheckedEndpointTests(SynchronousTestCase):
         URL's host name; other schemes are not supported.
         """
         factory = CheckedEndpointFactory(MemoryReactorClock(), False)
-        endpoint = factory.endpointForURI(
-            URI.fromBytes(b"https://Hooks.example:8443/x")
-        )
+        endpoint = factory.endpointForURI(URI.fromBytes(b"https://Hooks.example:8443/x"))
         self.assertEqual(
             (endpoint.host, endpoint.port, endpoint.tls_hostname),
             ("Hooks.example", 8443, "Hooks.example"),
         )
         plain = factory.endpointForURI(URI.fromBytes(b"http://[::1]/x"))
-        self.assertEqual(
-            (plain.host, plain.port, plain.tls_hostname), ("::1", 80, None)
-        )
+        self.assertEqual((plain.host, plain.port, plain.tls_hostname), ("::1", 80, None))
         with self.assertRaises(SchemeNotSupported):
             factory.endpointForURI(URI.fromBytes(b"ftp://hooks.example/x"))
 
@@ -153,9 +147,7 @@ class FromConfigTests(SynchronousTestCase):
         The daemon's settings give the service its private-address rule and
         its retry horizon.
         """
-        config = load(
-            {"webhook-allow-private": True, "webhook-retry-hours": 2.0}, environ={}
-        )
+        config = load({"webhook-allow-private": True, "webhook-retry-hours": 2.0}, environ={})
         service = WebhookService.from_config(
             MemoryReactorClock(), config, "postgresql:///x", SECRET
         )

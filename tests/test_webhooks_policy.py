@@ -163,9 +163,7 @@ class RetryAfterTests(SynchronousTestCase):
         """
         An HTTP-date is a wait until then; a date in the past is no wait.
         """
-        self.assertEqual(
-            parse_retry_after(formatdate(NOW + 90, usegmt=True), NOW), 90.0
-        )
+        self.assertEqual(parse_retry_after(formatdate(NOW + 90, usegmt=True), NOW), 90.0)
         self.assertEqual(parse_retry_after(formatdate(NOW - 90, usegmt=True), NOW), 0.0)
         self.assertEqual(
             parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", 1445412480.0 - 30), 30.0
@@ -290,9 +288,7 @@ class AddressTests(SynchronousTestCase):
             self.assertIsNotNone(address_refusal(f"::ffff:{ip}"))
 
     @given(st.ip_addresses())
-    def test_agrees_with_is_global(
-        self, ip: ipaddress.IPv4Address | ipaddress.IPv6Address
-    ) -> None:
+    def test_agrees_with_is_global(self, ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> None:
         """
         An address that the standard library calls global and not multicast
         is never refused for being non-public, and one it calls non-global

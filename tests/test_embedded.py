@@ -110,4 +110,3 @@ class EmbeddedPostgresTests(TestCase):
         self.assertEqual(len(self.flushLoggedErrors(OSError)), 0)
         yield self.assertFailure(service.start(), OSError)
         yield service.stop()
-

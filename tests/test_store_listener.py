@@ -146,7 +146,9 @@ class MessageListenerTests(ListenerMixin, TestCase):
         self.assertEqual(self.events(), ["before", "big", "after"])
         body = self.received[1]
         expected = run_sql(
-            self.url, "SELECT realtime.message_json(m) FROM realtime.messages m WHERE id = %s", (message_id,)
+            self.url,
+            "SELECT realtime.message_json(m) FROM realtime.messages m WHERE id = %s",
+            (message_id,),
         )[0][0]
         self.assertEqual(body, {"message": expected, "channelId": self.channel_id})
         self.assertEqual(body["message"]["payload"], big)
@@ -216,7 +218,7 @@ class MessageListenerTests(ListenerMixin, TestCase):
             yield wait_for(lambda old=old: listener.backend_pid not in (None, old))
         publish(self.url, "room:1", "last", {})
         yield self.waitForEvents("last", *expected)
-        self.assertEqual(Counter(self.events()), Counter(expected + ["last"]))
+        self.assertEqual(Counter(self.events()), Counter([*expected, "last"]))
         self.flushLoggedErrors()
 
     @inlineCallbacks
@@ -282,14 +284,18 @@ class BackoffTests(TestCase):
         self.addCleanup(listener.stopService)
         delays = []
         for _ in range(4):
-            yield wait_for(lambda: any(c.func == listener._connect for c in clock.getDelayedCalls()))
+            yield wait_for(
+                lambda: any(c.func == listener._connect for c in clock.getDelayedCalls())
+            )
             (retry,) = [c for c in clock.getDelayedCalls() if c.func == listener._connect]
             delay = retry.getTime() - clock.seconds()
             delays.append(delay)
             clock.advance(delay)
         self.assertEqual(delays, [0.5, 1.0, 2.0, 2.0])
         self.assertFalse(listener.connected)
-        attempts = [e for e in events if "attempt" in e and e.get("log_namespace", "").endswith("listener")]
+        attempts = [
+            e for e in events if "attempt" in e and e.get("log_namespace", "").endswith("listener")
+        ]
         self.assertEqual([e["attempt"] for e in attempts], [1, 2, 3, 4, 5])
         text = repr(events)
         self.assertNotIn("secret", text)
@@ -359,7 +365,16 @@ class ServerRestartTests(ListenerMixin, TestCase):
         self.assertEqual(
             Counter(self.events()),
             Counter(
-                ["before", "just-before", "after1", "reconnected", "before2", "after2", "after3", "last"]
+                [
+                    "before",
+                    "just-before",
+                    "after1",
+                    "reconnected",
+                    "before2",
+                    "after2",
+                    "after3",
+                    "last",
+                ]
             ),
         )
         self.assertEqual(self.events()[:2], ["before", "just-before"])

@@ -10,6 +10,7 @@ import psycopg2
 from twisted.internet import reactor
 from twisted.internet.defer import gatherResults, inlineCallbacks
 from twisted.trial.unittest import TestCase
+from txpostgres.txpostgres import RollbackFailed
 
 from realtimed.store.migrations import (
     MIGRATION_LOCK,
@@ -30,7 +31,12 @@ class MigrateTests(TestCase):
         self.versions = [m.version for m in available_migrations()]
 
     def recorded(self) -> list[int]:
-        return [row[0] for row in run_sql(self.url, "SELECT version FROM realtime.schema_migrations ORDER BY version")]
+        return [
+            row[0]
+            for row in run_sql(
+                self.url, "SELECT version FROM realtime.schema_migrations ORDER BY version"
+            )
+        ]
 
     def test_available(self) -> None:
         """
@@ -85,7 +91,9 @@ class MigrateTests(TestCase):
         """
         good = Migration(1, "first", "CREATE TABLE realtime.first (x int);")
         bad = Migration(2, "second", "CREATE TABLE realtime.second (x int); SELECT 1/0;")
-        yield self.assertFailure(migrate(reactor, self.url, [good, bad]), psycopg2.errors.DivisionByZero)
+        yield self.assertFailure(
+            migrate(reactor, self.url, [good, bad]), psycopg2.errors.DivisionByZero
+        )
         self.assertEqual(self.recorded(), [1])
         self.assertEqual(
             run_sql(self.url, "SELECT to_regclass('realtime.second') IS NULL"), [(True,)]
@@ -102,3 +110,18 @@ class MigrateTests(TestCase):
         fixed = Migration(2, "second", "CREATE TABLE realtime.second (x int);")
         applied = yield migrate(reactor, self.url, [good, fixed])
         self.assertEqual(applied, [2])
+
+    @inlineCallbacks
+    def test_connection_lost(self) -> Any:
+        """
+        A run whose connection dies fails with that reason (not hidden by
+        the unlock), and the next run applies the migration.
+        """
+        dying = Migration(1, "first", "SELECT pg_terminate_backend(pg_backend_pid());")
+        yield self.assertFailure(
+            migrate(reactor, self.url, [dying]), RollbackFailed, psycopg2.OperationalError
+        )
+        self.flushLoggedErrors(psycopg2.OperationalError, psycopg2.InterfaceError)
+        good = Migration(1, "first", "CREATE TABLE realtime.first (x int);")
+        applied = yield migrate(reactor, self.url, [good])
+        self.assertEqual(applied, [1])

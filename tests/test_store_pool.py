@@ -161,9 +161,9 @@ class ConnectionPoolTests(TestCase):
         """
         rows = yield self.pool.runQuery("SELECT pg_backend_pid()")
         pid = rows[0][0]
-        failure = yield self.pool.runQuery("SELECT pg_terminate_backend(pg_backend_pid())").addCallbacks(
-            lambda _: [], lambda f: [f]
-        )
+        failure = yield self.pool.runQuery(
+            "SELECT pg_terminate_backend(pg_backend_pid())"
+        ).addCallbacks(lambda _: [], lambda f: [f])
         for f in failure:
             self.assertTrue(f.check(psycopg2.OperationalError, psycopg2.InterfaceError))
         rows = yield self.pool.runQuery("SELECT pg_backend_pid()")

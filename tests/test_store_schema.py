@@ -82,7 +82,9 @@ class PolicyTests(SchemaTestCase):
         """
         enabled = self.channel("room:*")
         self.channel("closed:*", enabled=False)
-        rows = self.as_role("authenticated", "SELECT id FROM realtime.channels", channel_name="room:1")
+        rows = self.as_role(
+            "authenticated", "SELECT id FROM realtime.channels", channel_name="room:1"
+        )
         self.assertEqual(rows, [(enabled,)])
 
     def test_anon_selects_nothing(self) -> None:
@@ -90,7 +92,9 @@ class PolicyTests(SchemaTestCase):
         An C{anon} caller sees no channel: no policy lets it.
         """
         self.channel("room:*")
-        rows = self.as_role("anon", "SELECT id FROM realtime.channels", channel_name="room:1", claims=None)
+        rows = self.as_role(
+            "anon", "SELECT id FROM realtime.channels", channel_name="room:1", claims=None
+        )
         self.assertEqual(rows, [])
 
     def test_authenticated_publishes(self) -> None:
@@ -100,7 +104,8 @@ class PolicyTests(SchemaTestCase):
         channel = self.channel("room:*")
         rows = self.as_role(
             "authenticated",
-            "INSERT INTO realtime.messages (event_name, channel_id, channel_name, sender_type, sender_id) "
+            "INSERT INTO realtime.messages "
+            "(event_name, channel_id, channel_name, sender_type, sender_id) "
             "VALUES ('hi', %s, 'room:1', 'user', 'user-1')",
             (channel,),
             channel_name="room:1",
@@ -155,7 +160,9 @@ class PolicyTests(SchemaTestCase):
         """
         With no channel name set, C{realtime.channel_name()} is NULL.
         """
-        self.assertEqual(self.as_role("anon", "SELECT realtime.channel_name()", claims=None), [(None,)])
+        self.assertEqual(
+            self.as_role("anon", "SELECT realtime.channel_name()", claims=None), [(None,)]
+        )
 
 
 def notifications(connection: Any, count: int, timeout: float = 10.0) -> list[Any]:
@@ -207,7 +214,13 @@ class PublishTests(SchemaTestCase):
         self.assertEqual(message["messageId"], message_id)
         self.assertEqual(
             {k: message[k] for k in ("channel", "event", "senderType", "senderId", "payload")},
-            {"channel": "room:1", "event": "hello", "senderType": "system", "senderId": None, "payload": {"a": 1}},
+            {
+                "channel": "room:1",
+                "event": "hello",
+                "senderType": "system",
+                "senderId": None,
+                "payload": {"a": 1},
+            },
         )
         self.assertRegex(message["createdAt"], r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
@@ -218,7 +231,9 @@ class PublishTests(SchemaTestCase):
         self.channel("room:*")
         listener = self.listen()
         rows = run_sql(
-            self.url, "SELECT realtime.publish('room:1', 'big', %s::jsonb)", (json.dumps({"t": "x" * 9000}),)
+            self.url,
+            "SELECT realtime.publish('room:1', 'big', %s::jsonb)",
+            (json.dumps({"t": "x" * 9000}),),
         )
         (notify,) = notifications(listener, 1)
         self.assertEqual(json.loads(notify.payload), {"id": str(rows[0][0])})

@@ -64,7 +64,8 @@ FROM realtime.messages m
 WHERE m.xact_id >= pg_snapshot_xmin(%(snapshot)s::pg_snapshot)
   AND NOT pg_visible_in_snapshot(m.xact_id, %(snapshot)s::pg_snapshot)
   AND (%(xact)s::xid8 IS NULL
-       OR (m.xact_id, m.created_at, m.id) > (%(xact)s::xid8, %(created)s::timestamptz, %(id)s::uuid))
+       OR (m.xact_id, m.created_at, m.id)
+          > (%(xact)s::xid8, %(created)s::timestamptz, %(id)s::uuid))
 ORDER BY m.xact_id, m.created_at, m.id
 LIMIT %(limit)s
 """
@@ -76,6 +77,7 @@ WHERE m.id = %s
 """
 
 SNAPSHOT = "SELECT pg_current_snapshot()::text"
+
 
 @frozen
 class _Notified:
@@ -257,7 +259,7 @@ class MessageListener(Service):
         if not self.running:
             return
         delay = min(self.max_delay, self.initial_delay * self.factor ** max(0, self._attempt - 1))
-        log.warn(  # noqa: G010 (twisted.logger spells it warn)
+        log.warn(
             "LISTEN connection to {dsn} lost or failed ({error}); reconnecting in {delay:.1f}s",
             dsn=redact_dsn(self.dsn),
             error=_describe(reason),
@@ -269,7 +271,9 @@ class MessageListener(Service):
 
     def _scheduleKeepalive(self, generation: int) -> None:
         self._stopKeepalive()
-        self._keepalive = self.clock.callLater(self.keepalive_interval, self._sendKeepalive, generation)
+        self._keepalive = self.clock.callLater(
+            self.keepalive_interval, self._sendKeepalive, generation
+        )
 
     def _stopKeepalive(self) -> None:
         if self._keepalive is not None and self._keepalive.active():
@@ -350,7 +354,7 @@ class MessageListener(Service):
                         yield self._catchUp(connection)
                     else:
                         yield self._handOver(connection, item)
-                except Exception:  # noqa: BLE001 (sorted out below)
+                except Exception:
                     reason = Failure()
                     if generation != self._generation:
                         # The connection went away; the item stays first in
@@ -375,9 +379,7 @@ class MessageListener(Service):
         if "message" not in body:
             rows = yield connection.runQuery(READ_MESSAGE, (body["id"],))
             if not rows:
-                log.warn(  # noqa: G010 (twisted.logger spells it warn)
-                    "Message {id} was announced but is gone", id=body["id"]
-                )
+                log.warn("Message {id} was announced but is gone", id=body["id"])
                 return
             message, channel_id = rows[0]
             body = {"message": message, "channelId": channel_id}
@@ -421,7 +423,7 @@ class MessageListener(Service):
             mark.delivered.add(message_id)
         try:
             self.on_message(body)
-        except Exception:  # noqa: BLE001 (a handler bug must not stop delivery)
+        except Exception:
             log.failure("The message handler failed on message {id}", id=message_id)
         return True
 

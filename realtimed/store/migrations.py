@@ -11,8 +11,11 @@ for each other and each migration is applied exactly once.
 from __future__ import annotations
 
 import re
+from collections.abc import Generator
 from importlib import resources
+from typing import Any
 
+import psycopg2
 from attrs import frozen
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.logger import Logger
@@ -42,9 +45,7 @@ def available_migrations() -> list[Migration]:
     for entry in resources.files("realtimed.store").joinpath("migrations").iterdir():
         match = _NAME.match(entry.name)
         if match is not None:
-            found.append(
-                Migration(int(match.group(1)), match.group(2), entry.read_text("utf-8"))
-            )
+            found.append(Migration(int(match.group(1)), match.group(2), entry.read_text("utf-8")))
     found.sort(key=lambda m: m.version)
     return found
 
@@ -60,7 +61,9 @@ CREATE TABLE IF NOT EXISTS realtime.schema_migrations (
 
 
 @inlineCallbacks
-def migrate(reactor, dsn: str, migrations: list[Migration] | None = None) -> Deferred[list[int]]:  # type: ignore[misc]
+def migrate(
+    reactor: Any, dsn: str, migrations: list[Migration] | None = None
+) -> Generator[Deferred[Any], Any, list[int]]:
     """
     Bring the database at C{dsn} up to date.
 
@@ -88,14 +91,22 @@ def migrate(reactor, dsn: str, migrations: list[Migration] | None = None) -> Def
                 yield connection.runInteraction(_apply, migration)
                 applied.append(migration.version)
         finally:
-            yield connection.runOperation("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK,))
+            # The lock also ends with the session, closed just below; a
+            # failing unlock must not hide why the run failed.
+            if connection.isOpen:
+                try:
+                    yield connection.runOperation(
+                        "SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK,)
+                    )
+                except psycopg2.Error:
+                    pass
     finally:
         connection.close()
     return applied
 
 
 @inlineCallbacks
-def _apply(cursor, migration: Migration):  # type: ignore[no-untyped-def]
+def _apply(cursor: Any, migration: Migration) -> Generator[Deferred[Any], Any, None]:
     yield cursor.execute(migration.sql)
     yield cursor.execute(
         "INSERT INTO realtime.schema_migrations (version, name) VALUES (%s, %s)",

@@ -60,7 +60,10 @@ def is_disconnect(failure: Failure) -> bool:
     """
     Does C{failure} mean the connection it happened on is unusable?
     """
-    return failure.check(psycopg2.OperationalError, psycopg2.InterfaceError, RollbackFailed) is not None
+    return (
+        failure.check(psycopg2.OperationalError, psycopg2.InterfaceError, RollbackFailed)
+        is not None
+    )
 
 
 class DatabaseConnection(Connection):  # type: ignore[misc]
@@ -124,9 +127,7 @@ class DatabaseConnection(Connection):  # type: ignore[misc]
         Is the connection open as far as this side knows?
         """
         return (
-            not self._reportedLoss
-            and self._connection is not None
-            and not self._connection.closed
+            not self._reportedLoss and self._connection is not None and not self._connection.closed
         )
 
     def stillOpen(self) -> bool:
@@ -266,7 +267,9 @@ class ConnectionPool:
         """
         return self._using(lambda c: c.runOperation(*args, **kwargs))
 
-    def runInteraction(self, interaction: Callable[..., Any], *args: Any, **kwargs: Any) -> Deferred[Any]:
+    def runInteraction(
+        self, interaction: Callable[..., Any], *args: Any, **kwargs: Any
+    ) -> Deferred[Any]:
         """
         Run C{interaction(cursor, *args, **kwargs)} inside a transaction,
         committed when it succeeds and rolled back when it fails; fires with
@@ -331,7 +334,7 @@ class ConnectionPool:
 
             def failed(reason: Failure) -> Failure:
                 self._open -= 1
-                log.warn(  # noqa: G010 (twisted.logger spells it warn)
+                log.warn(
                     "Cannot connect to PostgreSQL at {dsn}: {error}",
                     dsn=redact_dsn(self.dsn),
                     error=reason.getErrorMessage().strip(),

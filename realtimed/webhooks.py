@@ -830,11 +830,21 @@ class WebhookService(Service):
         self._claim_again = False
         d = self._claims.run_query(_CLAIM, params)
         d.addCallback(self._start, free)
-        d.addErrback(self._database_trouble)
+        failed = False
+
+        def trouble(f: Failure) -> None:
+            nonlocal failed
+            failed = True
+            self._database_trouble(f)
+
+        d.addErrback(trouble)
         self._claiming = d
 
         def claimed(_: object) -> None:
             self._claiming = None
+            if self._trouble is not None and not failed:
+                log.info("Webhook deliveries reach the database again")
+                self._trouble = None
             if self.running and self._claim_again:
                 self._wake_soon()
 
@@ -902,14 +912,19 @@ class WebhookService(Service):
             delivery.channel,
         )
         raw = Headers({k.encode("ascii"): [v.encode("utf-8")] for k, v in headers.items()})
-        d: Deferred[Any] = self.http.request(
-            "POST",
-            delivery.url,
-            headers=raw,
-            data=delivery.body,
-            allow_redirects=False,
-            unbuffered=True,
-        )
+        try:
+            d: Deferred[Any] = self.http.request(
+                "POST",
+                delivery.url,
+                headers=raw,
+                data=delivery.body,
+                allow_redirects=False,
+                unbuffered=True,
+            )
+        except Exception as e:  # the client found the URL unusable
+            return succeed(
+                self._refused(delivery, f"the URL cannot be requested ({type(e).__name__}: {e})")
+            )
         d.addCallback(_read_answer)
         d.addTimeout(self.timeout, self.clock, onTimeoutCancel=_timed_out)
         d.addCallbacks(
@@ -945,7 +960,7 @@ class WebhookService(Service):
 
     def _not_answered(self, delivery: Delivery, f: Failure) -> Outcome:
         if f.check(UnsafeAddress):
-            return self._refused(delivery, str(f.value))
+            return self._refused(delivery, str(f.value), private=True)
         if f.check(DeferredTimeoutError):
             error = f"no answer within {self.timeout:g} s"
         else:
@@ -981,14 +996,20 @@ class WebhookService(Service):
         )
         return Outcome(delivery, "pending", http_status=http_status, error=error, delay=delay)
 
-    def _refused(self, delivery: Delivery, reason: str) -> Outcome:
+    def _refused(self, delivery: Delivery, reason: str, private: bool = False) -> Outcome:
+        """
+        A delivery that is not made at all: the URL cannot be called, or
+        (C{private}) its host is not a public address.
+        """
+        hint = "; set --webhook-allow-private to deliver to such addresses" if private else ""
         log.warn(
             "Webhook delivery {delivery_id} of message {message_id} to {url} refused: "
-            "{reason}; set --webhook-allow-private to deliver to such addresses",
+            "{reason}{hint}",
             delivery_id=delivery.id,
             message_id=delivery.message_id,
             url=redact_url(delivery.url),
             reason=reason,
+            hint=hint,
         )
         return Outcome(delivery, "failed", error=f"refused: {reason}"[:_ERROR_LENGTH])
 

@@ -517,6 +517,34 @@ class SafetyTests(WebhookTestCase):
         row = self.deliveries()[0]
         self.assertEqual(row[2:4], ("failed", 1))
         self.assertIn("only http and https", row[5])
+        lines = self.logged("refused")
+        self.assertEqual(len(lines), 1, lines)
+        self.assertNotIn("--webhook-allow-private", lines[0])
+
+    @inlineCallbacks
+    def test_client_rejects_url(self) -> Any:
+        """
+        A URL the HTTP client will not even try is failed at once, and the
+        service carries on with the next delivery.
+        """
+
+        class Fussy:
+            def __init__(self) -> None:
+                self.calls = 0
+
+            def request(self, method: str, url: str, **kwargs: Any) -> Any:
+                self.calls += 1
+                raise ValueError("no such URL")
+
+        client = Fussy()
+        self.channel("room:*", "http://one.example/", "http://two.example/")
+        self.service(http=client)
+        self.publish("room:1")
+        yield self.wait_for(self.settled)
+        self.assertEqual(client.calls, 2)
+        for row in self.deliveries():
+            self.assertEqual(row[2:4], ("failed", 1))
+            self.assertIn("ValueError: no such URL", row[5])
 
 
 class DurabilityTests(WebhookTestCase):
@@ -657,6 +685,36 @@ class DurabilityTests(WebhookTestCase):
         message_id = self.publish("room:1")
         yield self.wait_for(self.settled, timeout=5.0)
         self.assertEqual(receiver.ids(), [message_id])
+
+
+class DatabaseAwayTests(TestCase):
+    @inlineCallbacks
+    def test_unreachable(self) -> Any:
+        """
+        While the database cannot be reached, the service says so once
+        (not at every poll), and still stops cleanly.
+        """
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        listening = reactor.listenTCP(0, Site(Resource()), interface="127.0.0.1")
+        port = listening.getHost().port
+        yield listening.stopListening()
+        service = WebhookService(
+            reactor,
+            f"postgresql://postgres@127.0.0.1:{port}/nothing",
+            SECRET,
+            poll_interval=0.05,
+        )
+        service.startService()
+        yield deferLater(reactor, 0.6, lambda: None)
+        yield service.stopService()
+        lines = [
+            formatEvent(e)
+            for e in events
+            if "log_format" in e and "wait for the database" in formatEvent(e)
+        ]
+        self.assertEqual(len(lines), 1, lines)
 
 
 class OutboxTests(WebhookTestCase):

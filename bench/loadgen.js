@@ -135,6 +135,7 @@ const stats = {
   messages: 0, // every Engine.IO message received
   delivered: 0, // benchmark deliveries counted on every connection
   latencies: [], // ms, from connections that measure latency
+  sentAt: [], // when each of those messages was published (ms)
   lastDelivery: 0,
   errors: 0, // realtime:error events and failed acks
   firstError: null,
@@ -376,7 +377,9 @@ class Connection {
                 if ((c >= 0x30 && c <= 0x39) || c === 0x2e || c === 0x2d || c === 0x65 || c === 0x2b) j++;
                 else break;
               }
-              stats.latencies.push(now - Number(buf.toString("latin1", k, j)));
+              const sentAt = Number(buf.toString("latin1", k, j));
+              stats.latencies.push(now - sentAt);
+              stats.sentAt.push(sentAt);
             }
           }
         } else if (
@@ -548,18 +551,43 @@ async function drain(quietMs, maxMs) {
 function resetCounters() {
   stats.delivered = 0;
   stats.latencies = [];
+  stats.sentAt = [];
   stats.errors = 0;
   stats.firstError = null;
 }
 
-const SUSTAINED_P99_MS = 250;
+// A step is sustained when the server keeps up: every delivery arrives
+// within GRACE_MS of the last publish, p99 stays under MAX_P99_MS, and the
+// latency does not grow through the step (a backlog that builds up shows as
+// messages published late in the step waiting longer than early ones).
+const GRACE_MS = 1000;
+const MAX_P99_MS = 1000;
+const MAX_GROWTH_MS = 100;
 let stepCounter = 0;
 
-async function runStep(publisher, recipients, rate, seconds, graceMs) {
-  // One step at a fixed publish rate.  It is sustained when every delivery
-  // arrives within `graceMs` of the last publish and the sampled p99 latency
-  // stays under SUSTAINED_P99_MS (a backlog that grows through the step
-  // shows as a p99 that grows with it).
+function median(values) {
+  if (values.length === 0) return null;
+  const sorted = Float64Array.from(values).sort();
+  return sorted[Math.floor(sorted.length / 2)];
+}
+
+function latencyGrowth(t0, t1) {
+  // Median latency of messages published in the last quarter of [t0, t1]
+  // minus that of the first quarter.
+  const q = (t1 - t0) / 4;
+  const first = [];
+  const last = [];
+  for (let i = 0; i < stats.sentAt.length; i++) {
+    const t = stats.sentAt[i];
+    if (t < t0 + q) first.push(stats.latencies[i]);
+    else if (t >= t1 - q) last.push(stats.latencies[i]);
+  }
+  const a = median(first);
+  const b = median(last);
+  return a === null || b === null ? null : b - a;
+}
+
+async function runStep(publisher, recipients, rate, seconds) {
   await drain(200, 2000);
   // Each step publishes its own event name, so deliveries left over from an
   // earlier step are never counted in this one.
@@ -570,18 +598,18 @@ async function runStep(publisher, recipients, rate, seconds, graceMs) {
   const acked0 = publisher.acked;
   const failed0 = publisher.failed;
   const cpu = new CpuWindow();
+  const t0 = nowMs();
   const { sent, seconds: took } = await publisher.run(rate, seconds);
   const usage = cpu.finish();
   const expected = sent * recipients;
   const endedAt = nowMs();
-  const deadline = endedAt + graceMs;
+  const deadline = endedAt + GRACE_MS;
   while (stats.delivered < expected && nowMs() < deadline) await sleep(10);
-  const delivered = stats.delivered;
-  const latency = latencySummary(stats.latencies);
-  const failed = publisher.failed - failed0;
+  const inTime = stats.delivered >= expected;
+  const deliveredInTime = stats.delivered;
   // Let the server catch up before the next step: every publish answered
   // and every delivery of this step arrived, then a quiet moment.
-  const settleDeadline = nowMs() + (QUICK ? 5000 : 30000);
+  const settleDeadline = nowMs() + (QUICK ? 5000 : 20000);
   while (
     (publisher.acked + publisher.failed < publisher.sent || stats.delivered < expected) &&
     nowMs() < settleDeadline
@@ -592,8 +620,17 @@ async function runStep(publisher, recipients, rate, seconds, graceMs) {
     publisher.acked + publisher.failed >= publisher.sent &&
     stats.delivered >= expected &&
     (await drain(200, Math.max(0, settleDeadline - nowMs()) + 200));
+  const delivered = stats.delivered;
+  const latency = latencySummary(stats.latencies);
+  const growth = latencyGrowth(t0, endedAt);
+  const failed = publisher.failed - failed0;
   const sustained =
-    delivered >= expected && failed === 0 && latency.p99 !== null && latency.p99 <= SUSTAINED_P99_MS;
+    inTime &&
+    failed === 0 &&
+    latency.p99 !== null &&
+    latency.p99 <= MAX_P99_MS &&
+    growth !== null &&
+    growth <= MAX_GROWTH_MS;
   const result = {
     rate,
     publishes: sent,
@@ -601,30 +638,40 @@ async function runStep(publisher, recipients, rate, seconds, graceMs) {
     failed,
     expected,
     delivered,
+    deliveredInTime,
     deliveriesPerSecond: Math.round(delivered / took),
     latency,
+    growth: growth === null ? null : round(growth, 1),
     sustained,
     drained,
+    errors: stats.errors,
+    firstError: stats.firstError,
     endedAt,
     ...usage,
   };
   log(
-    `rate ${rate}/s: delivered ${delivered}/${expected} p50 ${latency.p50} p99 ${latency.p99} ms ` +
+    `rate ${rate}/s: delivered ${deliveredInTime}/${expected} in time, p50 ${latency.p50} p99 ${latency.p99} ms ` +
+      `growth ${growth === null ? null : Math.round(growth)} ms ` +
       `server cpu ${usage.serverCpu} loadgen cpu ${usage.loadgenCpu} -> ${sustained ? "sustained" : "behind"}`
   );
   out({ type: "step", ...result });
   return result;
 }
 
-async function findSustainedRate(publisher, recipients, startRate, { seconds, steps, graceMs, maxRate }) {
+async function findSustainedRate(publisher, recipients, startRate, { seconds, steps, maxRate }) {
   // Double the rate until a step falls behind, then bisect.
   let lo = null;
   let hi = null;
   let rate = startRate;
   let best = null;
   const tried = [];
+  const budgetEnds = nowMs() + (QUICK ? 20000 : 120000);
   for (let i = 0; i < steps; i++) {
-    const step = await runStep(publisher, recipients, rate, seconds, graceMs);
+    if (nowMs() > budgetEnds) {
+      log("the ramp used up its time; stopping");
+      break;
+    }
+    const step = await runStep(publisher, recipients, rate, seconds);
     tried.push(step);
     if (step.sustained) {
       lo = rate;
@@ -697,10 +744,10 @@ async function fanout({ subscribers, rooms, latencyRate, startRate, latencyEvery
 
   // Warm up (JIT, buffers), then the latency at the common rate, measured
   // on every connection.
-  await runStep(publisher, recipients, latencyRate, size(1, 0.3), 1000);
+  await runStep(publisher, recipients, latencyRate, size(1, 0.3));
   conns.forEach((c) => (c.measureLatency = true));
   out({ type: "phase", name: "latency", state: "start" });
-  const latencyStep = await runStep(publisher, recipients, latencyRate, size(5, 1), 1000);
+  const latencyStep = await runStep(publisher, recipients, latencyRate, size(5, 1));
   out({ type: "phase", name: "latency", state: "end" });
   let note = null;
   let ramp = { best: null, tried: [] };
@@ -716,7 +763,6 @@ async function fanout({ subscribers, rooms, latencyRate, startRate, latencyEvery
     ramp = await findSustainedRate(publisher, recipients, startRate, {
       seconds: size(3, 0.5),
       steps: size(9, 3),
-      graceMs: SUSTAINED_P99_MS,
       maxRate: 50000,
     });
     out({ type: "phase", name: "ramp", state: "end" });
@@ -816,9 +862,10 @@ async function scenarioDatabase() {
   const { conns, failures } = await openMany(subscribers, 32, async (conn) => conn.subscribe("t"));
   conns.forEach((c) => (c.measureLatency = true));
   await drain(300, 3000);
-  const pool = new pg.Pool({ connectionString: config.databaseUrl, max: 8 });
+  const writers = 16;
+  const pool = new pg.Pool({ connectionString: config.databaseUrl, max: writers });
   // Warm the pool.
-  await Promise.all(Array.from({ length: 8 }, () => pool.query("SELECT 1")));
+  await Promise.all(Array.from({ length: writers }, () => pool.query("SELECT 1")));
   resetCounters();
   const cpu = new CpuWindow();
   out({ type: "phase", name: "changes", state: "start" });

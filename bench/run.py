@@ -660,6 +660,8 @@ def run_loadgen(
         if process.poll() is None:
             process.kill()
             process.wait()
+    if result is not None:
+        result["stepLog"] = steps
     if result is None:
         detail = "".join(stderr_lines[-10:])
         raise SetupError(

@@ -151,11 +151,11 @@ class MessageListener(Service):
     _attempt: int = field(default=0, init=False)
     _retry: Any = field(default=None, init=False)
     _keepalive: Any = field(default=None, init=False)
-    _inbox: deque[_Notified | _CatchUp] = field(factory=deque, init=False)
+    _inbox: deque[_Notified | _CatchUp] = field(factory=deque, init=False, repr=False)
     _pumping: bool = field(default=False, init=False)
     _catching_up: bool = field(default=False, init=False)
-    _marks: list[_Mark] = field(factory=list, init=False)
-    _pending: _Mark | None = field(default=None, init=False)
+    _marks: list[_Mark] = field(factory=list, init=False, repr=False)
+    _pending: _Mark | None = field(default=None, init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         if self.clock is None:

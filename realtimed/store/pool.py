@@ -162,6 +162,7 @@ class DatabaseConnection(Connection):  # type: ignore[misc]
             self._reportLoss(Failure(main.CONNECTION_LOST))
             return False
         self.reactor.addReader(self)
+        self.checkForNotifies()
         return True
 
     def close(self) -> None:

@@ -6,6 +6,8 @@ real receivers on loopback ports.
 from __future__ import annotations
 
 import json
+import os
+import sys
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -13,6 +15,7 @@ from typing import Any
 from standardwebhooks.webhooks import Webhook
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
+from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import deferLater
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
@@ -127,6 +130,65 @@ class TrackingSite(Site):
         return gatherResults(waiting)
 
 
+#: A delivery service in a process of its own: started with the database
+#: URL and the secret as arguments, it says "started" and runs until its
+#: standard input closes.
+CHILD_SERVICE = """
+import sys
+from twisted.internet import reactor, stdio
+from twisted.internet.protocol import Protocol
+from realtimed.webhook_policy import RetryPolicy
+from realtimed.webhooks import WebhookService
+
+service = WebhookService(
+    reactor, sys.argv[1], sys.argv[2], allow_private=True,
+    policy=RetryPolicy(0.05, 0.2, 60.0), poll_interval=0.2, max_in_flight=4, per_host=4,
+)
+
+class StopAtEOF(Protocol):
+    def connectionLost(self, reason=None):
+        service.stopService().addBoth(lambda _: reactor.stop())
+
+stdio.StandardIO(StopAtEOF())
+service.startService()
+print("started", flush=True)
+reactor.run()
+"""
+
+
+class ServiceProcess(ProcessProtocol):
+    """
+    Watches a L{CHILD_SERVICE} process.
+    """
+
+    def __init__(self) -> None:
+        self.started: Deferred[None] = Deferred()
+        self.ended: Deferred[None] = Deferred()
+        self.output = b""
+
+    def outReceived(self, data: bytes) -> None:
+        self.output += data
+        if b"started" in self.output and not self.started.called:
+            self.started.callback(None)
+
+    def errReceived(self, data: bytes) -> None:
+        self.output += data
+
+    def processEnded(self, reason: Any) -> None:
+        if not self.started.called:
+            self.started.errback(RuntimeError(self.output.decode(errors="replace")))
+        self.ended.callback(None)
+
+    def stop(self) -> Deferred[None]:
+        """
+        Close its input (it stops its service and exits); fires when it
+        has ended.
+        """
+        if not self.ended.called and self.transport is not None:
+            self.transport.closeStdin()
+        return self.ended
+
+
 class WebhookTestCase(TestCase):
     """
     A fresh migrated database per test, and helpers to run receivers and
@@ -233,17 +295,17 @@ class WebhookTestCase(TestCase):
                 self.fail(f"timed out waiting for {what or condition}")
             yield deferLater(reactor, 0.05, lambda: None)
 
-    def listening(self) -> bool:
+    def listening(self) -> int:
         """
-        Whether a service's claiming connection has LISTENed (it does so
-        before its first claim).
+        How many services' claiming connections have LISTENed (they do so
+        before their first claim).
         """
         rows = run_sql(
             self.database,
             "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
             " AND (query LIKE 'LISTEN%%' OR query LIKE 'EXECUTE webhook_claim%%')",
         )
-        return bool(rows[0][0])
+        return int(rows[0][0])
 
     def settled(self) -> bool:
         """
@@ -650,6 +712,38 @@ class DurabilityTests(WebhookTestCase):
         yield self.wait_for(self.settled)
         self.assertEqual(receiver.ids(), [first, second])
         self.assertEqual(self.counts(second), (1, 1))
+
+    @inlineCallbacks
+    def test_two_processes(self) -> Any:
+        """
+        A service in another process and one here share the outbox: each
+        delivery is sent exactly once.
+        """
+        receiver = Receiver()
+        port = self.listen(receiver)
+        self.channel("room:*", f"http://127.0.0.1:{port}/")
+        child = ServiceProcess()
+        reactor.spawnProcess(
+            child,
+            sys.executable,
+            [sys.executable, "-c", CHILD_SERVICE, self.database, SECRET],
+            env=None,
+            path=os.getcwd(),
+        )
+        self.addCleanup(child.stop)
+        yield child.started
+        self.service(max_in_flight=4, per_host=4)
+        yield self.wait_for(lambda: self.listening() >= 2, what="both services")
+        published = [self.publish("room:1", payload={"n": n}) for n in range(60)]
+        yield self.wait_for(self.settled)
+        self.assertEqual(Counter(receiver.ids()), Counter(published))
+        self.assertEqual(
+            run_sql(
+                self.database,
+                "SELECT count(*) FROM realtime.messages WHERE wh_delivered_count = 1",
+            ),
+            [(60,)],
+        )
 
     @inlineCallbacks
     def test_wake(self) -> Any:

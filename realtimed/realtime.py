@@ -1,7 +1,7 @@
 """
 Realtime channels on the Socket.IO namespace ``/``.
 
-Wire protocol (DESIGN sections 3 to 5):
+The wire protocol:
 
 - CONNECT: the auth payload ``{"token": ...}`` or ``{"apiKey": ...}``, else
   the handshake's ``Authorization: Bearer ...`` header, is authenticated;

@@ -4,7 +4,7 @@ Webhook deliveries per second to local receivers.
 
     bench/webhooks.py [--messages N] [--receivers K] [--postgres URL]
                       [--max-in-flight M] [--per-host P] [--verify]
-                      [--same-process]
+                      [--latency L] [--same-process]
 
 Creates a throw-away database on the PostgreSQL server at ``--postgres``
 (default postgresql://postgres@127.0.0.1:5432/postgres), applies realtimed's
@@ -14,7 +14,9 @@ are those receivers, publishes N messages in one transaction with
 ``realtime.publish``, then starts one delivery service and measures from its
 start until the outbox holds no pending delivery.  It prints that figure,
 and checks that every receiver got every message exactly once and that the
-messages' ``wh_delivered_count`` add up.  The database is dropped at the end.
+messages' ``wh_delivered_count`` add up.  Then it publishes L more messages
+one at a time, 20 ms apart, and prints the latency from each publish to its
+arrival at the receivers.  The database is dropped at the end.
 
 With ``--verify``, the receivers check every signature with the
 ``standardwebhooks`` package.
@@ -61,6 +63,7 @@ class Receiver(Resource):
         super().__init__()
         self.count = 0
         self.ids: set[str] = set()
+        self.arrivals: dict[str, float] = {}
         self.webhook: Any = None
         if verify:
             from standardwebhooks.webhooks import Webhook
@@ -79,11 +82,14 @@ class Receiver(Resource):
         webhook_id = request.getHeader("webhook-id")
         if webhook_id is not None:
             self.ids.add(webhook_id)
+            self.arrivals.setdefault(webhook_id, time.time())
         request.setResponseCode(204)
         return b""
 
     def render_GET(self, request: Request) -> bytes:
-        return json.dumps({"count": self.count, "distinct": len(self.ids)}).encode()
+        return json.dumps(
+            {"count": self.count, "distinct": len(self.ids), "arrivals": self.arrivals}
+        ).encode()
 
 
 class QuietSite(Site):
@@ -191,7 +197,21 @@ async def run(
             if not cursor.fetchone()[0]:
                 break
             await task.deferLater(reactor, 0.05, lambda: None)
-    elapsed = time.perf_counter() - started
+        elapsed = time.perf_counter() - started
+        # Latency: messages published one by one, 20 ms apart, into an idle
+        # service; from the publish's commit to the receiver's arrival.
+        sent: dict[str, float] = {}
+        for _ in range(options.latency):
+            cursor.execute("SELECT realtime.publish('bench', 'latency', '{}')::text")
+            sent[cursor.fetchone()[0]] = time.time()
+            await task.deferLater(reactor, 0.02, lambda: None)
+        while True:
+            cursor.execute(
+                "SELECT count(*) FROM realtime.webhook_deliveries WHERE status = 'pending'"
+            )
+            if not cursor.fetchone()[0]:
+                break
+            await task.deferLater(reactor, 0.05, lambda: None)
     watcher.close()
     await service.stopService()
     if options.same_process:
@@ -215,11 +235,25 @@ async def run(
         f" verify={options.verify}, receivers in"
         f" {'this' if options.same_process else 'a child'} process)"
     )
+    latencies = sorted(
+        (s["arrivals"][webhook_id] - at) * 1000
+        for s in seen
+        for webhook_id, at in sent.items()
+        if webhook_id in s["arrivals"]
+    )
+    if latencies:
+        print(
+            f"latency of {len(latencies)} single deliveries, publish to arrival:"
+            f" p50 {latencies[len(latencies) // 2]:.1f} ms,"
+            f" p99 {latencies[min(len(latencies) - 1, len(latencies) * 99 // 100)]:.1f} ms,"
+            f" max {latencies[-1]:.1f} ms"
+        )
+    total = options.messages + options.latency
     print(
         f"received {[s['count'] for s in seen]}, distinct ids"
         f" {[s['distinct'] for s in seen]}, wh_delivered_count total {delivered}"
     )
-    if any(s["count"] != options.messages or s["distinct"] != options.messages for s in seen):
+    if any(s["count"] != total or s["distinct"] != total for s in seen):
         raise SystemExit("a receiver missed a message or got one twice")
 
 
@@ -235,6 +269,7 @@ def main() -> None:
     parser.add_argument("--receivers", type=int, default=2)
     parser.add_argument("--max-in-flight", type=int, default=64)
     parser.add_argument("--per-host", type=int, default=8)
+    parser.add_argument("--latency", type=int, default=100)
     parser.add_argument("--verify", action="store_true")
     parser.add_argument("--same-process", action="store_true")
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)

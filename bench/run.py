@@ -775,15 +775,13 @@ def details(scenario: int, r: dict[str, Any]) -> str:
     return ""
 
 
-LOWER_IS_BETTER = ("p50", "p99", "RSS")
-
-
 def table(
     scenario: int,
     title: str,
     results: dict[str, dict[str, Any]],
     servers: list[str],
     quick: bool,
+    markdown: bool = False,
 ) -> str:
     peers = [s for s in servers if s != "realtimed"]
     ratio_columns = [f"realtimed/{p}" for p in peers] if "realtimed" in servers else []
@@ -820,6 +818,17 @@ def table(
             else:
                 row.append("-")
         rows.append(row)
+    if markdown:
+        lines = [f"**{title}**", ""]
+        lines.append("| " + " | ".join(header) + " |")
+        lines.append("|" + "|".join(["---"] + ["--:"] * (len(header) - 1)) + "|")
+        lines += ["| " + " | ".join(row) + " |" for row in rows]
+        lines.append("")
+        for name in servers:
+            r = results.get(name, {})
+            what = f"failed: {r['error']}" if "error" in r else details(scenario, r)
+            lines.append(f"- {name}: {what}")
+        return "\n".join(lines) + "\n"
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     lines = [f"== {title}"]
     lines.append("  ".join(h.ljust(widths[i]) for i, h in enumerate(header)))
@@ -890,6 +899,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write all results as JSON")
     parser.add_argument(
+        "--markdown", type=Path, metavar="FILE", help="also write the tables as Markdown"
+    )
+    parser.add_argument(
         "--setup-only",
         action="store_true",
         help="install the Node packages and bench/.venv, then exit",
@@ -952,6 +964,15 @@ def main(argv: list[str] | None = None) -> int:
             tables.append(text)
             print(text, flush=True)
     print("\n" + "\n\n".join(tables) if len(tables) > 1 else "", flush=True)
+    if args.markdown:
+        names = QUICK_SCENARIOS if args.quick else SCENARIOS
+        args.markdown.write_text(
+            f"Machine: {machine_line()}\n\n"
+            + "\n".join(
+                table(n, f"scenario {n}: {names[n]}", all_results[n], servers, args.quick, True)
+                for n in scenarios
+            )
+        )
     if args.json:
         args.json.write_text(
             json.dumps(

@@ -7,12 +7,13 @@ service in `realtimed.webhooks` passes in what it has seen.
 
 from __future__ import annotations
 
+import base64
 import enum
 import ipaddress
 import math
 import re
 from email.utils import parsedate_to_datetime
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from attrs import frozen
 
@@ -239,6 +240,23 @@ def redact_url(url: str) -> str:
     netloc = host if port is None else f"{host}:{port}"
     suffix = "?..." if parts.query else ""
     return f"{parts.scheme}://{netloc}{parts.path}{suffix}"
+
+
+def split_credentials(url: str) -> tuple[str, str | None]:
+    """
+    A URL's user information as an HTTP Basic C{Authorization} value, and
+    the URL without it (which is what is requested: credentials never go
+    into the request line or the C{Host} header).
+
+    @return: The URL to request, and the header value or C{None}.
+    """
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url, None
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    user, _, password = userinfo.partition(":")
+    token = base64.b64encode(f"{unquote(user)}:{unquote(password)}".encode()).decode("ascii")
+    return urlunsplit(parts._replace(netloc=hostport)), f"Basic {token}"
 
 
 def header_text(value: str) -> str:

@@ -85,6 +85,7 @@ from realtimed.webhook_policy import (
     address_refusal,
     parse_retry_after,
     redact_url,
+    split_credentials,
     url_refusal,
     verdict_for_status,
     webhook_headers,
@@ -911,11 +912,14 @@ class WebhookService(Service):
             delivery.event,
             delivery.channel,
         )
+        url, authorization = split_credentials(delivery.url)
+        if authorization is not None:
+            headers["authorization"] = authorization
         raw = Headers({k.encode("ascii"): [v.encode("utf-8")] for k, v in headers.items()})
         try:
             d: Deferred[Any] = self.http.request(
                 "POST",
-                delivery.url,
+                url,
                 headers=raw,
                 data=delivery.body,
                 allow_redirects=False,

@@ -5,6 +5,7 @@ real receivers on loopback ports.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import sys
@@ -52,6 +53,7 @@ class Receiver(Resource):
         self.delay = delay
         self.requests: list[tuple[dict[str, str], bytes, float]] = []
         self.answering: set[Any] = set()
+        self.paths: list[bytes] = []
 
     def render_POST(self, request: Request) -> bytes | int:
         headers = {
@@ -61,6 +63,7 @@ class Receiver(Resource):
         assert request.content is not None
         body = request.content.read()
         self.requests.append((headers, body, reactor.seconds()))
+        self.paths.append(request.uri)
         status: int = 200
         extra: dict[str, str] = {}
         if self.script:
@@ -367,6 +370,26 @@ class DeliveryTests(WebhookTestCase):
             ],
         )
         self.assertEqual(self.counts(message_id), (1, 1))
+
+    @inlineCallbacks
+    def test_credentials_in_url(self) -> Any:
+        """
+        User information in a webhook URL is sent as Basic authorization,
+        never in the Host header or the request line.
+        """
+        receiver = Receiver()
+        port = self.listen(receiver)
+        self.channel("room:*", f"http://hook:s3cr%40t@127.0.0.1:{port}/in?x=1")
+        self.service()
+        self.publish("room:1")
+        yield self.wait_for(self.settled)
+        headers, _, _ = receiver.requests[0]
+        self.assertEqual(
+            headers["authorization"], "Basic " + base64.b64encode(b"hook:s3cr@t").decode()
+        )
+        self.assertEqual(headers["host"], f"127.0.0.1:{port}")
+        self.assertEqual(receiver.paths, [b"/in?x=1"])
+        self.assertEqual(self.deliveries()[0][2], "delivered")
 
     @inlineCallbacks
     def test_every_url(self) -> Any:
@@ -849,6 +872,28 @@ class OutboxTests(WebhookTestCase):
                 "SET ROLE anon; SELECT * FROM realtime.webhook_deliveries",
             )
         self.assertIn("permission denied", str(raised.exception))
+
+    def test_host_key(self) -> None:
+        """
+        Each delivery records its receiving host, the key of the per-host
+        limit: lower case, without user information or port.
+        """
+        self.channel(
+            "room:*",
+            "https://Hooks.Example.com:8443/a",
+            "http://user:pw@hooks.example.com/b?c=d",
+            "http://[2001:DB8::1]:8080/",
+            "http://[2001:db8::2]/",
+            "ftp:/nothing",
+        )
+        self.publish("room:1")
+        self.assertEqual(
+            sorted(
+                row[0]
+                for row in run_sql(self.database, "SELECT host FROM realtime.webhook_deliveries")
+            ),
+            ["", "[2001:db8::1]", "[2001:db8::2]", "hooks.example.com", "hooks.example.com"],
+        )
 
     def test_no_webhooks(self) -> None:
         """

@@ -23,6 +23,7 @@ from realtimed.webhook_policy import (
     header_text,
     parse_retry_after,
     redact_url,
+    split_credentials,
     url_refusal,
     verdict_for_status,
     webhook_headers,
@@ -339,6 +340,26 @@ class URLTests(SynchronousTestCase):
             reason = url_refusal(url)
             assert reason is not None, url
             self.assertIn(what, reason, url)
+
+    def test_credentials(self) -> None:
+        """
+        User information in a URL becomes a Basic Authorization value and
+        leaves the URL that is requested.
+        """
+        self.assertEqual(
+            split_credentials("https://hook%40user:p%3Ass@example.com:8443/x?y=1"),
+            (
+                "https://example.com:8443/x?y=1",
+                "Basic " + base64.b64encode(b"hook@user:p:ss").decode(),
+            ),
+        )
+        self.assertEqual(
+            split_credentials("http://token@[::1]/"),
+            ("http://[::1]/", "Basic " + base64.b64encode(b"token:").decode()),
+        )
+        self.assertEqual(
+            split_credentials("http://example.com/a@b"), ("http://example.com/a@b", None)
+        )
 
     def test_redacted(self) -> None:
         """

@@ -14,8 +14,8 @@ CREATE TABLE realtime.webhook_deliveries (
     id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     message_id uuid NOT NULL REFERENCES realtime.messages (id) ON DELETE CASCADE,
     url text NOT NULL,
-    -- The receiving host ("host:port" as written in the URL, lower case):
-    -- the key for the per-host concurrency limit.
+    -- The receiving host as written in the URL, in lower case, without
+    -- port: the key for the per-host concurrency limit.
     host text NOT NULL,
     status text NOT NULL DEFAULT 'pending'
         CHECK (status IN ('pending', 'delivered', 'failed')),
@@ -38,14 +38,15 @@ CREATE INDEX webhook_deliveries_finished ON realtime.webhook_deliveries (updated
 -- The outbox is realtimed's own: no application role reads or writes it.
 REVOKE ALL ON realtime.webhook_deliveries FROM PUBLIC;
 
--- The authority part of a URL, without user information, in lower case.
+-- The host of a URL, without user information or port, in lower case
+-- (an IPv6 address keeps its brackets).
 CREATE FUNCTION realtime.webhook_host(url text) RETURNS text
     LANGUAGE sql IMMUTABLE STRICT
     SET search_path = pg_catalog, pg_temp
     AS $$
-        SELECT lower(regexp_replace(
+        SELECT lower(regexp_replace(regexp_replace(
             substring(url from '^[A-Za-z][A-Za-z0-9+.-]*://([^/?#]*)'),
-            '^.*@', ''))
+            '^.*@', ''), ':[0-9]*$', ''))
     $$;
 
 -- The distinct, non-empty webhook URLs of a channel (none for NULL).

@@ -106,9 +106,7 @@ def main(argv: list[str]) -> None:
     root = engineio_root(_reactor) if kind == "engineio" else socketio_root(_reactor)
     site = Site(root)
     TCP4ServerEndpoint(_reactor, port, interface="127.0.0.1").listen(site)
-    TCP6ServerEndpoint(_reactor, port, interface="::1").listen(site).addErrback(
-        lambda f: None
-    )
+    TCP6ServerEndpoint(_reactor, port, interface="::1").listen(site).addErrback(lambda f: None)
     _reactor.run()  # type: ignore[attr-defined]
 
 

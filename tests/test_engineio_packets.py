@@ -28,9 +28,7 @@ from realtimed.engineio.engine_packets import (
     websocket_frame,
 )
 
-texts = st.text(
-    alphabet=st.characters(blacklist_characters="\x1e", blacklist_categories=("Cs",))
-)
+texts = st.text(alphabet=st.characters(blacklist_characters="\x1e", blacklist_categories=("Cs",)))
 text_packets = st.builds(
     EnginePacket,
     st.sampled_from([OPEN, CLOSE, PING, PONG, MESSAGE, UPGRADE, NOOP]),
@@ -104,13 +102,9 @@ class PacketTests(SynchronousTestCase):
         packet = EnginePacket(MESSAGE, data)
         theirs = reference.Packet(encoded_packet=packet.encode())
         self.assertEqual((theirs.packet_type, theirs.data), (MESSAGE, data))
+        self.assertEqual(decode_packet(reference.Packet(MESSAGE, data).encode()), packet)
         self.assertEqual(
-            decode_packet(reference.Packet(MESSAGE, data).encode()), packet
-        )
-        self.assertEqual(
-            decode_payload(
-                reference.Packet(MESSAGE, data).encode(b64=True).encode("ascii")
-            ),
+            decode_payload(reference.Packet(MESSAGE, data).encode(b64=True).encode("ascii")),
             [packet],
         )
 
@@ -125,9 +119,7 @@ class PayloadTests(SynchronousTestCase):
         """
         A payload decodes to the packets it was made of.
         """
-        self.assertEqual(
-            decode_payload(encode_payload(p.encode() for p in items)), items
-        )
+        self.assertEqual(decode_payload(encode_payload(p.encode() for p in items)), items)
 
     def test_reference_example(self) -> None:
         """
@@ -145,9 +137,7 @@ class PayloadTests(SynchronousTestCase):
         """
         body = encode_payload(p.encode() for p in items)
         theirs = reference_payload.Payload(encoded_payload=body.decode("utf-8"))
-        self.assertEqual(
-            [p.packet_type for p in theirs.packets], [p.type for p in items]
-        )
+        self.assertEqual([p.packet_type for p in theirs.packets], [p.type for p in items])
         mine = reference_payload.Payload(
             packets=[reference.Packet(p.type, p.data) for p in items]
         ).encode()

@@ -226,9 +226,7 @@ class StateMachineTests(SynchronousTestCase):
         Message packets are delivered, text and binary.
         """
         session = self.session()
-        self.assertEqual(
-            session.receive(EnginePacket(4, "hi"), 101.0), [states.Deliver("hi")]
-        )
+        self.assertEqual(session.receive(EnginePacket(4, "hi"), 101.0), [states.Deliver("hi")])
         self.assertEqual(
             session.receive(EnginePacket(4, b"\x01"), 101.0), [states.Deliver(b"\x01")]
         )
@@ -247,9 +245,7 @@ class StateMachineTests(SynchronousTestCase):
         The server closes by sending a close packet.
         """
         session = self.session()
-        self.assertEqual(
-            session.close(), [states.Send("1"), states.Closed("forced close")]
-        )
+        self.assertEqual(session.close(), [states.Send("1"), states.Closed("forced close")])
         self.assertEqual(session.close(), [])
 
     def test_upgrade_packet_outside_upgrade(self) -> None:
@@ -257,9 +253,7 @@ class StateMachineTests(SynchronousTestCase):
         An upgrade packet on the active transport is a protocol error.
         """
         session = self.session()
-        self.assertEqual(
-            session.receive(EnginePacket(5), 101.0), [states.Closed("parse error")]
-        )
+        self.assertEqual(session.receive(EnginePacket(5), 101.0), [states.Closed("parse error")])
 
     def test_upgrade(self) -> None:
         """
@@ -273,9 +267,7 @@ class StateMachineTests(SynchronousTestCase):
             session.receive_candidate(EnginePacket(2, "probe"), 101.0),
             [states.SendCandidate("3probe"), states.ReleasePoll()],
         )
-        self.assertEqual(
-            session.receive_candidate(EnginePacket(5), 101.0), [states.Upgraded()]
-        )
+        self.assertEqual(session.receive_candidate(EnginePacket(5), 101.0), [states.Upgraded()])
         self.assertEqual(session.transport, WEBSOCKET)
         self.assertFalse(session.upgrading)
         self.assertFalse(session.begin_upgrade(102.0))
@@ -301,9 +293,7 @@ class StateMachineTests(SynchronousTestCase):
         session = self.session()
         session.begin_upgrade(101.0)
         self.assertEqual(session.deadline(), 101.0 + states.UPGRADE_TIMEOUT)
-        self.assertEqual(
-            session.expire(101.0 + states.UPGRADE_TIMEOUT), [states.DropCandidate()]
-        )
+        self.assertEqual(session.expire(101.0 + states.UPGRADE_TIMEOUT), [states.DropCandidate()])
         self.assertFalse(session.upgrading)
 
     def test_websocket_session_cannot_upgrade(self) -> None:
@@ -361,9 +351,7 @@ class HandshakeTests(SynchronousTestCase):
         A missing or wrong EIO parameter is refused with code 5.
         """
         harness = EngineHarness()
-        self.assertRefused(
-            harness.render(make_request(args={"transport": "polling"})), 5
-        )
+        self.assertRefused(harness.render(make_request(args={"transport": "polling"})), 5)
         self.assertRefused(harness.request(EIO="3"), 5)
 
     def test_bad_transport(self) -> None:
@@ -414,9 +402,7 @@ class HandshakeTests(SynchronousTestCase):
             [b"true"],
         )
         other = harness.request(headers={b"origin": b"https://evil.example"})
-        self.assertIsNone(
-            other.responseHeaders.getRawHeaders(b"access-control-allow-origin")
-        )
+        self.assertIsNone(other.responseHeaders.getRawHeaders(b"access-control-allow-origin"))
         preflight = harness.request(
             b"OPTIONS",
             headers={
@@ -477,9 +463,7 @@ class PollingTests(SynchronousTestCase):
         """
         self.connection.send("4a")
         self.connection.send_many(["451-[]", b"\x01"])
-        self.assertEqual(
-            written(self.harness.request(sid=self.sid)), b"4a\x1e451-[]\x1ebAQ=="
-        )
+        self.assertEqual(written(self.harness.request(sid=self.sid)), b"4a\x1e451-[]\x1ebAQ==")
 
     def test_heartbeat(self) -> None:
         """
@@ -549,9 +533,7 @@ class PollingTests(SynchronousTestCase):
         """
         An undecodable packet is a 400 and closes the session.
         """
-        self.assertEqual(
-            self.harness.request(b"POST", self.sid, b"abc").responseCode, 400
-        )
+        self.assertEqual(self.harness.request(b"POST", self.sid, b"abc").responseCode, 400)
         self.assertEqual(self.handler.reasons, ["parse error"])
         self.assertEqual(self.harness.request(sid=self.sid).responseCode, 400)
 
@@ -559,9 +541,7 @@ class PollingTests(SynchronousTestCase):
         """
         A body that is not UTF-8 is a 400 and closes the session.
         """
-        self.assertEqual(
-            self.harness.request(b"POST", self.sid, b"\xff\x00\x01").responseCode, 400
-        )
+        self.assertEqual(self.harness.request(b"POST", self.sid, b"\xff\x00\x01").responseCode, 400)
         self.assertEqual(self.handler.reasons, ["parse error"])
 
     def test_oversize_payload(self) -> None:
@@ -570,9 +550,7 @@ class PollingTests(SynchronousTestCase):
         """
         harness = EngineHarness(max_payload=10)
         sid = harness.open_polling()
-        self.assertEqual(
-            harness.request(b"POST", sid, b"4" + b"x" * 10).responseCode, 413
-        )
+        self.assertEqual(harness.request(b"POST", sid, b"4" + b"x" * 10).responseCode, 413)
         self.assertEqual(harness.handlers[0].reasons, ["transport error"])
 
     def test_wrong_method(self) -> None:
@@ -663,9 +641,7 @@ class WebSocketTests(SynchronousTestCase):
         self.assertTrue(ws.closed)
         other = harness.open_websocket()
         other.lose()
-        self.assertEqual(
-            [h.reasons for h in harness.handlers], [["transport close"]] * 2
-        )
+        self.assertEqual([h.reasons for h in harness.handlers], [["transport close"]] * 2)
         self.assertEqual(harness.server.sessions, {})
 
     def test_server_close(self) -> None:

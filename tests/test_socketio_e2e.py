@@ -168,9 +168,9 @@ class EndToEndTests(TestCase):
         self.server = build_app(reactor)
         root = Resource()
         root.putChild(b"socket.io", self.server.resource())
-        port: IListeningPort = yield TCP4ServerEndpoint(
-            reactor, 0, interface="127.0.0.1"
-        ).listen(Site(root))
+        port: IListeningPort = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+            Site(root)
+        )
         self.addCleanup(port.stopListening)
         self.url = f"http://127.0.0.1:{port.getHost().port}"  # type: ignore[attr-defined]
 
@@ -182,9 +182,7 @@ class EndToEndTests(TestCase):
         return d
 
     def check(self, output: bytes, code: int, errors: bytes, transport: str) -> None:
-        lines = [
-            json.loads(line) for line in output.decode().splitlines() if line.strip()
-        ]
+        lines = [json.loads(line) for line in output.decode().splitlines() if line.strip()]
         self.assertEqual(code, 0, (lines, errors.decode(errors="replace")[-3000:]))
         steps = {line["step"]: line["value"] for line in lines}
         self.assertEqual(
@@ -214,9 +212,7 @@ class EndToEndTests(TestCase):
             node, [str(SCENARIO), self.url, *args], env=os.environ, path=str(JS)
         )
         refused = self.check(output, code, errors, "websocket")
-        self.assertEqual(
-            refused, {"message": "Invalid token", "data": {"token": "bad"}}
-        )
+        self.assertEqual(refused, {"message": "Invalid token", "data": {"token": "bad"}})
 
     def test_js_polling_then_websocket(self) -> Any:
         """
@@ -237,9 +233,7 @@ class EndToEndTests(TestCase):
             sys.executable, ["-c", PYTHON_SCENARIO, self.url, mode], env=os.environ
         )
         refused = self.check(output, code, errors, "websocket")
-        self.assertEqual(
-            refused, {"message": "Invalid token", "data": {"token": "bad"}}
-        )
+        self.assertEqual(refused, {"message": "Invalid token", "data": {"token": "bad"}})
 
     def test_python_default(self) -> Any:
         """
@@ -265,7 +259,5 @@ class EndToEndTests(TestCase):
         d = getProcessOutputAndValue(
             sys.executable, ["-c", script, self.url, "polling"], env=os.environ
         )
-        d.addCallback(
-            lambda result: self.check(result[0], result[2], result[1], "polling")
-        )
+        d.addCallback(lambda result: self.check(result[0], result[2], result[1], "polling"))
         return d

@@ -37,9 +37,7 @@ scalars = (
 )
 json_values = st.recursive(
     scalars,
-    lambda inner: (
-        st.lists(inner, max_size=4) | st.dictionaries(keys, inner, max_size=4)
-    ),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(keys, inner, max_size=4),
     max_leaves=12,
 )
 binary_values = st.recursive(
@@ -109,9 +107,7 @@ packets_with_binary = st.one_of(
         SocketPacket,
         st.just(BINARY_ACK),
         namespaces,
-        st.builds(
-            lambda b, a: [*a, b], binary_values, st.lists(json_values, max_size=2)
-        ),
+        st.builds(lambda b, a: [*a, b], binary_values, st.lists(json_values, max_size=2)),
         ack_ids,
     ),
 )
@@ -140,14 +136,10 @@ class CodecTests(SynchronousTestCase):
         """
         Packets are written as the protocol's examples show.
         """
-        self.assertEqual(
-            encode(SocketPacket(CONNECT, "/", {"sid": "x"})), ['0{"sid":"x"}']
-        )
+        self.assertEqual(encode(SocketPacket(CONNECT, "/", {"sid": "x"})), ['0{"sid":"x"}'])
         self.assertEqual(encode(SocketPacket(DISCONNECT, "/admin")), ["1/admin,"])
         self.assertEqual(encode(SocketPacket(EVENT, "/", ["a", 1], 12)), ['212["a",1]'])
-        self.assertEqual(
-            encode(SocketPacket(ACK, "/admin", ["é"], 13)), ['3/admin,13["é"]']
-        )
+        self.assertEqual(encode(SocketPacket(ACK, "/admin", ["é"], 13)), ['3/admin,13["é"]'])
         self.assertEqual(
             encode(SocketPacket(EVENT, "/", ["a", b"\x01"])),
             ['51-["a",{"_placeholder":true,"num":0}]', b"\x01"],

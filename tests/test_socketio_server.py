@@ -21,9 +21,7 @@ class Client:
     One in-memory WebSocket client of a `SocketIOServer`.
     """
 
-    def __init__(
-        self, server: SocketIOServer, headers: dict[str, str] | None = None
-    ) -> None:
+    def __init__(self, server: SocketIOServer, headers: dict[str, str] | None = None) -> None:
         self.ws = FakeWebSocket()
         server.engine._websocket_opened(self.ws, None, headers or {}, {})  # type: ignore[arg-type]
         [handshake] = self.ws.received()
@@ -116,9 +114,7 @@ class ServerTests(SynchronousTestCase):
         self.main.on_connect(refuse)
         client = Client(self.server)
         client.send("0")
-        self.assertEqual(
-            client.received(), ['4{"message":"Invalid token","data":{"code":1}}']
-        )
+        self.assertEqual(client.received(), ['4{"message":"Invalid token","data":{"code":1}}'])
         self.assertEqual(self.main.sockets, {})
         self.assertEqual(self.reasons, [])
 
@@ -133,9 +129,7 @@ class ServerTests(SynchronousTestCase):
         client.send("0")
         self.assertEqual(client.received(), [])
         pending.errback(ConnectRefused("No authentication provided"))
-        self.assertEqual(
-            client.received(), ['4{"message":"No authentication provided"}']
-        )
+        self.assertEqual(client.received(), ['4{"message":"No authentication provided"}'])
 
     def test_accepted_later(self) -> None:
         """
@@ -165,9 +159,7 @@ class ServerTests(SynchronousTestCase):
         """
         client = Client(self.server)
         client.send("0/random,")
-        self.assertEqual(
-            client.received(), ['4/random,{"message":"Invalid namespace"}']
-        )
+        self.assertEqual(client.received(), ['4/random,{"message":"Invalid namespace"}'])
 
     def test_namespaces(self) -> None:
         """
@@ -276,9 +268,7 @@ class ServerTests(SynchronousTestCase):
         )
         answers: list[Any] = []
         self.sockets[0].emit("file", b"\xff", ack=answers.append)
-        self.assertEqual(
-            client.received(), ['51-0["file",{"_placeholder":true,"num":0}]', b"\xff"]
-        )
+        self.assertEqual(client.received(), ['51-0["file",{"_placeholder":true,"num":0}]', b"\xff"])
         client.send('61-0[{"_placeholder":true,"num":0}]', b"\x07")
         self.assertEqual(answers, [b"\x07"])
 
@@ -294,15 +284,16 @@ class ServerTests(SynchronousTestCase):
         request = make_request(args={"EIO": "4", "transport": "polling"})
         self.server.engine.render(request)
         sid = json.loads(written(request)[1:])["sid"]
-        post = make_request(
-            b"POST", {"EIO": "4", "transport": "polling", "sid": sid}, b"40"
-        )
+        post = make_request(b"POST", {"EIO": "4", "transport": "polling", "sid": sid}, b"40")
         self.server.engine.render(post)
         clients[2].send("1")
         self.reasons.clear()
         for client in clients:
             client.ws.transport.clear()
         self.main.emit_many(self.sockets, "news", {"n": 1}, b"\x01")
+        # WebSocket frames go out at the end of the reactor turn
+        self.assertEqual(clients[0].ws.transport.value(), b"")
+        self.clock.advance(0)
         frames = [c.ws.transport.value() for c in clients]
         self.assertEqual(frames[0], frames[1])
         self.assertEqual(frames[2], b"")
@@ -317,6 +308,23 @@ class ServerTests(SynchronousTestCase):
                 b'\x1e451-["news",{"n":1},{"_placeholder":true,"num":0}]\x1ebAQ=='
             )
         )
+
+    def test_broadcasts_keep_order(self) -> None:
+        """
+        Broadcasts held for the end of the turn go out in order, and a
+        direct emit made meanwhile waits behind them.
+        """
+        client = Client(self.server)
+        client.connect()
+        client.ws.transport.clear()
+        self.main.emit_many(self.sockets, "a")
+        self.sockets[0].emit("b")
+        self.main.emit_many(self.sockets, "c")
+        self.assertEqual(client.ws.transport.value(), b"")
+        self.clock.advance(0)
+        self.assertEqual(client.received(), ['2["a"]', '2["b"]', '2["c"]'])
+        self.sockets[0].emit("d")
+        self.assertEqual(client.received(), ['2["d"]'])
 
     def test_client_disconnect(self) -> None:
         """

@@ -1,3 +1,79 @@
 """
-Engine.IO v4 and Socket.IO v5 for Twisted.
+Engine.IO v4 and Socket.IO v5 on Twisted: a server that standard Socket.IO
+clients (``socket.io-client`` 4, python-socketio, ...) talk to, over HTTP
+long-polling (with the upgrade to WebSocket) and over WebSocket alone.  It
+knows nothing about what the application does with its sockets.
+
+Layers, bottom up:
+
+- `realtimed.engineio.engine_packets` and `realtimed.engineio.socket_packets`:
+  pure codecs (no I/O, no Twisted).
+- `realtimed.engineio.session`: the pure Engine.IO session state machine
+  (heartbeat, upgrade, close), driven with the current time, answering with
+  actions.
+- `realtimed.engineio.transports`: `EngineIOServer`, the twisted.web
+  resource that serves polling and hands WebSocket upgrades to Autobahn.
+- `realtimed.engineio.server`: `SocketIOServer`, namespaces and sockets.
+
+Using it::
+
+    server = SocketIOServer(
+        reactor,
+        ping_interval=25.0,          # seconds
+        ping_timeout=20.0,
+        max_payload=1_000_000,       # bytes per incoming message / POST body
+        connect_timeout=45.0,        # to join a first namespace
+        cors_origins=("https://app.example",),   # "*" for any origin
+        max_buffer=4_000_000,        # bytes queued for a slow reader, then close
+    )
+    root.putChild(b"socket.io", server.resource())
+
+    chat = server.namespace("/")         # created on first use; "/" always exists
+
+    def connect(socket: Socket, auth: object | None) -> object:
+        # may return a Deferred; raise (or fail with) ConnectRefused to refuse:
+        # the client gets connect_error {"message": ..., "data": ...}
+        if not good(auth, socket.headers.get("authorization")):
+            raise ConnectRefused("Invalid token")
+        socket.data["user"] = ...
+        socket.emit("welcome")           # sent right after the CONNECT reply
+    chat.on_connect(connect)
+
+    def publish(socket: Socket, args: list, ack: Callable[..., None] | None) -> None:
+        if ack is not None:              # None when the client asked for no ack
+            ack({"ok": True})            # sends ACK once; later calls are ignored
+    chat.on("publish", publish)
+    chat.on_any(lambda socket, event, args, ack: ...)    # events without a handler
+    chat.on_disconnect(lambda socket, reason: ...)       # once per connected socket
+
+    socket.emit("event", 1, b"bytes", ack=lambda *values: ...)  # ack optional
+    chat.emit_many(sockets, "event", payload)   # encode once, frame once
+    chat.emit("event", payload)                 # every socket of the namespace
+    socket.disconnect()                         # DISCONNECT; last one closes the session
+    server.close()                              # at shutdown
+
+`Socket` attributes: ``sid`` (Socket.IO id), ``namespace``, ``headers``
+(the handshake request's headers, lower-case names), ``query``,
+``engine_sid``, ``data`` (a dict for the application), ``connected``.
+
+Handlers run in the reactor thread.  Exceptions from handlers and failed
+Deferreds they return are logged and cost nothing else.  Disconnect reasons:
+``client namespace disconnect``, ``server namespace disconnect``,
+``transport close``, ``transport error``, ``ping timeout``, ``parse error``,
+``forced close``.
+
+Broadcast cost: `Namespace.emit_many` encodes the packet and builds the
+WebSocket frame bytes once; for each WebSocket recipient it then only calls
+its TCP transport's ``write`` with those bytes; polling recipients queue the
+same encoded packet.  Permessage-deflate is therefore not offered.
+
+Protocol answers to bad input, each costing only the session concerned:
+unknown ``EIO``/``transport``, unknown sid, wrong method: HTTP 400 with the
+reference server's JSON error; undecodable Engine.IO packets or payloads:
+400 (polling) or closing the WebSocket, and the session ends; a POST over
+``max_payload``: 413 and the session ends; a WebSocket message over it:
+close code 1009; undecodable Socket.IO packets (unknown type, broken JSON,
+bad ack id, unexpected attachments, reserved event names): the connection is
+closed; a second concurrent poll: 400 and the session ends; a second
+WebSocket for a session: that WebSocket is closed.
 """

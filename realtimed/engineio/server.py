@@ -117,9 +117,11 @@ class Namespace:
     def emit_many(self, sockets: Iterable[Socket], event: str, *args: Any) -> None:
         """
         Send one event to many sockets of this namespace.  The packet is
-        encoded and framed once; each WebSocket recipient costs one write,
-        each polling recipient one append to its queue.  Sockets that are
-        not connected are skipped.
+        encoded and framed once.  For each WebSocket recipient the frame
+        bytes are appended to what the connection will write at the end of
+        the reactor turn (one system call per connection and turn, however
+        many broadcasts); each polling recipient queues the same encoded
+        packet.  Sockets that are not connected are skipped.
         """
         packets = _engine_packets(SocketPacket(EVENT, self.name, [event, *args]))
         if len(packets) == 1:
@@ -129,9 +131,9 @@ class Namespace:
         for socket in sockets:
             if socket._live:
                 connection = socket._engine
-                write = connection.write
-                if write is not None and not connection.paused:
-                    write(frames)
+                pending = connection.pending
+                if pending and not connection.paused:
+                    pending.append(frames)
                 else:
                     connection.send_prepared(packets, frames)
             elif socket._early is not None:
@@ -218,9 +220,7 @@ class Socket:
     def _connected(self) -> None:
         self.connected = True
         self._engine.send_many(
-            _engine_packets(
-                SocketPacket(CONNECT, self.namespace.name, {"sid": self.sid})
-            )
+            _engine_packets(SocketPacket(CONNECT, self.namespace.name, {"sid": self.sid}))
         )
         early, self._early = self._early, None
         self._live = True
@@ -233,7 +233,7 @@ class Socket:
             return
         try:
             result = callback(*values)
-        except Exception:  # noqa: BLE001 - application code must not break the server
+        except Exception:
             log.failure("Acknowledgement callback failed")
             return
         if isinstance(result, Deferred):
@@ -307,9 +307,7 @@ class SocketIOConnection:
     def _connect(self, name: str, auth: Any) -> None:
         namespace = self.server._namespaces.get(name)
         if namespace is None:
-            self._send(
-                SocketPacket(CONNECT_ERROR, name, {"message": "Invalid namespace"})
-            )
+            self._send(SocketPacket(CONNECT_ERROR, name, {"message": "Invalid namespace"}))
             return
         if name in self.sockets:
             return
@@ -323,9 +321,7 @@ class SocketIOConnection:
             self._accepted(None, socket)
             return
         d = maybeDeferred(hook, socket, auth)
-        d.addCallbacks(
-            self._accepted, self._refused, callbackArgs=(socket,), errbackArgs=(socket,)
-        )
+        d.addCallbacks(self._accepted, self._refused, callbackArgs=(socket,), errbackArgs=(socket,))
         d.addErrback(_report, "Accepting a connection")
 
     def _accepted(self, result: object, socket: Socket) -> None:
@@ -362,7 +358,7 @@ class SocketIOConnection:
         if was_connected and handler is not None:
             try:
                 result = handler(socket, reason)
-            except Exception:  # noqa: BLE001 - application code must not break the server
+            except Exception:
                 log.failure("Disconnect handler failed")
                 return
             if isinstance(result, Deferred):
@@ -383,7 +379,7 @@ class SocketIOConnection:
                 result = namespace._any(socket, event, args, ack)
             else:
                 return
-        except Exception:  # noqa: BLE001 - application code must not break the server
+        except Exception:
             log.failure("Handler for {event!r} failed", event=event)
             return
         if isinstance(result, Deferred):

@@ -103,9 +103,7 @@ class Closed:
     reason: str
 
 
-Action = (
-    Deliver | Send | SendCandidate | ReleasePoll | Upgraded | DropCandidate | Closed
-)
+Action = Deliver | Send | SendCandidate | ReleasePoll | Upgraded | DropCandidate | Closed
 
 
 @define
@@ -136,9 +134,7 @@ class EngineSession:
         """
         A new session whose open packet goes out at ``now``.
         """
-        return cls(
-            sid, transport, ping_interval, ping_timeout, ping_due=now + ping_interval
-        )
+        return cls(sid, transport, ping_interval, ping_timeout, ping_due=now + ping_interval)
 
     @property
     def upgrading(self) -> bool:
@@ -153,11 +149,7 @@ class EngineSession:
         """
         if self.closed:
             return None
-        due = [
-            t
-            for t in (self._ping_due, self._pong_due, self._upgrade_due)
-            if t is not None
-        ]
+        due = [t for t in (self._ping_due, self._pong_due, self._upgrade_due) if t is not None]
         return min(due) if due else None
 
     def expire(self, now: float) -> list[Action]:

@@ -71,9 +71,7 @@ def _reject_constant(name: str) -> Any:
 
 
 _decode_json = json.JSONDecoder(parse_constant=_reject_constant).decode
-_encode_json = json.JSONEncoder(
-    separators=(",", ":"), ensure_ascii=False, allow_nan=False
-).encode
+_encode_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
 
 
 def encode_json(value: Any) -> str:

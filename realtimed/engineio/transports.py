@@ -33,6 +33,7 @@ from attrs import define, field
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
+from twisted.internet import tcp
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -108,11 +109,14 @@ class EngineConnection:
     headers: Mapping[str, str]
     query: Mapping[str, str]
     handler: EngineHandler | None = None
-    #: ``transport.write`` of the active WebSocket, `None` on polling
-    write: Callable[[bytes], None] | None = None
+    #: WebSocket frames held until the end of the reactor turn (see
+    #: `defer_frames`); `None` unless the session is on a WebSocket
+    pending: list[bytes] | None = None
     #: the kernel buffer of the active WebSocket is full
     paused: bool = False
     _backlog: int = 0
+    _write: Callable[[bytes], None] | None = None
+    _raw: tcp.Connection | None = None
     _ws: EngineWebSocketProtocol | None = None
     _candidate: EngineWebSocketProtocol | None = None
     _poll: Request | None = None
@@ -142,7 +146,7 @@ class EngineConnection:
         """
         if self.session.closed:
             return
-        if self.write is not None:
+        if self.pending is not None:
             self.send_frames(websocket_frame(packet))
         else:
             self._queue((packet,))
@@ -154,7 +158,7 @@ class EngineConnection:
         """
         if self.session.closed:
             return
-        if self.write is not None:
+        if self.pending is not None:
             self.send_frames(b"".join(map(websocket_frame, packets)))
         else:
             self._queue(packets)
@@ -163,29 +167,71 @@ class EngineConnection:
         """
         Send packets for which the WebSocket frames were already built.
         """
-        if self.write is not None:
-            self.send_frames(frames)
+        if self.pending is not None:
+            self.defer_frames(frames)
         elif not self.session.closed:
             self._queue(packets)
 
     def send_frames(self, frames: bytes) -> None:
         """
-        Write WebSocket frames to the active WebSocket, dropping the
-        connection when its reader has fallen too far behind.
+        Write WebSocket frames to the active WebSocket now, or after the
+        frames already held back for it.
         """
-        write = self.write
-        if write is None:
+        pending = self.pending
+        if pending:
+            pending.append(frames)
+        elif pending is not None:
+            self._write_now(frames)
+
+    def defer_frames(self, frames: bytes) -> None:
+        """
+        Hold WebSocket frames until the end of the reactor turn, so that
+        everything broadcast to this connection during the turn goes out in
+        one system call.
+        """
+        pending = self.pending
+        if pending is None:
             return
+        if not pending:
+            self.server._dirty(self)
+        pending.append(frames)
+
+    def flush(self) -> None:
+        """
+        Write the frames held back by `defer_frames`.
+        """
+        pending = self.pending
+        if pending:
+            data = pending[0] if len(pending) == 1 else b"".join(pending)
+            pending.clear()
+            self._write_now(data)
+
+    def _write_now(self, data: bytes) -> None:
         if self.paused:
-            self._backlog += len(frames)
+            self._backlog += len(data)
             if self._backlog > self.server.config.max_buffer:
                 log.info("Dropping slow WebSocket reader {sid}", sid=self.sid)
                 ws = self._ws
+                self.pending = None
                 self._apply(self.session.transport_lost(), "transport error")
                 if ws is not None:
                     ws.dropConnection(abort=True)
                 return
-        write(frames)
+        raw = self._raw
+        if raw is not None and not raw.dataBuffer and not raw._tempDataBuffer:
+            # Nothing is queued in Twisted's buffer, so the bytes may go
+            # straight to the socket: one system call, no poller changes.
+            # Whatever the kernel does not take is queued as usual.
+            try:
+                sent = raw.socket.send(data)
+            except OSError:
+                sent = 0
+            if sent == len(data):
+                return
+            data = data[sent:]
+        write = self._write
+        if write is not None:
+            write(data)
 
     def _queue(self, packets: tuple[EncodedPacket, ...] | list[EncodedPacket]) -> None:
         self._outbox.extend(packets)
@@ -261,7 +307,7 @@ class EngineConnection:
                 if self.handler is not None:
                     self.handler.message(action.data)
             elif isinstance(action, states.Send):
-                if self.write is not None:
+                if self.pending is not None:
                     self.send_frames(websocket_frame(action.packet))
                 else:
                     self._queue((action.packet,))
@@ -296,12 +342,14 @@ class EngineConnection:
         self._ws = ws
         ws.connection = self
         transport = ws.transport
-        self.write = transport.write
+        self._write = transport.write
+        self.pending = []
+        if isinstance(transport, tcp.Connection):
+            self._raw = transport
+            transport.setTcpNoDelay(True)
         # twisted.web's channel is still registered as the producer of the
         # connection it handed over
-        if getattr(transport, "producer", None) or getattr(
-            transport, "_producer", None
-        ):
+        if getattr(transport, "producer", None) or getattr(transport, "_producer", None):
             transport.unregisterProducer()
         transport.registerProducer(_WriteWatch(self), True)
 
@@ -311,7 +359,10 @@ class EngineConnection:
         self._timer = None
         self.server._forget(self)
         ws, self._ws = self._ws, None
-        self.write = None
+        self.flush()
+        self.pending = None
+        self._write = None
+        self._raw = None
         if ws is not None:
             ws.connection = None
             if ws.state == WebSocketServerProtocol.STATE_OPEN:
@@ -340,7 +391,7 @@ class EngineConnection:
         if handler is not None:
             try:
                 handler.closed(reason)
-            except Exception:  # noqa: BLE001 - application code must not break the server
+            except Exception:
                 log.failure("Session close handler failed")
 
     def poll(self, request: Request) -> bytes | int:
@@ -388,9 +439,7 @@ class EngineConnection:
         try:
             packets = decode_payload(body)
         except EngineProtocolError as e:
-            log.info(
-                "Bad polling payload from {sid}: {error}", sid=self.sid, error=str(e)
-            )
+            log.info("Bad polling payload from {sid}: {error}", sid=self.sid, error=str(e))
             self._apply(self.session.protocol_error())
             return self.server._error(request, BAD_REQUEST)
         now = self.server.reactor.seconds()
@@ -408,9 +457,7 @@ class EngineConnection:
         try:
             packet = decode_packet(data)
         except EngineProtocolError as e:
-            log.info(
-                "Bad WebSocket packet from {sid}: {error}", sid=self.sid, error=str(e)
-            )
+            log.info("Bad WebSocket packet from {sid}: {error}", sid=self.sid, error=str(e))
             if ws is self._ws:
                 self._apply(self.session.protocol_error())
             else:
@@ -428,7 +475,9 @@ class EngineConnection:
         """
         if ws is self._ws:
             self._ws = None
-            self.write = None
+            self.pending = None
+            self._write = None
+            self._raw = None
             self._apply(self.session.transport_lost())
         elif ws is self._candidate:
             self._candidate = None
@@ -511,6 +560,8 @@ class EngineIOServer:
     _factory: WebSocketServerFactory = field(init=False)
     _websocket_resource: WebSocketResource = field(init=False)
     _lingering: dict[str, IDelayedCall] = field(factory=dict, init=False)
+    _held: list[EngineConnection] = field(factory=list, init=False)
+    _flush_call: IDelayedCall | None = field(default=None, init=False)
     _stopping: bool = field(default=False, init=False)
 
     def __attrs_post_init__(self) -> None:
@@ -572,9 +623,26 @@ class EngineIOServer:
         connection._reschedule()
         try:
             connection.handler = self.accept(connection)
-        except Exception:  # noqa: BLE001 - application code must not break the server
+        except Exception:
             log.failure("Session handler failed to start")
             connection.close()
+
+    def _dirty(self, connection: EngineConnection) -> None:
+        self._held.append(connection)
+        if self._flush_call is None:
+            self._flush_call = self.reactor.callLater(0, self.flush)
+
+    def flush(self) -> None:
+        """
+        Write out the frames held back during this reactor turn (this runs
+        by itself at the start of the next turn).
+        """
+        call, self._flush_call = self._flush_call, None
+        if call is not None and call.active():
+            call.cancel()
+        held, self._held = self._held, []
+        for connection in held:
+            connection.flush()
 
     def _forget(self, connection: EngineConnection) -> None:
         if self.sessions.get(connection.sid) is connection:
@@ -620,9 +688,7 @@ class EngineIOServer:
             self._started(connection)
             return
         existing = self.sessions.get(sid)
-        if existing is None or not existing.session.begin_upgrade(
-            self.reactor.seconds()
-        ):
+        if existing is None or not existing.session.begin_upgrade(self.reactor.seconds()):
             ws.sendClose()
             return
         existing._candidate = ws

@@ -5,14 +5,18 @@ real receivers on loopback ports.
 
 from __future__ import annotations
 
+import atexit
 import base64
 import json
 import os
 import sys
+import uuid
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
+import psycopg2
 from standardwebhooks.webhooks import Webhook
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
@@ -28,7 +32,7 @@ from realtimed.signing import encode_webhook_secret
 from realtimed.store.migrations import migrate
 from realtimed.webhook_policy import RetryPolicy
 from realtimed.webhooks import WebhookService
-from tests.support import create_database, run_sql
+from tests.support import run_sql, server_url, with_database
 
 SECRET = encode_webhook_secret(b"webhook-test-key-" + b"x" * 15)
 
@@ -192,16 +196,57 @@ class ServiceProcess(ProcessProtocol):
         return self.ended
 
 
+#: The database these tests share (on the server REALTIMED_TEST_POSTGRES
+#: names, see tests.support): created and migrated once, emptied before each
+#: test, dropped when the run ends.  Creating a database per test cost more
+#: than all the tests themselves.
+_shared: list[str] = []
+
+
+def _admin(statement: str) -> None:
+    connection = psycopg2.connect(server_url())
+    try:
+        connection.autocommit = True
+        with connection.cursor() as cursor:
+            cursor.execute(statement)
+    finally:
+        connection.close()
+
+
+def _drop_shared() -> None:
+    for url in _shared:
+        _admin(f'DROP DATABASE IF EXISTS "{urlsplit(url).path.lstrip("/")}" WITH (FORCE)')
+
+
+@inlineCallbacks
+def shared_database() -> Any:
+    """
+    The shared database, empty.
+    """
+    if not _shared:
+        name = "realtimed_test_webhooks_" + uuid.uuid4().hex[:12]
+        _admin(f'CREATE DATABASE "{name}"')
+        _shared.append(with_database(server_url(), name))
+        atexit.register(_drop_shared)
+        yield migrate(reactor, _shared[0])
+    else:
+        run_sql(
+            _shared[0],
+            "TRUNCATE realtime.webhook_deliveries, realtime.messages, realtime.channels"
+            " RESTART IDENTITY CASCADE",
+        )
+    return _shared[0]
+
+
 class WebhookTestCase(TestCase):
     """
-    A fresh migrated database per test, and helpers to run receivers and
+    An empty migrated database per test, and helpers to run receivers and
     services against it.
     """
 
     @inlineCallbacks
     def setUp(self) -> Any:
-        self.database = create_database(self)
-        yield migrate(reactor, self.database)
+        self.database = yield shared_database()
         self.log_events: list[dict[str, Any]] = []
         globalLogPublisher.addObserver(self.log_events.append)
         self.addCleanup(globalLogPublisher.removeObserver, self.log_events.append)

@@ -242,11 +242,13 @@ class StateMachineTests(SynchronousTestCase):
 
     def test_server_close(self) -> None:
         """
-        The server closes by sending a close packet.
+        The server closes a polling session with a close packet, a
+        WebSocket session without.
         """
         session = self.session()
         self.assertEqual(session.close(), [states.Send("1"), states.Closed("forced close")])
         self.assertEqual(session.close(), [])
+        self.assertEqual(self.session(WEBSOCKET).close(), [states.Closed("forced close")])
 
     def test_upgrade_packet_outside_upgrade(self) -> None:
         """
@@ -646,14 +648,16 @@ class WebSocketTests(SynchronousTestCase):
 
     def test_server_close(self) -> None:
         """
-        The server sends a close packet then closes the WebSocket.
+        The server closes the WebSocket without a close packet, so that
+        clients treat it as a lost connection.
         """
         harness = EngineHarness()
         ws = harness.open_websocket()
         ws.received()
         harness.handlers[0].connection.close()
-        self.assertEqual(ws.received(), ["1"])
+        self.assertEqual(ws.received(), [])
         self.assertTrue(ws.closed)
+        self.assertEqual(harness.handlers[0].reasons, ["forced close"])
 
     def test_slow_reader(self) -> None:
         """

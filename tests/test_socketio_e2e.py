@@ -74,6 +74,7 @@ def build_app(clock: Any) -> SocketIOServer:
     main.on("echo", echo)
     main.on("ask me", ask)
     main.on("bye", lambda socket, args, ack: socket.disconnect())
+    main.on("restart", lambda socket, args, ack: clock.callLater(0, server.close))
     return server
 
 
@@ -140,6 +141,26 @@ wait(events["welcome"])
 report("reconnected", sio.call("echo", "again", timeout=10))
 sio.disconnect()
 
+if mode == "polling":
+    # python-engineio takes a close packet (polling) as final: no retry
+    refused_only = True
+else:
+    refused_only = False
+resilient = None if refused_only else socketio.Client(reconnection=True, reconnection_delay=0.1, randomization_factor=0)
+if resilient is not None:
+    welcomed = threading.Event()
+    dropped = threading.Event()
+    resilient.on("welcome", lambda data: welcomed.set())
+    resilient.on("disconnect", lambda *reason: dropped.set())
+    resilient.connect(url, auth={"token": "good"}, transports=transports, wait_timeout=10)
+    wait(welcomed)
+    welcomed.clear()
+    resilient.emit("restart")
+    wait(dropped)
+    wait(welcomed)
+    report("automatic reconnect", ["transport close", resilient.call("echo", "back", timeout=10)])
+    resilient.disconnect()
+
 refused = socketio.Client(reconnection=False)
 errors = []
 
@@ -185,20 +206,21 @@ class EndToEndTests(TestCase):
         lines = [json.loads(line) for line in output.decode().splitlines() if line.strip()]
         self.assertEqual(code, 0, (lines, errors.decode(errors="replace")[-3000:]))
         steps = {line["step"]: line["value"] for line in lines}
-        self.assertEqual(
-            steps,
-            {
-                "welcome": {"auth": {"token": "good"}, "host": True},
-                "transport": transport,
-                "ack": [1, "two", {"three": [True]}],
-                "binary event": ["no ack", "010203"],
-                "binary ack": "00ff",
-                "client ack": [42, "0109"],
-                "server disconnect": "io server disconnect",
-                "reconnected": "again",
-                "refused": steps["refused"],
-            },
-        )
+        expected = {
+            "welcome": {"auth": {"token": "good"}, "host": True},
+            "transport": transport,
+            "ack": [1, "two", {"three": [True]}],
+            "binary event": ["no ack", "010203"],
+            "binary ack": "00ff",
+            "client ack": [42, "0109"],
+            "server disconnect": "io server disconnect",
+            "reconnected": "again",
+            "automatic reconnect": ["transport close", "back"],
+            "refused": steps["refused"],
+        }
+        if transport == "polling":
+            del expected["automatic reconnect"]
+        self.assertEqual(steps, expected)
         return steps["refused"]
 
     @inlineCallbacks

@@ -346,7 +346,7 @@ class ServerTests(SynchronousTestCase):
         client = Client(self.server)
         client.connect()
         self.sockets[0].disconnect()
-        self.assertEqual(client.ws.received(), ["41", "1"])
+        self.assertEqual(client.ws.received(), ["41"])
         self.assertTrue(client.ws.closed)
         self.assertEqual(self.reasons, ["server namespace disconnect"])
 

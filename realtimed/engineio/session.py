@@ -250,11 +250,15 @@ class EngineSession:
 
     def close(self) -> list[Action]:
         """
-        The server ends the session: tell the client, then close.
+        The server ends the session.  A polling client is told with a close
+        packet; a WebSocket is simply closed, as the reference server does
+        (clients then treat it as a lost connection and reconnect).
         """
         if self.closed:
             return []
-        return [Send(CLOSE_PACKET), *self._close("forced close")]
+        if self.transport == POLLING:
+            return [Send(CLOSE_PACKET), *self._close("forced close")]
+        return self._close("forced close")
 
     def _close(self, reason: str) -> list[Action]:
         self.closed = True

@@ -312,8 +312,9 @@ class EngineConnection:
                 else:
                     self._queue((action.packet,))
             elif isinstance(action, states.SendCandidate):
-                if self._candidate is not None:
-                    self._candidate.transport.write(websocket_frame(action.packet))
+                candidate = self._candidate
+                if candidate is not None and candidate.transport is not None:
+                    candidate.transport.write(websocket_frame(action.packet))
             elif isinstance(action, states.ReleasePoll):
                 self._release_poll()
             elif isinstance(action, states.Upgraded):
@@ -341,7 +342,7 @@ class EngineConnection:
     def _attach(self, ws: EngineWebSocketProtocol) -> None:
         self._ws = ws
         ws.connection = self
-        transport = ws.transport
+        transport: Any = ws.transport
         self._write = transport.write
         self.pending = []
         if isinstance(transport, tcp.Connection):
@@ -727,11 +728,8 @@ class EngineIOServer:
             if wanted:
                 request.setHeader(b"access-control-allow-headers", wanted)
             return b""
-        query = {
-            k.decode("latin-1"): v[0].decode("latin-1")
-            for k, v in (request.args or {}).items()
-            if v
-        }
+        args: dict[bytes, list[bytes]] = request.args or {}
+        query = {k.decode("latin-1"): v[0].decode("latin-1") for k, v in args.items() if v}
         if query.get("EIO") != "4":
             return self._error(request, UNSUPPORTED_VERSION)
         transport = query.get("transport")
@@ -749,11 +747,11 @@ class EngineIOServer:
         if sid is None:
             if method != b"GET":
                 return self._error(request, BAD_HANDSHAKE_METHOD)
-            connection, handshake = self._open(POLLING, _headers_of(request), query)
+            opened, handshake = self._open(POLLING, _headers_of(request), query)
             request.setHeader(b"content-type", b"text/plain; charset=UTF-8")
             request.write(handshake.encode("utf-8"))
             request.finish()
-            self._started(connection)
+            self._started(opened)
             return NOT_DONE_YET
         connection = self.sessions.get(sid)
         if connection is None:

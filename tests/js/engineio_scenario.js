@@ -90,6 +90,18 @@ async function main() {
   report('reconnected', again);
   socket.close();
 
+  // the server drops every connection; this client reconnects by itself
+  const resilient = io(url, options({ auth: { token: 'good' }, reconnection: true, reconnectionDelay: 100, reconnectionDelayMax: 200 }));
+  await withTimeout(once(resilient, 'welcome'), 'welcome before restart');
+  const dropped = once(resilient, 'disconnect');
+  const rejoined = once(resilient, 'welcome');
+  resilient.emit('restart');
+  const [dropReason] = await withTimeout(dropped, 'drop');
+  await withTimeout(rejoined, 'automatic reconnect');
+  const [afterRestart] = await withTimeout(request(resilient, 'echo', 'back'), 'echo after restart');
+  report('automatic reconnect', [dropReason, afterRestart]);
+  resilient.close();
+
   const refused = io(url, options({ auth: { token: 'bad' } }));
   const [error] = await withTimeout(once(refused, 'connect_error'), 'connect_error');
   report('refused', { message: error.message, data: error.data });

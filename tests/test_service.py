@@ -93,7 +93,7 @@ class ServiceTests(TestCase):
         self.assertEqual(response.code, 200)
         self.assertEqual((yield response.json()), {"status": "ok"})
 
-        name = url.rsplit("/", 1)[1]
+        [(name,)] = run_sql(url, "SELECT current_database()")
         run_sql(server_url(), f'DROP DATABASE "{name}" WITH (FORCE)')
         response = yield treq.get(base_url(service) + "/healthz", persistent=False)
         self.assertEqual(response.code, 503)

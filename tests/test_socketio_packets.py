@@ -183,6 +183,7 @@ class CodecTests(SynchronousTestCase):
             '5-["a"]',
             '599999-["a"]',
             '21234567890123456["a"]',
+            "2" + "[" * 100_000 + "]" * 100_000,
         ]:
             with self.subTest(bad=bad):
                 self.assertRaises(SocketProtocolError, SocketPacketDecoder().feed, bad)

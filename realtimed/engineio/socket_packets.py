@@ -212,7 +212,7 @@ def decode_text(text: str) -> tuple[SocketPacket, int]:
     if i < end:
         try:
             data = _decode_json(text[i:])
-        except ValueError as e:
+        except (ValueError, RecursionError) as e:
             raise SocketProtocolError("invalid JSON") from e
     packet = SocketPacket(kind, namespace, data, ack_id)
     if not _valid(packet):
@@ -260,9 +260,8 @@ class SocketPacketDecoder:
         attachments = self._attachments
         self._pending = None
         self._attachments = []
-        return SocketPacket(
-            pending.type,
-            pending.namespace,
-            _reconstruct(pending.data, attachments),
-            pending.id,
-        )
+        try:
+            data = _reconstruct(pending.data, attachments)
+        except RecursionError as e:
+            raise SocketProtocolError("data nested too deeply") from e
+        return SocketPacket(pending.type, pending.namespace, data, pending.id)

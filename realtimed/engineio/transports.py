@@ -305,7 +305,12 @@ class EngineConnection:
         for action in actions:
             if isinstance(action, states.Deliver):
                 if self.handler is not None:
-                    self.handler.message(action.data)
+                    try:
+                        self.handler.message(action.data)
+                    except Exception:
+                        # a bug above this layer costs this session only
+                        log.failure("Message handler failed on {sid}", sid=self.sid)
+                        self.close()
             elif isinstance(action, states.Send):
                 if self.pending is not None:
                     self.send_frames(websocket_frame(action.packet))
@@ -580,6 +585,9 @@ class EngineIOServer:
             autoPingInterval=0,
             openHandshakeTimeout=10,
             closeHandshakeTimeout=2,
+            # answer protocol violations (an oversize message: 1009) with a
+            # close frame rather than by just dropping the connection
+            failByDrop=False,
         )
         factory.reactor = self.reactor
         self._factory = factory

@@ -1,0 +1,134 @@
+"""
+Engine.IO over real sockets: limits and bad input cost only the session
+that sent them.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import treq
+import websocket
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.internet.interfaces import IListeningPort
+from twisted.internet.threads import deferToThread
+from twisted.trial.unittest import TestCase
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+
+from realtimed.engineio.transports import EngineConfig, EngineConnection, EngineIOServer
+
+
+class Echo:
+    """
+    Sends every message back.
+    """
+
+    def __init__(self, connection: EngineConnection) -> None:
+        self.connection = connection
+
+    def message(self, data: str | bytes) -> None:
+        self.connection.send(data if isinstance(data, bytes) else "4" + data)
+
+    def closed(self, reason: str) -> None:
+        pass
+
+
+def websocket_exchange(url: str, messages: list[str]) -> tuple[list[str], int | None]:
+    """
+    Open a WebSocket session, send ``messages`` and read until the server
+    closes or two replies have come; returns the replies and the close code.
+    """
+    ws = websocket.create_connection(url, timeout=10)
+    try:
+        replies = [ws.recv()]
+        for message in messages:
+            ws.send(message)
+        while len(replies) < 3:
+            opcode, data = ws.recv_data(control_frame=True)
+            if opcode == websocket.ABNF.OPCODE_CLOSE:
+                return replies, int.from_bytes(data[:2], "big")
+            replies.append(data.decode())
+        return replies, None
+    finally:
+        ws.close()
+
+
+class LimitsTests(TestCase):
+    """
+    Payload limits over real connections.
+    """
+
+    timeout = 30
+
+    @inlineCallbacks
+    def setUp(self) -> Any:
+        config = EngineConfig(ping_interval=5, ping_timeout=5, max_payload=1000)
+        self.server = EngineIOServer(reactor, Echo, config)
+        root = Resource()
+        root.putChild(b"engine.io", self.server.resource())
+        port: IListeningPort = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+            Site(root)
+        )
+        self.addCleanup(port.stopListening)
+        address = port.getHost()
+        self.base = f"127.0.0.1:{address.port}/engine.io/?EIO=4"  # type: ignore[attr-defined]
+
+    def tearDown(self) -> Deferred[None]:
+        self.server.close()
+        d: Deferred[None] = Deferred()
+        reactor.callLater(0.2, d.callback, None)  # type: ignore[attr-defined]
+        return d
+
+    @inlineCallbacks
+    def test_websocket_message_too_big(self) -> Any:
+        """
+        A WebSocket message over the maximum payload closes that WebSocket
+        with code 1009; another session goes on echoing.
+        """
+        url = f"ws://{self.base}&transport=websocket"
+        replies, code = yield deferToThread(websocket_exchange, url, ["4" + "x" * 1001])
+        self.assertEqual(code, 1009)
+        replies, code = yield deferToThread(websocket_exchange, url, ["4small", "4again"])
+        self.assertEqual((replies[1:], code), (["4small", "4again"], None))
+
+    @inlineCallbacks
+    def test_polling_body_too_big(self) -> Any:
+        """
+        A POST over the maximum payload is answered 413 and ends the
+        session; the client's next poll learns it is closed.
+        """
+        base = f"http://{self.base}&transport=polling"
+        response = yield treq.get(base, persistent=False)
+        sid = json.loads((yield response.text())[1:])["sid"]
+        response = yield treq.post(f"{base}&sid={sid}", b"4" + b"x" * 1001, persistent=False)
+        self.assertEqual(response.code, 413)
+        yield response.content()
+        response = yield treq.get(f"{base}&sid={sid}", persistent=False)
+        self.assertEqual((yield response.text()), "1")
+        response = yield treq.get(f"{base}&sid={sid}", persistent=False)
+        self.assertEqual(response.code, 400)
+        self.assertEqual(
+            json.loads((yield response.text())), {"code": 1, "message": "Session ID unknown"}
+        )
+
+    @inlineCallbacks
+    def test_bad_websocket_query(self) -> Any:
+        """
+        A WebSocket upgrade with a bad version or an unknown sid is refused
+        before the handshake.
+        """
+
+        def attempt(url: str) -> str:
+            try:
+                websocket.create_connection(url, timeout=10).close()
+            except websocket.WebSocketBadStatusException as e:
+                return str(e.status_code)
+            return "opened"
+
+        for query in ["EIO=3&transport=websocket", "EIO=4&transport=websocket&sid=nope"]:
+            url = f"ws://{self.base.split('?')[0]}?{query}"
+            self.assertEqual((yield deferToThread(attempt, url)), "400")

@@ -60,8 +60,7 @@ SERVER_EVENTS = frozenset({"presence:join", "presence:leave", ERROR_EVENT})
 MAX_EVENT_LENGTH = 255
 
 CHANNEL_RULE = (
-    "channel must be 1-255 characters from A-Z a-z 0-9 _ - : . @ "
-    "(or a channel pattern with *)"
+    "channel must be 1-255 characters from A-Z a-z 0-9 _ - : . @ (or a channel pattern with *)"
 )
 
 
@@ -143,7 +142,9 @@ def parse(operation: str, args: list[Any]) -> Subscribe | Unsubscribe | Publish 
         raise ValueError(f"unknown operation {operation!r}")
     if not is_valid_name(channel):
         if is_valid_pattern(channel) and is_wildcard(channel):
-            return invalid(channel, "channel must be a channel name; a pattern cannot be published to")
+            return invalid(
+                channel, "channel must be a channel name; a pattern cannot be published to"
+            )
         return invalid(channel, CHANNEL_RULE)
     event = data.get("event")
     refusal = check_event_name(event)
@@ -211,7 +212,7 @@ def _check_json(value: Any, depth: int) -> None:
     if isinstance(value, dict):
         for key, item in value.items():
             if not isinstance(key, str):
-                raise ValueError("object keys must be strings")  # noqa: TRY004
+                raise ValueError("object keys must be strings")
             if "\x00" in key:
                 raise ValueError("strings must not contain NUL characters")
             _check_json(item, depth + 1)

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 from attrs import Factory, define, field
@@ -209,9 +210,7 @@ class Realtime(Service):
             client.expiry = self.clock.callLater(
                 max(0.0, float(expires) - self._now()), self._expired, socket
             )
-        log.debug(
-            "Socket {sid} connected as {role}", sid=socket.sid, role=principal.role
-        )
+        log.debug("Socket {sid} connected as {role}", sid=socket.sid, role=principal.role)
 
     def _expired(self, socket: Socket) -> None:
         client = self._client(socket)
@@ -242,20 +241,27 @@ class Realtime(Service):
             if isinstance(request, Refusal):
                 self._answer_refusal(socket, ack, request)
                 return
-            if isinstance(request, Subscribe):
-                step: Callable[[], Deferred[None] | None] = lambda: self._subscribe(
-                    socket, client, request, ack
-                )
-            elif isinstance(request, Unsubscribe):
-                step = lambda: self._unsubscribe(socket, client, request, ack)
-            else:
-                step = lambda: self._publish(socket, client, request, ack)
-            client.requests.append(step)
+            client.requests.append(partial(self._perform, socket, client, request, ack))
             if not client.busy:
                 self._work(socket, client)
 
         handle.__name__ = f"realtime_{operation}"
         return handle
+
+    def _perform(
+        self,
+        socket: Socket,
+        client: _Client,
+        request: Subscribe | Unsubscribe | Publish,
+        ack: Ack | None,
+    ) -> Deferred[None] | None:
+        if isinstance(request, Subscribe):
+            return self._subscribe(socket, client, request, ack)
+        if isinstance(request, Unsubscribe):
+            self._unsubscribe(socket, client, request, ack)
+        else:
+            self._publish(socket, client, request, ack)
+        return None
 
     def _work(self, socket: Socket, client: _Client) -> None:
         """
@@ -266,7 +272,7 @@ class Realtime(Service):
             step = client.requests.pop(0)
             try:
                 d = step()
-            except Exception:  # noqa: BLE001 (logged; the next request still runs)
+            except Exception:
                 log.failure("Handling a realtime request of {sid} failed", sid=socket.sid)
                 continue
             if d is not None and not d.called:
@@ -315,9 +321,7 @@ class Realtime(Service):
             self._announce(self.presence.leave(channel, socket, client.identity))
         self._answer(socket, ack, unsubscribed_ack(channel))
 
-    def _publish(
-        self, socket: Socket, client: _Client, request: Publish, ack: Ack | None
-    ) -> None:
+    def _publish(self, socket: Socket, client: _Client, request: Publish, ack: Ack | None) -> None:
         channel = request.channel
         if not self.subscriptions.receives(socket, channel):
             self._answer_refusal(
@@ -331,7 +335,9 @@ class Realtime(Service):
             )
             return
         d = self.publisher.publish(client.principal, channel, request.event, request.payload_json)
-        d.addCallback(lambda message_id: self._answer(socket, ack, published_ack(channel, message_id)))
+        d.addCallback(
+            lambda message_id: self._answer(socket, ack, published_ack(channel, message_id))
+        )
         d.addErrback(self._failed, socket, ack, channel, "publish")
         d.addErrback(lambda f: log.failure("Answering a publish failed", f))
 

@@ -110,7 +110,7 @@ class MatchTests(SynchronousTestCase):
         """
         parts = pattern.split("*")
         fills = [data.draw(st.text(alphabet=SMALL, max_size=4)) for _ in parts[1:]]
-        name = parts[0] + "".join(f + p for f, p in zip(fills, parts[1:]))
+        name = parts[0] + "".join(f + p for f, p in zip(fills, parts[1:], strict=True))
         if name:
             self.assertTrue(matches(pattern, name))
             self.assertEqual(literal_length(pattern), len(name) - sum(map(len, fills)))
@@ -143,7 +143,7 @@ class SQLAgreementTests(TestCase):
     patterns and names.
     """
 
-    def setUp(self) -> object:
+    def setUp(self) -> object:  # type: ignore[override]
         self.url = create_database(self)
         d = migrate(reactor, self.url)
 
@@ -188,8 +188,7 @@ class SQLAgreementTests(TestCase):
         for i, pattern in enumerate(patterns):
             created = EPOCH + timedelta(seconds=ages[i])
             self.sql(
-                "INSERT INTO realtime.channels (pattern, enabled, created_at) "
-                "VALUES (%s, %s, %s)",
+                "INSERT INTO realtime.channels (pattern, enabled, created_at) VALUES (%s, %s, %s)",
                 (pattern, enabled[i], created),
             )
             if enabled[i]:

@@ -112,7 +112,7 @@ class PresenceTests(SynchronousTestCase):
         presence: Presence[str] = Presence()
         # socket -> user, for sockets present
         model: dict[str, str] = {}
-        user_of = {s: u for s, u in zip("abcdef", "uuvvww")}
+        user_of = {s: u for s, u in zip("abcdef", "uuvvww", strict=True)}
         for joining, socket, _ in steps:
             user = user_of[socket]
             identity = Identity(user, USER)

@@ -199,7 +199,9 @@ class Client(EventLog):
                 wait_timeout=PATIENCE,
             )
         except socketio.exceptions.ConnectionError as e:
-            message = self.refusal.get("message") if isinstance(self.refusal, dict) else self.refusal
+            message = (
+                self.refusal.get("message") if isinstance(self.refusal, dict) else self.refusal
+            )
             raise ConnectFailed(message or str(e)) from None
 
     def request(self, event: str, data: Any) -> Any:
@@ -232,7 +234,7 @@ class RealtimeTestCase(TestCase):
     client_class: Callable[[str], Any] = Client
 
     @inlineCallbacks
-    def setUp(self) -> Any:
+    def setUp(self) -> Any:  # type: ignore[override]
         self.url = create_database(self)
         self.daemon = yield self.start_daemon()
         self.sql(
@@ -367,10 +369,13 @@ class ConnectionExampleTests(RealtimeTestCase):
         self.assertEqual((stored_payload, sender), (payload, "alice"))
         # Its audience is counted: this one socket.
         yield self.wait_for(
-            lambda: self.sql(
-                "SELECT ws_audience_count FROM realtime.messages WHERE id = %s", (ack["messageId"],)
-            )
-            == [(1,)],
+            lambda: (
+                self.sql(
+                    "SELECT ws_audience_count FROM realtime.messages WHERE id = %s",
+                    (ack["messageId"],),
+                )
+                == [(1,)]
+            ),
             "wsAudienceCount 1",
         )
 
@@ -404,7 +409,9 @@ class ConnectionExampleTests(RealtimeTestCase):
         ack = yield self.call(client.request, "realtime:subscribe", {"channel": "orders"})
         self.assertTrue(ack["ok"])
         ack = yield self.call(
-            client.request, "realtime:publish", {"channel": "orders", "event": "e", "payload": {"n": 1}}
+            client.request,
+            "realtime:publish",
+            {"channel": "orders", "event": "e", "payload": {"n": 1}},
         )
         self.assertTrue(ack["ok"])
         _event, message = yield self.call(client.next_event, "e")
@@ -435,7 +442,11 @@ class UseCaseTests(RealtimeTestCase):
         ack = yield self.call(
             alice.request,
             "REALTIME_PUBLISH",
-            {"channel": "chat:room123", "event": "message", "payload": {"text": "Hello!", "sender": "user123"}},
+            {
+                "channel": "chat:room123",
+                "event": "message",
+                "payload": {"text": "Hello!", "sender": "user123"},
+            },
         )
         for client in (alice, bob, watcher):
             _event, message = yield self.call(client.next_event, "message")
@@ -444,10 +455,13 @@ class UseCaseTests(RealtimeTestCase):
             self.assertEqual(message["messageId"], ack["messageId"])
         self.assertEqual((yield self.call(other.no_event, "message")), [])
         yield self.wait_for(
-            lambda: self.sql(
-                "SELECT ws_audience_count FROM realtime.messages WHERE id = %s", (ack["messageId"],)
-            )
-            == [(3,)],
+            lambda: (
+                self.sql(
+                    "SELECT ws_audience_count FROM realtime.messages WHERE id = %s",
+                    (ack["messageId"],),
+                )
+                == [(3,)]
+            ),
             "wsAudienceCount 3",
         )
 
@@ -460,7 +474,8 @@ class UseCaseTests(RealtimeTestCase):
         payload.
         """
         self.sql(
-            "CREATE TABLE todos (id serial PRIMARY KEY, title text NOT NULL, done boolean NOT NULL DEFAULT false);"
+            "CREATE TABLE todos (id serial PRIMARY KEY, title text NOT NULL,"
+            " done boolean NOT NULL DEFAULT false);"
             "SELECT realtime.track_table('todos')"
         )
         client = yield self.client("alice")
@@ -503,12 +518,13 @@ class UseCaseTests(RealtimeTestCase):
         self.assertTrue(ack["ok"], ack)
         self.sql("INSERT INTO shop_orders VALUES (8, 'new'), (7, 'new')")
         _event, message = yield self.call(one.next_event, "INSERT")
-        self.assertEqual((message["channel"], message["payload"]), ("order:7", {"id": 7, "status": "new"}))
+        self.assertEqual(
+            (message["channel"], message["payload"]), ("order:7", {"id": 7, "status": "new"})
+        )
         first = yield self.call(every.next_event, "INSERT")
         second = yield self.call(every.next_event, "INSERT")
         self.assertEqual([first[1]["channel"], second[1]["channel"]], ["order:8", "order:7"])
         self.assertEqual((yield self.call(one.no_event, "INSERT")), [])
-
 
     @inlineCallbacks
     def test_large_message(self) -> Any:
@@ -520,7 +536,9 @@ class UseCaseTests(RealtimeTestCase):
         yield self.call(client.request, "REALTIME_SUBSCRIBE", {"channel": "orders"})
         payload = {"text": "x" * 50_000, "items": list(range(1000))}
         ack = yield self.call(
-            client.request, "REALTIME_PUBLISH", {"channel": "orders", "event": "big", "payload": payload}
+            client.request,
+            "REALTIME_PUBLISH",
+            {"channel": "orders", "event": "big", "payload": payload},
         )
         self.assertTrue(ack["ok"], ack)
         _event, message = yield self.call(client.next_event, "big")
@@ -566,7 +584,10 @@ class RefusalTests(RealtimeTestCase):
             {
                 "ok": False,
                 "channel": "orders",
-                "error": {"code": "REALTIME_UNAUTHORIZED", "message": "Not allowed to subscribe to orders"},
+                "error": {
+                    "code": "REALTIME_UNAUTHORIZED",
+                    "message": "Not allowed to subscribe to orders",
+                },
             },
         )
         anon_jwt = yield self.client({"token": token(None, role="anon")})
@@ -574,7 +595,11 @@ class RefusalTests(RealtimeTestCase):
         _event, data = yield self.call(anon_jwt.next_event, "realtime:error")
         self.assertEqual(
             data,
-            {"channel": "orders", "code": "REALTIME_UNAUTHORIZED", "message": "Not allowed to subscribe to orders"},
+            {
+                "channel": "orders",
+                "code": "REALTIME_UNAUTHORIZED",
+                "message": "Not allowed to subscribe to orders",
+            },
         )
 
     @inlineCallbacks
@@ -593,11 +618,15 @@ class RefusalTests(RealtimeTestCase):
         yield self.call(client.request, "REALTIME_SUBSCRIBE", {"channel": "orders"})
         for event in ("INSERT", "UPDATE", "DELETE", "connect", "disconnect", "connect_error"):
             ack = yield self.call(
-                client.request, "REALTIME_PUBLISH", {"channel": "orders", "event": event, "payload": {}}
+                client.request,
+                "REALTIME_PUBLISH",
+                {"channel": "orders", "event": event, "payload": {}},
             )
             self.assertEqual((ack["ok"], ack["channel"]), (False, "orders"))
             self.assertEqual(ack["error"]["code"], "INVALID_INPUT", event)
-        yield self.call(client.send, "REALTIME_PUBLISH", {"channel": "orders", "event": "INSERT", "payload": {}})
+        yield self.call(
+            client.send, "REALTIME_PUBLISH", {"channel": "orders", "event": "INSERT", "payload": {}}
+        )
         event, data = yield self.call(client.next_event, "realtime:error")
         self.assertEqual((data["channel"], data["code"]), ("orders", "INVALID_INPUT"))
         self.assertEqual(self.sql("SELECT count(*) FROM realtime.messages"), [(0,)])
@@ -668,7 +697,9 @@ class PolicyTests(RealtimeTestCase):
             ack = yield self.call(alice.request, "REALTIME_SUBSCRIBE", {"channel": channel})
             self.assertEqual(ack["error"]["code"], "REALTIME_UNAUTHORIZED", channel)
         ack = yield self.call(
-            alice.request, "REALTIME_PUBLISH", {"channel": "user:alice", "event": "note", "payload": {}}
+            alice.request,
+            "REALTIME_PUBLISH",
+            {"channel": "user:alice", "event": "note", "payload": {}},
         )
         self.assertTrue(ack["ok"], ack)
         yield self.call(alice.next_event, "note")
@@ -685,13 +716,18 @@ class PolicyTests(RealtimeTestCase):
             {
                 "ok": False,
                 "channel": "chat:a",
-                "error": {"code": "REALTIME_UNAUTHORIZED", "message": "Not allowed to publish to chat:a"},
+                "error": {
+                    "code": "REALTIME_UNAUTHORIZED",
+                    "message": "Not allowed to publish to chat:a",
+                },
             },
         )
         poster = yield self.client({"token": token("dave", can_post=True)})
         yield self.call(poster.request, "REALTIME_SUBSCRIBE", {"channel": "chat:a"})
         ack = yield self.call(
-            poster.request, "REALTIME_PUBLISH", {"channel": "chat:a", "event": "said", "payload": {"hi": 1}}
+            poster.request,
+            "REALTIME_PUBLISH",
+            {"channel": "chat:a", "event": "said", "payload": {"hi": 1}},
         )
         self.assertTrue(ack["ok"], ack)
         _event, message = yield self.call(alice.next_event, "said")
@@ -740,10 +776,12 @@ class TwoProcessTests(RealtimeTestCase):
             self.assertEqual((yield self.call(client.no_event, "n")), [])
         message_id = acks[0]["messageId"]
         yield self.wait_for(
-            lambda: self.sql(
-                "SELECT ws_audience_count FROM realtime.messages WHERE id = %s", (message_id,)
-            )
-            == [(2,)],
+            lambda: (
+                self.sql(
+                    "SELECT ws_audience_count FROM realtime.messages WHERE id = %s", (message_id,)
+                )
+                == [(2,)]
+            ),
             "wsAudienceCount 2",
         )
 

@@ -8,6 +8,7 @@ database failures, fan-out calls.
 from __future__ import annotations
 
 import base64
+import json
 from typing import Any
 
 import jwt
@@ -150,7 +151,9 @@ class HandlerTests(SynchronousTestCase):
         socket = self.connect("s", {"token": token("alice")})
         sub_acks, pub_acks = Acks(), Acks()
         self.emit(socket, "REALTIME_SUBSCRIBE", {"channel": "orders"}, sub_acks)
-        self.emit(socket, "REALTIME_PUBLISH", {"channel": "orders", "event": "e", "payload": 1}, pub_acks)
+        self.emit(
+            socket, "REALTIME_PUBLISH", {"channel": "orders", "event": "e", "payload": 1}, pub_acks
+        )
         self.assertEqual(pub_acks.values, [])
         self.allow_subscribe()
         self.assertEqual(sub_acks.values[0]["ok"], True)
@@ -159,6 +162,37 @@ class HandlerTests(SynchronousTestCase):
         self.assertIn('"sender_id":"alice"', params[0])
         d.callback([("m1", "stored", None)])
         self.assertEqual(pub_acks.values, [{"ok": True, "channel": "orders", "messageId": "m1"}])
+
+    def test_client_cannot_choose_identity(self) -> None:
+        """
+        Whatever else a publish carries (a role, a sender, claims), it is
+        stored as the socket's principal.
+        """
+        socket = self.connect("s", {"token": token("alice")})
+        self.emit(
+            socket, "REALTIME_SUBSCRIBE", {"channel": "orders", "role": "project_admin"}, Acks()
+        )
+        params, d = self.pool.pop("authorize_subscribes")
+        self.assertIn('"role":"authenticated"', params[0])
+        self.assertNotIn("project_admin", params[0])
+        d.callback([("c1", "allowed", None)])
+        data = {
+            "channel": "orders",
+            "event": "e",
+            "payload": {},
+            "role": "project_admin",
+            "senderType": "system",
+            "senderId": "mallory",
+            "claims": {"sub": "mallory"},
+        }
+        self.emit(socket, "REALTIME_PUBLISH", data, Acks())
+        params, d = self.pool.pop("publish_batch")
+        [item] = json.loads(params[0])
+        self.assertEqual(
+            (item["role"], item["sender_type"], item["sender_id"], item["claims"]["sub"]),
+            ("authenticated", "user", "alice", "alice"),
+        )
+        d.callback([("m1", "stored", None)])
 
     def test_publishes_batched(self) -> None:
         """
@@ -170,7 +204,9 @@ class HandlerTests(SynchronousTestCase):
         self.allow_subscribe()
         acks = Acks()
         for i in range(4):
-            self.emit(socket, "REALTIME_PUBLISH", {"channel": "orders", "event": "e", "payload": i}, acks)
+            self.emit(
+                socket, "REALTIME_PUBLISH", {"channel": "orders", "event": "e", "payload": i}, acks
+            )
         params, d = self.pool.pop("publish_batch")
         self.assertEqual(params[0].count('"event"'), 1)
         d.callback([("m0", "stored", None)])
@@ -232,7 +268,11 @@ class HandlerTests(SynchronousTestCase):
         written as its audience later, in one statement.
         """
         sockets = []
-        for sid, channel, row in [("a", "chat:1", "c1"), ("b", "chat:*", "c1"), ("c", "chat:2", "c1")]:
+        for sid, channel, row in [
+            ("a", "chat:1", "c1"),
+            ("b", "chat:*", "c1"),
+            ("c", "chat:2", "c1"),
+        ]:
             socket = self.connect(sid, {"token": token(sid)})
             self.emit(socket, "REALTIME_SUBSCRIBE", {"channel": channel}, Acks())
             self.allow_subscribe(row)
@@ -240,7 +280,9 @@ class HandlerTests(SynchronousTestCase):
         message = {"channel": "chat:1", "event": "message", "messageId": "m1"}
         self.namespace.fanouts.clear()
         self.realtime.deliver({"message": message, "channelId": "c1"})
-        self.realtime.deliver({"message": {**message, "channel": "other", "messageId": "m2"}, "channelId": None})
+        self.realtime.deliver(
+            {"message": {**message, "channel": "other", "messageId": "m2"}, "channelId": None}
+        )
         self.assertEqual(self.namespace.fanouts, [({"a", "b"}, "message", (message,))])
         self.clock.advance(1)
         params, d = self.pool.pop("ws_audience_count")
@@ -270,12 +312,20 @@ class HandlerTests(SynchronousTestCase):
         member = {"presenceId": "bob", "type": "user", "joinedAt": joined}
         self.assertEqual(
             self.namespace.fanouts[-1],
-            ({"a"}, "presence:join", ({"channel": "room", "member": member, "meta": {"channel": "room"}},)),
+            (
+                {"a"},
+                "presence:join",
+                ({"channel": "room", "member": member, "meta": {"channel": "room"}},),
+            ),
         )
         self.namespace.disconnect(bob, "transport close")
         self.assertEqual(
             self.namespace.fanouts[-1],
-            ({"a"}, "presence:leave", ({"channel": "room", "member": member, "meta": {"channel": "room"}},)),
+            (
+                {"a"},
+                "presence:leave",
+                ({"channel": "room", "member": member, "meta": {"channel": "room"}},),
+            ),
         )
 
     def test_rfc3339(self) -> None:

@@ -62,7 +62,7 @@ class StoreTestCase(TestCase):
     timeout = 60
 
     @inlineCallbacks
-    def setUp(self) -> Any:
+    def setUp(self) -> Any:  # type: ignore[override]
         self.url = create_database(self)
         yield migrate(reactor, self.url)
         run_sql(
@@ -74,7 +74,11 @@ class StoreTestCase(TestCase):
         self.addCleanup(self.pool.close)
 
     def channel_id(self, pattern: str) -> str:
-        return str(run_sql(self.url, "SELECT id FROM realtime.channels WHERE pattern = %s", (pattern,))[0][0])
+        return str(
+            run_sql(self.url, "SELECT id FROM realtime.channels WHERE pattern = %s", (pattern,))[0][
+                0
+            ]
+        )
 
     @inlineCallbacks
     def refusal(self, d: Deferred[Any]) -> Any:
@@ -155,7 +159,6 @@ class AuthorizeSubscribeTests(StoreTestCase):
         self.assertEqual(refusal.code, REALTIME_UNAUTHORIZED)
         self.assertEqual(len(run_sql(self.url, "SELECT * FROM realtime.channels")), 4)
 
-
     @inlineCallbacks
     def test_batched(self) -> Any:
         """
@@ -218,11 +221,24 @@ class PublisherTests(StoreTestCase):
         )
         self.assertEqual(
             row,
-            [("chat:room123", "message", {"text": "Hello!"}, "user", "alice", self.channel_id("chat:*"))],
+            [
+                (
+                    "chat:room123",
+                    "message",
+                    {"text": "Hello!"},
+                    "user",
+                    "alice",
+                    self.channel_id("chat:*"),
+                )
+            ],
         )
         admin_id = yield publisher.publish(ADMIN_PRINCIPAL, "orders", "e", "[1]")
         self.assertEqual(
-            run_sql(self.url, "SELECT sender_type, sender_id FROM realtime.messages WHERE id = %s", (admin_id,)),
+            run_sql(
+                self.url,
+                "SELECT sender_type, sender_id FROM realtime.messages WHERE id = %s",
+                (admin_id,),
+            ),
             [("system", None)],
         )
 
@@ -235,7 +251,8 @@ class PublisherTests(StoreTestCase):
         publisher = Publisher(self.pool)
         refusal = yield self.refusal(publisher.publish(ANON_PRINCIPAL, "orders", "e", "{}"))
         self.assertEqual(
-            (refusal.code, refusal.message), (REALTIME_UNAUTHORIZED, "Not allowed to publish to orders")
+            (refusal.code, refusal.message),
+            (REALTIME_UNAUTHORIZED, "Not allowed to publish to orders"),
         )
         refusal = yield self.refusal(publisher.publish(ALICE, "off", "e", "{}"))
         self.assertEqual(refusal.code, REALTIME_UNAUTHORIZED)
@@ -287,8 +304,14 @@ class PublisherTests(StoreTestCase):
             self.assertEqual(codes, expected)
         self.assertEqual(
             [(r[0], r[4]) for r in self.stored()],
-            [("user:alice", "alice"), ("user:bob", "bob"), ("user:carol", None), ("user:bob", "bob"),
-             ("user:alice", "alice")] * 2,
+            [
+                ("user:alice", "alice"),
+                ("user:bob", "bob"),
+                ("user:carol", None),
+                ("user:bob", "bob"),
+                ("user:alice", "alice"),
+            ]
+            * 2,
         )
 
     @inlineCallbacks

@@ -130,8 +130,12 @@ class ParseTests(SynchronousTestCase):
         A publish carries channel, event and any JSON payload ({} when
         absent), encoded for storage.
         """
-        parsed = parse(PUBLISH, [{"channel": "orders", "event": "order.created", "payload": {"a": [1, "é"]}}])
-        self.assertEqual(parsed, Publish("orders", "order.created", {"a": [1, "é"]}, '{"a":[1,"é"]}'))
+        parsed = parse(
+            PUBLISH, [{"channel": "orders", "event": "order.created", "payload": {"a": [1, "é"]}}]
+        )
+        self.assertEqual(
+            parsed, Publish("orders", "order.created", {"a": [1, "é"]}, '{"a":[1,"é"]}')
+        )
         parsed = parse(PUBLISH, [{"channel": "o", "event": "e"}])
         assert isinstance(parsed, Publish)
         self.assertEqual(parsed.payload, {})
@@ -179,17 +183,32 @@ class ParseTests(SynchronousTestCase):
         refusal = Refusal("c", "REALTIME_UNAUTHORIZED", "no")
         self.assertEqual(
             refusal.ack(),
-            {"ok": False, "channel": "c", "error": {"code": "REALTIME_UNAUTHORIZED", "message": "no"}},
+            {
+                "ok": False,
+                "channel": "c",
+                "error": {"code": "REALTIME_UNAUTHORIZED", "message": "no"},
+            },
         )
-        self.assertEqual(refusal.error_event(), {"channel": "c", "code": "REALTIME_UNAUTHORIZED", "message": "no"})
-        self.assertEqual(subscribed_ack("c", []), {"ok": True, "channel": "c", "presence": {"members": []}})
+        self.assertEqual(
+            refusal.error_event(),
+            {"channel": "c", "code": "REALTIME_UNAUTHORIZED", "message": "no"},
+        )
+        self.assertEqual(
+            subscribed_ack("c", []), {"ok": True, "channel": "c", "presence": {"members": []}}
+        )
         self.assertEqual(published_ack("c", "m"), {"ok": True, "channel": "c", "messageId": "m"})
 
-    @given(st.recursive(
-        st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
-        lambda inner: st.lists(inner) | st.dictionaries(st.text(), inner),
-        max_leaves=20,
-    ))
+    @given(
+        st.recursive(
+            st.none()
+            | st.booleans()
+            | st.integers()
+            | st.floats(allow_nan=False, allow_infinity=False)
+            | st.text(),
+            lambda inner: st.lists(inner) | st.dictionaries(st.text(), inner),
+            max_leaves=20,
+        )
+    )
     def test_any_json_payload(self, payload: object) -> None:
         """
         Any JSON value without NUL characters is a payload, and its encoding
@@ -205,7 +224,9 @@ class ParseTests(SynchronousTestCase):
 
 anything = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text() | st.binary(),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
     max_leaves=10,
 )
 

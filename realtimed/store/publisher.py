@@ -114,14 +114,16 @@ class _Batches:
         for pending, row in zip(batch, rows, strict=True):
             try:
                 self.answer(pending, row)
-            except Exception:  # noqa: BLE001 (each item is answered, whatever another does)
+            except Exception:
                 log.failure("Answering one of a batch of {what} failed", what=self.what)
 
     def _failed(self, failure: Failure, batch: list[_Pending]) -> None:
         log.failure("A batch of {count} {what} failed", failure, count=len(batch), what=self.what)
         for pending in batch:
             pending.done.errback(
-                Refused(Refusal(pending.channel, INTERNAL_ERROR, f"The {self.what} failed; try again"))
+                Refused(
+                    Refusal(pending.channel, INTERNAL_ERROR, f"The {self.what} failed; try again")
+                )
             )
 
 
@@ -139,7 +141,8 @@ class Authorizer:
     def __attrs_post_init__(self) -> None:
         self._batches = _Batches(
             self.pool,
-            "SELECT channel_id::text, outcome, detail FROM realtime.authorize_subscribes(%s::jsonb)",
+            "SELECT channel_id::text, outcome, detail "
+            "FROM realtime.authorize_subscribes(%s::jsonb)",
             _subscribe_decided,
             "subscribe",
             self.max_batch,
@@ -170,11 +173,17 @@ def _subscribe_decided(pending: _Pending, row: tuple[Any, ...]) -> None:
         pending.done.errback(Refused(no_channel(channel)))
     elif outcome == "denied":
         pending.done.errback(
-            Refused(Refusal(channel, REALTIME_UNAUTHORIZED, f"Not allowed to subscribe to {channel}"))
+            Refused(
+                Refusal(channel, REALTIME_UNAUTHORIZED, f"Not allowed to subscribe to {channel}")
+            )
         )
     else:
-        log.error("Checking a subscribe to {channel} failed: {detail}", channel=channel, detail=detail)
-        pending.done.errback(Refused(Refusal(channel, INTERNAL_ERROR, "The subscribe failed; try again")))
+        log.error(
+            "Checking a subscribe to {channel} failed: {detail}", channel=channel, detail=detail
+        )
+        pending.done.errback(
+            Refused(Refusal(channel, INTERNAL_ERROR, "The subscribe failed; try again"))
+        )
 
 
 @define

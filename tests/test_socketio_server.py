@@ -142,6 +142,34 @@ class ServerTests(SynchronousTestCase):
         pending.callback(None)
         self.assertTrue(str(client.received()[0]).startswith("0{"))
 
+    def test_accepted_after_close(self) -> None:
+        """
+        When the connection ends while the hook is still deciding, a later
+        acceptance sends nothing but is followed by the disconnect handler,
+        so the application can release what it set up.
+        """
+        pending: Deferred[None] = Deferred()
+        self.main.on_connect(lambda socket, auth: pending)
+        client = Client(self.server)
+        client.send("0")
+        client.ws.lose()
+        self.assertEqual(self.reasons, [])
+        pending.callback(None)
+        self.assertEqual(self.reasons, ["transport close"])
+        self.assertEqual(self.main.sockets, {})
+
+    def test_refused_after_close(self) -> None:
+        """
+        A refusal after the connection ended is dropped quietly.
+        """
+        pending: Deferred[None] = Deferred()
+        self.main.on_connect(lambda socket, auth: pending)
+        client = Client(self.server)
+        client.send("0")
+        client.ws.lose()
+        pending.errback(ConnectRefused("late"))
+        self.assertEqual(self.reasons, [])
+
     def test_hook_crashes(self) -> None:
         """
         A hook failing with anything else refuses with a generic message

@@ -107,8 +107,9 @@ class Namespace:
 
     def on_disconnect(self, handler: DisconnectHandler) -> None:
         """
-        ``handler(socket, reason)`` runs once when a connected socket goes
-        away: ``"client namespace disconnect"``, ``"server namespace
+        ``handler(socket, reason)`` runs once for every socket the connect
+        handler accepted, when it goes away (even if it went away before the
+        acceptance): ``"client namespace disconnect"``, ``"server namespace
         disconnect"``, ``"transport close"``, ``"transport error"``,
         ``"ping timeout"``, ``"parse error"`` or ``"forced close"``.
         """
@@ -164,6 +165,8 @@ class Socket:
     _acks: dict[int, AckCallback] = field(factory=dict)
     _next_ack: int = 0
     _early: list[list[EncodedPacket]] | None = field(factory=list)
+    #: why the socket went away while its connect handler was still running
+    _gone: str | None = None
 
     @property
     def headers(self) -> Mapping[str, str]:
@@ -325,7 +328,11 @@ class SocketIOConnection:
         d.addErrback(_report, "Accepting a connection")
 
     def _accepted(self, result: object, socket: Socket) -> None:
-        if self.sockets.get(socket.namespace.name) is not socket or self.engine.closed:
+        if socket._gone is not None:
+            # The connect handler accepted a socket that had already gone:
+            # the application still hears of its end, as for any accepted
+            # socket.
+            self._notify(socket, socket._gone)
             return
         socket.namespace.sockets[socket.sid] = socket
         socket._connected()
@@ -350,19 +357,26 @@ class SocketIOConnection:
             del self.sockets[namespace.name]
         namespace.sockets.pop(socket.sid, None)
         was_connected = socket.connected
+        if not was_connected and socket._early is not None:
+            socket._gone = reason
         socket.connected = False
         socket._live = False
         socket._early = None
         socket._acks.clear()
-        handler = namespace._disconnect
-        if was_connected and handler is not None:
-            try:
-                result = handler(socket, reason)
-            except Exception:
-                log.failure("Disconnect handler failed")
-                return
-            if isinstance(result, Deferred):
-                result.addErrback(_report, "Disconnect handler")
+        if was_connected:
+            self._notify(socket, reason)
+
+    def _notify(self, socket: Socket, reason: str) -> None:
+        handler = socket.namespace._disconnect
+        if handler is None:
+            return
+        try:
+            result = handler(socket, reason)
+        except Exception:
+            log.failure("Disconnect handler failed")
+            return
+        if isinstance(result, Deferred):
+            result.addErrback(_report, "Disconnect handler")
 
     def _event(self, packet: SocketPacket) -> None:
         socket = self.sockets.get(packet.namespace)

@@ -10,10 +10,11 @@ import json
 import shutil
 import tempfile
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 import psycopg2
 from twisted.internet import reactor
@@ -219,6 +220,47 @@ class MessageListenerTests(ListenerMixin, TestCase):
         publish(self.url, "room:1", "last", {})
         yield self.waitForEvents("last", *expected)
         self.assertEqual(Counter(self.events()), Counter([*expected, "last"]))
+        self.flushLoggedErrors()
+
+    @inlineCallbacks
+    def test_catch_up_failure_retried(self) -> Any:
+        """
+        When the catch-up itself fails, the listener starts over with a
+        growing delay instead of skipping it, and once the catch-up works
+        the missed messages arrive, once.
+        """
+        role = "realtimed_test_" + uuid.uuid4().hex[:12]
+        run_sql(self.url, f"CREATE ROLE {role} LOGIN")
+        self.addCleanup(run_sql, self.url, f"DROP OWNED BY {role}; DROP ROLE {role}")
+        run_sql(self.url, f"GRANT USAGE ON SCHEMA realtime TO {role}")
+        parts = urlsplit(self.url)
+        url = urlunsplit(parts._replace(netloc=f"{role}@{parts.netloc.rpartition('@')[2]}"))
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+
+        def refusals() -> list[float]:
+            return [e["delay"] for e in events if "permission denied" in str(e.get("error", ""))]
+
+        listener = self.startListener(url, initial_delay=0.05, max_delay=0.2)
+        yield wait_for(lambda: listener.connected)
+        old = listener.backend_pid
+        run_sql(self.url, "SELECT pg_terminate_backend(%s, 10000)", (old,))
+        publish(self.url, "room:1", "missed", {})
+        # Without the right to read messages, each catch-up fails, and the
+        # listener waits longer each time.
+        yield wait_for(lambda: len(refusals()) >= 3)
+        self.assertEqual(refusals()[:3], [0.05, 0.1, 0.2])
+        self.assertEqual(self.received, [])
+        run_sql(self.url, f"GRANT SELECT ON realtime.messages TO {role}")
+        run_sql(
+            self.url,
+            f"CREATE POLICY read_all ON realtime.messages FOR SELECT TO {role} USING (true)",
+        )
+        yield self.waitForEvents("missed")
+        publish(self.url, "room:1", "later", {})
+        yield self.waitForEvents("later")
+        self.assertEqual(self.events(), ["missed", "later"])
         self.flushLoggedErrors()
 
     @inlineCallbacks

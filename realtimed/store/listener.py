@@ -229,15 +229,25 @@ class MessageListener(Service):
             self._inbox.append(_CatchUp())
             self._catching_up = True
         pending = self._pending = _Mark(None)
-        yield connection.runOperation(f"LISTEN {CHANNEL}")
-        rows = yield connection.runQuery(SNAPSHOT)
+
+        def timedOut() -> None:
+            self._dropped(Failure(TimeoutError("LISTEN unanswered")), generation)
+
+        timer = self.clock.callLater(self.connect_timeout, timedOut)
+        try:
+            yield connection.runOperation(f"LISTEN {CHANNEL}")
+            rows = yield connection.runQuery(SNAPSHOT)
+        finally:
+            if timer.active():
+                timer.cancel()
         if generation != self._generation:
             return
         pending.snapshot = rows[0][0]
         if not self._catching_up:
             self._install(pending)
+            # Back on its feet: the next failure starts the backoff over.
+            self._attempt = 0
         self.connected = True
-        self._attempt = 0
         log.info("Listening for messages on {dsn}", dsn=redact_dsn(self.dsn))
         self._scheduleKeepalive(generation)
         self._pump()
@@ -408,6 +418,7 @@ class MessageListener(Service):
             count=caught,
         )
         self._catching_up = False
+        self._attempt = 0
         if self._pending is not None and self._pending.snapshot is not None:
             self._install(self._pending)
 

@@ -659,6 +659,21 @@ class WebSocketTests(SynchronousTestCase):
         self.assertTrue(ws.closed)
         self.assertEqual(harness.handlers[0].reasons, ["forced close"])
 
+    def test_nothing_after_close_frame(self) -> None:
+        """
+        When a close frame is about to be sent, frames held for the end of
+        the turn go first and later sends are dropped.
+        """
+        harness = EngineHarness()
+        ws = harness.open_websocket()
+        ws.received()
+        connection = harness.handlers[0].connection
+        connection.defer_frames(b"\x81\x02" + b"4a")
+        connection.ws_closing(ws)  # type: ignore[arg-type]
+        connection.send("4b")
+        harness.clock.advance(0)
+        self.assertEqual(ws.received(), ["4a"])
+
     def test_slow_reader(self) -> None:
         """
         Writes beyond the buffer limit while the kernel buffer is full drop

@@ -270,8 +270,9 @@ class EngineConnection:
 
     def close(self) -> None:
         """
-        End the session from the server side: what is queued is still
-        sent, followed by a ``close`` packet.
+        End the session from the server side.  What is queued is still
+        sent; a polling client then gets a ``close`` packet, a WebSocket is
+        closed.
         """
         self._apply(self.session.close())
 
@@ -475,6 +476,16 @@ class EngineConnection:
         elif ws is self._candidate:
             self._apply(self.session.receive_candidate(packet, now))
 
+    def ws_closing(self, ws: EngineWebSocketProtocol) -> None:
+        """
+        A close frame is about to go out on one of this session's
+        WebSockets: what is held goes first, nothing may follow.
+        """
+        if ws is self._ws:
+            self.flush()
+            self._write = None
+            self._raw = None
+
     def ws_lost(self, ws: EngineWebSocketProtocol) -> None:
         """
         One of this session's WebSockets closed.
@@ -543,6 +554,14 @@ class EngineWebSocketProtocol(WebSocketServerProtocol):
             connection.ws_message(self, payload)
         else:
             connection.ws_message(self, payload.decode("utf-8"))
+
+    def sendCloseFrame(
+        self, code: int | None = None, reasonUtf8: bytes | None = None, isReply: bool = False
+    ) -> None:
+        connection = self.connection
+        if connection is not None:
+            connection.ws_closing(self)
+        super().sendCloseFrame(code, reasonUtf8, isReply)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         connection, self.connection = self.connection, None

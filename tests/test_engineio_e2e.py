@@ -37,14 +37,14 @@ class Echo:
         pass
 
 
-def websocket_exchange(url: str, messages: list[str]) -> tuple[list[str], int | None]:
+def websocket_exchange(url: str, messages: list[str]) -> tuple[list[str | bytes], int | None]:
     """
     Open a WebSocket session, send ``messages`` and read until the server
     closes or two replies have come; returns the replies and the close code.
     """
     ws = websocket.create_connection(url, timeout=10)
     try:
-        replies = [ws.recv()]
+        replies: list[str | bytes] = [ws.recv()]
         for message in messages:
             ws.send(message)
         while len(replies) < 3:

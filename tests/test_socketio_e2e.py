@@ -207,7 +207,7 @@ class EndToEndTests(TestCase):
         reactor.callLater(0.2, d.callback, None)  # type: ignore[attr-defined]
         return d
 
-    def check(self, output: bytes, code: int, errors: bytes, transport: str) -> None:
+    def check(self, output: bytes, code: int, errors: bytes, transport: str) -> Any:
         lines = [json.loads(line) for line in output.decode().splitlines() if line.strip()]
         self.assertEqual(code, 0, (lines, errors.decode(errors="replace")[-3000:]))
         steps = {line["step"]: line["value"] for line in lines}

@@ -399,7 +399,8 @@ class ServerTests(SynchronousTestCase):
         """
         bystander = Client(self.server)
         bystander.connect()
-        for bad in ["abc", "2{}", '2abc["x"]', '2["connect"]', "4{}", b"\x00"]:
+        bad_packets: list[str | bytes] = ["abc", "2{}", '2abc["x"]', '2["connect"]', "4{}", b"\x00"]
+        for bad in bad_packets:
             with self.subTest(bad=bad):
                 client = Client(self.server)
                 client.connect()

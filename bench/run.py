@@ -357,6 +357,7 @@ class Bench:
     bench_python: Path | None = None
     realtimed_python: Path | None = None
     secrets: Secrets = field(default_factory=Secrets)
+    keep_logs: Path | None = None
 
     @contextmanager
     def server(self, name: str, scenario: int) -> Iterator[RunningServer]:
@@ -427,6 +428,8 @@ class Bench:
             yield running
         finally:
             stop_process(process)
+            if self.keep_logs is not None:
+                shutil.copy(log_path, self.keep_logs / log_path.name)
             if database is not None:
                 try:
                     psql(
@@ -701,6 +704,7 @@ def metrics(scenario: int, r: dict[str, Any], quick: bool) -> list[tuple[str, An
                 (sustained.get("rate") or 0) * (per or 0) or None,
                 0,
             ),
+            ("p99 ms at the sustained rate", (sustained.get("latency") or {}).get("p99"), 1),
             (f"p50 ms at {rate} publishes/s", lat.get("p50"), 1),
             (f"p99 ms at {rate} publishes/s", lat.get("p99"), 1),
             (f"kept up at {rate} publishes/s", kept_up, 0),
@@ -898,6 +902,7 @@ def main(argv: list[str] | None = None) -> int:
         help="record py-spy profiles of realtimed in scenarios 1 and 6 into DIR",
     )
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write all results as JSON")
+    parser.add_argument("--logs", type=Path, metavar="DIR", help="keep each server's log in DIR")
     parser.add_argument(
         "--markdown", type=Path, metavar="FILE", help="also write the tables as Markdown"
     )
@@ -928,8 +933,9 @@ def main(argv: list[str] | None = None) -> int:
     limit = raise_file_limit(32768)
     if limit < 12000:
         log(f"open files limited to {limit}: scenarios with 10,000 connections may fail")
-    if args.profile:
-        args.profile.mkdir(parents=True, exist_ok=True)
+    for directory in (args.profile, args.logs):
+        if directory is not None:
+            directory.mkdir(parents=True, exist_ok=True)
 
     all_results: dict[int, dict[str, dict[str, Any]]] = {}
     tables = []
@@ -946,6 +952,7 @@ def main(argv: list[str] | None = None) -> int:
             postgres=args.postgres.rstrip("/"),
             bench_python=bench_python,
             realtimed_python=realtimed_python,
+            keep_logs=args.logs,
         )
         for scenario in scenarios:
             results: dict[str, dict[str, Any]] = {}

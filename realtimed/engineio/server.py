@@ -75,6 +75,7 @@ class Namespace:
     """
 
     name: str
+    _engine: EngineIOServer
     sockets: dict[str, Socket] = field(factory=dict)
     _connect: ConnectHandler | None = None
     _disconnect: DisconnectHandler | None = None
@@ -129,16 +130,22 @@ class Namespace:
             frames = websocket_frame(packets[0])
         else:
             frames = b"".join(map(websocket_frame, packets))
+        engine = self._engine
+        held = engine.held()
         for socket in sockets:
             if socket._live:
                 connection = socket._engine
                 pending = connection.pending
-                if pending and not connection.paused:
+                if pending is not None:
+                    # what `EngineConnection.defer_frames` does, spelt out
+                    if not pending:
+                        held.append(connection)
                     pending.append(frames)
                 else:
                     connection.send_prepared(packets, frames)
             elif socket._early is not None:
                 socket._early.append(packets)
+        engine.flush_soon()
 
     def emit(self, event: str, *args: Any) -> None:
         """
@@ -454,7 +461,7 @@ class SocketIOServer:
         """
         namespace = self._namespaces.get(name)
         if namespace is None:
-            namespace = self._namespaces[name] = Namespace(name)
+            namespace = self._namespaces[name] = Namespace(name, self.engine)
         return namespace
 
     def resource(self) -> Resource:

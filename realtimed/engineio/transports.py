@@ -660,6 +660,20 @@ class EngineIOServer:
         if self._flush_call is None:
             self._flush_call = self.reactor.callLater(0, self.flush)
 
+    def held(self) -> list[EngineConnection]:
+        """
+        The connections with frames held for the end of this turn; a
+        broadcast appends to it directly, then calls `flush_soon`.
+        """
+        return self._held
+
+    def flush_soon(self) -> None:
+        """
+        Make sure held frames are written at the start of the next turn.
+        """
+        if self._flush_call is None and self._held:
+            self._flush_call = self.reactor.callLater(0, self.flush)
+
     def flush(self) -> None:
         """
         Write out the frames held back during this reactor turn (this runs
@@ -670,7 +684,28 @@ class EngineIOServer:
             call.cancel()
         held, self._held = self._held, []
         for connection in held:
-            connection.flush()
+            # `EngineConnection.flush`, spelt out: this loop runs for every
+            # connection a broadcast reached
+            pending = connection.pending
+            if not pending:
+                continue
+            data = pending[0] if len(pending) == 1 else b"".join(pending)
+            pending.clear()
+            raw = connection._raw
+            if (
+                raw is not None
+                and not connection.paused
+                and not raw.dataBuffer
+                and not raw._tempDataBuffer
+            ):
+                try:
+                    sent = raw.socket.send(data)
+                except OSError:
+                    sent = 0
+                if sent == len(data):
+                    continue
+                data = data[sent:]
+            connection._write_now(data)
 
     def _forget(self, connection: EngineConnection) -> None:
         if self.sessions.get(connection.sid) is connection:

@@ -468,35 +468,44 @@ _SESSION = (
 )
 
 _PREPARE_CLAIM = """
-PREPARE webhook_claim (text[], text[], int[], int, int, int, float8) AS
-WITH candidates AS (
-    SELECT id, host, next_attempt_at
-    FROM realtime.webhook_deliveries
-    WHERE status = 'pending'
-      AND next_attempt_at <= now()
-      AND NOT (host = ANY ($1))
-    ORDER BY next_attempt_at
-    LIMIT $6
-    FOR UPDATE SKIP LOCKED
-), ranked AS (
-    SELECT c.id, c.next_attempt_at,
-           row_number() OVER (PARTITION BY c.host ORDER BY c.next_attempt_at, c.id)
-               + coalesce(b.n, 0) AS position
-    FROM candidates c
-    LEFT JOIN unnest($2, $3) AS b (host, n)
-        ON b.host = c.host
+PREPARE webhook_claim (text[], int[], int, int, float8) AS
+WITH RECURSIVE hosts (host) AS (
+    -- Every host with pending deliveries, one index probe each.
+    (SELECT host FROM realtime.webhook_deliveries
+     WHERE status = 'pending' ORDER BY host LIMIT 1)
+    UNION ALL
+    SELECT (SELECT d.host FROM realtime.webhook_deliveries d
+            WHERE d.status = 'pending' AND d.host > hosts.host
+            ORDER BY d.host LIMIT 1)
+    FROM hosts WHERE hosts.host IS NOT NULL
+), room AS (
+    -- How many more attempts each host may take now.
+    SELECT h.host, least($3 - coalesce(b.n, 0), $4) AS n
+    FROM hosts h LEFT JOIN unnest($1, $2) AS b (host, n) ON b.host = h.host
+    WHERE h.host IS NOT NULL
+), candidates AS (
+    -- Each host's oldest due deliveries, as many as it has room for, not
+    -- those another process is claiming right now.
+    SELECT c.id, c.next_attempt_at
+    FROM room r
+    CROSS JOIN LATERAL (
+        SELECT d.id, d.next_attempt_at
+        FROM realtime.webhook_deliveries d
+        WHERE d.status = 'pending' AND d.host = r.host AND d.next_attempt_at <= now()
+        ORDER BY d.next_attempt_at
+        LIMIT greatest(r.n, 0)
+        FOR UPDATE SKIP LOCKED
+    ) c
 ), chosen AS (
-    SELECT id FROM ranked
-    WHERE position <= $4
-    ORDER BY next_attempt_at, id
-    LIMIT $5
+    -- The oldest of them all, as many as there is room for overall.
+    SELECT id FROM candidates ORDER BY next_attempt_at, id LIMIT $4
 )
 UPDATE realtime.webhook_deliveries d
 SET attempts = d.attempts + 1,
-    next_attempt_at = now() + make_interval(secs => $7),
+    next_attempt_at = now() + make_interval(secs => $5),
     updated_at = now()
-FROM chosen, realtime.messages m
-WHERE d.id = chosen.id AND m.id = d.message_id
+FROM realtime.messages m
+WHERE d.id = ANY (ARRAY(SELECT id FROM chosen)) AND m.id = d.message_id
 RETURNING d.id, d.url, d.host, d.attempts,
           extract(epoch FROM now() - d.created_at)::float8,
           m.id::text, m.event_name, m.channel_name,
@@ -534,8 +543,8 @@ WHERE m.id = delivered.message_id
 
 # (An array of NULLs is text[] to PostgreSQL, hence the casts.)
 _CLAIM = (
-    "EXECUTE webhook_claim (%(full_hosts)s::text[], %(busy_hosts)s::text[],"
-    " %(busy_counts)s::int[], %(per_host)s, %(free)s, %(window)s, %(lease)s)"
+    "EXECUTE webhook_claim (%(busy_hosts)s::text[], %(busy_counts)s::int[],"
+    " %(per_host)s, %(free)s, %(lease)s)"
 )
 
 _RECORD = (
@@ -817,15 +826,11 @@ class WebhookService(Service):
         free = self.max_in_flight - len(self._in_flight)
         if free <= 0 or self._claims is None:
             return
-        full = [h for h, n in self._per_host_busy.items() if n >= self.per_host]
-        busy = [(h, n) for h, n in self._per_host_busy.items() if 0 < n < self.per_host]
         params = {
-            "full_hosts": full,
-            "busy_hosts": [h for h, _ in busy],
-            "busy_counts": [n for _, n in busy],
+            "busy_hosts": list(self._per_host_busy),
+            "busy_counts": list(self._per_host_busy.values()),
             "per_host": self.per_host,
             "free": free,
-            "window": min(max(free * 4, 32), 2000),
             "lease": self.timeout + LEASE_MARGIN,
         }
         self._claim_again = False

@@ -47,17 +47,25 @@ class Receiver(Resource):
     script is used up, 200.
 
     @ivar delay: Seconds to wait before answering.
+    @ivar holding: Whether requests are left unanswered until L{release}.
     """
 
     isLeaf = True
 
-    def __init__(self, script: list[Any] | None = None, delay: float = 0.0) -> None:
+    def __init__(
+        self, script: list[Any] | None = None, delay: float = 0.0, holding: bool = False
+    ) -> None:
         super().__init__()
         self.script = list(script or [])
         self.delay = delay
+        self.holding = holding
+        self.held: list[Request] = []
         self.requests: list[tuple[dict[str, str], bytes, float]] = []
         self.answering: set[Any] = set()
         self.paths: list[bytes] = []
+        #: Requests being answered now, and the most at any time.
+        self.active = 0
+        self.most = 0
 
     def render_POST(self, request: Request) -> bytes | int:
         headers = {
@@ -76,18 +84,39 @@ class Receiver(Resource):
         request.setResponseCode(status)
         for name, value in extra.items():
             request.setHeader(name, value)
-        if not self.delay:
+        if not self.delay and not self.holding:
             return b"thanks"
+        self.active += 1
+        self.most = max(self.most, self.active)
+        request.notifyFinish().addBoth(self._finished)
+        if self.holding:
+            self.held.append(request)
+            return NOT_DONE_YET
 
         def answer() -> None:
             self.answering.discard(call)
-            if not request._disconnected:
-                request.write(b"thanks")
-                request.finish()
+            self._answer(request)
 
         call = reactor.callLater(self.delay, answer)
         self.answering.add(call)
         return NOT_DONE_YET
+
+    def _answer(self, request: Request) -> None:
+        if not request._disconnected:
+            request.write(b"thanks")
+            request.finish()
+
+    def _finished(self, _: object) -> None:
+        self.active -= 1
+
+    def release(self) -> None:
+        """
+        Answer the requests held so far, and hold no more.
+        """
+        self.holding = False
+        held, self.held = self.held, []
+        for request in held:
+            self._answer(request)
 
     def stop(self) -> None:
         """
@@ -96,6 +125,7 @@ class Receiver(Resource):
         for call in self.answering:
             call.cancel()
         self.answering.clear()
+        self.held.clear()
 
     def ids(self) -> list[str]:
         return [headers["webhook-id"] for headers, _, _ in self.requests]
@@ -450,6 +480,28 @@ class DeliveryTests(WebhookTestCase):
         yield self.wait_for(self.settled)
         self.assertEqual((first.ids(), second.ids()), ([message_id], [message_id]))
         self.assertEqual(self.counts(message_id), (2, 2))
+
+    @inlineCallbacks
+    def test_per_host_limit(self) -> Any:
+        """
+        A receiver that does not answer gets no more requests at once than
+        the per-host limit, and its backlog does not hold up another host's
+        deliveries.
+        """
+        stuck, fast = Receiver(holding=True), Receiver()
+        self.channel("stuck", f"http://127.0.0.1:{self.listen(stuck)}/")
+        self.channel("fast", f"http://localhost:{self.listen(fast)}/")
+        stuck_ids = [self.publish("stuck") for _ in range(10)]
+        self.service(per_host=2, max_in_flight=10)
+        yield self.wait_for(lambda: len(stuck.requests) == 2, what="the stuck host")
+        fast_ids = [self.publish("fast") for _ in range(5)]
+        yield self.wait_for(lambda: len(fast.requests) == 5, what="the other host")
+        self.assertEqual(len(stuck.requests), 2)
+        stuck.release()
+        yield self.wait_for(self.settled)
+        self.assertEqual(Counter(stuck.ids()), Counter(stuck_ids))
+        self.assertEqual(Counter(fast.ids()), Counter(fast_ids))
+        self.assertEqual(stuck.most, 2)
 
     @inlineCallbacks
     def test_500_twice(self) -> Any:

@@ -28,8 +28,10 @@ CREATE TABLE realtime.webhook_deliveries (
     UNIQUE (message_id, url)
 );
 
--- What is due, oldest first.
-CREATE INDEX webhook_deliveries_due ON realtime.webhook_deliveries (next_attempt_at)
+-- What is due, per receiving host, oldest first; also lists the hosts with
+-- pending deliveries (one probe per host), so that a claim never wades
+-- through the backlog of a host that has no room.
+CREATE INDEX webhook_deliveries_due ON realtime.webhook_deliveries (host, next_attempt_at)
     WHERE status = 'pending';
 -- What may be pruned.
 CREATE INDEX webhook_deliveries_finished ON realtime.webhook_deliveries (updated_at)

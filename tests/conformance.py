@@ -105,7 +105,12 @@ def main(argv: list[str]) -> None:
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)])
     root = engineio_root(_reactor) if kind == "engineio" else socketio_root(_reactor)
     site = Site(root)
-    TCP4ServerEndpoint(_reactor, port, interface="127.0.0.1").listen(site)
+
+    def cannot_listen(failure: Any) -> None:
+        print(failure.getErrorMessage(), file=sys.stderr)
+        _reactor.stop()  # type: ignore[attr-defined]
+
+    TCP4ServerEndpoint(_reactor, port, interface="127.0.0.1").listen(site).addErrback(cannot_listen)
     TCP6ServerEndpoint(_reactor, port, interface="::1").listen(site).addErrback(lambda f: None)
     _reactor.run()  # type: ignore[attr-defined]
 

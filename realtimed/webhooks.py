@@ -26,7 +26,12 @@ de-duplicate by ``webhook-id``.
 The service polls the outbox every second, LISTENs for the
 ``realtime_webhooks`` notification the trigger sends, and can be woken with
 `WebhookService.wake`.  Finished rows older than the retention are pruned
-periodically.
+at start and then hourly.
+
+The concurrency limits are per process.  User information in a webhook URL
+(``https://user:password@host/...``) is sent as HTTP Basic authorization.
+The address check lives in the default HTTP client (`webhook_http_client`);
+a client passed in instead is trusted to do its own.
 """
 
 from __future__ import annotations
@@ -718,7 +723,9 @@ class WebhookService(Service):
         )
         self._prune = LoopingCall(self._prune_now)
         self._prune.clock = self.clock
-        self._prune.start(self.prune_interval, now=False).addErrback(
+        # Also at start: a process restarted more often than the interval
+        # would otherwise never prune.
+        self._prune.start(self.prune_interval, now=True).addErrback(
             lambda f: log.failure("Webhook pruning stopped", f)
         )
         if self.listen:

@@ -108,7 +108,7 @@ def main(argv: list[str]) -> None:
 
     def cannot_listen(failure: Any) -> None:
         print(failure.getErrorMessage(), file=sys.stderr)
-        _reactor.stop()  # type: ignore[attr-defined]
+        _reactor.callWhenRunning(_reactor.stop)  # type: ignore[attr-defined]
 
     TCP4ServerEndpoint(_reactor, port, interface="127.0.0.1").listen(site).addErrback(cannot_listen)
     TCP6ServerEndpoint(_reactor, port, interface="::1").listen(site).addErrback(lambda f: None)

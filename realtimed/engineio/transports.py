@@ -438,11 +438,18 @@ class EngineConnection:
         self._catch_up()
         if self.session.closed or self.session.transport != POLLING:
             return self.server._error(request, BAD_REQUEST)
-        body = request.content.read() if request.content is not None else b""
-        if len(body) > self.server.config.max_payload:
+        content = request.content
+        size = 0
+        if content is not None:
+            # twisted.web has already stored the body (in a file when it is
+            # large); measure it before reading it into memory
+            size = content.seek(0, 2)
+            content.seek(0)
+        if size > self.server.config.max_payload:
             self._apply(self.session.close(), "transport error")
             request.setResponseCode(413)
             return b""
+        body = content.read() if content is not None else b""
         try:
             packets = decode_payload(body)
         except EngineProtocolError as e:

@@ -198,6 +198,16 @@ class CodecTests(SynchronousTestCase):
         self.assertIsNone(decoder.feed('51-["a",{"_placeholder":true,"num":0}]'))
         self.assertRaises(SocketProtocolError, decoder.feed, '2["a"]')
 
+    def test_attachment_limit(self) -> None:
+        """
+        The attachments of one packet may not exceed the byte limit
+        together.
+        """
+        decoder = SocketPacketDecoder(max_attachment_bytes=4)
+        decoder.feed('52-["a",{"_placeholder":true,"num":0},{"_placeholder":true,"num":1}]')
+        decoder.feed(b"\x01\x02\x03")
+        self.assertRaises(SocketProtocolError, decoder.feed, b"\x04\x05")
+
     def test_bad_placeholder(self) -> None:
         """
         A placeholder pointing past the attachments is rejected.

@@ -259,8 +259,11 @@ class SocketIOConnection:
     server: SocketIOServer
     engine: EngineConnection
     sockets: dict[str, Socket] = field(factory=dict)
-    _decoder: SocketPacketDecoder = field(factory=SocketPacketDecoder)
+    _decoder: SocketPacketDecoder = field(init=False)
     _connect_timer: IDelayedCall | None = None
+
+    def __attrs_post_init__(self) -> None:
+        self._decoder = SocketPacketDecoder(max_attachment_bytes=self.server.max_payload)
 
     def start(self) -> None:
         """

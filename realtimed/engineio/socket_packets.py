@@ -229,9 +229,12 @@ class SocketPacketDecoder:
     Turns the Engine.IO messages of one connection into Socket.IO packets.
     """
 
+    #: most bytes the attachments of one packet may hold together
+    max_attachment_bytes: int | None = None
     _pending: SocketPacket | None = field(default=None, init=False)
     _expected: int = field(default=0, init=False)
     _attachments: list[bytes] = field(factory=list, init=False)
+    _attachment_bytes: int = field(default=0, init=False)
 
     def feed(self, message: str | bytes) -> SocketPacket | None:
         """
@@ -250,9 +253,14 @@ class SocketPacketDecoder:
             self._pending = packet
             self._expected = expected
             self._attachments = []
+            self._attachment_bytes = 0
             return None
         if self._pending is None:
             raise SocketProtocolError("unexpected binary message")
+        self._attachment_bytes += len(message)
+        limit = self.max_attachment_bytes
+        if limit is not None and self._attachment_bytes > limit:
+            raise SocketProtocolError("attachments too large")
         self._attachments.append(message)
         if len(self._attachments) < self._expected:
             return None

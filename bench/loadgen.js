@@ -862,7 +862,7 @@ async function scenarioDatabase() {
   const { conns, failures } = await openMany(subscribers, 32, async (conn) => conn.subscribe("t"));
   conns.forEach((c) => (c.measureLatency = true));
   await drain(300, 3000);
-  const writers = 16;
+  const writers = 32;
   const pool = new pg.Pool({ connectionString: config.databaseUrl, max: writers });
   // Warm the pool.
   await Promise.all(Array.from({ length: writers }, () => pool.query("SELECT 1")));

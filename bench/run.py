@@ -767,7 +767,8 @@ def details(scenario: int, r: dict[str, Any]) -> str:
         return (
             f"{r.get('subscribers')} subscribers, {r.get('changes')} changes, delivered "
             f"{r.get('delivered')}/{r.get('expected')}, "
-            f"max {(r.get('latency') or {}).get('max')} ms; " + _cpu(r)
+            f"max {(r.get('latency') or {}).get('max')} ms; most inserts waiting "
+            f"{r.get('maxInFlight')}; " + _cpu(r)
         )
     if scenario == 6:
         stored = f", stored {r['stored']}" if "stored" in r else ""

@@ -63,9 +63,17 @@ Deferreds they return are logged and cost nothing else.  Disconnect reasons:
 ``forced close``.
 
 Broadcast cost: `Namespace.emit_many` encodes the packet and builds the
-WebSocket frame bytes once; for each WebSocket recipient it then only calls
-its TCP transport's ``write`` with those bytes; polling recipients queue the
-same encoded packet.  Permessage-deflate is therefore not offered.
+WebSocket frame bytes once; for each WebSocket recipient it only appends
+those bytes to the connection's held frames, and at the start of the next
+reactor turn each connection's held frames go to its socket in one
+``send`` (Twisted's buffer takes what the kernel does not).  Polling
+recipients queue the same encoded packet.  Permessage-deflate is not
+offered, so frames can be shared.  Direct emits are written at once (after
+any frames held for the same connection, keeping order).
+
+Closing: `SocketIOServer.close` and ping timeouts close a WebSocket without
+an Engine.IO close packet (clients reconnect), and answer a polling client
+with a close packet, as the reference server does.
 
 Protocol answers to bad input, each costing only the session concerned:
 unknown ``EIO``/``transport``, unknown sid, wrong method: HTTP 400 with the

@@ -54,7 +54,15 @@ def build_app(clock: Any) -> SocketIOServer:
         if token != "good":
             raise ConnectRefused("Invalid token", {"token": token})
         socket.data["token"] = token
-        socket.emit("welcome", {"auth": auth, "host": "host" in socket.headers})
+        socket.emit(
+            "welcome",
+            {
+                "auth": auth,
+                "host": "host" in socket.headers,
+                # the transport the session started on
+                "opened": socket.query.get("transport"),
+            },
+        )
 
     def echo(socket: Socket, args: list[Any], ack: Any) -> None:
         if ack is not None:
@@ -207,12 +215,14 @@ class EndToEndTests(TestCase):
         reactor.callLater(0.2, d.callback, None)  # type: ignore[attr-defined]
         return d
 
-    def check(self, output: bytes, code: int, errors: bytes, transport: str) -> Any:
+    def check(
+        self, output: bytes, code: int, errors: bytes, transport: str, opened: str = "polling"
+    ) -> Any:
         lines = [json.loads(line) for line in output.decode().splitlines() if line.strip()]
         self.assertEqual(code, 0, (lines, errors.decode(errors="replace")[-3000:]))
         steps = {line["step"]: line["value"] for line in lines}
         expected = {
-            "welcome": {"auth": {"token": "good"}, "host": True},
+            "welcome": {"auth": {"token": "good"}, "host": True, "opened": opened},
             "transport": transport,
             "ack": [1, "two", {"three": [True]}],
             "binary event": ["no ack", "010203"],
@@ -241,7 +251,8 @@ class EndToEndTests(TestCase):
         output, errors, code = yield getProcessOutputAndValue(
             node, [str(SCENARIO), self.url, *args], env=os.environ, path=str(JS)
         )
-        refused = self.check(output, code, errors, "websocket")
+        opened = "websocket" if "websocket" in args else "polling"
+        refused = self.check(output, code, errors, "websocket", opened)
         self.assertEqual(refused, {"message": "Invalid token", "data": {"token": "bad"}})
 
     def test_js_polling_then_websocket(self) -> Any:
@@ -262,7 +273,8 @@ class EndToEndTests(TestCase):
         output, errors, code = yield getProcessOutputAndValue(
             sys.executable, ["-c", PYTHON_SCENARIO, self.url, mode], env=os.environ
         )
-        refused = self.check(output, code, errors, "websocket")
+        opened = "websocket" if mode == "websocket" else "polling"
+        refused = self.check(output, code, errors, "websocket", opened)
         self.assertEqual(refused, {"message": "Invalid token", "data": {"token": "bad"}})
 
     def test_python_default(self) -> Any:

@@ -751,18 +751,24 @@ async function fanout({ subscribers, rooms, latencyRate, startRate, latencyEvery
   out({ type: "phase", name: "latency", state: "end" });
   let note = null;
   let ramp = { best: null, tried: [] };
-  if (!latencyStep.drained) {
-    note = `still behind ${Math.round(nowMs() - latencyStep.endedAt)} ms after the ${latencyRate}/s step; no ramp`;
-    log(note);
+  let rampStart = startRate;
+  if (!latencyStep.sustained) {
+    // Too much already: give the server time to work off its backlog and
+    // start the ramp lower.
+    rampStart = Math.max(1, Math.floor(startRate / 4));
+    if (!latencyStep.drained && !(await drain(1000, size(60000, 5000)))) {
+      note = `still behind ${Math.round(nowMs() - latencyStep.endedAt)} ms after the ${latencyRate}/s step; no ramp`;
+      log(note);
+    }
   }
 
   // Highest sustained rate, latency sampled on a subset of connections.
   conns.forEach((c, i) => (c.measureLatency = i % latencyEvery === 0));
   if (note === null) {
     out({ type: "phase", name: "ramp", state: "start" });
-    ramp = await findSustainedRate(publisher, recipients, startRate, {
+    ramp = await findSustainedRate(publisher, recipients, rampStart, {
       seconds: size(3, 0.5),
-      steps: size(9, 3),
+      steps: size(11, 3),
       maxRate: 50000,
     });
     out({ type: "phase", name: "ramp", state: "end" });

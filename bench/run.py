@@ -861,8 +861,15 @@ def machine_line() -> str:
                 break
     except OSError:
         pass
+    try:
+        node = subprocess.run(
+            ["node", "--version"], check=False, capture_output=True, text=True
+        ).stdout.strip()
+    except OSError:
+        node = "?"
     return (
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; nproc {os.cpu_count()}; {model}; "
+        f"Linux {os.uname().release}; Node.js {node}; Python {sys.version.split()[0]}; "
         f"server pinned to cpu {SERVER_CPU}, load generator to cpu {LOADGEN_CPU}"
     )
 

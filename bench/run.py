@@ -656,11 +656,46 @@ def run_loadgen(
     return result
 
 
+def server_errors(log_path: Path) -> str | None:
+    """
+    How many tracebacks the server logged, and the first one's exception.
+    """
+    try:
+        lines = log_path.read_text(errors="replace").splitlines()
+    except OSError:
+        return None
+    count = 0
+    first = None
+    for i, line in enumerate(lines):
+        if "Traceback (most recent call last)" not in line:
+            continue
+        count += 1
+        if first is None:
+            block = []
+            for following in lines[i + 1 :]:
+                if not following.startswith(("\t", " ")):
+                    break
+                if following.strip():
+                    block.append(following.strip())
+            where = [b for b in block if b.startswith("File ")]
+            first = (block[-1] if block else "?") + (f" (at {where[-1]})" if where else "")
+    if count == 0:
+        return None
+    return f"the server logged {count} traceback(s); the first: {first}"
+
+
 def run_one(bench: Bench, scenario: int, name: str, profile_dir: Path | None) -> dict[str, Any]:
     if scenario == 5 and name != "realtimed":
         return {"skipped": "no database events in this server"}
     with bench.server(name, scenario) as server:
-        result = run_loadgen(bench, scenario, server, profile_dir)
+        try:
+            result = run_loadgen(bench, scenario, server, profile_dir)
+        except SetupError as e:
+            logged = server_errors(server.log_path)
+            raise SetupError(f"{e}\n{logged}" if logged else str(e)) from None
+        logged = server_errors(server.log_path)
+        if logged:
+            result["serverErrors"] = logged
         if name == "realtimed" and scenario == 6 and server.database:
             stored = psql(
                 bench.postgres,
@@ -738,6 +773,8 @@ def details(scenario: int, r: dict[str, Any]) -> str:
     """
     if "skipped" in r:
         return r["skipped"]
+    if r.get("serverErrors"):
+        return f"{r['serverErrors']}; " + details(scenario, {**r, "serverErrors": None})
     if scenario in (1, 2):
         s = r.get("sustained") or {}
         at = r.get("latencyAtRate") or {}

@@ -10,7 +10,11 @@ thread pool.
 
 from __future__ import annotations
 
+import atexit
 import os
+import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +31,9 @@ from realtimed.store.pool import redact_dsn
 log = Logger()
 
 DATABASE = "realtimed"
+
+# Seconds a slow embedded server is waited for beyond pgserver's own wait.
+START_TIMEOUT = 120.0
 
 
 class EmbeddedNotStarted(Exception):
@@ -146,13 +153,52 @@ class EmbeddedPostgres(Service):
         return d
 
     def _startBlocking(self) -> str:
-        import pgserver
-
         os.makedirs(self.directory.parent, mode=0o700, exist_ok=True)
-        server = pgserver.get_server(self.directory, cleanup_mode="stop")
+        server = _get_server(self.directory, lambda: self.reactor.callFromThread(self._slow))
         self._server = server
         _ensure_database(str(server.get_uri("postgres")), self.database)
         return str(server.get_uri(self.database))
+
+    def _slow(self) -> None:
+        log.warn(
+            "Embedded PostgreSQL in {directory} is slow to start; still waiting",
+            directory=str(self.directory),
+        )
+
+
+def _get_server(directory: Path, slow: Callable[[], object]) -> Any:
+    """
+    pgserver's server for C{directory}, started if need be.
+
+    pgserver gives C{pg_ctl start} ten seconds; a loaded machine can take
+    longer, and the server then carries on starting without pgserver.  In
+    that case wait for it to be ready and take it over.
+    """
+    import pgserver
+    from pgserver.postgres_server import PostgresServer
+
+    try:
+        return pgserver.get_server(directory, cleanup_mode="stop")
+    except subprocess.TimeoutExpired:
+        broken = PostgresServer._instances.pop(directory, None)
+        if broken is not None:
+            atexit.unregister(broken._cleanup)
+        slow()
+        _wait_until_ready(directory, START_TIMEOUT)
+        return pgserver.get_server(directory, cleanup_mode="stop")
+
+
+def _wait_until_ready(directory: Path, timeout: float) -> None:
+    from pgserver.utils import PostmasterInfo
+
+    deadline = time.monotonic() + timeout
+    while True:
+        info = PostmasterInfo.read_from_pgdata(directory)
+        if info is not None and info.is_running() and info.status == "ready":
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"PostgreSQL in {directory} not ready after {timeout}s")
+        time.sleep(0.2)
 
 
 def _ensure_database(maintenance_url: str, name: str) -> None:

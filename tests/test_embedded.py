@@ -6,6 +6,7 @@ database URL is configured.
 from __future__ import annotations
 
 import shutil
+import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -110,3 +111,32 @@ class EmbeddedPostgresTests(TestCase):
         self.assertEqual(len(self.flushLoggedErrors(OSError)), 0)
         yield self.assertFailure(service.start(), OSError)
         yield service.stop()
+
+    @inlineCallbacks
+    def test_slow_start(self) -> Any:
+        """
+        When pgserver gives up waiting for C{pg_ctl start} while the server
+        goes on starting, the service waits for it, takes it over, and
+        stops it as usual.
+        """
+        from pgserver import postgres_server
+
+        real = postgres_server.pg_ctl
+
+        def slow(args: list[str], **kwargs: Any) -> str:
+            output = real(args, **kwargs)
+            if "start" in args:
+                raise subprocess.TimeoutExpired(args, kwargs.get("timeout", 10))
+            return str(output)
+
+        self.patch(postgres_server, "pg_ctl", slow)
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        service = self.service()
+        url = yield service.start()
+        rows = yield deferToThread(query, url, "SELECT 1")
+        self.assertEqual(rows, [(1,)])
+        self.assertTrue(any("slow to start" in e.get("log_format", "") for e in events))
+        yield service.stop()
+        yield self.assertFailure(deferToThread(query, url, "SELECT 1"), psycopg2.OperationalError)

@@ -337,6 +337,28 @@ class ServerTests(SynchronousTestCase):
             )
         )
 
+    def test_slow_reader_dropped_by_broadcasts(self) -> None:
+        """
+        Broadcasts to a connection whose kernel buffer stays full are
+        counted, and past the buffer limit the connection is dropped and
+        its socket disconnected; the others keep receiving.
+        """
+        server = SocketIOServer(self.clock, max_buffer=2000)
+        namespace = server.namespace("/")
+        reasons: list[str] = []
+        namespace.on_disconnect(lambda socket, reason: reasons.append(reason))
+        slow, fast = Client(server), Client(server)
+        slow.connect()
+        fast.connect()
+        slow.ws.transport.producer.pauseProducing()
+        for _ in range(30):
+            namespace.emit("news", "x" * 100)
+            self.clock.advance(0)
+        self.assertTrue(slow.ws.dropped)
+        self.assertFalse(fast.ws.dropped)
+        self.assertEqual(reasons, ["transport error"])
+        self.assertEqual(len(fast.received()), 30)
+
     def test_broadcasts_keep_order(self) -> None:
         """
         Broadcasts held for the end of the turn go out in order, and a

@@ -6,7 +6,10 @@ ping timeout 200 ms, max payload 1e6, any CORS origin)::
     python tests/conformance.py engineio 3000   # echo at /engine.io/
     python tests/conformance.py socketio 3000   # echo and ack handlers, /custom
 
-It listens on the loopback addresses only.
+It listens on the loopback addresses only.  The suites (``test-suite/`` of
+github.com/socketio/engine.io-protocol and socket.io-protocol) expect the
+server at ``localhost:3000``; run them with ``npm ci && npm test`` in their
+``test-suite`` directory while this app serves port 3000.
 """
 
 from __future__ import annotations

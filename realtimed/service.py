@@ -33,6 +33,7 @@ from realtimed.store.listener import MessageListener
 from realtimed.store.migrations import migrate
 from realtimed.store.pool import ConnectionPool, redact_dsn
 from realtimed.web import root_resource
+from realtimed.webhooks import WebhookService
 
 log = Logger()
 
@@ -66,6 +67,7 @@ class RealtimeService(MultiService):
         self.socketio: SocketIOServer | None = None
         self.realtime: Realtime | None = None
         self.listener: MessageListener | None = None
+        self.webhooks: WebhookService | None = None
         self._out = sys.stdout if out is None else out
         self._stop_on_failure = stop_on_failure
         self._embedded: Any = None
@@ -123,6 +125,10 @@ class RealtimeService(MultiService):
         )
         self.listener.setServiceParent(self)
         self.realtime.setServiceParent(self)
+        self.webhooks = WebhookService.from_config(
+            self.reactor, config, url, keys.webhook_secret
+        )
+        self.webhooks.setServiceParent(self)
         yield self._until(lambda: self.listener.connected, "LISTEN connection", 60.0)
 
         api = AdminAPI(self.pool, keys, self.reactor)

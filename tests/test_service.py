@@ -175,3 +175,59 @@ class MountTests(TestCase):
         self.assertEqual(response.code, 200)
         self.assertTrue(body.startswith("0{"), body)
         self.assertIn('"sid"', body)
+
+    @inlineCallbacks
+    def test_webhooks_delivered(self) -> Any:
+        """
+        A message published through the REST API is POSTed, signed with the
+        daemon's webhook secret, to its channel's webhook URL.
+        """
+        from standardwebhooks.webhooks import Webhook
+        from twisted.internet.defer import Deferred
+        from twisted.web.resource import Resource as WebResource
+
+        received: Deferred[tuple[dict[str, str], bytes]] = Deferred()
+
+        class Receiver(WebResource):
+            isLeaf = True
+
+            def render_POST(self, request: Any) -> bytes:
+                headers = {
+                    k.decode().lower(): v[0].decode()
+                    for k, v in request.requestHeaders.getAllRawHeaders()
+                }
+                if not received.called:
+                    received.callback((headers, request.content.read()))
+                return b"ok"
+
+        receiver = reactor.listenTCP(0, Site(Receiver()), interface="127.0.0.1")
+        self.addCleanup(receiver.stopListening)
+        api_key = "ik_" + "k" * 32
+        service = yield start_realtimed(self, api_key=api_key, webhook_allow_private=True)
+        authorization = {"Authorization": "Bearer " + api_key}
+        hook = f"http://127.0.0.1:{receiver.getHost().port}/hook"
+        response = yield treq.post(
+            base_url(service) + "/api/realtime/channels",
+            json={"pattern": "orders", "webhookUrls": [hook]},
+            headers=authorization,
+            persistent=False,
+        )
+        self.assertEqual(response.code, 201, (yield response.text()))
+        response = yield treq.post(
+            base_url(service) + "/api/realtime/messages",
+            json={"channel": "orders", "event": "order.created", "payload": {"id": 1}},
+            headers=authorization,
+            persistent=False,
+        )
+        self.assertEqual(response.code, 201)
+        stored = yield response.json()
+        headers, body = yield received
+        assert service.keys is not None
+        delivered = Webhook(service.keys.webhook_secret).verify(body, headers)
+        self.assertEqual(headers["webhook-id"], stored["id"])
+        self.assertEqual(headers["x-realtime-event"], "order.created")
+        self.assertEqual(headers["x-realtime-channel"], "orders")
+        self.assertEqual(
+            (delivered["channel"], delivered["event"], delivered["messageId"], delivered["payload"]),
+            ("orders", "order.created", stored["id"], {"id": 1}),
+        )

@@ -2,7 +2,8 @@
 End-to-end tests: real Socket.IO clients against a real server on a
 loopback port.
 
-The JavaScript ``socket.io-client`` 4 (from ``tests/js/node_modules``) runs
+The JavaScript ``socket.io-client`` 4 (from ``tests/js/node_modules``,
+installed by ``npm ci`` there; the tests fail without it) runs
 ``tests/js/engineio_scenario.js``, once with its default options (polling,
 then the upgrade to WebSocket) and once WebSocket only.  python-socketio's
 blocking client runs the same scenario in a subprocess.  Each scenario:
@@ -245,7 +246,8 @@ class EndToEndTests(TestCase):
     def run_js(self, *args: str) -> Any:
         why = _node_missing()
         if why is not None:
-            self.skipTest(why)
+            # the test command installs the client; its absence is a fault
+            self.fail(why)
         node = shutil.which("node")
         assert node is not None
         output, errors, code = yield getProcessOutputAndValue(

@@ -368,6 +368,9 @@ class Bench:
         if name == "node":
             command = ["node", str(PEERS / "node_server.js"), str(port)]
             cwd = PEERS
+        elif name == "ceiling":
+            command = ["node", str(PEERS / "ceiling_server.js"), str(port)]
+            cwd = PEERS
         elif name == "python-socketio":
             assert self.bench_python is not None
             command = [
@@ -934,7 +937,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--servers",
         default=",".join(SERVERS),
-        help="comma-separated, from: " + ", ".join(SERVERS),
+        help="comma-separated, from: "
+        + ", ".join(SERVERS)
+        + "; also 'ceiling', a bare broadcast server that shows the load generator's limit",
     )
     parser.add_argument(
         "--postgres",
@@ -960,7 +965,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     servers = [s.strip() for s in args.servers.split(",") if s.strip()]
-    unknown = [s for s in servers if s not in SERVERS]
+    unknown = [s for s in servers if s not in (*SERVERS, "ceiling")]
     if unknown:
         parser.error(f"unknown servers: {', '.join(unknown)}")
     scenarios = sorted(set(args.scenario or SCENARIOS))

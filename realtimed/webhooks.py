@@ -670,6 +670,7 @@ class WebhookService(Service):
     _per_host_busy: dict[str, int] = field(factory=dict, init=False)
     _claiming: Deferred[Any] | None = field(default=None, init=False)
     _claim_again: bool = field(default=False, init=False)
+    _more_due: bool = field(default=False, init=False)
     _wake_call: Any = field(default=None, init=False)
     _outcomes: list[Outcome] = field(factory=list, init=False)
     _flushing: Deferred[None] | None = field(default=None, init=False)
@@ -842,7 +843,7 @@ class WebhookService(Service):
         }
         self._claim_again = False
         d = self._claims.run_query(_CLAIM, params)
-        d.addCallback(self._start, free)
+        d.addCallback(self._start, free, dict(self._per_host_busy))
         failed = False
 
         def trouble(f: Failure) -> None:
@@ -864,7 +865,14 @@ class WebhookService(Service):
         d.addCallback(claimed)
         d.addErrback(lambda f: log.failure("After claiming webhook deliveries", f))
 
-    def _start(self, rows: Sequence[tuple[Any, ...]], free: int) -> None:
+    def _start(self, rows: Sequence[tuple[Any, ...]], free: int, busy: dict[str, int]) -> None:
+        """
+        Start an attempt for each claimed row.
+
+        @param free: The room overall when claiming.
+        @param busy: The attempts per host in flight when claiming.
+        """
+        claimed: dict[str, int] = {}
         for row in rows:
             delivery = Delivery(
                 id=row[0],
@@ -878,9 +886,17 @@ class WebhookService(Service):
                 body=row[8].encode("utf-8"),
             )
             self._per_host_busy[delivery.host] = self._per_host_busy.get(delivery.host, 0) + 1
+            claimed[delivery.host] = claimed.get(delivery.host, 0) + 1
             self._attempt(delivery)
+        # Were there more due than there was room for (overall, or for a
+        # host)?  Then each attempt that ends makes room for another;
+        # otherwise notifications and the poll bring the next ones.
+        self._more_due = (
+            len(rows) >= free
+            or any(n >= self.per_host for n in busy.values())
+            or any(n >= self.per_host - busy.get(host, 0) for host, n in claimed.items())
+        )
         if len(rows) >= free:
-            # There may be more due than there was room for.
             self._claim_again = True
 
     # -- one attempt ---------------------------------------------------------
@@ -909,7 +925,8 @@ class WebhookService(Service):
                 self._per_host_busy[delivery.host] = left
             else:
                 del self._per_host_busy[delivery.host]
-            self.wake()
+            if self._more_due:
+                self.wake()
 
         d.addCallback(release)
         d.addErrback(lambda f: log.failure("Releasing a webhook delivery", f))

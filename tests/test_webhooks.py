@@ -866,6 +866,19 @@ class DurabilityTests(WebhookTestCase):
         )
 
     @inlineCallbacks
+    def test_backlog_without_polling(self) -> Any:
+        """
+        A backlog larger than the limits allow at once is worked off by
+        claiming again as attempts end, without waiting for a poll.
+        """
+        receiver = Receiver()
+        self.channel("room:*", f"http://127.0.0.1:{self.listen(receiver)}/")
+        published = [self.publish("room:1") for _ in range(30)]
+        self.service(poll_interval=3600.0, listen=False, per_host=2, max_in_flight=4)
+        yield self.wait_for(self.settled, timeout=10.0)
+        self.assertEqual(Counter(receiver.ids()), Counter(published))
+
+    @inlineCallbacks
     def test_wake(self) -> Any:
         """
         Without polling or LISTEN, wake() makes the service look at once.

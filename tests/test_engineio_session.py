@@ -134,7 +134,7 @@ def written(request: DummyRequest) -> bytes:
 
 class EngineHarness:
     """
-    An `EngineIOServer` on a `Clock`, with helpers to speak polling and
+    An `EngineIOServer` on a `Clock`, with methods to speak polling and
     (fake) WebSocket to it.
     """
 

@@ -531,6 +531,26 @@ class PollingTests(SynchronousTestCase):
         self.assertEqual(written(self.harness.request(sid=self.sid)), b"4bye\x1e1")
         self.assertEqual(self.harness.request(sid=self.sid).responseCode, 400)
 
+    def test_close_packet_not_kept_forever(self) -> None:
+        """
+        A close packet nobody fetches is forgotten after a heartbeat's
+        worth of time.
+        """
+        self.connection.close()
+        self.harness.clock.advance(25 + 20)
+        self.assertEqual(self.harness.request(sid=self.sid).responseCode, 400)
+        self.assertEqual(self.harness.clock.getDelayedCalls(), [])
+
+    def test_headers(self) -> None:
+        """
+        The handshake request's headers are kept with lower-case names.
+        """
+        harness = EngineHarness()
+        harness.request(headers={b"X-Custom": b"yes", b"Authorization": b"Bearer t"})
+        headers = harness.handlers[0].connection.headers
+        self.assertEqual(headers["x-custom"], "yes")
+        self.assertEqual(headers["authorization"], "Bearer t")
+
     def test_bad_packet(self) -> None:
         """
         An undecodable packet is a 400 and closes the session.

@@ -674,6 +674,7 @@ class WebhookService(Service):
     _wake_call: Any = field(default=None, init=False)
     _outcomes: list[Outcome] = field(factory=list, init=False)
     _flushing: Deferred[None] | None = field(default=None, init=False)
+    _flush_call: Any = field(default=None, init=False)
     _poll: LoopingCall | None = field(default=None, init=False)
     _trouble: tuple[str, float] | None = field(default=None, init=False)
     _prune: LoopingCall | None = field(default=None, init=False)
@@ -743,9 +744,10 @@ class WebhookService(Service):
         for loop in (self._poll, self._prune):
             if loop is not None and loop.running:
                 loop.stop()
-        if self._wake_call is not None:
-            self._wake_call.cancel()
-            self._wake_call = None
+        for call in (self._wake_call, self._flush_call):
+            if call is not None and call.active():
+                call.cancel()
+        self._wake_call = self._flush_call = None
         waiting: list[Deferred[Any]] = []
         if self._claiming is not None:
             waiting.append(self._claiming)
@@ -926,7 +928,9 @@ class WebhookService(Service):
             else:
                 del self._per_host_busy[delivery.host]
             if self._more_due:
-                self.wake()
+                # Soon rather than now: attempts ending in the same turn of
+                # the reactor share one claim.
+                self._wake_soon()
 
         d.addCallback(release)
         d.addErrback(lambda f: log.failure("Releasing a webhook delivery", f))
@@ -1050,6 +1054,14 @@ class WebhookService(Service):
 
     def _finished(self, outcome: Outcome) -> None:
         self._outcomes.append(outcome)
+        if not self.running:
+            return  # stopService records what is left
+        if self._flushing is None and self._flush_call is None:
+            # Outcomes of the same turn of the reactor share one statement.
+            self._flush_call = self.clock.callLater(0, self._flush_soon)
+
+    def _flush_soon(self) -> None:
+        self._flush_call = None
         if self._flushing is None:
             self._flush()
 

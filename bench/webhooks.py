@@ -93,7 +93,7 @@ class Receiver(Resource):
 
 
 class QuietSite(Site):
-    def log(self, request: Request) -> None:
+    def log(self, request: Any) -> None:
         pass
 
 
@@ -102,21 +102,24 @@ def serve(count: int, verify: bool) -> None:
     Run C{count} receivers; print their ports on one line; stop at end of
     input.
     """
-    from twisted.internet import reactor, stdio
+    from twisted.internet import reactor as _reactor
+    from twisted.internet import stdio
     from twisted.protocols.basic import LineReceiver
 
+    reactor: Any = _reactor
+
     ports = [
-        reactor.listenTCP(0, QuietSite(Receiver(verify)), interface="127.0.0.1")  # type: ignore[attr-defined]
+        reactor.listenTCP(0, QuietSite(Receiver(verify)), interface="127.0.0.1")
         for _ in range(count)
     ]
     print(" ".join(str(p.getHost().port) for p in ports), flush=True)
 
     class StopAtEOF(LineReceiver):
         def connectionLost(self, reason: Any = None) -> None:
-            reactor.stop()  # type: ignore[attr-defined]
+            reactor.stop()
 
     stdio.StandardIO(StopAtEOF())
-    reactor.run()  # type: ignore[attr-defined]
+    reactor.run()
 
 
 def admin(url: str, statement: str) -> None:
@@ -140,7 +143,7 @@ def query(url: str, statement: str, params: Any = None) -> list[tuple[Any, ...]]
         connection.close()
 
 
-def counts(url: str) -> dict[str, int]:
+def counts(url: str) -> dict[str, Any]:
     with urllib.request.urlopen(url, timeout=10) as response:
         return json.loads(response.read())  # type: ignore[no-any-return]
 
@@ -257,7 +260,7 @@ async def run(
         raise SystemExit("a receiver missed a message or got one twice")
 
 
-async def _counts_async(reactor: Any, urls: list[str]) -> list[dict[str, int]]:
+async def _counts_async(reactor: Any, urls: list[str]) -> list[dict[str, Any]]:
     from twisted.internet.threads import deferToThread
 
     return [await deferToThread(counts, url) for url in urls]

@@ -13,16 +13,16 @@ import sys
 import uuid
 from collections import Counter
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import psycopg2
 from standardwebhooks.webhooks import Webhook
-from twisted.internet import reactor
+from twisted.internet import reactor as _reactor
 from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
 from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import deferLater
-from twisted.logger import formatEvent, globalLogPublisher
+from twisted.logger import ILogObserver, formatEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
 from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
@@ -33,6 +33,8 @@ from realtimed.store.migrations import migrate
 from realtimed.webhook_policy import RetryPolicy
 from realtimed.webhooks import WebhookService
 from tests.support import run_sql, server_url, with_database
+
+reactor: Any = _reactor
 
 SECRET = encode_webhook_secret(b"webhook-test-key-" + b"x" * 15)
 
@@ -141,7 +143,7 @@ class TrackingSite(Site):
         super().__init__(resource)
         self.channels: dict[HTTPChannel, Deferred[None]] = {}
 
-    def log(self, request: Request) -> None:
+    def log(self, request: Any) -> None:
         pass
 
     def buildProtocol(self, addr: Any) -> Any:
@@ -221,8 +223,9 @@ class ServiceProcess(ProcessProtocol):
         Close its input (it stops its service and exits); fires when it
         has ended.
         """
-        if not self.ended.called and self.transport is not None:
-            self.transport.closeStdin()
+        transport: Any = self.transport
+        if not self.ended.called and transport is not None:
+            transport.closeStdin()
         return self.ended
 
 
@@ -275,11 +278,12 @@ class WebhookTestCase(TestCase):
     """
 
     @inlineCallbacks
-    def setUp(self) -> Any:
+    def setUp(self) -> Any:  # type: ignore[override]
         self.database = yield shared_database()
         self.log_events: list[dict[str, Any]] = []
-        globalLogPublisher.addObserver(self.log_events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, self.log_events.append)
+        observer = cast(ILogObserver, self.log_events.append)
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
 
     def listen(self, receiver: Resource, port: int = 0) -> int:
         """
@@ -363,7 +367,9 @@ class WebhookTestCase(TestCase):
         return rows[0][0], rows[0][1]
 
     @inlineCallbacks
-    def wait_for(self, condition: Callable[[], bool], timeout: float = 15.0, what: str = "") -> Any:
+    def wait_for(
+        self, condition: Callable[[], object], timeout: float = 15.0, what: str = ""
+    ) -> Any:
         """
         Poll C{condition} until it holds; fail the test after C{timeout}.
         """
@@ -922,8 +928,9 @@ class DatabaseAwayTests(TestCase):
         (not at every poll), and still stops cleanly.
         """
         events: list[dict[str, Any]] = []
-        globalLogPublisher.addObserver(events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        observer = cast(ILogObserver, events.append)
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
         listening = reactor.listenTCP(0, Site(Resource()), interface="127.0.0.1")
         port = listening.getHost().port
         yield listening.stopListening()

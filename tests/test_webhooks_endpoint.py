@@ -5,12 +5,14 @@ configuration, in memory: no name is really resolved, nothing connects.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.error import DNSLookupError
+from twisted.internet.interfaces import IProtocolFactory
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactorClock
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.client import URI
 from twisted.web.error import SchemeNotSupported
@@ -46,14 +48,14 @@ class FakeResolver:
 
 def reactor_resolving(*addresses: Any) -> MemoryReactorClock:
     reactor = MemoryReactorClock()
-    reactor.nameResolver = FakeResolver(list(addresses))  # type: ignore[attr-defined]
+    reactor.nameResolver = FakeResolver(list(addresses))  # type: ignore[assignment]
     return reactor
 
 
 class CheckedEndpointTests(SynchronousTestCase):
     def connect(self, reactor: Any, allow_private: bool = False) -> Any:
         endpoint = CheckedEndpoint(reactor, "hooks.example", 443, None, allow_private, 10.0)
-        return endpoint.connect(Factory.forProtocol(Protocol))
+        return endpoint.connect(cast(IProtocolFactory, Factory.forProtocol(Protocol)))
 
     def test_connects_to_checked_address(self) -> None:
         """
@@ -121,7 +123,8 @@ class CheckedEndpointTests(SynchronousTestCase):
         self.connect(reactor)
         from twisted.internet.error import ConnectionRefusedError
 
-        reactor.tcpClients[0][2].clientConnectionFailed(None, ConnectionRefusedError())
+        factory: Any = reactor.tcpClients[0][2]
+        factory.clientConnectionFailed(None, Failure(ConnectionRefusedError()))
         self.assertEqual(reactor.tcpClients[1][0], "93.184.216.35")
 
     def test_factory(self) -> None:

@@ -83,6 +83,7 @@ from realtimed.store.pool import (
     DatabaseConnection,
     is_disconnect,
     open_connection,
+    redact_dsn,
 )
 from realtimed.webhook_policy import (
     RetryPolicy,
@@ -647,7 +648,7 @@ class WebhookService(Service):
     """
 
     reactor: Any
-    database_url: str
+    database_url: str = field(repr=redact_dsn)
     secret: str = field(repr=False)
     http: Any = None
     allow_private: bool = False

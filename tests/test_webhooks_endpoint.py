@@ -158,6 +158,19 @@ class FromConfigTests(SynchronousTestCase):
         self.assertEqual(service.policy.horizon, 7200.0)
         self.assertEqual(service.secret, SECRET)
 
+    def test_repr_hides_secrets(self) -> None:
+        """
+        The service's repr shows neither the signing secret nor the
+        database password.
+        """
+        service = WebhookService(
+            MemoryReactorClock(), "postgresql://realtimed:hunter2@db/realtime", SECRET
+        )
+        text = repr(service)
+        self.assertNotIn("hunter2", text)
+        self.assertNotIn(SECRET, text)
+        self.assertIn("db/realtime", text)
+
     def test_bad_secret(self) -> None:
         """
         A secret that is not a Standard Webhooks secret is refused at once.

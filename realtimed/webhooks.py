@@ -152,6 +152,8 @@ class CheckedEndpoint:
 
     @ivar tls_hostname: For https, the name to verify the certificate
         against; C{None} for plain http.
+    @ivar trust_root: For https, the certificate authorities to trust;
+        C{None} for the platform's.
     """
 
     reactor: Any
@@ -160,6 +162,7 @@ class CheckedEndpoint:
     tls_hostname: str | None
     allow_private: bool
     connect_timeout: float
+    trust_root: Any = None
 
     def connect(self, factory: IProtocolFactory) -> Deferred[IProtocol]:
         receiver = _Addresses()
@@ -200,7 +203,9 @@ class CheckedEndpoint:
         if self.tls_hostname is not None:
             from twisted.internet.ssl import optionsForClientTLS
 
-            endpoint = wrapClientTLS(optionsForClientTLS(self.tls_hostname), endpoint)
+            endpoint = wrapClientTLS(
+                optionsForClientTLS(self.tls_hostname, trustRoot=self.trust_root), endpoint
+            )
         d = endpoint.connect(factory)
         d.addErrback(lambda f: self._try(addresses, factory, f))
         return d
@@ -241,6 +246,7 @@ class CheckedEndpointFactory:
     reactor: Any
     allow_private: bool
     connect_timeout: float = 10.0
+    trust_root: Any = None
 
     def endpointForURI(self, uri: URI) -> Any:
         scheme = uri.scheme.decode("ascii", "replace")
@@ -254,6 +260,7 @@ class CheckedEndpointFactory:
             host if scheme == "https" else None,
             self.allow_private,
             self.connect_timeout,
+            self.trust_root,
         )
 
 
@@ -270,10 +277,13 @@ def webhook_http_client(
     allow_private: bool = False,
     per_host: int = 8,
     connect_timeout: float = 10.0,
+    trust_root: Any = None,
 ) -> tuple[Any, HTTPConnectionPool]:
     """
     A treq client for webhook deliveries: persistent connections (up to
-    C{per_host} kept per receiver), made only to checked addresses.
+    C{per_host} kept per receiver), made only to checked addresses;
+    https certificates verified against C{trust_root} (an
+    C{IOpenSSLTrustRoot}, by default the platform's authorities).
 
     @return: The client, and its connection pool (close its cached
         connections when done).
@@ -288,7 +298,7 @@ def webhook_http_client(
     pool.retryAutomatically = False
     agent = Agent.usingEndpointFactory(
         reactor,
-        CheckedEndpointFactory(reactor, allow_private, connect_timeout),
+        CheckedEndpointFactory(reactor, allow_private, connect_timeout, trust_root),
         pool=pool,
     )
     return treq.client.HTTPClient(agent), pool

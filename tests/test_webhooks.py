@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import atexit
 import base64
+import ipaddress
 import json
 import os
 import sys
 import uuid
 from collections import Counter
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 from urllib.parse import urlsplit
 
@@ -21,6 +23,7 @@ from standardwebhooks.webhooks import Webhook
 from twisted.internet import reactor as _reactor
 from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
 from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.ssl import Certificate, PrivateCertificate
 from twisted.internet.task import deferLater
 from twisted.logger import ILogObserver, formatEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
@@ -31,7 +34,7 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 from realtimed.signing import encode_webhook_secret
 from realtimed.store.migrations import migrate
 from realtimed.webhook_policy import RetryPolicy
-from realtimed.webhooks import WebhookService
+from realtimed.webhooks import WebhookService, webhook_http_client
 from tests.support import run_sql, server_url, with_database
 
 reactor: Any = _reactor
@@ -177,7 +180,7 @@ import sys
 from twisted.internet import reactor, stdio
 from twisted.internet.protocol import Protocol
 from realtimed.webhook_policy import RetryPolicy
-from realtimed.webhooks import WebhookService
+from realtimed.webhooks import WebhookService, webhook_http_client
 
 service = WebhookService(
     reactor, sys.argv[1], sys.argv[2], allow_private=True,
@@ -733,6 +736,106 @@ class SafetyTests(WebhookTestCase):
         for row in self.deliveries():
             self.assertEqual(row[2:4], ("failed", 1))
             self.assertIn("ValueError: no such URL", row[5])
+
+
+def self_signed() -> tuple[PrivateCertificate, Certificate]:
+    """
+    A key and self-signed certificate for 127.0.0.1 and localhost, and the
+    certificate alone (to trust).
+    """
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "realtimed test receiver")])
+    now = datetime.now(UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_pem = certificate.public_bytes(serialization.Encoding.PEM)
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    return PrivateCertificate.loadPEM(cert_pem + key_pem), Certificate.loadPEM(cert_pem)
+
+
+class HTTPSTests(WebhookTestCase):
+    def listen_tls(self, receiver: Receiver, identity: PrivateCertificate) -> int:
+        site = TrackingSite(receiver)
+        listening = reactor.listenSSL(0, site, identity.options(), interface="127.0.0.1")
+
+        @inlineCallbacks
+        def close() -> Any:
+            receiver.stop()
+            yield listening.stopListening()
+            yield site.close_all()
+
+        self.addCleanup(close)
+        return int(listening.getHost().port)
+
+    def client(self, trust_root: Any) -> Any:
+        """
+        A webhook HTTP client trusting C{trust_root}, its connections closed
+        when the test ends (after the service has stopped).
+        """
+        client, pool = webhook_http_client(reactor, allow_private=True, trust_root=trust_root)
+        self.addCleanup(pool.closeCachedConnections)
+        return client
+
+    @inlineCallbacks
+    def test_https(self) -> Any:
+        """
+        An https webhook is delivered over TLS to the checked address, the
+        certificate verified against the URL's host.
+        """
+        identity, certificate = self_signed()
+        receiver = Receiver()
+        port = self.listen_tls(receiver, identity)
+        self.channel("room:*", f"https://127.0.0.1:{port}/hook")
+        self.service(http=self.client(certificate))
+        message_id = self.publish("room:1")
+        yield self.wait_for(self.settled)
+        headers, body, _ = receiver.requests[0]
+        self.assertEqual(Webhook(SECRET).verify(body, headers)["messageId"], message_id)
+        self.assertEqual(self.counts(message_id), (1, 1))
+
+    @inlineCallbacks
+    def test_untrusted_certificate(self) -> Any:
+        """
+        A receiver whose certificate is not trusted gets nothing; the
+        delivery is retried, not counted.
+        """
+        identity, _ = self_signed()
+        other, _ = self_signed()
+        receiver = Receiver()
+        port = self.listen_tls(receiver, identity)
+        self.channel("room:*", f"https://127.0.0.1:{port}/hook")
+        self.service(http=self.client(Certificate.loadPEM(other.dumpPEM())))
+        message_id = self.publish("room:1")
+        yield self.wait_for(lambda: self.deliveries()[0][3] >= 2, what="two attempts")
+        row = self.deliveries()[0]
+        self.assertEqual(row[2], "pending")
+        self.assertIn("certificate verify failed", row[5])
+        self.assertEqual(receiver.requests, [])
+        self.assertEqual(self.counts(message_id), (1, 0))
 
 
 class DurabilityTests(WebhookTestCase):

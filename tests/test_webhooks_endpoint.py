@@ -1,17 +1,22 @@
 """
-Tests for L{realtimed.webhooks.CheckedEndpoint} and the service's
-configuration, in memory: no name is really resolved, nothing connects.
+Tests for L{realtimed.webhooks} in memory: the checked endpoint (no name
+is really resolved, nothing connects), the service's configuration, and
+what it makes of each attempt's result.
 """
 
 from __future__ import annotations
 
+from email.utils import formatdate
 from typing import Any, cast
 
 from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.defer import TimeoutError as DeferredTimeoutError
 from twisted.internet.error import DNSLookupError
 from twisted.internet.interfaces import IProtocolFactory
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import ILogObserver, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.client import URI
@@ -19,9 +24,12 @@ from twisted.web.error import SchemeNotSupported
 
 from realtimed.config import load
 from realtimed.signing import encode_webhook_secret
+from realtimed.webhook_policy import RetryPolicy
 from realtimed.webhooks import (
+    Answer,
     CheckedEndpoint,
     CheckedEndpointFactory,
+    Delivery,
     UnsafeAddress,
     WebhookService,
 )
@@ -177,3 +185,119 @@ class FromConfigTests(SynchronousTestCase):
         """
         with self.assertRaises(ValueError):
             WebhookService(MemoryReactorClock(), "postgresql:///x", "not-a-secret")
+
+
+def delivery(attempts: int = 1, age: float = 0.0) -> Delivery:
+    return Delivery(
+        id=7,
+        url="https://user:pw@hooks.example/in?token=t",
+        host="hooks.example",
+        attempts=attempts,
+        age=age,
+        message_id="m-1",
+        event="chat",
+        channel="room:1",
+        body=b"{}",
+    )
+
+
+class OutcomeTests(SynchronousTestCase):
+    """
+    What the service makes of an attempt's result, with a fixed clock and
+    jitter: no database, no network.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(1_800_000_000)
+        self.service = WebhookService(
+            MemoryReactorClock(),
+            "postgresql:///x",
+            SECRET,
+            clock=self.clock,
+            policy=RetryPolicy(base_delay=2.0, max_delay=60.0, horizon=3600.0),
+            jitter=lambda: 0.5,
+        )
+        self.events: list[dict[str, Any]] = []
+        observer = cast(ILogObserver, self.events.append)
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+
+    def test_delivered(self) -> None:
+        """
+        A 2xx answer is a delivery.
+        """
+        outcome = self.service._answered(delivery(), Answer(204, None))
+        self.assertEqual((outcome.status, outcome.http_status), ("delivered", 204))
+
+    def test_backoff(self) -> None:
+        """
+        A 503 is retried after the jittered backoff of its attempt.
+        """
+        outcome = self.service._answered(delivery(attempts=3), Answer(503, None))
+        self.assertEqual(
+            (outcome.status, outcome.delay, outcome.error), ("pending", 4.0, "HTTP 503")
+        )
+
+    def test_retry_after_date(self) -> None:
+        """
+        A 429's Retry-After as an HTTP-date is a wait until then.
+        """
+        when = formatdate(self.clock.seconds() + 120, usegmt=True)
+        outcome = self.service._answered(delivery(), Answer(429, when))
+        self.assertEqual((outcome.status, outcome.delay), ("pending", 120.0))
+
+    def test_final(self) -> None:
+        """
+        A 404 is final, and the log line names the status but not the URL's
+        credentials or query.
+        """
+        outcome = self.service._answered(delivery(), Answer(404, None))
+        self.assertEqual(outcome.status, "failed")
+        line = formatEvent(self.events[-1])
+        self.assertIn("404", line)
+        self.assertIn("https://hooks.example/in?...", line)
+        self.assertNotIn("pw", line)
+        self.assertNotIn("token", line)
+
+    def test_horizon(self) -> None:
+        """
+        A failure past the horizon is final.
+        """
+        outcome = self.service._answered(delivery(attempts=40, age=3600.0), Answer(500, None))
+        self.assertEqual(outcome.status, "failed")
+
+    def test_timeout(self) -> None:
+        """
+        No answer within the timeout is retried, and says so.
+        """
+        outcome = self.service._not_answered(
+            delivery(), Failure(DeferredTimeoutError("no answer within 10 s"))
+        )
+        self.assertEqual((outcome.status, outcome.error), ("pending", "no answer within 10 s"))
+
+    def test_unsafe_address(self) -> None:
+        """
+        A refused address is final, with the reason and the hint in the log.
+        """
+        outcome = self.service._not_answered(
+            delivery(), Failure(UnsafeAddress("hooks.example resolves to 10.0.0.1: private"))
+        )
+        self.assertEqual(outcome.status, "failed")
+        self.assertIn("10.0.0.1", outcome.error or "")
+        self.assertIn("--webhook-allow-private", formatEvent(self.events[-1]))
+
+    def test_database_trouble_throttled(self) -> None:
+        """
+        The same database error is logged once a minute at most; a
+        different one at once.
+        """
+        refused = Failure(OSError("connection refused"))
+        for _ in range(5):
+            self.service._database_trouble(refused)
+            self.clock.advance(1)
+        self.service._database_trouble(Failure(OSError("too many connections")))
+        self.clock.advance(60)
+        self.service._database_trouble(Failure(OSError("too many connections")))
+        lines = [formatEvent(e) for e in self.events if "wait for the database" in formatEvent(e)]
+        self.assertEqual(len(lines), 3, lines)

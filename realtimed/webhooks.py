@@ -686,6 +686,7 @@ class WebhookService(Service):
     _outcomes: list[Outcome] = field(factory=list, init=False)
     _flushing: Deferred[None] | None = field(default=None, init=False)
     _flush_call: Any = field(default=None, init=False)
+    _recording: int = field(default=0, init=False)
     _poll: LoopingCall | None = field(default=None, init=False)
     _trouble: tuple[str, float] | None = field(default=None, init=False)
     _prune: LoopingCall | None = field(default=None, init=False)
@@ -844,7 +845,9 @@ class WebhookService(Service):
             self._flush()
 
     def _claim(self) -> None:
-        free = self.max_in_flight - len(self._in_flight)
+        # Outcomes not yet recorded count against the room: when they
+        # cannot be written, claiming stops rather than piling them up.
+        free = self.max_in_flight - len(self._in_flight) - len(self._outcomes) - self._recording
         if free <= 0 or self._claims is None:
             return
         params = {
@@ -1086,6 +1089,7 @@ class WebhookService(Service):
         if not self._outcomes or self._writes is None:
             return succeed(None)
         batch, self._outcomes = self._outcomes, []
+        self._recording = len(batch)
         params = {
             "ids": [o.delivery.id for o in batch],
             "attempts": [o.delivery.attempts for o in batch],
@@ -1094,22 +1098,26 @@ class WebhookService(Service):
             "errors": [o.error for o in batch],
             "delays": [o.delay for o in batch],
         }
-        d = self._writes.run_operation(_RECORD, params)
+        d: Deferred[Any] = self._writes.run_operation(_RECORD, params)
 
-        def failed(f: Failure) -> None:
-            # Keep them for the next flush; the leases keep the rows from
-            # being claimed again meanwhile.
+        def failed(f: Failure) -> bool:
+            # Keep them for the next flush (the poll tries again); the
+            # leases keep the rows from being claimed again meanwhile.
             self._outcomes[:0] = batch
             self._database_trouble(f)
+            return False
 
-        d.addErrback(failed)
+        d.addCallbacks(lambda _: True, failed)
         self._flushing = d
 
-        def done(_: object) -> None:
+        def done(written: bool) -> None:
             self._flushing = None
-            if self._outcomes and self.running:
+            self._recording = 0
+            if written and self._outcomes and self.running:
                 # Not recursion: this runs when the previous write finished.
                 self._flush()
+            if written and self._more_due:
+                self.wake()
 
         d.addCallback(done)
         d.addErrback(lambda f: log.failure("Recording webhook outcomes", f))

@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 import psycopg2
 from standardwebhooks.webhooks import Webhook
 from twisted.internet import reactor as _reactor
-from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
+from twisted.internet.defer import Deferred, fail, gatherResults, inlineCallbacks
 from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.ssl import Certificate, PrivateCertificate
 from twisted.internet.task import deferLater
@@ -31,6 +31,7 @@ from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
+from realtimed import webhooks
 from realtimed.signing import encode_webhook_secret
 from realtimed.store.migrations import migrate
 from realtimed.webhook_policy import RetryPolicy
@@ -180,6 +181,7 @@ import sys
 from twisted.internet import reactor, stdio
 from twisted.internet.protocol import Protocol
 from realtimed.webhook_policy import RetryPolicy
+from realtimed import webhooks
 from realtimed.webhooks import WebhookService, webhook_http_client
 
 service = WebhookService(
@@ -986,6 +988,32 @@ class DurabilityTests(WebhookTestCase):
         self.service(poll_interval=3600.0, listen=False, per_host=2, max_in_flight=4)
         yield self.wait_for(self.settled, timeout=10.0)
         self.assertEqual(Counter(receiver.ids()), Counter(published))
+
+    @inlineCallbacks
+    def test_outcomes_not_written(self) -> Any:
+        """
+        While outcomes cannot be written, the service stops claiming once
+        its room is taken by them, and records them when it can again: no
+        delivery is sent twice.
+        """
+        receiver = Receiver()
+        self.channel("room:*", f"http://127.0.0.1:{self.listen(receiver)}/")
+        self.service(max_in_flight=4, per_host=4)
+        yield self.wait_for(self.listening, what="LISTEN")
+
+        def broken(self: Any, sql: str, params: Any = None) -> Deferred[None]:
+            return fail(psycopg2.OperationalError("the disk is full"))
+
+        # Only outcomes are written with run_operation.
+        patched = self.patch(webhooks._Database, "run_operation", broken)
+        published = [self.publish("room:1") for _ in range(10)]
+        yield self.wait_for(lambda: len(receiver.requests) == 4, what="four attempts")
+        yield deferLater(reactor, 0.5, lambda: None)
+        self.assertEqual(len(receiver.requests), 4)
+        patched.restore()
+        yield self.wait_for(self.settled)
+        self.assertEqual(sorted(receiver.ids()), sorted(published))
+        self.assertTrue(self.logged("the disk is full"))
 
     @inlineCallbacks
     def test_wake(self) -> Any:

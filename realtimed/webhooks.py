@@ -840,9 +840,13 @@ class WebhookService(Service):
         self._wake_call = self.clock.callLater(0, woken)
 
     def _tick(self) -> None:
-        self.wake()
-        if self._outcomes and self._flushing is None:
-            self._flush()
+        # An error here must not end the poll, which is what retries.
+        try:
+            self.wake()
+            if self._outcomes and self._flushing is None:
+                self._flush()
+        except Exception:
+            log.failure("Polling the webhook outbox")
 
     def _claim(self) -> None:
         # Outcomes not yet recorded count against the room: when they

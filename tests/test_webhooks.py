@@ -478,6 +478,22 @@ class DeliveryTests(WebhookTestCase):
         self.assertEqual(self.deliveries()[0][2], "delivered")
 
     @inlineCallbacks
+    def test_unicode_event(self) -> Any:
+        """
+        An event name outside ASCII reaches the event header as UTF-8, and
+        control characters in it do not split the header.
+        """
+        receiver = Receiver()
+        self.channel("room:*", f"http://127.0.0.1:{self.listen(receiver)}/")
+        self.service()
+        self.publish("room:1", "zählung\r\nx-injected: 1")
+        yield self.wait_for(self.settled)
+        headers, body, _ = receiver.requests[0]
+        self.assertEqual(headers["x-realtime-event"], "zählung  x-injected: 1")
+        self.assertNotIn("x-injected", headers)
+        self.assertEqual(json.loads(body)["event"], "zählung\r\nx-injected: 1")
+
+    @inlineCallbacks
     def test_every_url(self) -> Any:
         """
         Each of the channel's webhook URLs gets the message once, and the

@@ -110,6 +110,9 @@ LEASE_MARGIN = 50.0
 
 _ERROR_LENGTH = 500
 
+#: Seconds between log lines about retries to one host.
+RETRY_LOG_INTERVAL = 10.0
+
 
 class UnsafeAddress(Exception):
     """
@@ -689,6 +692,7 @@ class WebhookService(Service):
     _recording: int = field(default=0, init=False)
     _poll: LoopingCall | None = field(default=None, init=False)
     _trouble: tuple[str, float] | None = field(default=None, init=False)
+    _retry_logs: dict[str, tuple[float | None, int]] = field(factory=dict, init=False)
     _prune: LoopingCall | None = field(default=None, init=False)
 
     @classmethod
@@ -1041,15 +1045,30 @@ class WebhookService(Service):
                 error=error,
             )
             return Outcome(delivery, "failed", http_status=http_status, error=error)
+        self._log_retry(delivery, error, delay)
+        return Outcome(delivery, "pending", http_status=http_status, error=error, delay=delay)
+
+    def _log_retry(self, delivery: Delivery, error: str, delay: float) -> None:
+        """
+        Say that a delivery will be retried; for one host, at most once per
+        L{RETRY_LOG_INTERVAL}, with the number of retries not mentioned (a
+        receiver that is down fails every delivery of its backlog).
+        """
+        now = self.clock.seconds()
+        last, quiet = self._retry_logs.get(delivery.host, (None, 0))
+        if last is not None and now - last < RETRY_LOG_INTERVAL:
+            self._retry_logs[delivery.host] = (last, quiet + 1)
+            return
+        self._retry_logs[delivery.host] = (now, 0)
         log.info(
-            "Webhook delivery {delivery_id} to {url}: {error}; retrying in {delay:.1f} s",
+            "Webhook delivery {delivery_id} to {url}: {error}; retrying in {delay:.1f} s{more}",
             delivery_id=delivery.id,
             url=redact_url(delivery.url),
             error=error,
             delay=delay,
             attempts=delivery.attempts,
+            more=f" ({quiet} more retries to this host since the last such line)" if quiet else "",
         )
-        return Outcome(delivery, "pending", http_status=http_status, error=error, delay=delay)
 
     def _refused(self, delivery: Delivery, reason: str, private: bool = False) -> Outcome:
         """

@@ -287,6 +287,32 @@ class OutcomeTests(SynchronousTestCase):
         self.assertIn("10.0.0.1", outcome.error or "")
         self.assertIn("--webhook-allow-private", formatEvent(self.events[-1]))
 
+    def test_retries_logged_per_host(self) -> None:
+        """
+        Retries to one host are logged once per interval, the next line
+        counting those not logged; another host has its own interval.
+        """
+        for _ in range(5):
+            self.service._answered(delivery(), Answer(503, None))
+        self.clock.advance(11)
+        self.service._answered(delivery(), Answer(503, None))
+        other = Delivery(
+            id=8,
+            url="https://other.example/",
+            host="other.example",
+            attempts=1,
+            age=0.0,
+            message_id="m-2",
+            event="e",
+            channel="c",
+            body=b"{}",
+        )
+        self.service._answered(other, Answer(503, None))
+        lines = [formatEvent(e) for e in self.events if "retrying in" in formatEvent(e)]
+        self.assertEqual(len(lines), 3, lines)
+        self.assertIn("(4 more retries to this host", lines[1])
+        self.assertIn("other.example", lines[2])
+
     def test_database_trouble_throttled(self) -> None:
         """
         The same database error is logged once a minute at most; a

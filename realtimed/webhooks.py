@@ -39,7 +39,6 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Sequence
 from typing import Any
-from typing import Protocol as TypingProtocol
 
 from attrs import define, field, frozen
 from twisted.application.service import Service
@@ -265,14 +264,6 @@ class CheckedEndpointFactory:
             self.connect_timeout,
             self.trust_root,
         )
-
-
-class HTTPClient(TypingProtocol):
-    """
-    What the service needs of its HTTP client: treq's ``HTTPClient.request``.
-    """
-
-    def request(self, method: str, url: str, **kwargs: Any) -> Deferred[IResponse]: ...
 
 
 def webhook_http_client(
@@ -643,7 +634,10 @@ class WebhookService(Service):
     @ivar reactor: The reactor for database and HTTP connections.
     @ivar database_url: The PostgreSQL database holding the outbox.
     @ivar secret: The Standard Webhooks signing secret, C{whsec_<base64>}.
-    @ivar http: The HTTP client (treq's C{HTTPClient} or alike); by default
+    @ivar http: The HTTP client: treq's C{HTTPClient}, or anything whose
+        C{request("POST", url, headers=Headers, data=bytes,
+        allow_redirects=False, unbuffered=True)} fires with an
+        C{IResponse}; by default
         one from L{webhook_http_client}, closed when the service stops.
     @ivar allow_private: Whether the default HTTP client may connect to
         loopback, private, link-local and other non-public addresses.

@@ -64,6 +64,41 @@ REFERENCE_MESSAGE = {
     "whDeliveredCount": 1,
     "createdAt": "2024-01-15T10:30:00Z",
 }
+REFERENCE_STATS = {
+    "totalMessages": 1250,
+    "whDeliveryRate": 0.98,
+    "topEvents": [
+        {"eventName": "order.created", "count": 450},
+        {"eventName": "order.updated", "count": 380},
+        {"eventName": "order.completed", "count": 220},
+    ],
+}
+REFERENCE_PERMISSIONS = {
+    "subscribe": {
+        "policies": [
+            {
+                "policyName": "allow_authenticated_subscribe",
+                "tableName": "realtime_channels",
+                "command": "SELECT",
+                "roles": ["authenticated"],
+                "using": "enabled = true",
+                "withCheck": None,
+            }
+        ]
+    },
+    "publish": {
+        "policies": [
+            {
+                "policyName": "allow_authenticated_publish",
+                "tableName": "realtime_messages",
+                "command": "INSERT",
+                "roles": ["authenticated"],
+                "using": None,
+                "withCheck": "true",
+            }
+        ]
+    },
+}
 
 
 def token(claims: Mapping[str, Any]) -> str:
@@ -136,9 +171,7 @@ class APIServerMixin(TestCase):
         )
         content = yield response.content()
         test: TestCase = self
-        test.assertEqual(
-            response.headers.getRawHeaders(b"content-type"), [b"application/json"]
-        )
+        test.assertEqual(response.headers.getRawHeaders(b"content-type"), [b"application/json"])
         return response.code, json.loads(content)
 
     def channel(self, **fields: Any) -> Deferred[dict[str, Any]]:
@@ -280,8 +313,7 @@ class ChannelTests(APIServerMixin):
         second = yield self.channel(pattern="chat:*", description="Chat room messages")
         run_sql(
             self.database,
-            "UPDATE realtime.channels SET created_at = now() - interval '1 hour'"
-            " WHERE id = %s",
+            "UPDATE realtime.channels SET created_at = now() - interval '1 hour' WHERE id = %s",
             (first["id"],),
         )
         status, body = yield self.request("GET", "/channels")
@@ -320,9 +352,7 @@ class ChannelTests(APIServerMixin):
         missing = f"/channels/{uuid.uuid4()}"
         expected = (404, error(404, "NOT_FOUND", "Channel not found"))
         self.assertEqual((yield self.request("GET", missing)), expected)
-        self.assertEqual(
-            (yield self.request("PUT", missing, {"enabled": False})), expected
-        )
+        self.assertEqual((yield self.request("PUT", missing, {"enabled": False})), expected)
         self.assertEqual((yield self.request("DELETE", missing)), expected)
 
     @inlineCallbacks
@@ -333,9 +363,7 @@ class ChannelTests(APIServerMixin):
         """
         expected = (400, error(400, "INVALID_INPUT", "id: Invalid uuid"))
         for method, body in (("GET", None), ("PUT", {"x": 1}), ("DELETE", None)):
-            self.assertEqual(
-                (yield self.request(method, "/channels/not-a-uuid", body)), expected
-            )
+            self.assertEqual((yield self.request(method, "/channels/not-a-uuid", body)), expected)
 
     @inlineCallbacks
     def test_update(self) -> Any:
@@ -389,13 +417,9 @@ class ChannelTests(APIServerMixin):
         )
         path = f"/channels/{created['id']}"
         status, body = yield self.request("PUT", path, {"webhookUrls": None})
-        self.assertEqual(
-            (status, body["webhookUrls"], body["description"]), (200, None, "d")
-        )
+        self.assertEqual((status, body["webhookUrls"], body["description"]), (200, None, "d"))
         yield self.request("PUT", path, {"webhookUrls": ["https://example.com/c"]})
-        _, body = yield self.request(
-            "PUT", path, {"webhookUrls": [], "description": None}
-        )
+        _, body = yield self.request("PUT", path, {"webhookUrls": [], "description": None})
         self.assertEqual((body["webhookUrls"], body["description"]), (None, None))
         _, body = yield self.request("PUT", path, {"pattern": "orders:*"})
         self.assertEqual(body["pattern"], "orders:*")
@@ -407,9 +431,7 @@ class ChannelTests(APIServerMixin):
         """
         yield self.channel()
         other = yield self.channel(pattern="chat:*")
-        status, body = yield self.request(
-            "PUT", f"/channels/{other['id']}", {"pattern": "order:*"}
-        )
+        status, body = yield self.request("PUT", f"/channels/{other['id']}", {"pattern": "order:*"})
         self.assertEqual(
             (status, body),
             (
@@ -530,17 +552,13 @@ class ChannelValidationTests(APIServerMixin):
         """
         A body that is not JSON is a 400, not a 500.
         """
-        return self.assertInvalid(
-            "POST", "/channels", "body: Invalid JSON", raw=b"{pattern:"
-        )
+        return self.assertInvalid("POST", "/channels", "body: Invalid JSON", raw=b"{pattern:")
 
     def test_not_utf8(self) -> Any:
         """
         A body that is not UTF-8 is a 400.
         """
-        return self.assertInvalid(
-            "POST", "/channels", "body: Invalid UTF-8", raw=b'"\xff"'
-        )
+        return self.assertInvalid("POST", "/channels", "body: Invalid UTF-8", raw=b'"\xff"')
 
     def test_empty_body(self) -> Any:
         """
@@ -648,9 +666,7 @@ class MessageTests(APIServerMixin):
         """
         channel = yield self.channel()
         ids = [
-            self.store_message(
-                channel["id"], created_at=f"2024-01-15T10:{minute:02}:00Z"
-            )
+            self.store_message(channel["id"], created_at=f"2024-01-15T10:{minute:02}:00Z")
             for minute in range(5)
         ]
         newest_first = ids[::-1]
@@ -658,9 +674,7 @@ class MessageTests(APIServerMixin):
         self.assertEqual([m["id"] for m in body], newest_first)
         _, body = yield self.request("GET", "/messages", params={"limit": "2"})
         self.assertEqual([m["id"] for m in body], newest_first[:2])
-        _, body = yield self.request(
-            "GET", "/messages", params={"limit": "2", "offset": "2"}
-        )
+        _, body = yield self.request("GET", "/messages", params={"limit": "2", "offset": "2"})
         self.assertEqual([m["id"] for m in body], newest_first[2:4])
         _, body = yield self.request("GET", "/messages", params={"offset": "4"})
         self.assertEqual([m["id"] for m in body], newest_first[4:])
@@ -695,9 +709,7 @@ class MessageTests(APIServerMixin):
 
         self.assertEqual((yield ids(channelId=orders["id"])), sorted([a, b]))
         self.assertEqual((yield ids(eventName="order.created")), sorted([a, c]))
-        self.assertEqual(
-            (yield ids(channelId=orders["id"], eventName="order.created")), [a]
-        )
+        self.assertEqual((yield ids(channelId=orders["id"], eventName="order.created")), [a])
         self.assertEqual((yield ids(channelId=str(uuid.uuid4()))), [])
         self.assertEqual((yield ids(eventName="nothing")), [])
 
@@ -722,9 +734,7 @@ class MessageTests(APIServerMixin):
         ]
         for params, message in cases:
             result = yield self.request("GET", "/messages", params=params)
-            self.assertEqual(
-                result, (400, error(400, "INVALID_INPUT", message)), params
-            )
+            self.assertEqual(result, (400, error(400, "INVALID_INPUT", message)), params)
 
     @inlineCallbacks
     def test_publish(self) -> Any:
@@ -775,9 +785,7 @@ class MessageTests(APIServerMixin):
         listener.autocommit = True
         with listener.cursor() as cursor:
             cursor.execute("LISTEN realtime_messages")
-        yield self.channel(
-            webhookUrls=["https://example.com/a", "https://example.com/b"]
-        )
+        yield self.channel(webhookUrls=["https://example.com/a", "https://example.com/b"])
         status, message = yield self.request(
             "POST", "/messages", {"channel": "order:9", "event": "e", "payload": [1]}
         )
@@ -838,9 +846,7 @@ class MessageTests(APIServerMixin):
             (status, body),
             (404, error(404, "NOT_FOUND", "No enabled channel owns the name order:1")),
         )
-        self.assertEqual(
-            run_sql(self.database, "SELECT count(*) FROM realtime.messages"), [(0,)]
-        )
+        self.assertEqual(run_sql(self.database, "SELECT count(*) FROM realtime.messages"), [(0,)])
 
     @inlineCallbacks
     def test_publish_invalid(self) -> Any:
@@ -963,12 +969,8 @@ class StatsTests(APIServerMixin):
         """
         orders = yield self.channel()
         chat = yield self.channel(pattern="chat:*")
-        self.store_message(
-            orders["id"], created_at="2023-12-31T23:59:59Z", counts=(0, 1, 0)
-        )
-        self.store_message(
-            orders["id"], created_at="2024-01-01T00:00:00Z", counts=(0, 2, 2)
-        )
+        self.store_message(orders["id"], created_at="2023-12-31T23:59:59Z", counts=(0, 1, 0))
+        self.store_message(orders["id"], created_at="2024-01-01T00:00:00Z", counts=(0, 2, 2))
         self.store_message(chat["id"], "chat:1", "message", "2024-02-01T00:00:00Z")
 
         @inlineCallbacks
@@ -978,9 +980,7 @@ class StatsTests(APIServerMixin):
             return body
 
         everything = yield stats()
-        self.assertEqual(
-            (everything["totalMessages"], everything["whDeliveryRate"]), (3, 2 / 3)
-        )
+        self.assertEqual((everything["totalMessages"], everything["whDeliveryRate"]), (3, 2 / 3))
         since = yield stats(since="2024-01-01T00:00:00Z")
         self.assertEqual(
             since,
@@ -1005,9 +1005,7 @@ class StatsTests(APIServerMixin):
             },
         )
         both = yield stats(channelId=chat["id"], since="2024-03-01T00:00:00Z")
-        self.assertEqual(
-            both, {"totalMessages": 0, "whDeliveryRate": 0, "topEvents": []}
-        )
+        self.assertEqual(both, {"totalMessages": 0, "whDeliveryRate": 0, "topEvents": []})
 
     @inlineCallbacks
     def test_invalid(self) -> Any:
@@ -1043,35 +1041,7 @@ class PermissionTests(APIServerMixin):
         """
         status, body = yield self.request("GET", "/permissions")
         self.assertEqual(status, 200)
-        self.assertEqual(
-            body,
-            {
-                "subscribe": {
-                    "policies": [
-                        {
-                            "policyName": "allow_authenticated_subscribe",
-                            "tableName": "realtime_channels",
-                            "command": "SELECT",
-                            "roles": ["authenticated"],
-                            "using": "enabled = true",
-                            "withCheck": None,
-                        }
-                    ]
-                },
-                "publish": {
-                    "policies": [
-                        {
-                            "policyName": "allow_authenticated_publish",
-                            "tableName": "realtime_messages",
-                            "command": "INSERT",
-                            "roles": ["authenticated"],
-                            "using": None,
-                            "withCheck": "true",
-                        }
-                    ]
-                },
-            },
-        )
+        self.assertEqual(body, REFERENCE_PERMISSIONS)
 
     @inlineCallbacks
     def test_added_policy(self) -> Any:
@@ -1143,9 +1113,7 @@ class AuthenticationTests(APIServerMixin):
     ) -> Any:
         for method, path in self.ROUTES:
             result = yield self.request(method, path, {"pattern": "x"}, headers=headers)
-            self.assertEqual(
-                result, (status, error(status, code, message)), (method, path)
-            )
+            self.assertEqual(result, (status, error(status, code, message)), (method, path))
 
     def test_missing(self) -> Any:
         """
@@ -1208,9 +1176,7 @@ class AuthenticationTests(APIServerMixin):
         """
         An ``x-api-key`` that is not the API key: 401.
         """
-        return self.assertRefused(
-            {"x-api-key": "ik_wrong"}, 401, "UNAUTHORIZED", "Invalid API key"
-        )
+        return self.assertRefused({"x-api-key": "ik_wrong"}, 401, "UNAUTHORIZED", "Invalid API key")
 
     def test_anon_key(self) -> Any:
         """
@@ -1300,7 +1266,5 @@ class FailureTests(APIServerMixin):
         """
         run_sql(self.database, "ALTER TABLE realtime.channels RENAME TO gone")
         result = yield self.request("GET", "/channels")
-        self.assertEqual(
-            result, (500, error(500, "INTERNAL_ERROR", "Internal server error"))
-        )
+        self.assertEqual(result, (500, error(500, "INTERNAL_ERROR", "Internal server error")))
         self.assertEqual(len(self.flushLoggedErrors(psycopg2.Error)), 1)

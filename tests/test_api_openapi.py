@@ -20,49 +20,20 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from realtimed.api import AdminAPI
 from realtimed.openapi import openapi_document
-from tests.test_api import KEYS, REFERENCE_CHANNEL, REFERENCE_MESSAGE, APIServerMixin
+from tests.test_api import (
+    KEYS,
+    REFERENCE_CHANNEL,
+    REFERENCE_MESSAGE,
+    REFERENCE_PERMISSIONS,
+    REFERENCE_STATS,
+    APIServerMixin,
+)
 
 #: Requests per operation and phase; small, so the run stays well under a
 #: minute on a busy machine.  REALTIMED_SCHEMATHESIS_EXAMPLES raises it.
 MAX_EXAMPLES = int(os.environ.get("REALTIMED_SCHEMATHESIS_EXAMPLES", "12"))
 #: A fixed seed keeps runs repeatable; REALTIMED_SCHEMATHESIS_SEED varies it.
 SEED = os.environ.get("REALTIMED_SCHEMATHESIS_SEED", "20240115")
-
-REFERENCE_STATS = {
-    "totalMessages": 1250,
-    "whDeliveryRate": 0.98,
-    "topEvents": [
-        {"eventName": "order.created", "count": 450},
-        {"eventName": "order.updated", "count": 380},
-        {"eventName": "order.completed", "count": 220},
-    ],
-}
-REFERENCE_PERMISSIONS = {
-    "subscribe": {
-        "policies": [
-            {
-                "policyName": "allow_authenticated_subscribe",
-                "tableName": "realtime_channels",
-                "command": "SELECT",
-                "roles": ["authenticated"],
-                "using": "enabled = true",
-                "withCheck": None,
-            }
-        ]
-    },
-    "publish": {
-        "policies": [
-            {
-                "policyName": "allow_authenticated_publish",
-                "tableName": "realtime_messages",
-                "command": "INSERT",
-                "roles": ["authenticated"],
-                "using": None,
-                "withCheck": "true",
-            }
-        ]
-    },
-}
 
 
 def _klein_routes() -> set[tuple[str, str]]:
@@ -125,13 +96,12 @@ class DocumentTests(SynchronousTestCase):
         them), and malformed ones do not.
         """
         import jsonschema_rs
+
         document = openapi_document()
 
         def valid(name: str, instance: Any) -> bool:
             schema = {"$ref": f"#/components/schemas/{name}", **document}
-            validator = jsonschema_rs.Draft202012Validator(
-                schema, validate_formats=True
-            )
+            validator = jsonschema_rs.Draft202012Validator(schema, validate_formats=True)
             return bool(validator.is_valid(instance))
 
         examples = [
@@ -188,6 +158,7 @@ class DocumentTests(SynchronousTestCase):
         errors, parameters) fits the schema beside it.
         """
         import jsonschema_rs
+
         document = openapi_document()
         checked = 0
 
@@ -196,9 +167,7 @@ class DocumentTests(SynchronousTestCase):
             if "example" not in holder:
                 return
             schema = {**holder["schema"], "components": document["components"]}
-            validator = jsonschema_rs.Draft202012Validator(
-                schema, validate_formats=True
-            )
+            validator = jsonschema_rs.Draft202012Validator(schema, validate_formats=True)
             self.assertTrue(validator.is_valid(holder["example"]), where)
             checked += 1
 
@@ -208,9 +177,7 @@ class DocumentTests(SynchronousTestCase):
                     for parameter in operation:
                         check(f"{path} {parameter['name']}", parameter)
                     continue
-                for media in (
-                    operation.get("requestBody", {}).get("content", {}).values()
-                ):
+                for media in operation.get("requestBody", {}).get("content", {}).values():
                     check(f"{method} {path} body", media)
                 for status, response in operation["responses"].items():
                     for media in response.get("content", {}).values():

@@ -92,8 +92,7 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "webhook-secret",
-        "Standard Webhooks signing secret, whsec_<base64> (generated on "
-        "first start)",
+        "Standard Webhooks signing secret, whsec_<base64> (generated on first start)",
         secret=True,
     ),
     Setting(
@@ -206,9 +205,7 @@ def read_config_file(path: str) -> dict[str, object]:
     for key, value in document.items():
         name = key.replace("_", "-")
         base = name.removesuffix("-file")
-        if name not in SETTINGS_BY_NAME and not (
-            name.endswith("-file") and base in SECRET_NAMES
-        ):
+        if name not in SETTINGS_BY_NAME and not (name.endswith("-file") and base in SECRET_NAMES):
             raise ConfigError(f"config: unknown setting {key!r} in {path}")
         values[name] = value
     return values
@@ -266,9 +263,7 @@ def _check(config: Config) -> None:
     if config.database_url is not None:
         parts = urlsplit(config.database_url)
         if parts.scheme not in ("postgres", "postgresql"):
-            raise ConfigError(
-                "database-url: expected a postgresql:// URL"
-            )
+            raise ConfigError("database-url: expected a postgresql:// URL")
     if not config.data_dir:
         raise ConfigError("data-dir: must not be empty")
     if config.jwt_secret is not None and len(config.jwt_secret.encode()) < 32:

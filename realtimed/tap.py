@@ -14,7 +14,7 @@ from twisted.application.service import IService
 from twisted.internet.interfaces import IReactorCore
 from twisted.python import usage
 
-from realtimed.config import SETTINGS, Config, ConfigError, load
+from realtimed.config import SETTINGS, SETTINGS_BY_NAME, Config, ConfigError, load
 
 
 class Options(usage.Options):
@@ -56,21 +56,18 @@ class Options(usage.Options):
         self.config: Config | None = None
 
     def opt_port(self, endpoint: str) -> None:
-        """Twisted endpoint string to listen on, e.g. tcp:8080:interface=127.0.0.1 or systemd:domain=INET:index=0; repeatable (default: tcp:8080)"""
         self["port"] = (self["port"] or ()) + (endpoint,)
 
+    opt_port.__doc__ = SETTINGS_BY_NAME["port"].help + " (default: tcp:8080)"
     opt_p = opt_port
 
     def opt_cors_origin(self, origin: str) -> None:
-        """Origin allowed to reach the polling transport and the REST API from a browser, with credentials; repeatable; '*' allows any origin"""
         self["cors-origin"] = (self["cors-origin"] or ()) + (origin,)
 
+    opt_cors_origin.__doc__ = SETTINGS_BY_NAME["cors-origin"].help
+
     def postOptions(self) -> None:
-        given = {
-            key: value
-            for key, value in self.items()
-            if value is not None and key != "config"
-        }
+        given = {key: value for key, value in self.items() if value is not None and key != "config"}
         # Flags are False when absent; only a given flag overrides.
         for setting in SETTINGS:
             if setting.kind == "bool":

@@ -81,14 +81,20 @@ class AuthenticateTests(SynchronousTestCase):
         """
         self.assertEqual(authenticate(token({"role": "anon"}), KEYS, NOW).role, "anon")
         admin = authenticate(token({"role": "project_admin", "sub": "x"}), KEYS, NOW)
-        self.assertEqual((admin.role, admin.sender_type, admin.sender_id), ("project_admin", "system", None))
-        self.assertEqual(self.reason(token({"role": "postgres", "sub": "x"})), "Invalid token: unknown role")
+        self.assertEqual(
+            (admin.role, admin.sender_type, admin.sender_id), ("project_admin", "system", None)
+        )
+        self.assertEqual(
+            self.reason(token({"role": "postgres", "sub": "x"})), "Invalid token: unknown role"
+        )
 
     def test_authenticated_needs_sub(self) -> None:
         """
         An authenticated token must name its user.
         """
-        self.assertEqual(self.reason(token({"role": "authenticated"})), "Invalid token: sub is required")
+        self.assertEqual(
+            self.reason(token({"role": "authenticated"})), "Invalid token: sub is required"
+        )
 
     def test_bad_signature(self) -> None:
         """
@@ -113,8 +119,12 @@ class AuthenticateTests(SynchronousTestCase):
         """
         An unsigned token (alg none) is refused even with the right claims.
         """
-        header = base64.urlsafe_b64encode(json.dumps({"alg": "none", "typ": "JWT"}).encode()).rstrip(b"=")
-        body = base64.urlsafe_b64encode(json.dumps({"sub": "u", "role": "project_admin"}).encode()).rstrip(b"=")
+        header = base64.urlsafe_b64encode(
+            json.dumps({"alg": "none", "typ": "JWT"}).encode()
+        ).rstrip(b"=")
+        body = base64.urlsafe_b64encode(
+            json.dumps({"sub": "u", "role": "project_admin"}).encode()
+        ).rstrip(b"=")
         self.assertEqual(self.reason((header + b"." + body + b".").decode()), "Invalid token")
 
     def test_other_algorithm(self) -> None:

@@ -123,8 +123,12 @@ class LoadTests(SynchronousTestCase):
         """
         Each unusable value is an error naming the setting and why.
         """
-        self.assertError("database-url: expected a postgresql:// URL", {"database-url": "mysql://x"}, {})
-        self.assertError("jwt-secret: must be at least 32 bytes long for HS256", {"jwt-secret": "short"}, {})
+        self.assertError(
+            "database-url: expected a postgresql:// URL", {"database-url": "mysql://x"}, {}
+        )
+        self.assertError(
+            "jwt-secret: must be at least 32 bytes long for HS256", {"jwt-secret": "short"}, {}
+        )
         self.assertError("api-key: must be at least 16 characters long", {"api-key": "short"}, {})
         self.assertError(
             "webhook-secret: expected whsec_ followed by base64", {"webhook-secret": "nope"}, {}
@@ -162,7 +166,9 @@ class LoadTests(SynchronousTestCase):
         value of the wrong type is an error naming it.
         """
         missing = self.mktemp()
-        self.assertError(f"config: cannot read {missing}: No such file or directory", {}, {}, missing)
+        self.assertError(
+            f"config: cannot read {missing}: No such file or directory", {}, {}, missing
+        )
         broken = self.write("port = [\n")
         with self.assertRaises(ConfigError) as raised:
             load({}, {}, broken)
@@ -170,9 +176,15 @@ class LoadTests(SynchronousTestCase):
         unknown = self.write("colour = 1")
         self.assertError(f"config: unknown setting 'colour' in {unknown}", {}, {}, unknown)
         self.assertError("data-dir: expected a string", {}, {}, self.write("data-dir = 3"))
-        self.assertError("port: expected a string or a list of strings", {}, {}, self.write("port = 80"))
-        self.assertError("webhook-allow-private: expected true or false", {}, {},
-                         self.write('webhook-allow-private = "yes"'))
+        self.assertError(
+            "port: expected a string or a list of strings", {}, {}, self.write("port = 80")
+        )
+        self.assertError(
+            "webhook-allow-private: expected true or false",
+            {},
+            {},
+            self.write('webhook-allow-private = "yes"'),
+        )
 
 
 class OptionsTests(SynchronousTestCase):
@@ -241,7 +253,9 @@ class OptionsTests(SynchronousTestCase):
         """
         with self.assertRaises(usage.UsageError) as raised:
             self.parse(["--jwt-secret", "short"])
-        self.assertEqual(str(raised.exception), "jwt-secret: must be at least 32 bytes long for HS256")
+        self.assertEqual(
+            str(raised.exception), "jwt-secret: must be at least 32 bytes long for HS256"
+        )
 
 
 class PluginTests(SynchronousTestCase):

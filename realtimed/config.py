@@ -109,9 +109,8 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "cors-origin",
-        "Origin allowed to reach the Socket.IO polling transport and the "
-        "REST API from a browser, with credentials; repeatable; '*' allows "
-        "any origin",
+        "Browser origin allowed to use the Socket.IO polling transport, with "
+        "credentials; repeatable; '*' allows any origin",
         kind="list",
         default=(),
     ),

@@ -32,5 +32,11 @@ setup(
             "standardwebhooks >= 1.0",
             "schemathesis >= 4.0, < 5",
         ],
+        "dev": [
+            "ruff >= 0.6",
+            "mypy >= 1.10",
+            "mypy-zope >= 1.0",
+            "types-psycopg2",
+        ],
     },
 )

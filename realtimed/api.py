@@ -315,13 +315,13 @@ class AdminAPI:
             error = APIError(500, "INTERNAL_ERROR", "Internal server error")
         return _write_json(request, error.status, error.body())
 
-    @app.handle_errors(NotFound)
+    @app.handle_errors(NotFound)  # type: ignore[arg-type]
     def _no_route(self, request: Request, failure: Failure) -> bytes:
         return _write_json(
             request, 404, APIError(404, "NOT_FOUND", "Route not found").body()
         )
 
-    @app.handle_errors(MethodNotAllowed)
+    @app.handle_errors(MethodNotAllowed)  # type: ignore[arg-type]
     def _wrong_method(self, request: Request, failure: Failure) -> bytes:
         allowed = getattr(failure.value, "valid_methods", None) or []
         if allowed:

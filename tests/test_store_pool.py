@@ -9,6 +9,7 @@ from typing import Any
 import psycopg2
 from twisted.internet import reactor
 from twisted.internet.defer import gatherResults, inlineCallbacks
+from twisted.internet.task import deferLater
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from realtimed.store.pool import ConnectionPool, redact_dsn
@@ -175,6 +176,67 @@ class ConnectionPoolTests(TestCase):
         """
         self.pool.close()
         self.assertIs(self.successResultOf(self.pool.ping()), False)
+
+
+class SetupTests(TestCase):
+    """
+    Statements run on each new connection of a pool.
+    """
+
+    def setUp(self) -> None:
+        self.url = create_database(self)
+
+    def pool(self, setup: tuple[str, ...], size: int = 1) -> ConnectionPool:
+        pool = ConnectionPool(reactor, self.url, size=size, setup=setup)
+        self.addCleanup(pool.close)
+        return pool
+
+    @inlineCallbacks
+    def test_every_connection(self) -> Any:
+        """
+        Session settings and prepared statements of C{setup} are in place
+        on every connection, the one replacing a terminated one included.
+        """
+        pool = self.pool(("SET application_name TO 'set up'", "PREPARE two AS SELECT 2"), size=2)
+        queries = [
+            pool.runQuery(
+                "SELECT pg_backend_pid(), current_setting('application_name') FROM pg_sleep(0.05)"
+            )
+            for _ in range(2)
+        ]
+        results = yield gatherResults(queries, consumeErrors=True)
+        self.assertEqual(len({rows[0][0] for rows in results}), 2)
+        self.assertEqual({rows[0][1] for rows in results}, {"set up"})
+        for rows in results:
+            run_sql(self.url, "SELECT pg_terminate_backend(%s, 10000)", (rows[0][0],))
+        rows = yield pool.runQuery("EXECUTE two")
+        self.assertEqual(rows, [(2,)])
+        rows = yield pool.runQuery("SELECT current_setting('application_name')")
+        self.assertEqual(rows, [("set up",)])
+
+    @inlineCallbacks
+    def test_failing_statement(self) -> Any:
+        """
+        When a statement of C{setup} fails, the query that wanted the
+        connection fails with that error, the connection is closed, and
+        the next query tries a new one.
+        """
+        pool = self.pool(("PREPARE first AS SELECT x FROM later",))
+        yield self.assertFailure(pool.runQuery("EXECUTE first"), psycopg2.errors.UndefinedTable)
+        others = (
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        deadline = reactor.seconds() + 5.0
+        while run_sql(self.url, others) != [(0,)]:
+            self.assertLess(reactor.seconds(), deadline, "the connection stayed open")
+            yield deferLater(reactor, 0.02, lambda: None)
+        # With room for one connection, this only works if the failed one
+        # gave its place back.
+        run_sql(self.url, "CREATE TABLE later (x int)")
+        run_sql(self.url, "INSERT INTO later VALUES (7)")
+        rows = yield pool.runQuery("EXECUTE first")
+        self.assertEqual(rows, [(7,)])
 
 
 class SilentLinkTests(TestCase):

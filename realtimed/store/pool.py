@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 import select
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import psycopg2
@@ -219,12 +219,20 @@ class ConnectionPool:
     @ivar reactor: The reactor (file descriptors and time).
     @ivar dsn: libpq URL or C{key=value} string; never logged as is.
     @ivar size: The most connections open at once.
+    @ivar setup: Statements run, in order, on each new connection before it
+        is used (session settings, prepared statements).  A connection on
+        which one fails is closed, and the query that wanted it fails.
+    @ivar warn_connect_failures: Whether a connection that cannot be opened
+        is logged here; an owner that reports its failed queries itself
+        turns this off.
     """
 
     reactor: Any
     dsn: str = field(repr=redact_dsn)
     size: int = 4
     connect_timeout: float = CONNECT_TIMEOUT
+    setup: Sequence[str] = ()
+    warn_connect_failures: bool = True
     _idle: list[DatabaseConnection] = field(factory=list, init=False)
     _open: int = field(default=0, init=False)
     _waiting: deque[Deferred[DatabaseConnection]] = field(factory=deque, init=False)
@@ -332,14 +340,17 @@ class ConnectionPool:
         if self._open < self.size:
             self._open += 1
             d = open_connection(self.reactor, self.dsn, self.connect_timeout, **TCP_KEEPALIVES)
+            if self.setup:
+                d.addCallback(self._setUp)
 
             def failed(reason: Failure) -> Failure:
                 self._open -= 1
-                log.warn(
-                    "Cannot connect to PostgreSQL at {dsn}: {error}",
-                    dsn=redact_dsn(self.dsn),
-                    error=reason.getErrorMessage().strip(),
-                )
+                if self.warn_connect_failures:
+                    log.warn(
+                        "Cannot connect to PostgreSQL at {dsn}: {error}",
+                        dsn=redact_dsn(self.dsn),
+                        error=reason.getErrorMessage().strip(),
+                    )
                 self._serveWaiter()
                 return reason
 
@@ -348,6 +359,18 @@ class ConnectionPool:
         waiter: Deferred[DatabaseConnection] = Deferred()
         self._waiting.append(waiter)
         return waiter
+
+    def _setUp(self, connection: DatabaseConnection) -> Deferred[DatabaseConnection]:
+        d: Deferred[Any] = succeed(None)
+        for statement in self.setup:
+            d.addCallback(lambda _, statement=statement: connection.runOperation(statement))
+
+        def failed(reason: Failure) -> Failure:
+            connection.close()
+            return reason
+
+        d.addCallbacks(lambda _: connection, failed)
+        return d
 
     def _checkin(self, connection: DatabaseConnection) -> None:
         if self._closed or not connection.isOpen:

@@ -34,7 +34,9 @@ def start_realtimed(test: TestCase, database_url: str | None = None, **settings:
         "database-url": database_url or create_database(test),
     }
     command_line.update({name.replace("_", "-"): value for name, value in settings.items()})
-    service = RealtimeService(load(command_line, {}), reactor, out=io.StringIO(), stop_on_failure=False)
+    service = RealtimeService(
+        load(command_line, {}), reactor, out=io.StringIO(), stop_on_failure=False
+    )
     service.startService()
     test.addCleanup(service.stopService)
     return service.ready
@@ -51,7 +53,9 @@ class HealthTests(TestCase):
         root.putChild(b"healthz", Health(check))
         port = reactor.listenTCP(0, Site(root), interface="127.0.0.1")
         self.addCleanup(port.stopListening)
-        response = yield treq.get(f"http://127.0.0.1:{port.getHost().port}/healthz", persistent=False)
+        response = yield treq.get(
+            f"http://127.0.0.1:{port.getHost().port}/healthz", persistent=False
+        )
         body = yield response.json()
         return response.code, body
 
@@ -109,7 +113,11 @@ class ServiceTests(TestCase):
         """
         url = create_database(self)
         data_dir = self.mktemp()
-        settings = {"port": ("tcp:0:interface=127.0.0.1",), "data-dir": data_dir, "database-url": url}
+        settings = {
+            "port": ("tcp:0:interface=127.0.0.1",),
+            "data-dir": data_dir,
+            "database-url": url,
+        }
         for expected in (True, False):
             out = io.StringIO()
             service = RealtimeService(load(settings, {}), reactor, out=out, stop_on_failure=False)
@@ -132,8 +140,14 @@ class ServiceTests(TestCase):
         When the database cannot be reached, start-up fails with the reason.
         """
         service = RealtimeService(
-            load({"port": ("tcp:0",), "data-dir": self.mktemp(),
-                  "database-url": "postgresql://postgres@127.0.0.1:1/none"}, {}),
+            load(
+                {
+                    "port": ("tcp:0",),
+                    "data-dir": self.mktemp(),
+                    "database-url": "postgresql://postgres@127.0.0.1:1/none",
+                },
+                {},
+            ),
             reactor,
             out=io.StringIO(),
             stop_on_failure=False,
@@ -155,7 +169,9 @@ class MountTests(TestCase):
         """
         service = yield start_realtimed(self, api_key="ik_" + "k" * 32)
         url = base_url(service) + "/api/realtime/channels"
-        response = yield treq.get(url, headers={"Authorization": "Bearer ik_" + "k" * 32}, persistent=False)
+        response = yield treq.get(
+            url, headers={"Authorization": "Bearer ik_" + "k" * 32}, persistent=False
+        )
         self.assertEqual((response.code, (yield response.json())), (200, []))
         response = yield treq.get(url, persistent=False)
         self.assertEqual(response.code, 401)
@@ -228,6 +244,11 @@ class MountTests(TestCase):
         self.assertEqual(headers["x-realtime-event"], "order.created")
         self.assertEqual(headers["x-realtime-channel"], "orders")
         self.assertEqual(
-            (delivered["channel"], delivered["event"], delivered["messageId"], delivered["payload"]),
+            (
+                delivered["channel"],
+                delivered["event"],
+                delivered["messageId"],
+                delivered["payload"],
+            ),
             ("orders", "order.created", stored["id"], {"id": 1}),
         )

@@ -120,14 +120,12 @@ class RealtimeService(MultiService):
             keys=keys,
             clock=self.reactor,
         )
+        self.webhooks = WebhookService.from_config(self.reactor, config, url, keys.webhook_secret)
         self.listener = MessageListener(
-            reactor=self.reactor, dsn=url, on_message=self.realtime.deliver
+            reactor=self.reactor, dsn=url, on_message=self._message_stored
         )
         self.listener.setServiceParent(self)
         self.realtime.setServiceParent(self)
-        self.webhooks = WebhookService.from_config(
-            self.reactor, config, url, keys.webhook_secret
-        )
         self.webhooks.setServiceParent(self)
         yield self._until(lambda: self.listener.connected, "LISTEN connection", 60.0)
 
@@ -145,6 +143,18 @@ class RealtimeService(MultiService):
             port = yield endpoint.listen(site)
             self.ports.append(port)
         self._announce(generated)
+
+    def _message_stored(self, notification: dict[str, Any]) -> None:
+        """
+        A message was stored, by this process or another: send it to this
+        process's sockets, and have the webhook service look at once for the
+        deliveries the same transaction queued.
+        """
+        assert self.realtime is not None and self.webhooks is not None
+        try:
+            self.realtime.deliver(notification)
+        finally:
+            self.webhooks.wake()
 
     @inlineCallbacks
     def _until(self, condition: Callable[[], bool], what: str, timeout: float) -> Any:

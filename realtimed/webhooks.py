@@ -23,10 +23,11 @@ Delivery is at least once: a process that dies after the receiver answered
 but before the outcome is stored sends again after the lease; receivers
 de-duplicate by ``webhook-id``.
 
-The service polls the outbox every second, LISTENs for the
-``realtime_webhooks`` notification the trigger sends, and can be woken with
-`WebhookService.wake`.  Finished rows older than the retention are pruned
-at start and then hourly.
+The service polls the outbox every second and can be woken with
+`WebhookService.wake`: the daemon wakes it for every stored message its
+LISTEN connection hands over, so a new delivery goes out at once and the
+poll is what finds retries coming due (and anything a missed wake left).
+Finished rows older than the retention are pruned at start and then hourly.
 
 The concurrency limits are per process.  User information in a webhook URL
 (``https://user:password@host/...``) is sent as HTTP Basic authorization.
@@ -76,14 +77,7 @@ from zope.interface import implementer
 
 from realtimed.config import Config
 from realtimed.signing import decode_webhook_secret
-from realtimed.store.pool import (
-    CONNECT_TIMEOUT,
-    TCP_KEEPALIVES,
-    DatabaseConnection,
-    is_disconnect,
-    open_connection,
-    redact_dsn,
-)
+from realtimed.store.pool import ConnectionPool, redact_dsn
 from realtimed.webhook_policy import (
     RetryPolicy,
     Verdict,
@@ -97,9 +91,6 @@ from realtimed.webhook_policy import (
 )
 
 log = Logger()
-
-#: The NOTIFY channel the outbox trigger signals on.
-NOTIFY_CHANNEL = "realtime_webhooks"
 
 #: The most of an answer's body that is read; the rest is not wanted.
 BODY_LIMIT = 4096
@@ -351,131 +342,22 @@ def _read_answer(response: IResponse) -> Deferred[Answer]:
 # The database
 
 
-@define(eq=False)
-class _Database:
-    """
-    One connection (which runs its statements one after the other), opened
-    when first used and opened again after the server dropped it.
-
-    @ivar on_notify: If given, the connection LISTENs on `NOTIFY_CHANNEL`
-        and calls it for each notification, and once the connection was
-        lost (so that whatever was notified meanwhile is looked for).
-    @ivar setup: Statements run on each new connection.
-    """
-
-    reactor: Any
-    dsn: str
-    on_notify: Callable[[], None] | None = None
-    setup: Sequence[str] = ()
-    _connection: DatabaseConnection | None = field(default=None, init=False)
-    _connecting: Deferred[DatabaseConnection] | None = field(default=None, init=False)
-    _closed: bool = field(default=False, init=False)
-
-    def connected(self) -> Deferred[DatabaseConnection]:
-        if self._closed:
-            return fail(RuntimeError("the webhook database connection is closed"))
-        if self._connection is not None and self._connection.isOpen:
-            return succeed(self._connection)
-        self._connection = None
-        if self._connecting is None:
-            self._connecting = self._connect()
-        waiting: Deferred[DatabaseConnection] = Deferred()
-
-        def connected(connection: DatabaseConnection) -> DatabaseConnection:
-            waiting.callback(connection)
-            return connection
-
-        def failed(f: Failure) -> None:
-            # Each waiter gets the failure; the shared Deferred ends here.
-            waiting.errback(f)
-
-        self._connecting.addCallbacks(connected, failed)
-        return waiting
-
-    def _connect(self) -> Deferred[DatabaseConnection]:
-        d: Deferred[Any] = open_connection(
-            self.reactor, self.dsn, CONNECT_TIMEOUT, **TCP_KEEPALIVES
-        )
-        opened: list[DatabaseConnection] = []
-
-        def prepare(connection: DatabaseConnection) -> Deferred[None]:
-            opened.append(connection)
-            connection.lost = lambda reason: self._lost(connection)
-            setup: Deferred[Any] = succeed(None)
-            for statement in self.setup:
-                setup.addCallback(_then_run, connection, statement)
-            if self.on_notify is not None:
-                notify = self.on_notify
-                setup.addCallback(_then_run, connection, f"LISTEN {NOTIFY_CHANNEL}")
-                setup.addCallback(lambda _: connection.addNotifyObserver(lambda n: notify()))
-            return setup
-
-        def ready(_: object) -> DatabaseConnection:
-            self._connecting = None
-            connection = opened[0]
-            if self._closed:
-                connection.close()
-                raise RuntimeError("the webhook database connection is closed")
-            self._connection = connection
-            return connection
-
-        def failed(f: Failure) -> Failure:
-            self._connecting = None
-            for connection in opened:
-                _close_quietly(connection)
-            return f
-
-        d.addCallback(prepare)
-        d.addCallbacks(ready, failed)
-        return d
-
-    def _lost(self, connection: DatabaseConnection) -> None:
-        if self._connection is not connection:
-            return
-        self._connection = None
-        if not self._closed:
-            log.info("The webhook service lost a database connection; reconnecting")
-            if self.on_notify is not None:
-                self.on_notify()
-
-    def run_query(self, sql: str, params: Any = None) -> Deferred[list[tuple[Any, ...]]]:
-        d: Deferred[Any] = self.connected()
-        d.addCallback(lambda c: c.runQuery(sql, params))
-        d.addErrback(self._forget_if_broken)
-        return d
-
-    def run_operation(self, sql: str, params: Any = None) -> Deferred[None]:
-        d: Deferred[Any] = self.connected()
-        d.addCallback(lambda c: c.runOperation(sql, params))
-        d.addErrback(self._forget_if_broken)
-        return d
-
-    def _forget_if_broken(self, f: Failure) -> Failure:
-        connection = self._connection
-        if connection is not None and (is_disconnect(f) or not connection.isOpen):
-            self._connection = None
-            _close_quietly(connection)
-        return f
-
-    def close(self) -> None:
-        self._closed = True
-        if self._connection is not None:
-            connection, self._connection = self._connection, None
-            _close_quietly(connection)
-
-
-#: Each connection of the service is its own and runs only the statements
-#: below, which are prepared once per connection, planned once (their plan
-#: does not depend on the parameters), and steered to the indexes even while
-#: the table's statistics lag behind a burst.  Commits do not wait for the
-#: WAL flush: were one lost in a database crash, a delivery would be sent
-#: again, never lost.
+#: The service's connections are its own (a pool of `_CONNECTIONS`: one
+#: claiming, one recording, one pruning) and run only the statements below,
+#: which are prepared once per connection, planned once (their plan does not
+#: depend on the parameters), and steered to the indexes even while the
+#: table's statistics lag behind a burst.  Commits do not wait for the WAL
+#: flush: were one lost in a database crash, a delivery would be sent again,
+#: never lost.
 _SESSION = (
     "SET synchronous_commit TO off",
     "SET plan_cache_mode TO force_generic_plan",
     "SET enable_seqscan TO off",
     "SET enable_bitmapscan TO off",
 )
+
+#: At most one claim, one write of outcomes and one pruning run at once.
+_CONNECTIONS = 3
 
 _PREPARE_CLAIM = """
 PREPARE webhook_claim (text[], int[], int, int, float8) AS
@@ -650,7 +532,6 @@ class WebhookService(Service):
         wakes the service.
     @ivar retention: Seconds delivered and failed rows are kept.
     @ivar prune_interval: Seconds between prunings.
-    @ivar listen: Whether to LISTEN for the outbox trigger's notifications.
     @ivar jitter: Source of random numbers in [0, 1) for the backoff.
     """
 
@@ -667,13 +548,11 @@ class WebhookService(Service):
     poll_interval: float = 1.0
     retention: float = 7 * 24 * 3600.0
     prune_interval: float = 3600.0
-    listen: bool = True
     jitter: Callable[[], float] = random.random
 
     _key: bytes = field(init=False, repr=False)
     _pool: HTTPConnectionPool | None = field(default=None, init=False)
-    _claims: _Database | None = field(default=None, init=False)
-    _writes: _Database | None = field(default=None, init=False)
+    _database: ConnectionPool | None = field(default=None, init=False)
     _in_flight: dict[int, Deferred[None]] = field(factory=dict, init=False)
     _per_host_busy: dict[str, int] = field(factory=dict, init=False)
     _claiming: Deferred[Any] | None = field(default=None, init=False)
@@ -719,14 +598,14 @@ class WebhookService(Service):
             self.http, self._pool = webhook_http_client(
                 self.reactor, self.allow_private, self.per_host, self.timeout
             )
-        self._claims = _Database(
+        # Failed statements are reported by _database_trouble, at most once
+        # a minute, rather than by the pool at every poll.
+        self._database = ConnectionPool(
             self.reactor,
             self.database_url,
-            self._wake_soon if self.listen else None,
-            (*_SESSION, _PREPARE_CLAIM),
-        )
-        self._writes = _Database(
-            self.reactor, self.database_url, None, (*_SESSION, _PREPARE_RECORD)
+            size=_CONNECTIONS,
+            setup=(*_SESSION, _PREPARE_CLAIM, _PREPARE_RECORD),
+            warn_connect_failures=False,
         )
         self._poll = LoopingCall(self._tick)
         self._poll.clock = self.clock
@@ -740,10 +619,6 @@ class WebhookService(Service):
         self._prune.start(self.prune_interval, now=True).addErrback(
             lambda f: log.failure("Webhook pruning stopped", f)
         )
-        if self.listen:
-            # Open the listening connection now, so notifications arrive
-            # even before the first poll has found anything.
-            self._claims.connected().addErrback(self._database_trouble)
 
     def stopService(self) -> Deferred[None]:
         """
@@ -791,9 +666,8 @@ class WebhookService(Service):
         return d
 
     def _close(self) -> Deferred[None] | None:
-        for db in (self._claims, self._writes):
-            if db is not None:
-                db.close()
+        if self._database is not None:
+            self._database.close()
         if self._pool is not None:
             pool = self._pool
             return pool.closeCachedConnections()
@@ -850,7 +724,7 @@ class WebhookService(Service):
         # Outcomes not yet recorded count against the room: when they
         # cannot be written, claiming stops rather than piling them up.
         free = self.max_in_flight - len(self._in_flight) - len(self._outcomes) - self._recording
-        if free <= 0 or self._claims is None:
+        if free <= 0 or self._database is None:
             return
         params = {
             "busy_hosts": list(self._per_host_busy),
@@ -860,7 +734,7 @@ class WebhookService(Service):
             "lease": self.timeout + LEASE_MARGIN,
         }
         self._claim_again = False
-        d = self._claims.run_query(_CLAIM, params)
+        d = self._database.runQuery(_CLAIM, params)
         d.addCallback(self._start, free, dict(self._per_host_busy))
         failed = False
 
@@ -908,7 +782,7 @@ class WebhookService(Service):
             self._attempt(delivery)
         # Were there more due than there was room for (overall, or for a
         # host)?  Then each attempt that ends makes room for another;
-        # otherwise notifications and the poll bring the next ones.
+        # otherwise wakes and the poll bring the next ones.
         self._more_due = (
             len(rows) >= free
             or any(n >= self.per_host for n in busy.values())
@@ -1103,7 +977,7 @@ class WebhookService(Service):
         """
         if self._flushing is not None:
             return _chain(self._flushing)
-        if not self._outcomes or self._writes is None:
+        if not self._outcomes or self._database is None:
             return succeed(None)
         batch, self._outcomes = self._outcomes, []
         self._recording = len(batch)
@@ -1115,7 +989,7 @@ class WebhookService(Service):
             "errors": [o.error for o in batch],
             "delays": [o.delay for o in batch],
         }
-        d: Deferred[Any] = self._writes.run_operation(_RECORD, params)
+        d: Deferred[Any] = self._database.runOperation(_RECORD, params)
 
         def failed(f: Failure) -> bool:
             # Keep them for the next flush (the poll tries again); the
@@ -1149,9 +1023,9 @@ class WebhookService(Service):
 
         @return: A Deferred firing with how many rows were deleted.
         """
-        if self._writes is None:
+        if self._database is None:
             return fail(RuntimeError("the webhook service is not running"))
-        writes = self._writes
+        database = self._database
         age = self.retention if older_than is None else older_than
         total = 0
 
@@ -1161,11 +1035,11 @@ class WebhookService(Service):
             total += deleted
             if deleted < batch:
                 return total
-            d = writes.run_query(_PRUNE, {"age": age, "batch": batch})
+            d = database.runQuery(_PRUNE, {"age": age, "batch": batch})
             d.addCallback(step)
             return d
 
-        d: Deferred[Any] = writes.run_query(_PRUNE, {"age": age, "batch": batch})
+        d: Deferred[Any] = database.runQuery(_PRUNE, {"age": age, "batch": batch})
         d.addCallback(step)
         return d
 
@@ -1180,17 +1054,6 @@ class WebhookService(Service):
         d.addErrback(
             lambda f: log.warn("Could not prune webhook deliveries: {error}", error=_describe(f))
         )
-
-
-def _then_run(_: object, connection: DatabaseConnection, statement: str) -> Deferred[None]:
-    return connection.runOperation(statement)  # type: ignore[no-any-return]
-
-
-def _close_quietly(connection: DatabaseConnection) -> None:
-    try:
-        connection.close()
-    except Exception:
-        log.failure("Closing a webhook database connection")
 
 
 def _timed_out(result: object, timeout: float) -> Failure:

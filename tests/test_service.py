@@ -252,3 +252,48 @@ class MountTests(TestCase):
             ),
             ("orders", "order.created", stored["id"], {"id": 1}),
         )
+
+    @inlineCallbacks
+    def test_webhooks_woken(self) -> Any:
+        """
+        A message stored while the daemon runs (here by SQL) goes to its
+        webhook at once: the daemon's LISTEN connection wakes the webhook
+        service, whose poll is an hour away in this test.
+        """
+        from twisted.internet.defer import Deferred
+        from twisted.web.resource import Resource as WebResource
+
+        from realtimed.webhooks import WebhookService
+
+        original = WebhookService.from_config
+
+        def hourly(reactor: Any, config: Any, url: str, secret: str) -> WebhookService:
+            webhooks = original(reactor, config, url, secret)
+            webhooks.poll_interval = 3600.0
+            return webhooks
+
+        self.patch(WebhookService, "from_config", hourly)
+        received: Deferred[str] = Deferred()
+
+        class Receiver(WebResource):
+            isLeaf = True
+
+            def render_POST(self, request: Any) -> bytes:
+                if not received.called:
+                    received.callback(request.getHeader("webhook-id"))
+                return b"ok"
+
+        receiver = reactor.listenTCP(0, Site(Receiver()), interface="127.0.0.1")
+        self.addCleanup(receiver.stopListening)
+        url = create_database(self)
+        yield start_realtimed(self, url, webhook_allow_private=True)
+        hook = f"http://127.0.0.1:{receiver.getHost().port}/hook"
+        run_sql(
+            url,
+            "INSERT INTO realtime.channels (pattern, webhook_urls) VALUES ('orders', %s)",
+            ([hook],),
+        )
+        message_id = run_sql(url, "SELECT realtime.publish('orders', 'created', '{}')::text")
+        received.addTimeout(10.0, reactor)
+        webhook_id = yield received
+        self.assertEqual(webhook_id, message_id[0][0])

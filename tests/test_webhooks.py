@@ -31,9 +31,9 @@ from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
-from realtimed import webhooks
 from realtimed.signing import encode_webhook_secret
 from realtimed.store.migrations import migrate
+from realtimed.store.pool import ConnectionPool
 from realtimed.webhook_policy import RetryPolicy
 from realtimed.webhooks import WebhookService, webhook_http_client
 from tests.support import run_sql, server_url, with_database
@@ -198,6 +198,14 @@ service.startService()
 print("started", flush=True)
 reactor.run()
 """
+
+
+def named(url: str, application_name: str) -> str:
+    """
+    C{url} with an C{application_name} parameter, which tells its
+    connections apart in C{pg_stat_activity}.
+    """
+    return f"{url}{'&' if '?' in url else '?'}application_name={application_name}"
 
 
 class ServiceProcess(ProcessProtocol):
@@ -384,15 +392,27 @@ class WebhookTestCase(TestCase):
                 self.fail(f"timed out waiting for {what or condition}")
             yield deferLater(reactor, 0.05, lambda: None)
 
-    def listening(self) -> int:
+    def claiming(self) -> set[str]:
         """
-        How many services' claiming connections have LISTENed (they do so
-        before their first claim).
+        The application names of the connections whose last statement was a
+        claim (a service claims as it starts, and at each poll).
         """
         rows = run_sql(
             self.database,
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-            " AND (query LIKE 'LISTEN%%' OR query LIKE 'EXECUTE webhook_claim%%')",
+            "SELECT DISTINCT application_name FROM pg_stat_activity"
+            " WHERE datname = current_database() AND query LIKE 'EXECUTE webhook_claim%%'",
+        )
+        return {row[0] for row in rows}
+
+    def connections(self) -> int:
+        """
+        How many connections other than this question's are open to the
+        test database.
+        """
+        rows = run_sql(
+            self.database,
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()",
         )
         return int(rows[0][0])
 
@@ -936,26 +956,25 @@ class DurabilityTests(WebhookTestCase):
     def test_database_connections_lost(self) -> Any:
         """
         When the database drops the service's connections, the service
-        connects again, LISTENs again, and carries on delivering (no
-        polling here: the notification must arrive).
+        connects again, with its statements prepared anew, and carries on
+        delivering (no polling here: woken, as the daemon wakes it).
         """
         receiver = Receiver()
         port = self.listen(receiver)
         self.channel("room:*", f"http://127.0.0.1:{port}/")
-        self.service(poll_interval=3600.0)
+        service = self.service(poll_interval=3600.0)
         first = self.publish("room:1")
-        yield self.wait_for(lambda: receiver.ids() == [first])
+        service.wake()
+        yield self.wait_for(self.settled)
+        self.assertGreater(self.connections(), 0)
         run_sql(
             self.database,
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            "SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity"
             " WHERE datname = current_database() AND pid <> pg_backend_pid()",
         )
-        yield self.wait_for(lambda: bool(self.logged("lost a database connection")))
-        yield self.wait_for(
-            self.listening,
-            what="LISTEN again",
-        )
+        yield self.wait_for(lambda: self.connections() == 0, what="the connections to end")
         second = self.publish("room:1")
+        service.wake()
         yield self.wait_for(self.settled)
         self.assertEqual(receiver.ids(), [first, second])
         self.assertEqual(self.counts(second), (1, 1))
@@ -973,14 +992,14 @@ class DurabilityTests(WebhookTestCase):
         reactor.spawnProcess(
             child,
             sys.executable,
-            [sys.executable, "-c", CHILD_SERVICE, self.database, SECRET],
+            [sys.executable, "-c", CHILD_SERVICE, named(self.database, "child"), SECRET],
             env=None,
             path=os.getcwd(),
         )
         self.addCleanup(child.stop)
         yield child.started
         self.service(max_in_flight=4, per_host=4)
-        yield self.wait_for(lambda: self.listening() >= 2, what="both services")
+        yield self.wait_for(lambda: self.claiming() >= {"", "child"}, what="both services")
         published = [self.publish("room:1", payload={"n": n}) for n in range(60)]
         yield self.wait_for(self.settled)
         self.assertEqual(Counter(receiver.ids()), Counter(published))
@@ -1001,7 +1020,7 @@ class DurabilityTests(WebhookTestCase):
         receiver = Receiver()
         self.channel("room:*", f"http://127.0.0.1:{self.listen(receiver)}/")
         published = [self.publish("room:1") for _ in range(30)]
-        self.service(poll_interval=3600.0, listen=False, per_host=2, max_in_flight=4)
+        self.service(poll_interval=3600.0, per_host=2, max_in_flight=4)
         yield self.wait_for(self.settled, timeout=10.0)
         self.assertEqual(Counter(receiver.ids()), Counter(published))
 
@@ -1015,13 +1034,13 @@ class DurabilityTests(WebhookTestCase):
         receiver = Receiver()
         self.channel("room:*", f"http://127.0.0.1:{self.listen(receiver)}/")
         self.service(max_in_flight=4, per_host=4)
-        yield self.wait_for(self.listening, what="LISTEN")
+        yield self.wait_for(self.claiming, what="a first claim")
 
         def broken(self: Any, sql: str, params: Any = None) -> Deferred[None]:
             return fail(psycopg2.OperationalError("the disk is full"))
 
-        # Only outcomes are written with run_operation.
-        patched = self.patch(webhooks._Database, "run_operation", broken)
+        # Only outcomes are written with runOperation.
+        patched = self.patch(ConnectionPool, "runOperation", broken)
         published = [self.publish("room:1") for _ in range(10)]
         yield self.wait_for(lambda: len(receiver.requests) == 4, what="four attempts")
         yield deferLater(reactor, 0.5, lambda: None)
@@ -1034,12 +1053,12 @@ class DurabilityTests(WebhookTestCase):
     @inlineCallbacks
     def test_wake(self) -> Any:
         """
-        Without polling or LISTEN, wake() makes the service look at once.
+        Without polling, wake() makes the service look at once.
         """
         receiver = Receiver()
         port = self.listen(receiver)
         self.channel("room:*", f"http://127.0.0.1:{port}/")
-        service = self.service(poll_interval=3600.0, listen=False)
+        service = self.service(poll_interval=3600.0)
         yield deferLater(reactor, 0.1, lambda: None)
         message_id = self.publish("room:1")
         yield deferLater(reactor, 0.3, lambda: None)
@@ -1049,22 +1068,26 @@ class DurabilityTests(WebhookTestCase):
         self.assertEqual(receiver.ids(), [message_id])
 
     @inlineCallbacks
-    def test_notified(self) -> Any:
+    def test_own_connections(self) -> Any:
         """
-        With LISTEN, a new message is picked up without waiting for a poll.
+        The service's connections commit without waiting for the WAL flush
+        and have its two statements prepared; it opens no more than one
+        each for claiming, recording and pruning.
         """
         receiver = Receiver()
-        port = self.listen(receiver)
-        self.channel("room:*", f"http://127.0.0.1:{port}/")
-        self.service(poll_interval=3600.0)
-        # The claiming connection LISTENs before its first claim.
-        yield self.wait_for(
-            self.listening,
-            what="LISTEN",
+        self.channel("room:*", f"http://127.0.0.1:{self.listen(receiver)}/")
+        service = self.service(max_in_flight=4, per_host=4)
+        published = [self.publish("room:1") for _ in range(20)]
+        yield self.wait_for(self.settled)
+        yield service.prune(older_than=0.0)
+        self.assertEqual(Counter(receiver.ids()), Counter(published))
+        assert service._database is not None
+        rows = yield service._database.runQuery(
+            "SELECT current_setting('synchronous_commit'),"
+            " (SELECT array_agg(name ORDER BY name) FROM pg_prepared_statements)"
         )
-        message_id = self.publish("room:1")
-        yield self.wait_for(self.settled, timeout=5.0)
-        self.assertEqual(receiver.ids(), [message_id])
+        self.assertEqual(rows, [("off", ["webhook_claim", "webhook_record"])])
+        self.assertLessEqual(self.connections(), 3)
 
 
 class DatabaseAwayTests(TestCase):

@@ -361,9 +361,12 @@ class ConnectionPool:
         return waiter
 
     def _setUp(self, connection: DatabaseConnection) -> Deferred[DatabaseConnection]:
+        def run(_: object, statement: str) -> Any:
+            return connection.runOperation(statement)
+
         d: Deferred[Any] = succeed(None)
         for statement in self.setup:
-            d.addCallback(lambda _, statement=statement: connection.runOperation(statement))
+            d.addCallback(run, statement)
 
         def failed(reason: Failure) -> Failure:
             connection.close()

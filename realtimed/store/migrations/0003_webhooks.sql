@@ -77,8 +77,9 @@ CREATE FUNCTION realtime.webhook_count_audience() RETURNS trigger
     END
     $$;
 
--- After a message is stored: one pending delivery per webhook URL, and a
--- notification that wakes the delivery services at once.
+-- After a message is stored: one pending delivery per webhook URL.  The
+-- message's own notification (realtime_messages, sent on commit) is what
+-- wakes the delivery services.
 CREATE FUNCTION realtime.webhook_enqueue() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
@@ -94,9 +95,6 @@ CREATE FUNCTION realtime.webhook_enqueue() RETURNS trigger
         -- audience is what was actually queued.
         IF queued <> NEW.wh_audience_count THEN
             UPDATE realtime.messages SET wh_audience_count = queued WHERE id = NEW.id;
-        END IF;
-        IF queued > 0 THEN
-            PERFORM pg_notify('realtime_webhooks', '');
         END IF;
         RETURN NULL;
     END

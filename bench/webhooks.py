@@ -11,7 +11,8 @@ Creates a throw-away database on the PostgreSQL server at ``--postgres``
 migrations, starts K receivers (twisted.web on 127.0.0.1, answering 204, in a
 child process unless ``--same-process``) and one channel whose webhook URLs
 are those receivers, publishes N messages in one transaction with
-``realtime.publish``, then starts one delivery service and measures from its
+``realtime.publish``, then starts one delivery service (woken for each stored
+message by a LISTEN connection, as in the daemon) and measures from its
 start until the outbox holds no pending delivery.  It prints that figure,
 and checks that every receiver got every message exactly once and that the
 messages' ``wh_delivered_count`` add up.  Then it publishes L more messages
@@ -45,6 +46,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 from realtimed.signing import encode_webhook_secret
+from realtimed.store.listener import MessageListener
 from realtimed.store.migrations import migrate
 from realtimed.webhooks import WebhookService
 
@@ -187,6 +189,11 @@ async def run(
         max_in_flight=options.max_in_flight,
         per_host=options.per_host,
     )
+    # As in the daemon, every stored message wakes the delivery service.
+    listener = MessageListener(reactor=reactor, dsn=database, on_message=lambda _: service.wake())
+    listener.startService()
+    while not listener.connected:
+        await task.deferLater(reactor, 0.02, lambda: None)
     started = time.perf_counter()
     service.startService()
     # One connection for watching, kept open: connecting blocks the reactor.
@@ -216,6 +223,7 @@ async def run(
                 break
             await task.deferLater(reactor, 0.05, lambda: None)
     watcher.close()
+    listener.stopService()
     await service.stopService()
     if options.same_process:
         seen = await ensureDeferred(_counts_async(reactor, urls))

@@ -530,6 +530,8 @@ class WebhookService(Service):
     @ivar timeout: Seconds one attempt may take, answer body included.
     @ivar poll_interval: Seconds between looks at the outbox when nothing
         wakes the service.
+    @ivar wake_interval: The least time in seconds between two looks at the
+        outbox that L{wake} starts.
     @ivar retention: Seconds delivered and failed rows are kept.
     @ivar prune_interval: Seconds between prunings.
     @ivar jitter: Source of random numbers in [0, 1) for the backoff.
@@ -546,6 +548,7 @@ class WebhookService(Service):
     per_host: int = 8
     timeout: float = 10.0
     poll_interval: float = 1.0
+    wake_interval: float = 0.01
     retention: float = 7 * 24 * 3600.0
     prune_interval: float = 3600.0
     jitter: Callable[[], float] = random.random
@@ -559,6 +562,8 @@ class WebhookService(Service):
     _claim_again: bool = field(default=False, init=False)
     _more_due: bool = field(default=False, init=False)
     _wake_call: Any = field(default=None, init=False)
+    _last_wake: float | None = field(default=None, init=False)
+    _wake_later: Any = field(default=None, init=False)
     _outcomes: list[Outcome] = field(factory=list, init=False)
     _flushing: Deferred[None] | None = field(default=None, init=False)
     _flush_call: Any = field(default=None, init=False)
@@ -629,10 +634,10 @@ class WebhookService(Service):
         for loop in (self._poll, self._prune):
             if loop is not None and loop.running:
                 loop.stop()
-        for call in (self._wake_call, self._flush_call):
+        for call in (self._wake_call, self._wake_later, self._flush_call):
             if call is not None and call.active():
                 call.cancel()
-        self._wake_call = self._flush_call = None
+        self._wake_call = self._wake_later = self._flush_call = None
         waiting: list[Deferred[Any]] = []
         if self._claiming is not None:
             waiting.append(self._claiming)
@@ -693,6 +698,31 @@ class WebhookService(Service):
     def wake(self) -> None:
         """
         Look for due deliveries now (call it when a message is stored).
+
+        Calls less than C{wake_interval} after the last one that looked
+        are gathered into one look at the end of that interval: a flood of
+        messages, most of them on channels without webhooks, costs a claim
+        per interval rather than one per message.
+        """
+        if not self.running:
+            return
+        now = self.clock.seconds()
+        if self._last_wake is not None and now - self._last_wake < self.wake_interval:
+            if self._wake_later is None:
+                self._wake_later = self.clock.callLater(
+                    self._last_wake + self.wake_interval - now, self._woken_later
+                )
+            return
+        self._last_wake = now
+        self._look()
+
+    def _woken_later(self) -> None:
+        self._wake_later = None
+        self.wake()
+
+    def _look(self) -> None:
+        """
+        Claim what is due now, or right after the claim under way.
         """
         if not self.running:
             return
@@ -707,14 +737,14 @@ class WebhookService(Service):
 
         def woken() -> None:
             self._wake_call = None
-            self.wake()
+            self._look()
 
         self._wake_call = self.clock.callLater(0, woken)
 
     def _tick(self) -> None:
         # An error here must not end the poll, which is what retries.
         try:
-            self.wake()
+            self._look()
             if self._outcomes and self._flushing is None:
                 self._flush()
         except Exception:
@@ -1008,7 +1038,7 @@ class WebhookService(Service):
                 # Not recursion: this runs when the previous write finished.
                 self._flush()
             if written and self._more_due:
-                self.wake()
+                self._look()
 
         d.addCallback(done)
         d.addErrback(lambda f: log.failure("Recording webhook outcomes", f))

@@ -24,9 +24,9 @@ from twisted.internet import reactor as _reactor
 from twisted.internet.defer import Deferred, fail, gatherResults, inlineCallbacks
 from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.ssl import Certificate, PrivateCertificate
-from twisted.internet.task import deferLater
+from twisted.internet.task import Clock, deferLater
 from twisted.logger import ILogObserver, formatEvent, globalLogPublisher
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
@@ -1088,6 +1088,33 @@ class DurabilityTests(WebhookTestCase):
         )
         self.assertEqual(rows, [("off", ["webhook_claim", "webhook_record"])])
         self.assertLessEqual(self.connections(), 3)
+
+
+class WakeTests(SynchronousTestCase):
+    def test_gathered(self) -> None:
+        """
+        Wakes less than C{wake_interval} after the last look are gathered
+        into one look at the end of the interval; a wake after it looks at
+        once.
+        """
+        clock = Clock()
+        service = WebhookService(
+            reactor, "postgresql:///unused", SECRET, clock=clock, wake_interval=10.0
+        )
+        looks: list[float] = []
+        self.patch(service, "_look", lambda: looks.append(clock.seconds()))
+        service.running = True
+        service.wake()
+        clock.advance(4)
+        service.wake()
+        service.wake()
+        self.assertEqual(looks, [0.0])
+        clock.advance(6)
+        self.assertEqual(looks, [0.0, 10.0])
+        clock.advance(50)
+        service.wake()
+        self.assertEqual(looks, [0.0, 10.0, 60.0])
+        self.assertEqual(clock.getDelayedCalls(), [])
 
 
 class DatabaseAwayTests(TestCase):

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any, TextIO
 
 from twisted.application.service import MultiService
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks, maybeDeferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort
@@ -121,13 +122,13 @@ class RealtimeService(MultiService):
             clock=self.reactor,
         )
         self.webhooks = WebhookService.from_config(self.reactor, config, url, keys.webhook_secret)
-        self.listener = MessageListener(
+        listener = self.listener = MessageListener(
             reactor=self.reactor, dsn=url, on_message=self._message_stored
         )
-        self.listener.setServiceParent(self)
+        listener.setServiceParent(self)
         self.realtime.setServiceParent(self)
         self.webhooks.setServiceParent(self)
-        yield self._until(lambda: self.listener.connected, "LISTEN connection", 60.0)
+        yield self._until(lambda: listener.connected, "LISTEN connection", 60.0)
 
         api = AdminAPI(self.pool, keys, self.reactor)
         site = Site(
@@ -218,9 +219,9 @@ class RealtimeService(MultiService):
 
 def _url_of(port: IListeningPort) -> str:
     address = port.getHost()
-    host = getattr(address, "host", None)
-    if host is None:
+    if not isinstance(address, (IPv4Address, IPv6Address)):
         return f"unix:{getattr(address, 'name', address)}"
+    host = address.host
     if host in ("0.0.0.0", "::"):
         host = "127.0.0.1"
     if ":" in host:

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 from attrs import define, field, frozen
 from twisted.application.service import Service
@@ -62,6 +62,7 @@ from twisted.internet.interfaces import (
     IHostResolution,
     IProtocol,
     IProtocolFactory,
+    IPushProducer,
     IResolutionReceiver,
     IStreamClientEndpoint,
 )
@@ -306,7 +307,7 @@ class _Discard(Protocol):
 
     def _abort(self) -> None:
         if self.transport is not None:
-            self.transport.stopProducing()
+            cast(IPushProducer, self.transport).stopProducing()
 
     def dataReceived(self, data: bytes) -> None:
         self.received += len(data)

@@ -247,6 +247,56 @@ class HandlerTests(SynchronousTestCase):
         self.assertEqual(socket.emitted[-1][1][0]["code"], "INTERNAL_ERROR")
         self.flushLoggedErrors(RuntimeError)
 
+    def test_query_that_cannot_start(self) -> None:
+        """
+        When the pool raises instead of returning a Deferred, the publishes
+        of that batch are answered INTERNAL_ERROR and later publishes are
+        still stored: the batch queue does not stay blocked.
+        """
+        socket = self.connect("s", {"token": token("alice")})
+        self.emit(socket, "REALTIME_SUBSCRIBE", {"channel": "orders"}, Acks())
+        self.allow_subscribe()
+        working = self.pool.runQuery
+
+        def broken(sql: str, params: Any = None) -> Deferred[Any]:
+            raise ValueError("cannot check the connection")
+
+        self.pool.runQuery = broken  # type: ignore[method-assign]
+        acks = Acks()
+        publish = {"channel": "orders", "event": "e", "payload": 1}
+        self.emit(socket, "REALTIME_PUBLISH", publish, acks)
+        self.assertEqual(acks.values[0]["error"]["code"], "INTERNAL_ERROR")
+        self.pool.runQuery = working  # type: ignore[method-assign]
+        self.emit(socket, "REALTIME_PUBLISH", publish, acks)
+        _, d = self.pool.pop("publish_batch")
+        d.callback([("m1", "stored", None)])
+        self.assertEqual(acks.values[1], {"ok": True, "channel": "orders", "messageId": "m1"})
+        self.flushLoggedErrors(ValueError)
+
+    def test_audience_write_that_cannot_start(self) -> None:
+        """
+        Audience counts whose statement cannot even be started are kept and
+        written with the next flush.
+        """
+        socket = self.connect("s", {"token": token("alice")})
+        self.emit(socket, "REALTIME_SUBSCRIBE", {"channel": "orders"}, Acks())
+        self.allow_subscribe()
+        working = self.pool.runOperation
+
+        def broken(sql: str, params: Any = None) -> Deferred[Any]:
+            raise ValueError("cannot check the connection")
+
+        self.pool.runOperation = broken  # type: ignore[method-assign]
+        message = {"channel": "orders", "event": "e", "messageId": "m1"}
+        self.realtime.deliver({"message": message, "channelId": "c1"})
+        self.clock.advance(1)
+        self.pool.runOperation = working  # type: ignore[method-assign]
+        self.clock.advance(1)
+        params, d = self.pool.pop("ws_audience_count")
+        self.assertEqual(params, (["m1"], [1]))
+        d.callback(None)
+        self.flushLoggedErrors(ValueError)
+
     def test_token_expiry(self) -> None:
         """
         A socket is disconnected when its token expires; one that left

@@ -4,13 +4,15 @@ Tests for realtimed.store.pool against a real PostgreSQL.
 
 from __future__ import annotations
 
+import os
+import resource
 from typing import Any
 
 import psycopg2
 from twisted.internet import reactor
 from twisted.internet.defer import gatherResults, inlineCallbacks
 from twisted.internet.task import deferLater
-from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from realtimed.store.pool import ConnectionPool, redact_dsn
 from tests.support import create_database, run_sql
@@ -176,6 +178,70 @@ class ConnectionPoolTests(TestCase):
         """
         self.pool.close()
         self.assertIs(self.successResultOf(self.pool.ping()), False)
+
+
+def occupy_low_descriptors(case: TestCase, above: int) -> None:
+    """
+    Take every free file descriptor below C{above}, until C{case} ends, so
+    that the sockets opened meanwhile get numbers at least C{above}.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = above + 256
+    if soft < wanted:
+        if hard != resource.RLIM_INFINITY and hard < wanted:
+            raise SkipTest(f"needs {wanted} open files; the hard limit is {hard}")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        case.addCleanup(resource.setrlimit, resource.RLIMIT_NOFILE, (soft, hard))
+    taken: list[int] = []
+
+    def release() -> None:
+        for fd in taken:
+            os.close(fd)
+
+    case.addCleanup(release)
+    while True:
+        fd = os.open(os.devnull, os.O_RDONLY)
+        if fd >= above:
+            os.close(fd)
+            return
+        taken.append(fd)
+
+
+class HighDescriptorTests(TestCase):
+    """
+    A process with thousands of client sockets opens its database
+    connections on file descriptors that C{select(2)} cannot watch.
+    """
+
+    def setUp(self) -> None:
+        self.url = create_database(self)
+        occupy_low_descriptors(self, 1100)
+        self.pool = ConnectionPool(reactor, self.url, size=2)
+        self.addCleanup(self.pool.close)
+        return self.pool.start()  # type: ignore[return-value]
+
+    @inlineCallbacks
+    def test_idle_connections_reused(self) -> Any:
+        """
+        Idle connections above descriptor 1024 are checked and handed out
+        again: queries keep being answered on the same backends.
+        """
+        first = yield self.pool.runQuery("SELECT pg_backend_pid()")
+        for _ in range(3):
+            rows = yield self.pool.runQuery("SELECT pg_backend_pid()")
+            self.assertEqual(rows, first)
+
+    @inlineCallbacks
+    def test_terminated_connection_replaced(self) -> Any:
+        """
+        An idle connection above descriptor 1024 that the server terminated
+        is noticed when it is checked out, and the query runs on a new one.
+        """
+        rows = yield self.pool.runQuery("SELECT pg_backend_pid()")
+        pid = rows[0][0]
+        run_sql(self.url, "SELECT pg_terminate_backend(%s, 10000)", (pid,))
+        rows = yield self.pool.runQuery("SELECT pg_backend_pid()")
+        self.assertNotEqual(rows[0][0], pid)
 
 
 class SetupTests(TestCase):

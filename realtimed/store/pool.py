@@ -140,8 +140,7 @@ class DatabaseConnection(Connection):  # type: ignore[misc]
             return False
         if self.lock.locked or self._cursors:
             return True
-        readable, _, _ = select.select([self._connection], [], [], 0)
-        if not readable:
+        if not _readable(self._connection):
             return True
         # Reading may close the socket, which must leave the reactor first.
         self.reactor.removeReader(self)
@@ -152,8 +151,7 @@ class DatabaseConnection(Connection):  # type: ignore[misc]
                 self._connection.poll()
                 if self._connection.closed or self._connection.fileno() < 0:
                     break
-                readable, _, _ = select.select([self._connection], [], [], 0)
-                if not readable:
+                if not _readable(self._connection):
                     break
         except (psycopg2.Error, OSError, ValueError):
             self._reportLoss(Failure())
@@ -170,6 +168,20 @@ class DatabaseConnection(Connection):  # type: ignore[misc]
             self._reportLoss(Failure(main.CONNECTION_DONE))
             return
         Connection.close(self)
+
+
+def _readable(source: Any) -> bool:
+    """
+    Is there something to read on C{source} (an object with C{fileno()}),
+    or has its peer hung up?  Never blocks.
+
+    This uses C{poll(2)} rather than C{select(2)}: a daemon holding
+    thousands of client sockets opens its database connections on file
+    descriptors above C{FD_SETSIZE} (1024), which C{select} cannot watch.
+    """
+    poller = select.poll()
+    poller.register(source, select.POLLIN | select.POLLPRI)
+    return bool(poller.poll(0))
 
 
 def open_connection(
@@ -334,7 +346,16 @@ class ConnectionPool:
             return fail(CancelledError("the connection pool is closed"))
         while self._idle:
             connection = self._idle.pop()
-            if connection.stillOpen():
+            try:
+                usable = connection.stillOpen()
+            except Exception:
+                # A connection that cannot even be checked is not handed out;
+                # the query goes to another one.
+                log.failure("Checking an idle database connection failed")
+                usable = False
+                if connection.isOpen:
+                    connection.close()
+            if usable:
                 return succeed(connection)
             self._open -= 1
         if self._open < self.size:

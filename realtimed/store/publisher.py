@@ -26,7 +26,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from attrs import Factory, define, field, frozen
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -105,7 +105,13 @@ class _Batches:
             return
         self._in_flight = True
         batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
-        d = self.pool.runQuery(self.query, ("[" + ",".join(p.item for p in batch) + "]",))
+        try:
+            d = self.pool.runQuery(self.query, ("[" + ",".join(p.item for p in batch) + "]",))
+        except Exception:
+            # A query that cannot even be started fails this batch only;
+            # the queue must keep moving, or every later item would wait
+            # behind a batch that never ends.
+            d = fail()
         d.addCallbacks(self._answered, self._failed, callbackArgs=(batch,), errbackArgs=(batch,))
         d.addErrback(lambda f: log.failure("Answering a batch of {what} failed", f, what=self.what))
         d.addBoth(lambda _: self._next())
@@ -301,13 +307,17 @@ class AudienceCounter:
             return succeed(None)
         counts, self._counts = self._counts, {}
         ids = list(counts)
-        d = self.pool.runOperation(
-            "UPDATE realtime.messages m "
-            "SET ws_audience_count = m.ws_audience_count + v.n "
-            "FROM unnest(%s::uuid[], %s::integer[]) AS v (id, n) "
-            "WHERE m.id = v.id",
-            (ids, [counts[i] for i in ids]),
-        )
+        try:
+            d = self.pool.runOperation(
+                "UPDATE realtime.messages m "
+                "SET ws_audience_count = m.ws_audience_count + v.n "
+                "FROM unnest(%s::uuid[], %s::integer[]) AS v (id, n) "
+                "WHERE m.id = v.id",
+                (ids, [counts[i] for i in ids]),
+            )
+        except Exception:
+            # kept for the next flush, like any failed write
+            d = fail()
         self._flushing = d
 
         def failed(failure: Failure) -> None:

@@ -86,13 +86,19 @@ def _check_endpoints(config: Config) -> None:
     """
     Parse each endpoint string now, so a typo is a usage error rather than a
     failure once the daemon has started.
+
+    A ``systemd:`` endpoint is left for start-up: parsing it takes the
+    sockets systemd handed over (and clears C{LISTEN_FDS}), which only the
+    real parse may do.
     """
     from twisted.internet.endpoints import serverFromString
 
     for description in config.port:
+        if description.partition(":")[0].strip().lower() == "systemd":
+            continue
         try:
             serverFromString(_NoReactor(), description)
-        except (ValueError, TypeError, KeyError) as e:
+        except (ValueError, TypeError, KeyError, IndexError) as e:
             raise usage.UsageError(f"port: cannot use {description!r}: {e}") from None
 
 

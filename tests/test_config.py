@@ -247,6 +247,15 @@ class OptionsTests(SynchronousTestCase):
             self.parse(["-p", "bogus:1"])
         self.assertIn("port: cannot use 'bogus:1'", str(raised.exception))
 
+    def test_systemd_endpoint_left_for_start_up(self) -> None:
+        """
+        A systemd: endpoint is accepted without being parsed, since parsing
+        takes the sockets systemd handed over, which start-up needs.
+        """
+        options = self.parse(["-p", "systemd:domain=INET:index=0"])
+        assert options.config is not None
+        self.assertEqual(options.config.port, ("systemd:domain=INET:index=0",))
+
     def test_bad_value(self) -> None:
         """
         A bad value is a usage error that names the option and why.

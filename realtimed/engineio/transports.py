@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import secrets
 from collections.abc import Callable, Mapping
+from types import FunctionType
 from typing import Any, Protocol
 
 from attrs import define, field
@@ -615,6 +616,19 @@ class EngineIOServer:
             # close frame rather than by just dropping the connection
             failByDrop=False,
         )
+        # Autobahn copies each option from the factory onto every new
+        # protocol, and formats the whole list with pformat for a debug line
+        # whether or not debug logging is on: about a tenth of a millisecond
+        # per connection.  The options never change after this point, so
+        # they are settled once on the class, leaving nothing to copy.
+        for name in WebSocketServerProtocol.CONFIG_ATTRS:
+            value = getattr(factory, name)
+            if isinstance(value, FunctionType):
+                # a plain function (a callback option) must not become a
+                # method of the class
+                value = staticmethod(value)
+            setattr(Protocol, name, value)
+        Protocol.CONFIG_ATTRS = []
         factory.reactor = self.reactor
         self._factory = factory
         self._websocket_resource = WebSocketResource(factory)

@@ -1,0 +1,97 @@
+"""
+Unit tests of the WebSocket protocol set-up in L{realtimed.engineio.transports}.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import autobahn.websocket.protocol
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+
+from realtimed.engineio.transports import (
+    EngineConfig,
+    EngineConnection,
+    EngineIOServer,
+    EngineWebSocketProtocol,
+)
+
+
+class _Handler:
+    def message(self, data: str | bytes) -> None:
+        pass
+
+    def closed(self, reason: str) -> None:
+        pass
+
+
+def _accept(connection: EngineConnection) -> _Handler:
+    return _Handler()
+
+
+class WebSocketOptionsTests(SynchronousTestCase):
+    """
+    The WebSocket options are settled once per server, not per connection.
+    """
+
+    def connect(self, server: EngineIOServer) -> Any:
+        """
+        A WebSocket protocol of C{server}, connected to a fake transport
+        (Autobahn sets its options up when the connection is made).
+        """
+        factory: Any = server._factory
+        protocol: EngineWebSocketProtocol = factory.buildProtocol(
+            IPv4Address("TCP", "127.0.0.1", 40000)
+        )
+        protocol.makeConnection(StringTransport())
+        # Autobahn's opening handshake timer runs on the global reactor
+        self.addCleanup(protocol.connectionLost, Failure(ConnectionDone()))
+        return protocol
+
+    def test_options_applied(self) -> None:
+        """
+        A new WebSocket has the server's limits and Autobahn's defaults for
+        the rest.
+        """
+        server = EngineIOServer(Clock(), _accept, EngineConfig(max_payload=1234))
+        protocol = self.connect(server)
+        self.assertEqual(protocol.maxMessagePayloadSize, 1234)
+        self.assertEqual(protocol.maxFramePayloadSize, 1234)
+        self.assertEqual(protocol.autoPingInterval, 0)
+        self.assertEqual(protocol.openHandshakeTimeout, 10)
+        self.assertIs(protocol.failByDrop, False)
+        self.assertIs(protocol.utf8validateIncoming, True)
+        self.assertEqual(protocol.versions, [8, 13])
+
+    def test_two_servers_keep_their_own(self) -> None:
+        """
+        Two servers in one process each keep their own limits.
+        """
+        small = EngineIOServer(Clock(), _accept, EngineConfig(max_payload=10))
+        large = EngineIOServer(Clock(), _accept, EngineConfig(max_payload=1000))
+        self.assertEqual(self.connect(small).maxMessagePayloadSize, 10)
+        self.assertEqual(self.connect(large).maxMessagePayloadSize, 1000)
+
+    def test_no_option_listing_per_connection(self) -> None:
+        """
+        Connecting does not build and pretty-print the list of options,
+        which Autobahn does for a debug message even when nothing is logged
+        at debug level.
+        """
+        server = EngineIOServer(Clock(), _accept)
+        formatted: list[object] = []
+        original = autobahn.websocket.protocol.pformat
+
+        def recording(value: object, *args: Any, **kwargs: Any) -> str:
+            formatted.append(value)
+            return str(original(value, *args, **kwargs))
+
+        self.patch(autobahn.websocket.protocol, "pformat", recording)
+        self.connect(server)
+        self.connect(server)
+        self.assertEqual([v for v in formatted if v], [])

@@ -23,6 +23,7 @@ from typing import Any
 from attrs import frozen
 
 from realtimed.channels import is_valid_name, is_valid_pattern, is_wildcard
+from realtimed.engineio.socket_packets import RESERVED_EVENTS
 
 SUBSCRIBE = "subscribe"
 UNSUBSCRIBE = "unsubscribe"
@@ -47,11 +48,6 @@ INTERNAL_ERROR = "INTERNAL_ERROR"
 
 #: Events only the database publishes (row changes).
 DATABASE_EVENTS = frozenset({"INSERT", "UPDATE", "DELETE"})
-
-#: Event names Socket.IO clients reserve for themselves.
-SOCKETIO_RESERVED = frozenset(
-    {"connect", "connect_error", "disconnect", "disconnecting", "newListener", "removeListener"}
-)
 
 #: Events the server itself sends; a client publishing them would spoof
 #: presence or errors.
@@ -173,7 +169,7 @@ def check_event_name(event: object) -> str | None:
         return "event must not contain NUL characters"
     if event in DATABASE_EVENTS:
         return f"event {event} is reserved for database changes"
-    if event in SOCKETIO_RESERVED or event in SERVER_EVENTS:
+    if event in RESERVED_EVENTS or event in SERVER_EVENTS:
         return f"event {event} is reserved"
     return None
 

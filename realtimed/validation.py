@@ -29,6 +29,7 @@ from urllib.parse import urlsplit
 from attrs import frozen
 
 from realtimed.channels import is_valid_name, is_valid_pattern
+from realtimed.engineio.socket_packets import RESERVED_EVENTS
 
 #: The largest request body accepted, in bytes.
 MAX_BODY_BYTES: Final = 1024 * 1024
@@ -41,19 +42,6 @@ MIN_LIMIT: Final = 1
 MAX_LIMIT: Final = 1000
 DEFAULT_LIMIT: Final = 100
 MAX_OFFSET: Final = 2**31 - 1
-
-#: Event names Socket.IO keeps for itself: a client library would treat a
-#: message by one of these names as its own signal.
-RESERVED_EVENTS: Final = frozenset(
-    {
-        "connect",
-        "connect_error",
-        "disconnect",
-        "disconnecting",
-        "newListener",
-        "removeListener",
-    }
-)
 
 _UUID: Final = re.compile(
     r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
@@ -114,8 +102,8 @@ class ChannelUpdate:
     """
 
     pattern: str | _Unset = UNSET
-    description: str | None | _Unset = UNSET
-    webhook_urls: tuple[str, ...] | None | _Unset = UNSET
+    description: str | _Unset | None = UNSET
+    webhook_urls: tuple[str, ...] | _Unset | None = UNSET
     enabled: bool | _Unset = UNSET
 
     def changes(self) -> dict[str, Any]:
@@ -284,8 +272,7 @@ def _pattern(value: Any, problems: list[str]) -> str | None:
         return None
     if not is_valid_pattern(value):
         problems.append(
-            "pattern: Invalid channel pattern "
-            "(1-255 characters from A-Z a-z 0-9 _ - : . @ *)"
+            "pattern: Invalid channel pattern (1-255 characters from A-Z a-z 0-9 _ - : . @ *)"
         )
         return None
     return value
@@ -470,9 +457,7 @@ def channel_id(value: str, path: str = "id") -> str:
     return str(uuid.UUID(value))
 
 
-def _single(
-    args: Mapping[str, Sequence[str]], name: str, problems: list[str]
-) -> str | None:
+def _single(args: Mapping[str, Sequence[str]], name: str, problems: list[str]) -> str | None:
     values = args.get(name)
     if not values:
         return None
@@ -514,9 +499,7 @@ def _integer(
     return value
 
 
-def _optional_uuid(
-    args: Mapping[str, Sequence[str]], name: str, problems: list[str]
-) -> str | None:
+def _optional_uuid(args: Mapping[str, Sequence[str]], name: str, problems: list[str]) -> str | None:
     text = _single(args, name, problems)
     if text is None:
         return None

@@ -249,19 +249,11 @@ class ServiceProcess(ProcessProtocol):
 _shared: list[str] = []
 
 
-def _admin(statement: str) -> None:
-    connection = psycopg2.connect(server_url())
-    try:
-        connection.autocommit = True
-        with connection.cursor() as cursor:
-            cursor.execute(statement)
-    finally:
-        connection.close()
-
-
 def _drop_shared() -> None:
     for url in _shared:
-        _admin(f'DROP DATABASE IF EXISTS "{urlsplit(url).path.lstrip("/")}" WITH (FORCE)')
+        run_sql(
+            server_url(), f'DROP DATABASE IF EXISTS "{urlsplit(url).path.lstrip("/")}" WITH (FORCE)'
+        )
 
 
 @inlineCallbacks
@@ -271,7 +263,7 @@ def shared_database() -> Any:
     """
     if not _shared:
         name = "realtimed_test_webhooks_" + uuid.uuid4().hex[:12]
-        _admin(f'CREATE DATABASE "{name}"')
+        run_sql(server_url(), f'CREATE DATABASE "{name}"')
         _shared.append(with_database(server_url(), name))
         atexit.register(_drop_shared)
         yield migrate(reactor, _shared[0])

@@ -210,7 +210,6 @@ class Realtime(Service):
             client.expiry = self.clock.callLater(
                 max(0.0, float(expires) - self._now()), self._expired, socket
             )
-        log.debug("Socket {sid} connected as {role}", sid=socket.sid, role=principal.role)
 
     def _expired(self, socket: Socket) -> None:
         client = self._client(socket)

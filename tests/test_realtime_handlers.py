@@ -14,6 +14,7 @@ from typing import Any
 import jwt
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
+from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from realtimed.engineio.server import ConnectRefused
@@ -142,6 +143,20 @@ class HandlerTests(SynchronousTestCase):
         self.assertEqual(raised.exception.message, "Invalid token")
         socket = self.connect("s", {"apiKey": KEYS.api_key})
         self.assertIn("realtime", socket.data)
+
+    def test_connect_logs_nothing(self) -> None:
+        """
+        Accepting a socket emits no log event: the daemon's log records
+        everything it is given, and a line per connection costs more than
+        checking the connection's token.
+        """
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        self.connect("s", {"token": token("alice")})
+        self.assertEqual(
+            [e for e in events if e.get("log_namespace", "").startswith("realtimed")], []
+        )
 
     def test_requests_in_order(self) -> None:
         """

@@ -6,6 +6,7 @@ file named by ``--config``; see `realtimed.config`.
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -119,4 +120,24 @@ def makeService(options: Options, reactor: IReactorCore | None = None) -> IServi
 
         reactor = _reactor  # type: ignore[assignment]
     assert options.config is not None
+    _tune_collector()
     return RealtimeService(config=options.config, reactor=reactor)
+
+
+def _tune_collector() -> None:
+    """
+    Set the cyclic garbage collector up for a daemon holding many
+    long-lived connection objects.
+
+    What start-up made (modules, classes, the configuration) lives as long
+    as the process, yet every full collection would walk it again: it is
+    moved out of the collector's sight.  And the youngest generation is
+    collected after 10,000 net allocations rather than 700: a connection
+    being set up, or a broadcast, allocates a few thousand short-lived
+    objects, which otherwise get promoted by early collections only to be
+    walked again in the older generations.
+    """
+    gc.collect()
+    gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(10_000, older, oldest)

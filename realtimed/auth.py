@@ -12,6 +12,7 @@ Pure code: the time is passed in.
 from __future__ import annotations
 
 import hmac
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -119,6 +120,12 @@ def _principal_from_token(token: str, secret: str, now: float) -> Principal:
             raise AuthenticationError("Invalid token: nbf is not a number")
         if now < nbf:
             raise AuthenticationError("Token not yet valid")
+    # The claims live as long as the socket does; their names are the same
+    # few strings on every token, so one copy of each is shared.
+    claims = {
+        sys.intern(name) if isinstance(name, str) else name: value
+        for name, value in claims.items()
+    }
     role = claims.get("role", AUTHENTICATED)
     if role == AUTHENTICATED:
         sub = claims.get("sub")

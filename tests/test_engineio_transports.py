@@ -95,3 +95,49 @@ class WebSocketOptionsTests(SynchronousTestCase):
         self.connect(server)
         self.connect(server)
         self.assertEqual([v for v in formatted if v], [])
+
+
+class HandshakeTests(SynchronousTestCase):
+    """
+    A WebSocket opened without a polling session starts one with the
+    handshake's headers and query, and keeps no other copy of the handshake.
+    """
+
+    def test_opened(self) -> None:
+        opened: list[EngineConnection] = []
+
+        def accept(connection: EngineConnection) -> _Handler:
+            opened.append(connection)
+            return _Handler()
+
+        server = EngineIOServer(Clock(), accept)
+        factory: Any = server._factory
+        protocol: EngineWebSocketProtocol = factory.buildProtocol(
+            IPv4Address("TCP", "127.0.0.1", 40000)
+        )
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        self.addCleanup(protocol.connectionLost, Failure(ConnectionDone()))
+        protocol.dataReceived(
+            b"GET /socket.io/?EIO=4&transport=websocket&x=1 HTTP/1.1\r\n"
+            b"Host: example.com\r\n"
+            b"Upgrade: websocket\r\n"
+            b"Connection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            b"Sec-WebSocket-Version: 13\r\n"
+            b"Authorization: Bearer abc\r\n"
+            b"X-Custom: Some Value\r\n"
+            b"\r\n"
+        )
+        self.assertEqual(protocol.state, protocol.STATE_OPEN)
+        self.assertIn(b"101 Switching Protocols", transport.value())
+        [connection] = opened
+        self.assertEqual(connection.headers["host"], "example.com")
+        self.assertEqual(connection.headers["authorization"], "Bearer abc")
+        self.assertEqual(connection.headers["x-custom"], "Some Value")
+        self.assertEqual(connection.headers["sec-websocket-key"], "dGhlIHNhbXBsZSBub25jZQ==")
+        self.assertEqual(dict(connection.query), {"EIO": "4", "transport": "websocket", "x": "1"})
+        self.assertIs(protocol.connection, connection)
+        self.assertIsNone(protocol.http_headers)
+        self.assertIsNone(protocol.http_request_data)
+        self.assertIsNone(protocol.http_response_data)

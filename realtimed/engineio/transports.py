@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import sys
 from collections.abc import Callable, Mapping
 from types import FunctionType
 from typing import Any, Protocol
@@ -530,6 +531,41 @@ class _WriteWatch:
         self.connection.paused = True
 
 
+#: what Autobahn stores on a server protocol only for its opening handshake
+_HANDSHAKE_LEFTOVERS = (
+    "http_request_data",
+    "http_response_data",
+    "http_status_line",
+    "http_headers",
+    "http_request_uri",
+    "http_request_path",
+    "http_request_params",
+    "http_request_host",
+    "websocket_origin",
+    "websocket_protocols",
+    "websocket_extensions",
+)
+
+#: headers whose values differ from one connection to the next; the others
+#: mostly repeat and are shared
+_UNIQUE_HEADERS = frozenset(("sec-websocket-key", "authorization", "cookie"))
+
+
+def _shared_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """
+    The handshake headers with lower-case names, the names (and the values
+    that repeat between connections) shared with other connections rather
+    than held once per connection.
+    """
+    shared = {}
+    for name, value in headers.items():
+        name = sys.intern(name.lower())
+        if name not in _UNIQUE_HEADERS and isinstance(value, str):
+            value = sys.intern(value)
+        shared[name] = value
+    return shared
+
+
 class EngineWebSocketProtocol(WebSocketServerProtocol):
     """
     A WebSocket that carries one Engine.IO session, either from the start
@@ -548,11 +584,20 @@ class EngineWebSocketProtocol(WebSocketServerProtocol):
             raise ConnectionDeny(400, "Bad request")
         sid = params.get("sid")
         self._sid = sid[0] if sid else None
-        self._headers = {k.lower(): v for k, v in request.headers.items()}
-        self._query = {k: v[0] for k, v in params.items() if v}
+        self._headers = _shared_headers(request.headers)
+        self._query = {sys.intern(k): v[0] for k, v in params.items() if v}
 
     def onOpen(self) -> None:
-        self.server._websocket_opened(self, self._sid, self._headers, self._query)
+        # Autobahn keeps the opening handshake (the raw request and
+        # response, the parsed headers, status line and query) on the
+        # protocol for as long as the connection lives, and never reads them
+        # once the connection is open.  The session has its own copy of the
+        # headers and query.
+        for name in _HANDSHAKE_LEFTOVERS:
+            setattr(self, name, None)
+        sid, headers, query = self._sid, self._headers, self._query
+        del self._sid, self._headers, self._query
+        self.server._websocket_opened(self, sid, headers, query)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         connection = self.connection

@@ -23,8 +23,11 @@ from realtimed.engineio.transports import (
 
 
 class _Handler:
+    def __init__(self) -> None:
+        self.messages: list[str | bytes] = []
+
     def message(self, data: str | bytes) -> None:
-        pass
+        self.messages.append(data)
 
     def closed(self, reason: str) -> None:
         pass
@@ -105,10 +108,11 @@ class HandshakeTests(SynchronousTestCase):
 
     def test_opened(self) -> None:
         opened: list[EngineConnection] = []
+        handler = _Handler()
 
         def accept(connection: EngineConnection) -> _Handler:
             opened.append(connection)
-            return _Handler()
+            return handler
 
         server = EngineIOServer(Clock(), accept)
         factory: Any = server._factory
@@ -141,3 +145,18 @@ class HandshakeTests(SynchronousTestCase):
         self.assertIsNone(protocol.http_headers)
         self.assertIsNone(protocol.http_request_data)
         self.assertIsNone(protocol.http_response_data)
+        self.assertIsNone(protocol.transport_details)
+
+        # the connection still works as Autobahn set it up
+        self.assertIs(protocol.wasClean, False)
+        self.assertIsNone(protocol.closeHandshakeTimeoutCall)
+        mask = b"\x01\x02\x03\x04"
+        payload = b"4hello"
+        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        protocol.dataReceived(b"\x81" + bytes([0x80 | len(payload)]) + mask + masked)
+        self.assertEqual(handler.messages, ["hello"])
+        self.assertEqual(len(protocol.send_queue), 0)
+        transport.clear()
+        protocol.sendClose(1000)
+        self.assertEqual(protocol.state, protocol.STATE_CLOSING)
+        self.assertEqual(transport.value()[:4], b"\x88\x02\x03\xe8")

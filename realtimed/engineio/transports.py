@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import secrets
 import sys
+from collections import deque
 from collections.abc import Callable, Mapping
 from types import FunctionType
 from typing import Any, Protocol
@@ -544,7 +545,72 @@ _HANDSHAKE_LEFTOVERS = (
     "websocket_origin",
     "websocket_protocols",
     "websocket_extensions",
+    "_wskey",
+    # the peer's address details, filled in when the connection was made;
+    # the protocol keeps ``peer``, the address as text
+    "_transport_details",
 )
+
+
+class _QueueOnDemand:
+    """
+    Autobahn's ``send_queue``, made only when it is used: Autobahn gives
+    each connection an empty deque (some 600 bytes) for chopped and
+    synchronous sends, which this server never makes.
+    """
+
+    def __get__(self, instance: Any, owner: type | None = None) -> Any:
+        if instance is None:
+            return self
+        queue: deque[Any] = deque()
+        instance.__dict__["send_queue"] = queue
+        return queue
+
+#: state Autobahn sets on every connection, with the value it has on an
+#: idle open WebSocket; these are class attributes of the protocol too, so an
+#: open connection need not hold them itself (see `_compact`)
+_IDLE_DEFAULTS: dict[str, object] = {
+    **dict.fromkeys(_HANDSHAKE_LEFTOVERS),
+    **dict.fromkeys(
+        (
+            "_perMessageCompress",
+            "trackedTimings",
+            "wasNotCleanReason",
+            "localCloseCode",
+            "localCloseReason",
+            "remoteCloseCode",
+            "remoteCloseReason",
+            "openHandshakeTimeoutCall",
+            "closeHandshakeTimeoutCall",
+            "autoPingTimeoutCall",
+            "autoPingPending",
+            "autoPingPendingCall",
+            "autoPingPendingSent",
+            "websocket_protocol_in_use",
+            "current_frame",
+        )
+    ),
+    **dict.fromkeys(
+        (
+            "triggered",
+            "wasMaxFramePayloadSizeExceeded",
+            "wasMaxMessagePayloadSizeExceeded",
+            "closedByMe",
+            "failedByMe",
+            "droppedByMe",
+            "wasClean",
+            "wasServerConnectionDropTimeout",
+            "wasOpenHandshakeTimeout",
+            "wasCloseHandshakeTimeout",
+            "wasServingFlashSocketPolicyFile",
+            "inside_message",
+        ),
+        False,
+    ),
+    "send_state": 0,
+    "autoPingPendingSeq": 0,
+    "data": b"",
+}
 
 #: headers whose values differ from one connection to the next; the others
 #: mostly repeat and are shared
@@ -597,7 +663,25 @@ class EngineWebSocketProtocol(WebSocketServerProtocol):
             setattr(self, name, None)
         sid, headers, query = self._sid, self._headers, self._query
         del self._sid, self._headers, self._query
+        self._compact()
         self.server._websocket_opened(self, sid, headers, query)
+
+    def _compact(self) -> None:
+        """
+        Leave out of the instance what only repeats the class's idle
+        defaults, and rebuild the instance dictionary at the size of what
+        is left: Autobahn sets some sixty attributes per connection, which
+        makes a dictionary twice the size of one for thirty.  A later
+        assignment puts an attribute back in the instance as usual.
+        """
+        attributes = self.__dict__
+        for name, value in _IDLE_DEFAULTS.items():
+            if attributes.get(name, attributes) is value:
+                del attributes[name]
+        queue = attributes.get("send_queue")
+        if queue is not None and not queue:
+            del attributes["send_queue"]
+        self.__dict__ = dict(attributes)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         connection = self.connection
@@ -620,6 +704,12 @@ class EngineWebSocketProtocol(WebSocketServerProtocol):
         connection, self.connection = self.connection, None
         if connection is not None:
             connection.ws_lost(self)
+
+
+for _name, _value in _IDLE_DEFAULTS.items():
+    setattr(EngineWebSocketProtocol, _name, _value)
+del _name, _value
+EngineWebSocketProtocol.send_queue = _QueueOnDemand()  # type: ignore[attr-defined]
 
 
 @define(eq=False)

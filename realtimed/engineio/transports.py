@@ -709,7 +709,7 @@ class EngineWebSocketProtocol(WebSocketServerProtocol):
 for _name, _value in _IDLE_DEFAULTS.items():
     setattr(EngineWebSocketProtocol, _name, _value)
 del _name, _value
-EngineWebSocketProtocol.send_queue = _QueueOnDemand()  # type: ignore[attr-defined]
+EngineWebSocketProtocol.send_queue = _QueueOnDemand()  # type: ignore[assignment]
 
 
 @define(eq=False)

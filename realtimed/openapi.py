@@ -335,7 +335,9 @@ def _schemas() -> dict[str, Any]:
                 "whDeliveryRate": {
                     "type": "number",
                     "minimum": 0,
-                    "description": "Webhook deliveries made over deliveries due; 0 when none were due.",
+                    "description": (
+                        "Webhook deliveries made over deliveries due; 0 when none were due."
+                    ),
                 },
                 "topEvents": {
                     "type": "array",

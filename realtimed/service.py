@@ -149,13 +149,16 @@ class RealtimeService(MultiService):
         """
         A message was stored, by this process or another: send it to this
         process's sockets, and have the webhook service look at once for the
-        deliveries the same transaction queued.
+        deliveries the same transaction queued, if it queued any (a
+        notification that does not say, such as one read back after a
+        reconnect, wakes it too).
         """
         assert self.realtime is not None and self.webhooks is not None
         try:
             self.realtime.deliver(notification)
         finally:
-            self.webhooks.wake()
+            if notification.get("webhooks") != 0:
+                self.webhooks.wake()
 
     @inlineCallbacks
     def _until(self, condition: Callable[[], bool], what: str, timeout: float) -> Any:

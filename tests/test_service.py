@@ -12,6 +12,7 @@ from typing import Any
 import treq
 from twisted.internet import reactor
 from twisted.internet.defer import fail, inlineCallbacks, succeed
+from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import Site
@@ -297,3 +298,30 @@ class MountTests(TestCase):
         received.addTimeout(10.0, reactor)
         webhook_id = yield received
         self.assertEqual(webhook_id, message_id[0][0])
+
+    @inlineCallbacks
+    def test_webhooks_woken_only_for_deliveries(self) -> Any:
+        """
+        A stored message wakes the webhook service only when it queued
+        webhook deliveries, so messages on channels without webhooks cost
+        the sender nothing.
+        """
+        url = create_database(self)
+        service = yield start_realtimed(self, url, webhook_allow_private=True)
+        wakes: list[None] = []
+        self.patch(service.webhooks, "wake", lambda: wakes.append(None))
+        run_sql(
+            url,
+            "INSERT INTO realtime.channels (pattern, webhook_urls) VALUES"
+            " ('quiet', NULL), ('hooked', ARRAY['http://127.0.0.1:9/hook'])",
+        )
+        seen: list[dict[str, Any]] = []
+        original = service.realtime.deliver
+        self.patch(service.realtime, "deliver", lambda n: (seen.append(n), original(n)))
+        run_sql(url, "SELECT realtime.publish('quiet', 'a', '{}')")
+        run_sql(url, "SELECT realtime.publish('hooked', 'b', '{}')")
+        deadline = reactor.seconds() + 10
+        while len(seen) < 2 and reactor.seconds() < deadline:
+            yield deferLater(reactor, 0.02, lambda: None)
+        self.assertEqual([n.get("webhooks") for n in seen], [0, 1])
+        self.assertEqual(len(wakes), 1)

@@ -193,9 +193,13 @@ CREATE FUNCTION realtime.notify_message() RETURNS trigger
     DECLARE
         body text;
     BEGIN
+        -- 'webhooks' says how many webhook deliveries the message queued
+        -- (set by a BEFORE INSERT trigger), so that a process wakes its
+        -- webhook sender only when there is something to send.
         body := jsonb_build_object(
             'message', realtime.message_json(NEW),
-            'channelId', NEW.channel_id
+            'channelId', NEW.channel_id,
+            'webhooks', NEW.wh_audience_count
         )::text;
         IF octet_length(body) > 7900 THEN
             body := jsonb_build_object('id', NEW.id)::text;

@@ -27,10 +27,10 @@ right after a subscribe, without waiting for its ack, is checked once the
 subscribe is decided.  Publishes themselves do not wait for each other; the
 `Publisher` stores them in order.
 
-Messages reach sockets only through PostgreSQL: a publish is stored, the
-database announces every stored message to every realtimed process, and the
-process's listener calls `Realtime.deliver`, which sends it to this
-process's subscribed sockets.
+Messages reach sockets only through PostgreSQL: a publish is stored, every
+realtimed process's listener reads every stored message from the database
+and calls `Realtime.deliver`, which sends it to this process's subscribed
+sockets.
 """
 
 from __future__ import annotations
@@ -138,6 +138,8 @@ class Realtime(Service):
     @ivar keys: The credentials sockets are checked against.
     @ivar clock: The time (connect checks, presence join times, audience
         count flushes).
+    @ivar stored: Called when publishes were stored, before they are
+        acknowledged.
     @ivar audience_interval: Seconds between writes of audience counts.
     """
 
@@ -145,6 +147,7 @@ class Realtime(Service):
     pool: Queries
     keys: Keys
     clock: Any
+    stored: Callable[[], object] | None = None
     audience_interval: float = 1.0
     subscriptions: Subscriptions[Socket] = field(init=False, factory=Subscriptions)
     presence: Presence[Socket] = field(init=False, factory=Presence)
@@ -153,7 +156,7 @@ class Realtime(Service):
     audience: AudienceCounter = field(init=False)
 
     def __attrs_post_init__(self) -> None:
-        self.publisher = Publisher(self.pool)
+        self.publisher = Publisher(self.pool, self.stored)
         self.authorizer = Authorizer(self.pool)
         self.audience = AudienceCounter(self.pool, self.clock, self.audience_interval)
         self.namespace.on_connect(self._connect)

@@ -114,17 +114,18 @@ class RealtimeService(MultiService):
         yield self.pool.start()
         self._closers.append(self.pool.close)
 
+        listener = self.listener = MessageListener(
+            reactor=self.reactor, dsn=url, on_message=self._message_stored
+        )
         self.socketio = SocketIOServer(self.reactor, cors_origins=config.cors_origin)
         self.realtime = Realtime(
             namespace=self.socketio.namespace("/"),
             pool=self.pool,
             keys=keys,
             clock=self.reactor,
+            stored=listener.poll_soon,
         )
         self.webhooks = WebhookService.from_config(self.reactor, config, url, keys.webhook_secret)
-        listener = self.listener = MessageListener(
-            reactor=self.reactor, dsn=url, on_message=self._message_stored
-        )
         listener.setServiceParent(self)
         self.realtime.setServiceParent(self)
         self.webhooks.setServiceParent(self)
@@ -149,15 +150,13 @@ class RealtimeService(MultiService):
         """
         A message was stored, by this process or another: send it to this
         process's sockets, and have the webhook service look at once for the
-        deliveries the same transaction queued, if it queued any (a
-        notification that does not say, such as one read back after a
-        reconnect, wakes it too).
+        deliveries the same transaction queued, if it queued any.
         """
         assert self.realtime is not None and self.webhooks is not None
         try:
             self.realtime.deliver(notification)
         finally:
-            if notification.get("webhooks") != 0:
+            if notification.get("webhooks"):
                 self.webhooks.wake()
 
     @inlineCallbacks

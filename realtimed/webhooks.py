@@ -24,9 +24,10 @@ but before the outcome is stored sends again after the lease; receivers
 de-duplicate by ``webhook-id``.
 
 The service polls the outbox every second and can be woken with
-`WebhookService.wake`: the daemon wakes it for every stored message its
-LISTEN connection hands over, so a new delivery goes out at once and the
-poll is what finds retries coming due (and anything a missed wake left).
+`WebhookService.wake`: the daemon wakes it for every stored message with
+webhooks that its listener hands over, so a new delivery goes out at once
+and the poll is what finds retries coming due (and anything a missed wake
+left).
 Finished rows older than the retention are pruned at start and then hourly.
 
 The concurrency limits are per process.  User information in a webhook URL

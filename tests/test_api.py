@@ -8,7 +8,6 @@ from __future__ import annotations
 import base64
 import json
 import re
-import select
 import time
 import uuid
 from collections.abc import Mapping
@@ -20,6 +19,7 @@ import treq
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.interfaces import IListeningPort
+from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 from twisted.web.client import HTTPConnectionPool
 from twisted.web.resource import Resource
@@ -27,6 +27,7 @@ from twisted.web.server import Site
 
 from realtimed.api import AdminAPI
 from realtimed.keys import Keys
+from realtimed.store.listener import MessageListener
 from realtimed.store.migrations import migrate
 from realtimed.store.pool import ConnectionPool
 from tests.support import create_database, run_sql
@@ -776,29 +777,28 @@ class MessageTests(APIServerMixin):
     @inlineCallbacks
     def test_publish_delivered(self) -> Any:
         """
-        A published message is announced to every realtimed process like
-        any other (a notification on ``realtime_messages`` carrying it), and
-        its webhook audience is its channel's webhook URLs.
+        A published message reaches every realtimed process's listener like
+        any other, and its webhook audience is its channel's webhook URLs.
         """
-        listener = psycopg2.connect(self.database)
-        self.addCleanup(listener.close)
-        listener.autocommit = True
-        with listener.cursor() as cursor:
-            cursor.execute("LISTEN realtime_messages")
+        notified: list[Any] = []
+        listener = MessageListener(reactor, self.database, notified.append)
+        listener.startService()
+        self.addCleanup(listener.stopService)
         yield self.channel(webhookUrls=["https://example.com/a", "https://example.com/b"])
+        for _ in range(500):
+            if listener.connected:
+                break
+            yield deferLater(reactor, 0.01, lambda: None)
         status, message = yield self.request(
             "POST", "/messages", {"channel": "order:9", "event": "e", "payload": [1]}
         )
         self.assertEqual((status, message["whAudienceCount"]), (201, 2))
-        notified: list[Any] = []
-        for _ in range(50):
-            select.select([listener], [], [], 0.1)
-            listener.poll()
-            notified.extend(json.loads(n.payload) for n in listener.notifies)
-            del listener.notifies[:]
+        for _ in range(500):
             if notified:
                 break
+            yield deferLater(reactor, 0.01, lambda: None)
         self.assertEqual(len(notified), 1)
+        self.assertEqual(notified[0]["webhooks"], 2)
         self.assertEqual(
             notified[0]["message"],
             {

@@ -243,6 +243,26 @@ class PublisherTests(StoreTestCase):
         )
 
     @inlineCallbacks
+    def test_stored_announced_before_acks(self) -> Any:
+        """
+        Once a batch is stored, C{stored} is called once, before the
+        publishes in it are answered (so the listener polls for them at
+        once); it is called also when the batch stored nothing.
+        """
+        log: list[str] = []
+        publisher = Publisher(self.pool, stored=lambda: log.append("stored"))
+        first = publisher.publish(ALICE, "orders", "a", "{}")
+        second = publisher.publish(ALICE, "orders", "b", "{}")
+        for d, name in ((first, "a"), (second, "b")):
+            d.addCallback(lambda _, name=name: log.append(name))
+        yield gatherResults([first, second])
+        # The first publish went alone; the second waited for the next batch.
+        self.assertEqual(log, ["stored", "a", "stored", "b"])
+        refusal = yield self.refusal(publisher.publish(ALICE, "off", "e", "{}"))
+        self.assertEqual(refusal.code, REALTIME_UNAUTHORIZED)
+        self.assertEqual(log[-1], "stored")
+
+    @inlineCallbacks
     def test_refusals(self) -> Any:
         """
         Anon cannot publish under the default policies; a name without an

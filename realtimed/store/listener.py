@@ -1,47 +1,42 @@
 """
-The LISTEN connection: every message stored in the database, by any
-realtimed process or by SQL, reaches this process once, in commit order.
+The listener: every message stored in the database, by any realtimed process
+or by SQL, reaches this process once, in order.
 
-The NOTIFY trigger on ``realtime.messages`` announces each stored message on
-the ``realtime_messages`` channel, either whole or, when too large for
-NOTIFY, as ``{"id": ...}`` (the row is then read back).  A dedicated
-connection LISTENs and hands each message to a callback.
+A dedicated connection polls ``realtime.messages`` with transaction
+snapshots.  Each poll returns, in one statement, the messages of the
+transactions that committed since the previous poll's snapshot, and the new
+snapshot to start the next poll from; nothing is missed and nothing comes
+twice, however transactions interleave, and after a dropped connection the
+first poll on the next one simply carries on from the last snapshot.
+Messages come in transaction id order and, within a transaction, in the
+order they were stored (``seq``): a transaction that began after another
+committed comes after it.
 
-When the connection drops (a PostgreSQL restart, a terminated backend, a
-dead link found by the keepalive query), notifications sent meanwhile are
-gone, so after reconnecting and LISTENing again the listener catches up from
-the table itself.  Exactness rests on the ``xact_id`` column (the inserting
-transaction) and transaction snapshots:
+Polling only costs while there is something to find.  The listener is in one
+of three phases (the handshake with the storing transactions is described in
+migration ``0004_wakeup.sql``):
 
-- Right after LISTEN is in place, and again with every keepalive, the
-  listener takes ``pg_current_snapshot()`` on its connection.  A transaction
-  not visible in such a snapshot commits after LISTEN, so its notification
-  is sent to this connection.
-- The listener remembers the last two snapshots and the ids of the messages
-  it delivered since each was taken.
-- After a reconnect, the messages that may have been missed are those whose
-  transaction is not visible in the older remembered snapshot; they are read
-  with ``realtime.message_json`` (the very shape the trigger sends), and
-  those already delivered are skipped.  Messages committed after the new
-  LISTEN may arrive both ways; the id sets drop the second copy.
-- Using the older of two snapshots leaves a margin for notifications of
-  transactions that were visible in the newer one but had not yet reached
-  this process when the link went down.
+- awake: it polls every ``poll_interval``, and at once when this process
+  has stored messages itself (`poll_soon`).  Storing transactions send no
+  NOTIFY, so they commit without PostgreSQL's NOTIFY lock, which would
+  otherwise serialize them.
+- dozing: after ``idle_polls`` empty polls it takes the sleep lock, after
+  which every storing transaction rings the doorbell (a NOTIFY on
+  ``realtime_wakeup``); it keeps polling, less and less often, until no
+  transaction that looked before it dozed off is still open.
+- asleep: after one last poll it waits for the doorbell, polling only every
+  ``keepalive_interval`` (which is also the keepalive of the connection).
 
-Notifications received but not yet handed over (a large message waiting for
-its row) survive a reconnect and are handed over first, then the catch-up,
-then what the new connection receives.
+Whatever a poll finds wakes the listener up.
 """
 
 from __future__ import annotations
 
-import json
-from collections import deque
 from collections.abc import Callable
+from enum import Enum
 from typing import Any
 
-import psycopg2
-from attrs import define, field, frozen
+from attrs import define, field
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.logger import Logger
@@ -56,59 +51,47 @@ from realtimed.store.pool import (
 
 log = Logger()
 
-CHANNEL = "realtime_messages"
+CHANNEL = "realtime_wakeup"
 
-CATCH_UP = """
-SELECT realtime.message_json(m), m.channel_id, m.xact_id::text, m.created_at, m.id
-FROM realtime.messages m
-WHERE m.xact_id >= pg_snapshot_xmin(%(snapshot)s::pg_snapshot)
-  AND NOT pg_visible_in_snapshot(m.xact_id, %(snapshot)s::pg_snapshot)
-  AND (%(xact)s::xid8 IS NULL
-       OR (m.xact_id, m.created_at, m.id)
-          > (%(xact)s::xid8, %(created)s::timestamptz, %(id)s::uuid))
-ORDER BY m.xact_id, m.created_at, m.id
-LIMIT %(limit)s
+# The messages committed since snapshot `since` (all of them up to snapshot
+# `upto`, which is the current snapshot unless given), after position
+# (xact, seq), and the snapshot they were read up to; one row with NULLs
+# when there are none.
+POLL = """
+WITH s AS (SELECT coalesce(%(upto)s::pg_snapshot, pg_current_snapshot()) AS upto)
+SELECT s.upto::text, m.xact_id::text, m.seq, realtime.message_json(m), m.channel_id,
+       m.wh_audience_count
+FROM s LEFT JOIN LATERAL realtime.messages_between(
+    %(since)s::pg_snapshot, s.upto, %(xact)s::xid8, %(seq)s::bigint, %(limit)s) m ON true
+ORDER BY m.xact_id, m.seq
 """
 
-READ_MESSAGE = """
-SELECT realtime.message_json(m), m.channel_id
-FROM realtime.messages m
-WHERE m.id = %s
-"""
-
-SNAPSHOT = "SELECT pg_current_snapshot()::text"
+DOZE = "SELECT realtime.listener_doze()"
+GATE_CLEAR = "SELECT realtime.listener_gate_clear()"
+WAKE = "SELECT realtime.listener_wake()"
 
 
-@frozen
-class _Notified:
-    """
-    A notification received, not yet handed over.
-    """
-
-    payload: str
-
-
-@frozen
-class _CatchUp:
-    """
-    The place in the inbox where the catch-up after a reconnect happens.
-    """
+class Phase(Enum):
+    AWAKE = "awake"
+    DOZING = "dozing"
+    ASLEEP = "asleep"
 
 
 @define
-class _Mark:
+class _Read:
     """
-    A snapshot taken while LISTEN was in place, and the ids of the messages
-    delivered since it was requested.
+    A poll being read page by page: the snapshot it reads up to and the
+    position of the last message handed over.
     """
 
-    snapshot: str | None
-    delivered: set[str] = field(factory=set)
+    upto: str | None = None
+    xact: str | None = None
+    seq: int | None = None
 
 
-class ListenerStopped(Exception):
+class _Stale(Exception):
     """
-    The listener was stopped.
+    The connection a query ran on was replaced meanwhile.
     """
 
 
@@ -116,22 +99,27 @@ class ListenerStopped(Exception):
 class MessageListener(Service):
     """
     Hands every message stored in the database to C{on_message}, once, in
-    commit order, across reconnects.
+    order, across reconnects.
 
     @ivar reactor: For the connection's file descriptor.
     @ivar dsn: The database; never logged as is.
-    @ivar on_message: Called with C{{"message": {...}, "channelId": ...}}
-        for each message.  Exceptions are logged and do not stop delivery.
-    @ivar clock: Time for the reconnect backoff and the keepalive; the
-        reactor unless given.
+    @ivar on_message: Called with C{{"message": {...}, "channelId": ...,
+        "webhooks": n}} for each message, C{n} being the number of webhook
+        deliveries it queued.  Exceptions are logged and do not stop
+        delivery.
+    @ivar clock: Time for the polls, the reconnect backoff and the query
+        timeouts; the reactor unless given.
     @ivar initial_delay: Seconds before the first reconnect attempt; each
         further attempt waits C{factor} times longer, up to C{max_delay}.
-    @ivar keepalive_interval: Seconds between keepalive queries, which also
-        take the snapshot the next catch-up starts from.
-    @ivar keepalive_timeout: A keepalive unanswered for this long (counting
-        any query ahead of it) drops the connection.
-    @ivar catch_up_batch: How many missed messages are read at a time.
-    @ivar connected: LISTEN is in place and messages flow.
+    @ivar poll_interval: Seconds between polls while awake.
+    @ivar idle_polls: Empty polls in a row after which the listener dozes.
+    @ivar max_doze_interval: The longest pause between polls while dozing.
+    @ivar keepalive_interval: Seconds between polls while asleep.
+    @ivar query_timeout: A query unanswered for this long drops the
+        connection.
+    @ivar page_size: How many messages one query reads at most.
+    @ivar connected: The connection is up, LISTENing, and has polled.
+    @ivar phase: Awake, dozing or asleep.
     """
 
     reactor: Any
@@ -141,21 +129,26 @@ class MessageListener(Service):
     initial_delay: float = 0.5
     factor: float = 2.0
     max_delay: float = 30.0
+    poll_interval: float = 0.005
+    idle_polls: int = 20
+    max_doze_interval: float = 0.1
     keepalive_interval: float = 10.0
-    keepalive_timeout: float = 10.0
+    query_timeout: float = 10.0
     connect_timeout: float = 10.0
-    catch_up_batch: int = 500
+    page_size: int = 500
     connected: bool = field(default=False, init=False)
+    phase: Phase = field(default=Phase.AWAKE, init=False)
     _connection: DatabaseConnection | None = field(default=None, init=False)
     _generation: int = field(default=0, init=False)
     _attempt: int = field(default=0, init=False)
     _retry: Any = field(default=None, init=False)
-    _keepalive: Any = field(default=None, init=False)
-    _inbox: deque[_Notified | _CatchUp] = field(factory=deque, init=False, repr=False)
-    _pumping: bool = field(default=False, init=False)
-    _catching_up: bool = field(default=False, init=False)
-    _marks: list[_Mark] = field(factory=list, init=False, repr=False)
-    _pending: _Mark | None = field(default=None, init=False, repr=False)
+    _since: str | None = field(default=None, init=False, repr=False)
+    _read: _Read | None = field(default=None, init=False, repr=False)
+    _idle: int = field(default=0, init=False)
+    _again: bool = field(default=False, init=False)
+    _pause: Deferred[None] | None = field(default=None, init=False, repr=False)
+    _pause_timer: Any = field(default=None, init=False, repr=False)
+    _query_timer: Any = field(default=None, init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         if self.clock is None:
@@ -164,12 +157,26 @@ class MessageListener(Service):
     @property
     def backend_pid(self) -> int | None:
         """
-        The server process of the LISTEN connection while connected, for
-        diagnostics.
+        The server process of the listener's connection while connected,
+        for diagnostics.
         """
         if not self.connected or self._connection is None:
             return None
         return int(self._connection.get_backend_pid())
+
+    def poll_soon(self) -> None:
+        """
+        Poll now (or right after the poll under way): this process has just
+        stored messages.
+        """
+        pause, self._pause = self._pause, None
+        if pause is None:
+            self._again = True
+            return
+        if self._pause_timer is not None and self._pause_timer.active():
+            self._pause_timer.cancel()
+        self._pause_timer = None
+        pause.callback(None)
 
     # Service
 
@@ -180,15 +187,10 @@ class MessageListener(Service):
 
     def stopService(self) -> Deferred[None] | None:
         Service.stopService(self)
-        self._generation += 1
-        self.connected = False
         if self._retry is not None and self._retry.active():
             self._retry.cancel()
         self._retry = None
-        self._stopKeepalive()
-        connection, self._connection = self._connection, None
-        if connection is not None:
-            connection.close()
+        self._forget()
         return None
 
     # Connecting
@@ -205,67 +207,39 @@ class MessageListener(Service):
             dsn=redact_dsn(self.dsn),
             attempt=self._attempt,
         )
-        d = self._establish(generation)
+        d = self._serve(generation)
         d.addErrback(self._dropped, generation)
         d.addErrback(lambda f: log.failure("Reconnecting the LISTEN connection failed", f))
 
-    @inlineCallbacks
-    def _establish(self, generation: int) -> Any:
-        connection = yield open_connection(
-            self.reactor, self.dsn, self.connect_timeout, self.clock, **TCP_KEEPALIVES
-        )
-        if generation != self._generation:
+    def _forget(self) -> None:
+        """
+        Leave the current connection behind: whatever is under way on it is
+        ignored from now on.
+        """
+        self._generation += 1
+        self.connected = False
+        self.phase = Phase.AWAKE
+        pause, self._pause = self._pause, None
+        if self._pause_timer is not None and self._pause_timer.active():
+            self._pause_timer.cancel()
+        self._pause_timer = None
+        if self._query_timer is not None and self._query_timer.active():
+            self._query_timer.cancel()
+        self._query_timer = None
+        connection, self._connection = self._connection, None
+        if connection is not None:
             connection.close()
-            return
-        self._connection = connection
-        connection.lost = lambda reason: self._dropped(reason, generation)
-        connection.addNotifyObserver(lambda notify: self._notified(generation, notify))
-        # A catch-up is due when messages were delivered before; it happens
-        # after anything still waiting from the previous connection, and
-        # before anything this connection receives.
-        for item in [i for i in self._inbox if isinstance(i, _CatchUp)]:
-            self._inbox.remove(item)
-        if self._marks:
-            self._inbox.append(_CatchUp())
-            self._catching_up = True
-        pending = self._pending = _Mark(None)
-
-        def timedOut() -> None:
-            self._dropped(Failure(TimeoutError("LISTEN unanswered")), generation)
-
-        timer = self.clock.callLater(self.connect_timeout, timedOut)
-        try:
-            yield connection.runOperation(f"LISTEN {CHANNEL}")
-            rows = yield connection.runQuery(SNAPSHOT)
-        finally:
-            if timer.active():
-                timer.cancel()
-        if generation != self._generation:
-            return
-        pending.snapshot = rows[0][0]
-        if not self._catching_up:
-            self._install(pending)
-            # Back on its feet: the next failure starts the backoff over.
-            self._attempt = 0
-        self.connected = True
-        log.info("Listening for messages on {dsn}", dsn=redact_dsn(self.dsn))
-        self._scheduleKeepalive(generation)
-        self._pump()
+        if pause is not None:
+            pause.callback(None)
 
     def _dropped(self, reason: Failure, generation: int) -> None:
         """
         The connection of C{generation} failed: forget it and try again
         later.
         """
-        if generation != self._generation:
+        if generation != self._generation or reason.check(_Stale):
             return
-        self._generation += 1
-        self.connected = False
-        self._pending = None
-        self._stopKeepalive()
-        connection, self._connection = self._connection, None
-        if connection is not None:
-            connection.close()
+        self._forget()
         if not self.running:
             return
         delay = min(self.max_delay, self.initial_delay * self.factor ** max(0, self._attempt - 1))
@@ -277,166 +251,164 @@ class MessageListener(Service):
         )
         self._retry = self.clock.callLater(delay, self._connect)
 
-    # Keepalive and snapshots
-
-    def _scheduleKeepalive(self, generation: int) -> None:
-        self._stopKeepalive()
-        self._keepalive = self.clock.callLater(
-            self.keepalive_interval, self._sendKeepalive, generation
+    @inlineCallbacks
+    def _serve(self, generation: int) -> Any:
+        """
+        Connect, LISTEN, and poll until the connection is dropped.
+        """
+        connection = yield open_connection(
+            self.reactor, self.dsn, self.connect_timeout, self.clock, **TCP_KEEPALIVES
         )
+        if generation != self._generation:
+            connection.close()
+            return
+        self._connection = connection
+        connection.lost = lambda reason: self._dropped(reason, generation)
+        connection.addNotifyObserver(lambda notify: self._notified(generation, notify))
+        # A new session holds no lock: the listener starts awake.
+        self.phase = Phase.AWAKE
+        self._idle = 0
+        yield self._query(generation, f"LISTEN {CHANNEL}", timeout=self.connect_timeout, rows=False)
+        reconnected = self._since is not None
+        found = yield self._poll(generation)
+        if reconnected:
+            log.info(
+                "Caught up on {count} message(s) stored while the LISTEN connection was away",
+                count=found,
+            )
+        # Back on its feet: the next failure starts the backoff over.
+        self._attempt = 0
+        self.connected = True
+        log.info("Listening for messages on {dsn}", dsn=redact_dsn(self.dsn))
+        while True:
+            yield self._step(generation, found)
+            self._again = False
+            found = yield self._poll(generation)
 
-    def _stopKeepalive(self) -> None:
-        if self._keepalive is not None and self._keepalive.active():
-            self._keepalive.cancel()
-        self._keepalive = None
+    # Polling
 
-    def _sendKeepalive(self, generation: int) -> None:
-        self._keepalive = None
+    @inlineCallbacks
+    def _step(self, generation: int, found: int) -> Any:
+        """
+        After a poll that found C{found} messages: change phase if due, then
+        wait until the next poll is due.
+        """
+        if found:
+            self._idle = 0
+            if self.phase is not Phase.AWAKE:
+                yield self._query(generation, WAKE)
+                self.phase = Phase.AWAKE
+        else:
+            self._idle += 1
+        if self._again:
+            return
+        if not found and self.phase is Phase.AWAKE and self._idle >= self.idle_polls:
+            yield self._query(generation, DOZE)
+            self.phase = Phase.DOZING
+            self._idle = 0
+        if not found and self.phase is Phase.DOZING:
+            (clear,) = (yield self._query(generation, GATE_CLEAR))[0]
+            if clear:
+                # One more poll, at once, sees what the last transactions
+                # that did not ring stored; if it finds nothing, asleep.
+                self.phase = Phase.ASLEEP
+                return
+        if self._again:
+            return
+        if self.phase is Phase.AWAKE:
+            delay = self.poll_interval
+        elif self.phase is Phase.DOZING:
+            delay = min(self.max_doze_interval, self.poll_interval * 2 ** min(self._idle, 16))
+        else:
+            delay = self.keepalive_interval
+        pause = self._pause = Deferred()
+        self._pause_timer = self.clock.callLater(delay, self.poll_soon)
+        yield pause
+        if generation != self._generation:
+            raise _Stale()
+
+    @inlineCallbacks
+    def _poll(self, generation: int) -> Any:
+        """
+        Read and hand over every message committed since the last poll.
+
+        @return: A Deferred firing with how many there were.
+        """
+        found = 0
+        while True:
+            read = self._read or _Read()
+            rows = yield self._query(
+                generation,
+                POLL,
+                {
+                    "since": self._since,
+                    "upto": read.upto,
+                    "xact": read.xact,
+                    "seq": read.seq,
+                    "limit": self.page_size,
+                },
+            )
+            read.upto = rows[0][0]
+            self._read = read
+            count = 0
+            for _, xact, seq, message, channel_id, webhooks in rows:
+                if xact is None:
+                    break
+                read.xact, read.seq = xact, seq
+                count += 1
+                self._deliver({"message": message, "channelId": channel_id, "webhooks": webhooks})
+            found += count
+            if count < self.page_size:
+                self._since, self._read = read.upto, None
+                return found
+
+    def _query(
+        self,
+        generation: int,
+        sql: str,
+        parameters: Any = None,
+        timeout: float | None = None,
+        rows: bool = True,
+    ) -> Deferred[Any]:
+        """
+        Run C{sql} on the connection of C{generation} (for its C{rows}, or
+        for nothing); drop the connection if it takes longer than
+        C{timeout} (C{query_timeout} by default).  Fails with L{_Stale} when
+        the connection is replaced meanwhile.
+        """
         connection = self._connection
         if generation != self._generation or connection is None:
-            return
-        rotate = not self._catching_up and self._pending is None
-        mark = _Mark(None)
-        if rotate:
-            self._pending = mark
-        d: Deferred[Any] = connection.runQuery(SNAPSHOT)
+            raise _Stale()
+        run = connection.runQuery if rows else connection.runOperation
+        d: Deferred[Any] = run(sql, parameters)
 
         def timedOut() -> None:
-            self._dropped(Failure(TimeoutError("keepalive query unanswered")), generation)
+            self._dropped(Failure(TimeoutError(f"query unanswered: {sql.split()[0]}")), generation)
 
-        timer = self.clock.callLater(self.keepalive_timeout, timedOut)
+        timer = self._query_timer = self.clock.callLater(
+            self.query_timeout if timeout is None else timeout, timedOut
+        )
 
-        def answered(rows: list[tuple[str]]) -> None:
+        def answered(result: Any) -> Any:
             if timer.active():
                 timer.cancel()
             if generation != self._generation:
-                return
-            if rotate and self._pending is mark:
-                mark.snapshot = rows[0][0]
-                self._install(mark)
-            self._scheduleKeepalive(generation)
+                raise _Stale()
+            return result
 
-        def failed(reason: Failure) -> None:
-            if timer.active():
-                timer.cancel()
-            self._dropped(reason, generation)
-
-        d.addCallbacks(answered, failed)
-        d.addErrback(lambda f: log.failure("Keepalive of the LISTEN connection failed", f))
-
-    def _install(self, mark: _Mark) -> None:
-        """
-        C{mark}'s snapshot becomes the newest a catch-up may start from.
-        """
-        if self._pending is mark:
-            self._pending = None
-        self._marks.append(mark)
-        del self._marks[:-2]
-
-    # Delivery
+        return d.addBoth(answered)
 
     def _notified(self, generation: int, notify: Any) -> None:
-        if generation != self._generation or notify.channel != CHANNEL:
-            return
-        self._inbox.append(_Notified(notify.payload))
-        self._pump()
+        if generation == self._generation and notify.channel == CHANNEL:
+            self.poll_soon()
 
-    @property
-    def _ready(self) -> bool:
-        return bool(self.running) and self.connected and self._connection is not None
-
-    def _pump(self) -> None:
-        if self._pumping or not self._ready or not self._inbox:
-            return
-        self._pumping = True
-        d = self._drain()
-        d.addErrback(lambda f: log.failure("Handing over messages failed", f))
-
-    @inlineCallbacks
-    def _drain(self) -> Any:
-        try:
-            while self._inbox and self._ready:
-                connection = self._connection
-                generation = self._generation
-                item = self._inbox[0]
-                try:
-                    if isinstance(item, _CatchUp):
-                        yield self._catchUp(connection)
-                    else:
-                        yield self._handOver(connection, item)
-                except Exception:
-                    reason = Failure()
-                    if generation != self._generation:
-                        # The connection went away; the item stays first in
-                        # line for the next one.
-                        continue
-                    if isinstance(item, _CatchUp) or reason.check(
-                        psycopg2.OperationalError, psycopg2.InterfaceError
-                    ):
-                        # Without its catch-up (or its connection) the
-                        # listener cannot go on: start over.
-                        self._dropped(reason, generation)
-                        continue
-                    log.failure("Cannot hand over a message notification", reason)
-                if self._inbox and self._inbox[0] is item:
-                    self._inbox.popleft()
-        finally:
-            self._pumping = False
-
-    @inlineCallbacks
-    def _handOver(self, connection: Any, item: _Notified) -> Any:
-        body = json.loads(item.payload)
-        if "message" not in body:
-            rows = yield connection.runQuery(READ_MESSAGE, (body["id"],))
-            if not rows:
-                log.warn("Message {id} was announced but is gone", id=body["id"])
-                return
-            message, channel_id = rows[0]
-            body = {"message": message, "channelId": channel_id}
-        self._deliver(body)
-
-    @inlineCallbacks
-    def _catchUp(self, connection: Any) -> Any:
-        parameters = {
-            "snapshot": self._marks[0].snapshot,
-            "xact": None,
-            "created": None,
-            "id": None,
-            "limit": self.catch_up_batch,
-        }
-        caught = 0
-        while True:
-            rows = yield connection.runQuery(CATCH_UP, parameters)
-            for message, channel_id, *_ in rows:
-                if self._deliver({"message": message, "channelId": channel_id}):
-                    caught += 1
-            if len(rows) < self.catch_up_batch:
-                break
-            _, _, parameters["xact"], parameters["created"], parameters["id"] = rows[-1]
-        log.info(
-            "Caught up on {count} message(s) stored while the LISTEN connection was away",
-            count=caught,
-        )
-        self._catching_up = False
-        self._attempt = 0
-        if self._pending is not None and self._pending.snapshot is not None:
-            self._install(self._pending)
-
-    def _deliver(self, body: dict[str, Any]) -> bool:
-        """
-        Hand C{body} over unless it was already.
-        """
-        message_id = str(body["message"]["messageId"])
-        marks = self._marks + ([self._pending] if self._pending is not None else [])
-        if any(message_id in mark.delivered for mark in marks):
-            return False
-        for mark in marks:
-            mark.delivered.add(message_id)
+    def _deliver(self, body: dict[str, Any]) -> None:
         try:
             self.on_message(body)
         except Exception:
-            log.failure("The message handler failed on message {id}", id=message_id)
-        return True
+            log.failure(
+                "The message handler failed on message {id}", id=body["message"].get("messageId")
+            )
 
 
 def _describe(reason: Failure) -> str:

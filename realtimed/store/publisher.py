@@ -89,6 +89,8 @@ class _Batches:
     answer: Callable[[_Pending, tuple[Any, ...]], None]
     what: str
     max_batch: int
+    #: called once a batch is answered, before its items are
+    answered: Callable[[], object] | None = None
     _queue: list[_Pending] = Factory(list)
     _in_flight: bool = False
 
@@ -117,6 +119,11 @@ class _Batches:
         d.addBoth(lambda _: self._next())
 
     def _answered(self, rows: list[tuple[Any, ...]], batch: list[_Pending]) -> None:
+        if self.answered is not None:
+            try:
+                self.answered()
+            except Exception:
+                log.failure("Announcing an answered batch of {what} failed", what=self.what)
         for pending, row in zip(batch, rows, strict=True):
             try:
                 self.answer(pending, row)
@@ -197,10 +204,13 @@ class Publisher:
     """
     Stores publishes, batching those that arrive while a batch is in flight.
 
+    @ivar stored: Called when a batch was stored, before the publishes are
+        acknowledged (the listener polls at once for the new messages).
     @ivar max_batch: The most publishes stored by one statement.
     """
 
     pool: Queries
+    stored: Callable[[], object] | None = None
     max_batch: int = 500
     _batches: _Batches = field(init=False)
 
@@ -211,6 +221,7 @@ class Publisher:
             _publish_decided,
             "publish",
             self.max_batch,
+            self.stored,
         )
 
     def publish(

@@ -1,8 +1,10 @@
 """
-Tests for the realtime schema (0001_schema.sql) against a real PostgreSQL:
-the default policies, realtime.channel_name(), realtime.publish(),
-realtime.track_table() and the channel precedence of
-realtime.owning_channel().
+Tests for the realtime schema against a real PostgreSQL: the default
+policies, realtime.channel_name(), realtime.publish(), realtime.track_table()
+and the channel precedence of realtime.owning_channel() (0001_schema.sql);
+and how stored messages reach listeners (0004_wakeup.sql): the BEFORE INSERT
+trigger realtime.prepare_message(), the doorbell NOTIFY on realtime_wakeup
+for dozing listeners, the gate, and realtime.messages_between().
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import json
 import select
 import time
+from collections import Counter
 from typing import Any
 
 import psycopg2
@@ -41,6 +44,19 @@ class SchemaTestCase(TestCase):
             (pattern, enabled, created_at),
         )
         return str(rows[0][0])
+
+    def connect(self, autocommit: bool = True) -> Any:
+        """
+        A psycopg2 connection to the test database, closed in cleanup.  Lock
+        and statement timeouts turn an unexpected wait into an error rather
+        than a hung test.
+        """
+        connection = psycopg2.connect(
+            self.url, options="-c lock_timeout=5s -c statement_timeout=20s"
+        )
+        connection.autocommit = autocommit
+        self.addCleanup(connection.close)
+        return connection
 
     def as_role(
         self,
@@ -165,52 +181,118 @@ class PolicyTests(SchemaTestCase):
         )
 
 
-def notifications(connection: Any, count: int, timeout: float = 10.0) -> list[Any]:
+def query(connection: Any, statement: str, params: Any = None) -> list[tuple[Any, ...]]:
     """
-    Wait for C{count} notifications on a LISTENing psycopg2 connection.
+    Run one statement on C{connection} (in its transaction, if it is not in
+    autocommit mode) and return its rows, if any.
     """
+    with connection.cursor() as cursor:
+        cursor.execute(statement, params)
+        return list(cursor.fetchall()) if cursor.description else []
+
+
+def publish(connection: Any, event: str, channel: str = "room:1", payload: str = "{}") -> Any:
+    """
+    C{realtime.publish()} on C{connection}; the message id, or C{None}.
+    """
+    return query(
+        connection, "SELECT realtime.publish(%s, %s, %s::jsonb)", (channel, event, payload)
+    )[0][0]
+
+
+def snapshot(connection: Any) -> str:
+    """
+    C{pg_current_snapshot()} on C{connection}, as text.
+    """
+    return str(query(connection, "SELECT pg_current_snapshot()::text")[0][0])
+
+
+def current_xact(connection: Any) -> str:
+    """
+    The id of the transaction open on C{connection} (assigning one if need be).
+    """
+    return str(query(connection, "SELECT pg_current_xact_id()::text")[0][0])
+
+
+def in_progress(connection: Any, xact: str, snap: str) -> bool:
+    """
+    Is transaction C{xact} in the in-progress list of snapshot C{snap}?
+    """
+    rows = query(
+        connection,
+        "SELECT %s::xid8 IN (SELECT pg_snapshot_xip(%s::pg_snapshot))",
+        (xact, snap),
+    )
+    return bool(rows[0][0])
+
+
+WAKEUP = "realtime_wakeup"
+MARKER = "realtimed_test_marker"
+
+
+def listen_for_wakeups(connection: Any) -> None:
+    """
+    LISTEN on the doorbell channel and on the marker channel of L{wakeups}.
+    """
+    query(connection, f"LISTEN {WAKEUP}")
+    query(connection, f"LISTEN {MARKER}")
+
+
+def wakeups(listener: Any, url: str, timeout: float = 10.0) -> list[str]:
+    """
+    The payloads of the doorbell notifications received by C{listener} (see
+    L{listen_for_wakeups}) from every transaction committed so far, and not
+    returned by an earlier call.
+
+    Waiting for a while is not needed to see that none came: a NOTIFY on a
+    marker channel is committed now, and as PostgreSQL delivers the
+    notifications of different transactions in commit order, everything
+    committed before it has arrived once the marker has.
+    """
+    run_sql(url, f"NOTIFY {MARKER}")
+    received: list[str] = []
     deadline = time.monotonic() + timeout
-    while len(connection.notifies) < count and time.monotonic() < deadline:
-        select.select([connection], [], [], 0.1)
-        connection.poll()
-    return list(connection.notifies)
+    while time.monotonic() < deadline:
+        select.select([listener], [], [], 0.1)
+        listener.poll()
+        while listener.notifies:
+            notify = listener.notifies.pop(0)
+            if notify.channel == MARKER:
+                return received
+            if notify.channel == WAKEUP:
+                received.append(notify.payload)
+    raise AssertionError("The marker notification never arrived.")
 
 
 class PublishTests(SchemaTestCase):
     """
-    realtime.publish() and realtime.track_table().
+    realtime.publish(), realtime.message_json() and realtime.track_table().
     """
-
-    def listen(self) -> Any:
-        connection = psycopg2.connect(self.url)
-        connection.autocommit = True
-        self.addCleanup(connection.close)
-        with connection.cursor() as cursor:
-            cursor.execute("LISTEN realtime_messages")
-        return connection
 
     def messages(self) -> list[tuple[Any, ...]]:
         return run_sql(
             self.url,
             "SELECT channel_name, event_name, payload, sender_type, channel_id::text "
-            "FROM realtime.messages ORDER BY created_at, xact_id",
+            "FROM realtime.messages ORDER BY seq",
         )
 
-    def test_publish_stores_and_notifies(self) -> None:
+    def test_publish_stores_delivered_shape(self) -> None:
         """
-        C{realtime.publish()} stores a system message on the owning channel
-        and announces it with NOTIFY in the delivered shape.
+        C{realtime.publish()} stores a system message on the owning channel,
+        and C{realtime.message_json()} of the stored row is the message as
+        subscribers receive it.
         """
         channel = self.channel("room:*")
-        listener = self.listen()
         rows = run_sql(self.url, "SELECT realtime.publish('room:1', 'hello', '{\"a\": 1}')")
         message_id = str(rows[0][0])
         self.assertEqual(self.messages(), [("room:1", "hello", {"a": 1}, "system", channel)])
-        (notify,) = notifications(listener, 1)
-        self.assertEqual(notify.channel, "realtime_messages")
-        body = json.loads(notify.payload)
-        self.assertEqual(body["channelId"], channel)
-        message = body["message"]
+        ((message,),) = run_sql(
+            self.url, "SELECT realtime.message_json(m) FROM realtime.messages m"
+        )
+        self.assertEqual(
+            sorted(message),
+            ["channel", "createdAt", "event", "messageId", "payload", "senderId", "senderType"],
+        )
         self.assertEqual(message["messageId"], message_id)
         self.assertEqual(
             {k: message[k] for k in ("channel", "event", "senderType", "senderId", "payload")},
@@ -224,19 +306,31 @@ class PublishTests(SchemaTestCase):
         )
         self.assertRegex(message["createdAt"], r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
-    def test_publish_large_announces_id(self) -> None:
+    def test_publish_large_polled_whole(self) -> None:
         """
-        A message too large for NOTIFY is announced by its id alone.
+        A message far larger than a NOTIFY could carry is stored, and
+        C{realtime.messages_between()} returns it whole.
         """
         self.channel("room:*")
-        listener = self.listen()
-        rows = run_sql(
-            self.url,
-            "SELECT realtime.publish('room:1', 'big', %s::jsonb)",
-            (json.dumps({"t": "x" * 9000}),),
+        poller = self.connect()
+        since = snapshot(poller)
+        payload = {"t": "x" * 9000}
+        message_id = publish(poller, "big", payload=json.dumps(payload))
+        rows = query(
+            poller,
+            "SELECT m.id::text, m.payload, realtime.message_json(m), "
+            "octet_length(realtime.message_json(m)::text) "
+            "FROM realtime.messages_between(%s::pg_snapshot, pg_current_snapshot(), "
+            "NULL, NULL, 100) m",
+            (since,),
         )
-        (notify,) = notifications(listener, 1)
-        self.assertEqual(json.loads(notify.payload), {"id": str(rows[0][0])})
+        self.assertEqual(len(rows), 1)
+        ((polled_id, stored, message, size),) = rows
+        self.assertEqual(polled_id, str(message_id))
+        self.assertEqual(stored, payload)
+        self.assertEqual(message["payload"], payload)
+        self.assertEqual(message["event"], "big")
+        self.assertGreater(size, 9000)
 
     def test_publish_without_channel(self) -> None:
         """
@@ -266,7 +360,6 @@ class PublishTests(SchemaTestCase):
         channel = self.channel("order:*")
         run_sql(self.url, "CREATE TABLE public.orders (id int PRIMARY KEY, status text)")
         run_sql(self.url, "SELECT realtime.track_table('public.orders', 'order:{id}')")
-        listener = self.listen()
         run_sql(self.url, "INSERT INTO public.orders VALUES (7, 'new')")
         run_sql(self.url, "UPDATE public.orders SET status = 'paid' WHERE id = 7")
         run_sql(self.url, "DELETE FROM public.orders WHERE id = 7")
@@ -278,8 +371,6 @@ class PublishTests(SchemaTestCase):
                 ("order:7", "DELETE", {"id": 7, "status": "paid"}, "system", channel),
             ],
         )
-        events = [json.loads(n.payload)["message"]["event"] for n in notifications(listener, 3)]
-        self.assertEqual(events, ["INSERT", "UPDATE", "DELETE"])
 
     def test_track_table_default_channel(self) -> None:
         """
@@ -305,6 +396,23 @@ class PublishTests(SchemaTestCase):
         run_sql(self.url, "INSERT INTO public.items VALUES (1)")
         self.assertEqual(self.messages(), [])
 
+
+class PrepareMessageTests(SchemaTestCase):
+    """
+    The BEFORE INSERT trigger realtime.prepare_message(): the inserting
+    transaction, the order of insertion and the webhook audience of each
+    message, whatever the INSERT says; and the webhook outbox it feeds.
+    """
+
+    INSERT = (
+        "INSERT INTO realtime.messages "
+        "(event_name, channel_id, channel_name, sender_type, xact_id, seq, "
+        "wh_audience_count, wh_delivered_count) "
+        "VALUES (%s, %s, %s, 'user', '1'::xid8, %s, 5, 3) "
+        "RETURNING xact_id = pg_current_xact_id(), seq, wh_audience_count, "
+        "wh_delivered_count, id::text"
+    )
+
     def test_xact_id_is_the_inserting_transaction(self) -> None:
         """
         A message records the transaction that inserted it, whatever the
@@ -320,6 +428,458 @@ class PublishTests(SchemaTestCase):
             (channel,),
         )
         self.assertEqual(rows, [(True,)])
+
+    def test_seq_in_insertion_order(self) -> None:
+        """
+        C{seq} increases in the order messages are inserted, across
+        transactions that interleave, whatever the INSERT says.
+        """
+        channel = self.channel("room:*")
+        first = self.connect(autocommit=False)
+        second = self.connect()
+        seqs = []
+        for connection, event, given in [
+            (first, "a", 1_000_000),
+            (second, "b", None),
+            (first, "c", -1),
+            (second, "d", 1_000_000),
+            (first, "e", None),
+        ]:
+            ((stamped, seq, _, _, _),) = query(
+                connection, self.INSERT, (event, channel, "room:1", given)
+            )
+            self.assertTrue(stamped)
+            seqs.append(seq)
+        first.commit()
+        self.assertEqual(seqs, sorted(set(seqs)))
+        self.assertNotIn(1_000_000, seqs)
+        self.assertNotIn(-1, seqs)
+        self.assertEqual(
+            run_sql(self.url, "SELECT event_name FROM realtime.messages ORDER BY seq"),
+            [("a",), ("b",), ("c",), ("d",), ("e",)],
+        )
+
+    def test_webhook_deliveries_only_with_urls(self) -> None:
+        """
+        A message on a channel without webhook URLs has a webhook audience
+        of 0 and queues no delivery (the outbox trigger does not even run);
+        one on a channel with two URLs has an audience of 2 and queues one
+        pending delivery per URL.  Nothing is delivered yet, whatever the
+        INSERT says.
+        """
+        quiet = self.channel("quiet:*")
+        hooked = self.channel("hooked:*")
+        run_sql(
+            self.url,
+            "UPDATE realtime.channels SET webhook_urls = %s WHERE id = %s",
+            (["https://one.example/hook", "https://Two.example:8443/hook"], hooked),
+        )
+        connection = self.connect(autocommit=False)
+        # Counts the trigger functions run in this transaction, in
+        # pg_stat_xact_user_functions.
+        query(connection, "SET LOCAL track_functions = 'all'")
+
+        def enqueue_calls() -> int:
+            rows = query(
+                connection,
+                "SELECT coalesce(sum(calls), 0) FROM pg_stat_xact_user_functions "
+                "WHERE schemaname = 'realtime' AND funcname = 'webhook_enqueue'",
+            )
+            return int(rows[0][0])
+
+        ((_, _, audience, delivered, quiet_id),) = query(
+            connection, self.INSERT, ("q", quiet, "quiet:1", None)
+        )
+        self.assertEqual((audience, delivered), (0, 0))
+        self.assertEqual(enqueue_calls(), 0)
+        ((_, _, audience, delivered, hooked_id),) = query(
+            connection, self.INSERT, ("h", hooked, "hooked:1", None)
+        )
+        self.assertEqual((audience, delivered), (2, 0))
+        self.assertEqual(enqueue_calls(), 1)
+        connection.commit()
+
+        self.assertEqual(
+            run_sql(
+                self.url,
+                "SELECT message_id::text, url, host, status FROM realtime.webhook_deliveries "
+                "ORDER BY url",
+            ),
+            [
+                (hooked_id, "https://Two.example:8443/hook", "two.example", "pending"),
+                (hooked_id, "https://one.example/hook", "one.example", "pending"),
+            ],
+        )
+        self.assertEqual(
+            run_sql(
+                self.url,
+                "SELECT id::text, wh_audience_count, wh_delivered_count "
+                "FROM realtime.messages ORDER BY seq",
+            ),
+            [(quiet_id, 0, 0), (hooked_id, 2, 0)],
+        )
+
+
+class DoorbellTests(SchemaTestCase):
+    """
+    The doorbell: a statement that stores messages sends NOTIFY on
+    realtime_wakeup when, and only when, some session dozes (holds the
+    sleep lock through realtime.listener_doze()).
+    """
+
+    def setUp(self) -> Any:
+        d = super().setUp()
+
+        def ready(result: object) -> object:
+            self.listener = self.connect()
+            listen_for_wakeups(self.listener)
+            return result
+
+        return d.addCallback(ready)
+
+    def wakeups(self) -> list[str]:
+        return wakeups(self.listener, self.url)
+
+    def doze(self) -> Any:
+        """
+        A new session that dozes.
+        """
+        sleeper = self.connect()
+        query(sleeper, "SELECT realtime.listener_doze()")
+        return sleeper
+
+    def count(self) -> int:
+        return int(run_sql(self.url, "SELECT count(*) FROM realtime.messages")[0][0])
+
+    def test_silent_while_nobody_dozes(self) -> None:
+        """
+        With no session dozing, storing messages sends no notification: not
+        for a publish, nor for a transaction of several.  The same listener
+        hears the doorbell as soon as a session dozes.
+        """
+        self.channel("room:*")
+        run_sql(self.url, "SELECT realtime.publish('room:1', 'a', '{}')")
+        run_sql(self.url, "SELECT realtime.publish('room:1', 'b', '{}')")
+        connection = self.connect(autocommit=False)
+        publish(connection, "c")
+        publish(connection, "d")
+        connection.commit()
+        self.assertEqual(self.count(), 4)
+        self.assertEqual(self.wakeups(), [])
+
+        self.doze()
+        run_sql(self.url, "SELECT realtime.publish('room:1', 'e', '{}')")
+        self.assertEqual(self.wakeups(), [""])
+
+    def test_rings_while_a_session_dozes(self) -> None:
+        """
+        While a session dozes, every committed transaction that stored
+        messages rings once (PostgreSQL folds the identical notifications of
+        one transaction); publishing nothing does not ring.  After
+        C{realtime.listener_wake()} the doorbell is silent again.
+        """
+        self.channel("room:*")
+        sleeper = self.doze()
+        self.assertEqual(self.wakeups(), [])
+
+        run_sql(self.url, "SELECT realtime.publish('room:1', 'a', '{}')")
+        self.assertEqual(self.wakeups(), [""])
+
+        run_sql(self.url, "SELECT realtime.publish('room:1', 'b', '{}')")
+        run_sql(self.url, "SELECT realtime.publish('room:1', 'c', '{}')")
+        self.assertEqual(self.wakeups(), ["", ""])
+
+        connection = self.connect(autocommit=False)
+        publish(connection, "d")
+        publish(connection, "e")
+        connection.commit()
+        self.assertEqual(self.wakeups(), [""])
+
+        connection = self.connect(autocommit=False)
+        publish(connection, "f")
+        connection.rollback()
+        self.assertIsNone(publish(self.connect(), "g", channel="nobody"))
+        self.assertEqual(self.wakeups(), [])
+        self.assertEqual(self.count(), 5)
+
+        query(sleeper, "SELECT realtime.listener_wake()")
+        run_sql(self.url, "SELECT realtime.publish('room:1', 'h', '{}')")
+        self.assertEqual(self.count(), 6)
+        self.assertEqual(self.wakeups(), [])
+
+    def test_rings_until_the_last_sleeper_wakes(self) -> None:
+        """
+        With two sessions dozing, the doorbell rings until both have woken.
+        """
+        self.channel("room:*")
+        first = self.doze()
+        second = self.doze()
+        run_sql(self.url, "SELECT realtime.publish('room:1', 'a', '{}')")
+        self.assertEqual(self.wakeups(), [""])
+        query(first, "SELECT realtime.listener_wake()")
+        run_sql(self.url, "SELECT realtime.publish('room:1', 'b', '{}')")
+        self.assertEqual(self.wakeups(), [""])
+        query(second, "SELECT realtime.listener_wake()")
+        run_sql(self.url, "SELECT realtime.publish('room:1', 'c', '{}')")
+        self.assertEqual(self.count(), 3)
+        self.assertEqual(self.wakeups(), [])
+
+    def test_tracked_table_rings(self) -> None:
+        """
+        Changes of a tracked table ring the same way: not while nobody
+        dozes; once per committed statement (several rows included) while a
+        session dozes; not after it wakes.
+        """
+        self.channel("order:*")
+        run_sql(self.url, "CREATE TABLE public.orders (id int PRIMARY KEY, status text)")
+        run_sql(self.url, "SELECT realtime.track_table('public.orders', 'order:{id}')")
+        run_sql(self.url, "INSERT INTO public.orders VALUES (1, 'new')")
+        self.assertEqual(self.count(), 1)
+        self.assertEqual(self.wakeups(), [])
+
+        sleeper = self.doze()
+        run_sql(self.url, "INSERT INTO public.orders VALUES (2, 'new')")
+        self.assertEqual(self.wakeups(), [""])
+        run_sql(self.url, "UPDATE public.orders SET status = 'paid'")
+        self.assertEqual(self.count(), 4)
+        self.assertEqual(self.wakeups(), [""])
+
+        query(sleeper, "SELECT realtime.listener_wake()")
+        run_sql(self.url, "DELETE FROM public.orders")
+        self.assertEqual(self.count(), 6)
+        self.assertEqual(self.wakeups(), [])
+
+
+class GateTests(SchemaTestCase):
+    """
+    The gate: realtime.listener_gate_clear() is true iff no open
+    transaction has stored messages; it never waits.
+    """
+
+    def gate_clear(self, connection: Any) -> bool:
+        return bool(query(connection, "SELECT realtime.listener_gate_clear()")[0][0])
+
+    def test_closed_while_a_storing_transaction_is_open(self) -> None:
+        """
+        While a transaction that stored a message is open, the gate is not
+        clear (asking again does not wait, nor keep others from storing);
+        once it commits or rolls back, it is.
+        """
+        self.channel("room:*")
+        listener = self.connect()
+        self.assertTrue(self.gate_clear(listener))
+
+        storing = self.connect(autocommit=False)
+        publish(storing, "a")
+        self.assertFalse(self.gate_clear(listener))
+        self.assertFalse(self.gate_clear(listener))
+        other = self.connect(autocommit=False)
+        publish(other, "b")
+        other.commit()
+        self.assertFalse(self.gate_clear(listener))
+        storing.commit()
+        self.assertTrue(self.gate_clear(listener))
+
+        publish(storing, "c")
+        self.assertFalse(self.gate_clear(listener))
+        storing.rollback()
+        self.assertTrue(self.gate_clear(listener))
+
+    def test_clear_while_nothing_stored(self) -> None:
+        """
+        An open transaction that stored nothing (a publish without an owning
+        channel, a tracked change without one, reads of the messages) leaves
+        the gate clear, until it stores a message.
+        """
+        self.channel("room:*")
+        run_sql(self.url, "CREATE TABLE public.items (id int PRIMARY KEY)")
+        run_sql(self.url, "SELECT realtime.track_table('public.items')")
+        listener = self.connect()
+        connection = self.connect(autocommit=False)
+        self.assertIsNone(publish(connection, "a", channel="nobody"))
+        query(connection, "INSERT INTO public.items VALUES (1)")
+        query(connection, "SELECT * FROM realtime.messages")
+        self.assertTrue(self.gate_clear(listener))
+        publish(connection, "b")
+        self.assertFalse(self.gate_clear(listener))
+        connection.commit()
+        self.assertTrue(self.gate_clear(listener))
+
+    def test_handshake(self) -> None:
+        """
+        A transaction that stored messages before a listener dozed does not
+        ring, but keeps the gate closed until it ends; what it stores after
+        the listener dozed rings.
+        """
+        self.channel("room:*")
+        listener = self.connect()
+        listen_for_wakeups(listener)
+        storing = self.connect(autocommit=False)
+        publish(storing, "a")
+        query(listener, "SELECT realtime.listener_doze()")
+        self.assertFalse(self.gate_clear(listener))
+        storing.commit()
+        self.assertTrue(self.gate_clear(listener))
+        self.assertEqual(wakeups(listener, self.url), [])
+
+        publish(storing, "b")
+        query(listener, "SELECT realtime.listener_wake()")
+        self.assertFalse(self.gate_clear(listener))
+        storing.commit()
+        self.assertEqual(wakeups(listener, self.url), [""])
+
+
+# The poll as realtimed's listener runs it (realtimed/store/listener.py):
+# the snapshot read up to (the current one, taken in the same statement,
+# unless given) and the messages between, in the order messages_between()
+# returns them; one row of NULLs when there are none.
+POLL = """
+WITH s AS (SELECT coalesce(%(upto)s::pg_snapshot, pg_current_snapshot()) AS upto)
+SELECT s.upto::text, m.xact_id::text, m.seq, m.event_name
+FROM s LEFT JOIN LATERAL realtime.messages_between(
+    %(since)s::pg_snapshot, s.upto, %(xact)s::xid8, %(seq)s::bigint, %(limit)s) m ON true
+"""
+
+
+class MessagesBetweenTests(SchemaTestCase):
+    """
+    realtime.messages_between(): the messages committed after one snapshot
+    and visible in another, in (transaction, seq) order, page by page.
+    """
+
+    def poll(
+        self,
+        connection: Any,
+        since: str,
+        upto: str | None = None,
+        after: tuple[str | None, int | None] = (None, None),
+        limit: int = 100,
+    ) -> tuple[str, list[tuple[str, int, str]]]:
+        """
+        Run L{POLL}: the snapshot read up to and the messages as
+        C{(xact_id, seq, event_name)}.
+        """
+        rows = query(
+            connection,
+            POLL,
+            {"since": since, "upto": upto, "xact": after[0], "seq": after[1], "limit": limit},
+        )
+        (read_upto,) = {row[0] for row in rows}
+        if upto is not None:
+            self.assertEqual(read_upto, upto)
+        if rows == [(read_upto, None, None, None)]:
+            return read_upto, []
+        return read_upto, [(xact, seq, event) for _, xact, seq, event in rows]
+
+    def assertOrdered(self, messages: list[tuple[str, int, str]]) -> None:
+        """
+        C{messages} are in (transaction, seq) order.
+        """
+        keys = [(int(xact), seq) for xact, seq, _ in messages]
+        self.assertEqual(keys, sorted(keys))
+
+    def test_successive_polls(self) -> None:
+        """
+        Successive polls, each from the snapshot the previous one read up
+        to, return every message committed after the first snapshot exactly
+        once, in transaction order and, within a transaction, in the order
+        stored, however the transactions interleave: a transaction in
+        progress at the start, one still open at a poll and committed later,
+        one committed after the snapshot a read goes up to.
+        """
+        self.channel("room:*")
+        poller = self.connect()
+
+        early = self.connect(autocommit=False)
+        publish(early, "z1")
+        early_xact = current_xact(early)
+        publish(self.connect(), "w1")
+        since = snapshot(poller)
+        self.assertTrue(in_progress(poller, early_xact, since))
+
+        late = self.connect(autocommit=False)
+        publish(late, "a1")
+        late_xact = current_xact(late)
+        publish(self.connect(), "b1")
+        several = self.connect(autocommit=False)
+        for event in ("c0", "c2", "c3"):
+            publish(several, event)
+        # c0 becomes c1 in a new row version, placed after c2 and c3 in the
+        # table and in its indexes: only seq keeps the order stored.
+        query(several, "UPDATE realtime.messages SET event_name = 'c1' WHERE event_name = 'c0'")
+        several.commit()
+        early.commit()
+
+        upto1, first = self.poll(poller, since)
+        self.assertEqual([e for _, _, e in first], ["z1", "b1", "c1", "c2", "c3"])
+        self.assertOrdered(first)
+        self.assertTrue(in_progress(poller, late_xact, upto1))
+
+        publish(late, "a2")
+        publish(self.connect(), "f1")
+        upto2 = snapshot(poller)
+        late.commit()
+        publish(self.connect(), "e1")
+        # a1, a2 and e1 are committed when this reads, but not in upto2.
+        _, second = self.poll(poller, upto1, upto=upto2)
+        self.assertEqual([e for _, _, e in second], ["f1"])
+        self.assertTrue(in_progress(poller, late_xact, upto2))
+
+        upto3, third = self.poll(poller, upto2)
+        self.assertEqual([e for _, _, e in third], ["a1", "a2", "e1"])
+        self.assertOrdered(third)
+        self.assertEqual({x for x, _, e in third if e.startswith("a")}, {late_xact})
+
+        _, fourth = self.poll(poller, upto3)
+        self.assertEqual(fourth, [])
+
+        polled = Counter(e for _, _, e in first + second + third)
+        stored = Counter(
+            e for (e,) in run_sql(self.url, "SELECT event_name FROM realtime.messages")
+        )
+        del stored["w1"]
+        self.assertEqual(polled, stored)
+        self.assertEqual(set(polled.values()), {1})
+
+    def test_pages(self) -> None:
+        """
+        Read with a fixed C{upto}, page by page with C{max_rows} 2 and the
+        position of the last message read, the messages come exactly once
+        and in order, across transactions and within one; a message
+        committed after C{upto} is left for the next poll.
+        """
+        self.channel("room:*")
+        poller = self.connect()
+        early = self.connect(autocommit=False)
+        for event in ("z1", "z2", "z3"):
+            publish(early, event)
+        early_xact = current_xact(early)
+        publish(self.connect(), "w1")
+        since = snapshot(poller)
+        self.assertTrue(in_progress(poller, early_xact, since))
+
+        several = self.connect(autocommit=False)
+        for event in ("b1", "b2", "b3"):
+            publish(several, event)
+        several.commit()
+        publish(self.connect(), "c1")
+        early.commit()
+        upto = snapshot(poller)
+        publish(self.connect(), "d1")
+
+        pages = []
+        after: tuple[str | None, int | None] = (None, None)
+        while True:
+            _, page = self.poll(poller, since, upto=upto, after=after, limit=2)
+            pages.append([e for _, _, e in page])
+            if len(page) < 2:
+                break
+            after = page[-1][:2]
+            self.assertLess(len(pages), 10)
+        self.assertEqual(pages, [["z1", "z2"], ["z3", "b1"], ["b2", "b3"], ["c1"]])
+
+        _, rest = self.poll(poller, upto)
+        self.assertEqual([e for _, _, e in rest], ["d1"])
 
 
 class OwningChannelTests(SchemaTestCase):

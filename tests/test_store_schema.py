@@ -688,8 +688,8 @@ class GateTests(SchemaTestCase):
     def test_clear_while_nothing_stored(self) -> None:
         """
         An open transaction that stored nothing (a publish without an owning
-        channel, a tracked change without one, reads of the messages) leaves
-        the gate clear, until it stores a message.
+        channel, a tracked change without one, reads of the messages, an
+        INSERT of no rows) leaves the gate clear, until it stores a message.
         """
         self.channel("room:*")
         run_sql(self.url, "CREATE TABLE public.items (id int PRIMARY KEY)")
@@ -699,6 +699,11 @@ class GateTests(SchemaTestCase):
         self.assertIsNone(publish(connection, "a", channel="nobody"))
         query(connection, "INSERT INTO public.items VALUES (1)")
         query(connection, "SELECT * FROM realtime.messages")
+        query(
+            connection,
+            "INSERT INTO realtime.messages (event_name, channel_name, sender_type)"
+            " SELECT 'x', 'room:1', 'system' WHERE false",
+        )
         self.assertTrue(self.gate_clear(listener))
         publish(connection, "b")
         self.assertFalse(self.gate_clear(listener))

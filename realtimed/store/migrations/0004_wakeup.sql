@@ -75,12 +75,17 @@ CREATE FUNCTION realtime.gate_lock_key() RETURNS bigint
 
 -- Once per statement that stores messages: ring the doorbell if a listener
 -- sleeps.  A failed try on SLEEP may also mean another transaction was
--- looking at that instant; ringing then is harmless.
+-- looking at that instant; ringing then is harmless.  A statement that
+-- stored no row (INSERT ... SELECT of nothing, ON CONFLICT DO NOTHING) does
+-- neither.
 CREATE FUNCTION realtime.ring_doorbell() RETURNS trigger
     LANGUAGE plpgsql
     SET search_path = pg_catalog, pg_temp
     AS $$
     BEGIN
+        IF NOT EXISTS (SELECT FROM stored) THEN
+            RETURN NULL;
+        END IF;
         PERFORM pg_advisory_xact_lock_shared(realtime.gate_lock_key());
         IF pg_try_advisory_lock(realtime.sleep_lock_key()) THEN
             PERFORM pg_advisory_unlock(realtime.sleep_lock_key());
@@ -92,6 +97,7 @@ CREATE FUNCTION realtime.ring_doorbell() RETURNS trigger
     $$;
 
 CREATE TRIGGER ring_doorbell AFTER INSERT ON realtime.messages
+    REFERENCING NEW TABLE AS stored
     FOR EACH STATEMENT EXECUTE FUNCTION realtime.ring_doorbell();
 
 -- The listener's side.  Doze: from now on, every transaction rings.
@@ -132,10 +138,13 @@ REVOKE ALL ON FUNCTION realtime.listener_wake() FROM PUBLIC;
 CREATE FUNCTION realtime.messages_between(
     since pg_snapshot, upto pg_snapshot, after_xact xid8, after_seq bigint, max_rows integer
 ) RETURNS SETOF realtime.messages
-    LANGUAGE sql STABLE
+    LANGUAGE plpgsql STABLE
     SET search_path = pg_catalog, pg_temp
     AS $$
-        SELECT (p.m).* FROM (
+    BEGIN
+        -- PL/pgSQL rather than SQL: the plan is kept for the session, and a
+        -- poll that finds nothing costs a fraction of a millisecond.
+        RETURN QUERY SELECT (p.m).* FROM (
             (SELECT m, m.xact_id, m.seq FROM realtime.messages m
              WHERE m.xact_id = ANY (ARRAY(SELECT pg_snapshot_xip(since)))
                AND pg_visible_in_snapshot(m.xact_id, upto)
@@ -150,7 +159,8 @@ CREATE FUNCTION realtime.messages_between(
              ORDER BY m.xact_id, m.seq LIMIT max_rows)
         ) p
         ORDER BY p.xact_id, p.seq
-        LIMIT max_rows
+        LIMIT max_rows;
+    END
     $$;
 
 REVOKE ALL ON FUNCTION realtime.messages_between(pg_snapshot, pg_snapshot, xid8, bigint, integer)

@@ -114,10 +114,13 @@ class RealtimeService(MultiService):
         yield self.pool.start()
         self._closers.append(self.pool.close)
 
-        listener = self.listener = MessageListener(
-            reactor=self.reactor, dsn=url, on_message=self._message_stored
-        )
         self.socketio = SocketIOServer(self.reactor, cors_origins=config.cors_origin)
+        listener = self.listener = MessageListener(
+            reactor=self.reactor,
+            dsn=url,
+            on_message=self._message_stored,
+            after_messages=self.socketio.engine.flush,
+        )
         self.realtime = Realtime(
             namespace=self.socketio.namespace("/"),
             pool=self.pool,

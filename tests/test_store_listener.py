@@ -136,6 +136,33 @@ class MessageListenerTests(ListenerMixin, TestCase):
         self.assertEqual(first["message"]["senderType"], "system")
 
     @inlineCallbacks
+    def test_after_messages(self) -> Any:
+        """
+        C{after_messages} is called once the messages one query read were
+        handed over, and not after a query that found none.
+        """
+        log: list[str] = []
+        listener = MessageListener(
+            reactor,
+            self.url,
+            lambda body: log.append(body["message"]["event"]),
+            after_messages=lambda: log.append("after"),
+            page_size=4,
+        )
+        listener.startService()
+        self.addCleanup(listener.stopService)
+        yield wait_for(lambda: listener.connected)
+        yield deferLater(reactor, 0.05, lambda: None)
+        self.assertEqual(log, [])
+        run_sql(
+            self.url,
+            "SELECT realtime.publish('room:1', 'm' || i, '{}') FROM generate_series(1, 6) AS i",
+        )
+        yield wait_for(lambda: len(log) >= 8)
+        yield deferLater(reactor, 0.05, lambda: None)
+        self.assertEqual(log, ["m1", "m2", "m3", "m4", "after", "m5", "m6", "after"])
+
+    @inlineCallbacks
     def test_large_message(self) -> Any:
         """
         A message larger than a NOTIFY could carry is handed over whole, in

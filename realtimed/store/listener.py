@@ -107,6 +107,9 @@ class MessageListener(Service):
         "webhooks": n}} for each message, C{n} being the number of webhook
         deliveries it queued.  Exceptions are logged and do not stop
         delivery.
+    @ivar after_messages: Called after the messages read by one query were
+        handed over (where the daemon writes out what they produced, rather
+        than at the next turn of the reactor).
     @ivar clock: Time for the polls, the reconnect backoff and the query
         timeouts; the reactor unless given.
     @ivar initial_delay: Seconds before the first reconnect attempt; each
@@ -125,6 +128,7 @@ class MessageListener(Service):
     reactor: Any
     dsn: str = field(repr=redact_dsn)
     on_message: Callable[[dict[str, Any]], object]
+    after_messages: Callable[[], object] | None = None
     clock: Any = None
     initial_delay: float = 0.5
     factor: float = 2.0
@@ -358,6 +362,11 @@ class MessageListener(Service):
                 count += 1
                 self._deliver({"message": message, "channelId": channel_id, "webhooks": webhooks})
             found += count
+            if count and self.after_messages is not None:
+                try:
+                    self.after_messages()
+                except Exception:
+                    log.failure("Finishing a batch of messages failed")
             if count < self.page_size:
                 self._since, self._read = read.upto, None
                 return found

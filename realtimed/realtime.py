@@ -72,6 +72,7 @@ from realtimed.presence import ANONYMOUS, USER, Identity, Presence, PresenceChan
 from realtimed.store.publisher import (
     AudienceCounter,
     Authorizer,
+    LocalDelivery,
     Publisher,
     Queries,
     Refused,
@@ -138,8 +139,8 @@ class Realtime(Service):
     @ivar keys: The credentials sockets are checked against.
     @ivar clock: The time (connect checks, presence join times, audience
         count flushes).
-    @ivar stored: Called when publishes were stored, before they are
-        acknowledged.
+    @ivar local: Gets the publishes this process stored, before they are
+        acknowledged (the listener).
     @ivar audience_interval: Seconds between writes of audience counts.
     """
 
@@ -147,7 +148,7 @@ class Realtime(Service):
     pool: Queries
     keys: Keys
     clock: Any
-    stored: Callable[[], object] | None = None
+    local: LocalDelivery | None = None
     audience_interval: float = 1.0
     subscriptions: Subscriptions[Socket] = field(init=False, factory=Subscriptions)
     presence: Presence[Socket] = field(init=False, factory=Presence)
@@ -156,7 +157,7 @@ class Realtime(Service):
     audience: AudienceCounter = field(init=False)
 
     def __attrs_post_init__(self) -> None:
-        self.publisher = Publisher(self.pool, self.stored)
+        self.publisher = Publisher(self.pool, self.local)
         self.authorizer = Authorizer(self.pool)
         self.audience = AudienceCounter(self.pool, self.clock, self.audience_interval)
         self.namespace.on_connect(self._connect)

@@ -126,7 +126,7 @@ class RealtimeService(MultiService):
             pool=self.pool,
             keys=keys,
             clock=self.reactor,
-            stored=listener.poll_soon,
+            local=listener,
         )
         self.webhooks = WebhookService.from_config(self.reactor, config, url, keys.webhook_secret)
         listener.setServiceParent(self)

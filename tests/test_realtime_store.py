@@ -243,26 +243,6 @@ class PublisherTests(StoreTestCase):
         )
 
     @inlineCallbacks
-    def test_stored_announced_before_acks(self) -> Any:
-        """
-        Once a batch is stored, C{stored} is called once, before the
-        publishes in it are answered (so the listener polls for them at
-        once); it is called also when the batch stored nothing.
-        """
-        log: list[str] = []
-        publisher = Publisher(self.pool, stored=lambda: log.append("stored"))
-        first = publisher.publish(ALICE, "orders", "a", "{}")
-        second = publisher.publish(ALICE, "orders", "b", "{}")
-        for d, name in ((first, "a"), (second, "b")):
-            d.addCallback(lambda _, name=name: log.append(name))
-        yield gatherResults([first, second])
-        # The first publish went alone; the second waited for the next batch.
-        self.assertEqual(log, ["stored", "a", "stored", "b"])
-        refusal = yield self.refusal(publisher.publish(ALICE, "off", "e", "{}"))
-        self.assertEqual(refusal.code, REALTIME_UNAUTHORIZED)
-        self.assertEqual(log[-1], "stored")
-
-    @inlineCallbacks
     def test_refusals(self) -> Any:
         """
         Anon cannot publish under the default policies; a name without an
@@ -423,3 +403,93 @@ class AudienceCounterTests(StoreTestCase):
             run_sql(self.url, "SELECT id::text, ws_audience_count FROM realtime.messages")
         )
         self.assertEqual(counts, {first: 5, second: 5})
+
+
+class RecordingLocal:
+    """
+    A L{LocalDelivery} that records what it is handed.
+    """
+
+    def __init__(self, since: str | None) -> None:
+        self.since = since
+        self.calls: list[tuple[str, list[dict[str, Any]], bool]] = []
+
+    def read_up_to(self) -> str | None:
+        return self.since
+
+    def stored_here(self, xact: str, messages: list[dict[str, Any]], settled: bool) -> None:
+        self.calls.append((xact, messages, settled))
+
+
+class LocalDeliveryTests(StoreTestCase):
+    """
+    A stored batch is handed to the process's listener with its messages and
+    whether every message committed before it was read already.
+    """
+
+    def snapshot(self) -> str:
+        return str(run_sql(self.url, "SELECT pg_current_snapshot()::text")[0][0])
+
+    @inlineCallbacks
+    def test_settled(self) -> Any:
+        """
+        With nothing committed since the listener's snapshot, the batch is
+        settled, and handed over with its transaction and its messages as
+        sockets receive them.
+        """
+        local = RecordingLocal(self.snapshot())
+        publisher = Publisher(self.pool, local)
+        message_id = yield publisher.publish(ALICE, "chat:1", "said", '{"text":"hi"}')
+        ((xact, messages, settled),) = local.calls
+        self.assertTrue(settled)
+        expected = run_sql(
+            self.url,
+            "SELECT xact_id::text, realtime.message_json(m), channel_id::text"
+            " FROM realtime.messages m WHERE id = %s",
+            (message_id,),
+        )
+        self.assertEqual(
+            [(xact, messages)],
+            [(x, [{"message": m, "channelId": c, "webhooks": 0}]) for x, m, c in expected],
+        )
+
+    @inlineCallbacks
+    def test_not_settled_after_another_commit(self) -> Any:
+        """
+        A message another transaction committed after the listener's
+        snapshot makes the batch unsettled: the listener must read it
+        first.
+        """
+        local = RecordingLocal(self.snapshot())
+        run_sql(self.url, "SELECT realtime.publish('orders', 'before', '{}')")
+        publisher = Publisher(self.pool, local)
+        yield publisher.publish(ALICE, "orders", "after", "{}")
+        self.assertEqual([settled for _, _, settled in local.calls], [False])
+
+    @inlineCallbacks
+    def test_open_transaction_does_not_unsettle(self) -> Any:
+        """
+        A transaction still open when the batch is stored runs at the same
+        time as the batch, so it does not keep the batch from being settled.
+        """
+        local = RecordingLocal(self.snapshot())
+        other = psycopg2.connect(self.url)
+        self.addCleanup(other.close)
+        with other.cursor() as cursor:
+            cursor.execute("SELECT realtime.publish('orders', 'open', '{}')")
+        publisher = Publisher(self.pool, local)
+        yield publisher.publish(ALICE, "orders", "batch", "{}")
+        other.commit()
+        self.assertEqual([settled for _, _, settled in local.calls], [True])
+
+    @inlineCallbacks
+    def test_without_snapshot(self) -> Any:
+        """
+        Before the listener has read anything, no batch is settled; a batch
+        that stored nothing is not handed over.
+        """
+        local = RecordingLocal(None)
+        publisher = Publisher(self.pool, local)
+        yield publisher.publish(ALICE, "orders", "e", "{}")
+        yield self.refusal(publisher.publish(ALICE, "off", "e", "{}"))
+        self.assertEqual([settled for _, _, settled in local.calls], [False])

@@ -32,8 +32,11 @@ from twisted.internet.threads import deferToThread
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import TestCase
 
-from realtimed.store.listener import MessageListener, Phase
+from realtimed.auth import ADMIN_PRINCIPAL
+from realtimed.store.listener import MessageListener, Phase, visible_in
 from realtimed.store.migrations import migrate
+from realtimed.store.pool import ConnectionPool
+from realtimed.store.publisher import Publisher
 from tests.support import create_database, run_sql
 
 
@@ -752,3 +755,151 @@ class DozingTests(ListenerMixin, TestCase):
                 )
         for seen in phases:
             self.assertEqual(seen, {Phase.AWAKE, Phase.DOZING, Phase.ASLEEP})
+
+
+class VisibleInTests(TestCase):
+    """
+    L{visible_in} reads a snapshot the way PostgreSQL does.
+    """
+
+    def test_visible_in(self) -> None:
+        snapshot = "100:105:101,103"
+        self.assertEqual(
+            [x for x in range(98, 108) if visible_in(x, snapshot)], [98, 99, 100, 102, 104]
+        )
+        self.assertTrue(visible_in(7, "10:10:"))
+        self.assertFalse(visible_in(10, "10:10:"))
+
+
+class LocalDeliveryTests(ListenerMixin, TestCase):
+    """
+    Publishes this process stores reach its listener at once when settled,
+    exactly once, and never ahead of a message committed before them.
+    """
+
+    @inlineCallbacks
+    def setUp(self) -> Any:
+        self.url = create_database(self)
+        yield prepare(self.url)
+        self.pool = ConnectionPool(reactor, self.url)
+        self.addCleanup(self.pool.close)
+
+    def quietListener(self) -> MessageListener:
+        """
+        A listener that polls only when asked to.
+        """
+        return self.startListener(
+            self.url, poll_interval=600, idle_polls=10**9, keepalive_interval=600
+        )
+
+    @inlineCallbacks
+    def test_settled_batch_at_once(self) -> Any:
+        """
+        A settled batch is handed over without a poll; the poll that later
+        reads its transaction skips it.
+        """
+        listener = self.quietListener()
+        yield wait_for(lambda: listener.connected)
+        publisher = Publisher(self.pool, listener)
+        yield publisher.publish(ADMIN_PRINCIPAL, "room:1", "local", "{}")
+        self.assertEqual(self.events(), ["local"])
+        publish(self.url, "room:1", "other", {})
+        listener.poll_soon()
+        yield self.waitForEvents("other")
+        yield publisher.publish(ADMIN_PRINCIPAL, "room:1", "local2", "{}")
+        listener.poll_soon()
+        publish(self.url, "room:1", "last", {})
+        listener.poll_soon()
+        yield self.waitForEvents("last")
+        self.assertEqual(self.events(), ["local", "other", "local2", "last"])
+
+    @inlineCallbacks
+    def test_unsettled_batch_waits(self) -> Any:
+        """
+        When a message was committed before the batch and not read yet, the
+        batch is not handed over ahead of it: the listener polls and hands
+        both over in order.
+        """
+        listener = self.quietListener()
+        yield wait_for(lambda: listener.connected)
+        publish(self.url, "room:1", "earlier", {})
+        publisher = Publisher(self.pool, listener)
+        yield publisher.publish(ADMIN_PRINCIPAL, "room:1", "later", "{}")
+        yield self.waitForEvents("earlier", "later")
+        yield deferLater(reactor, 0.1, lambda: None)
+        self.assertEqual(self.events(), ["earlier", "later"])
+
+    @inlineCallbacks
+    def test_already_polled(self) -> Any:
+        """
+        A batch whose transaction a poll has read already is not handed
+        over a second time.
+        """
+        listener = self.quietListener()
+        yield wait_for(lambda: listener.connected)
+        message_id = publish(self.url, "room:1", "polled", {})
+        listener.poll_soon()
+        yield self.waitForEvents("polled")
+        (xact,) = run_sql(
+            self.url, "SELECT xact_id::text FROM realtime.messages WHERE id = %s", (message_id,)
+        )[0]
+        listener.stored_here(xact, list(self.received), True)
+        self.assertEqual(self.events(), ["polled"])
+
+    @inlineCallbacks
+    def test_local_and_remote_writers(self) -> Any:
+        """
+        Publishes stored here and messages stored by other transactions at
+        irregular intervals, while the listener changes phase: every message
+        is handed over exactly once, each writer's in order.
+        """
+        listener = self.startListener(
+            self.url,
+            poll_interval=0.001,
+            idle_polls=2,
+            max_doze_interval=0.004,
+            keepalive_interval=60,
+        )
+        yield wait_for(lambda: listener.connected)
+        publisher = Publisher(self.pool, listener)
+
+        def remote(writer: int, count: int) -> list[str]:
+            rng = random.Random(writer)
+            connection = psycopg2.connect(self.url)
+            connection.autocommit = True
+            try:
+                for n in range(count):
+                    with connection.cursor() as cursor:
+                        cursor.execute(
+                            "SELECT realtime.publish('room:1', %s, '{}')", (f"w{writer}n{n}",)
+                        )
+                    time.sleep(rng.choice([0, 0.001, 0.005, 0.02]))
+            finally:
+                connection.close()
+            return [f"w{writer}n{n}" for n in range(count)]
+
+        @inlineCallbacks
+        def local(count: int) -> Any:
+            rng = random.Random(99)
+            sent = []
+            for n in range(count):
+                burst = [
+                    publisher.publish(ADMIN_PRINCIPAL, "room:1", f"l{n}b{b}", "{}")
+                    for b in range(rng.randint(1, 4))
+                ]
+                yield gatherResults(burst)
+                sent.extend(f"l{n}b{b}" for b in range(len(burst)))
+                yield deferLater(reactor, rng.choice([0, 0.001, 0.005, 0.02]), lambda: None)
+            return sent
+
+        results = yield gatherResults(
+            [deferToThread(remote, w, 60) for w in range(3)] + [local(60)]
+        )
+        expected = [name for names in results for name in names]
+        yield wait_for(lambda: len(self.received) >= len(expected), timeout=10)
+        yield deferLater(reactor, 0.1, lambda: None)
+        got = self.events()
+        self.assertEqual(Counter(got), Counter(expected))
+        for names in results:
+            prefix = names[0][:2] if names[0].startswith("w") else "l"
+            self.assertEqual([g for g in got if g.startswith(prefix)], names)

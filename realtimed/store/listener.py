@@ -16,8 +16,7 @@ Polling only costs while there is something to find.  The listener is in one
 of three phases (the handshake with the storing transactions is described in
 migration ``0004_wakeup.sql``):
 
-- awake: it polls every ``poll_interval``, and at once when this process
-  has stored messages itself (`poll_soon`).  Storing transactions send no
+- awake: it polls every ``poll_interval``.  Storing transactions send no
   NOTIFY, so they commit without PostgreSQL's NOTIFY lock, which would
   otherwise serialize them.
 - dozing: after ``idle_polls`` empty polls it takes the sleep lock, after
@@ -28,6 +27,14 @@ migration ``0004_wakeup.sql``):
   ``keepalive_interval`` (which is also the keepalive of the connection).
 
 Whatever a poll finds wakes the listener up.
+
+Publishes this process stores come back by polling like any message, but
+they need not wait for it: the publisher hands each stored batch over
+(`stored_here`) together with whether every message committed before it was
+read already (``settled``, migration ``0005_local_delivery.sql``).  If so
+the batch is handed over at once, in its place in the order, and its
+transaction is skipped when a poll returns it; if not, the listener polls at
+once instead.
 """
 
 from __future__ import annotations
@@ -153,6 +160,7 @@ class MessageListener(Service):
     _pause: Deferred[None] | None = field(default=None, init=False, repr=False)
     _pause_timer: Any = field(default=None, init=False, repr=False)
     _query_timer: Any = field(default=None, init=False, repr=False)
+    _skip: set[int] = field(factory=set, init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         if self.clock is None:
@@ -167,6 +175,33 @@ class MessageListener(Service):
         if not self.connected or self._connection is None:
             return None
         return int(self._connection.get_backend_pid())
+
+    def read_up_to(self) -> str | None:
+        """
+        The snapshot up to which every stored message was handed over, if
+        the listener has polled yet.
+        """
+        return self._since
+
+    def stored_here(self, xact: str, messages: list[dict[str, Any]], settled: bool) -> None:
+        """
+        This process has just stored C{messages} in transaction C{xact}.
+        Hand them over now if C{settled} (every message committed before
+        them was read up to a snapshot this listener has handed over),
+        else poll now.  A poll that already read up to a snapshot where
+        C{xact} is visible hands them over itself.
+        """
+        if not settled or not self.running:
+            self.poll_soon()
+            return
+        number = int(xact)
+        latest = self._read.upto if self._read is not None else self._since
+        if latest is not None and visible_in(number, latest):
+            return
+        self._skip.add(number)
+        for body in messages:
+            self._deliver(body)
+        self._finish_messages()
 
     def poll_soon(self) -> None:
         """
@@ -354,21 +389,26 @@ class MessageListener(Service):
             )
             read.upto = rows[0][0]
             self._read = read
-            count = 0
+            count = handed = 0
+            skip = self._skip
             for _, xact, seq, message, channel_id, webhooks in rows:
                 if xact is None:
                     break
                 read.xact, read.seq = xact, seq
                 count += 1
+                if skip and int(xact) in skip:
+                    continue
+                handed += 1
                 self._deliver({"message": message, "channelId": channel_id, "webhooks": webhooks})
             found += count
-            if count and self.after_messages is not None:
-                try:
-                    self.after_messages()
-                except Exception:
-                    log.failure("Finishing a batch of messages failed")
+            if handed:
+                self._finish_messages()
             if count < self.page_size:
                 self._since, self._read = read.upto, None
+                if skip:
+                    # A transaction visible in the new snapshot is never
+                    # returned again.
+                    skip.difference_update([x for x in skip if visible_in(x, read.upto)])
                 return found
 
     def _query(
@@ -407,6 +447,13 @@ class MessageListener(Service):
 
         return d.addBoth(answered)
 
+    def _finish_messages(self) -> None:
+        if self.after_messages is not None:
+            try:
+                self.after_messages()
+            except Exception:
+                log.failure("Finishing a batch of messages failed")
+
     def _notified(self, generation: int, notify: Any) -> None:
         if generation == self._generation and notify.channel == CHANNEL:
             self.poll_soon()
@@ -418,6 +465,19 @@ class MessageListener(Service):
             log.failure(
                 "The message handler failed on message {id}", id=body["message"].get("messageId")
             )
+
+
+def visible_in(xact: int, snapshot: str) -> bool:
+    """
+    Is transaction C{xact} visible in C{snapshot} (``pg_snapshot`` text,
+    ``xmin:xmax:xip,...``)?  Like PostgreSQL's ``pg_visible_in_snapshot``.
+    """
+    xmin, xmax, xip = snapshot.split(":")
+    if xact < int(xmin):
+        return True
+    if xact >= int(xmax):
+        return False
+    return str(xact) not in xip.split(",")
 
 
 def _describe(reason: Failure) -> str:

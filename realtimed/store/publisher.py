@@ -16,6 +16,11 @@ single round trip then stores as many messages as arrived meanwhile, and
 since batches commit one after another, the messages of one socket are
 stored (and therefore delivered) in the order it published them.
 Subscribes are decided in batches the same way by `Authorizer`.
+
+A stored batch is handed to this process's `LocalDelivery` (the listener)
+with the messages as delivered and whether the batch is settled against the
+listener's snapshot (migration 0005), so that this process's sockets can get
+them without waiting for the listener's next poll.
 """
 
 from __future__ import annotations
@@ -44,6 +49,22 @@ class Queries(Protocol):
     def runQuery(self, *args: Any, **kwargs: Any) -> Deferred[list[tuple[Any, ...]]]: ...
 
     def runOperation(self, *args: Any, **kwargs: Any) -> Deferred[None]: ...
+
+
+class LocalDelivery(Protocol):
+    """
+    Where this process's stored publishes go (the listener).
+    """
+
+    def read_up_to(self) -> str | None:
+        """
+        The snapshot up to which every stored message was handed over.
+        """
+
+    def stored_here(self, xact: str, messages: list[dict[str, Any]], settled: bool) -> None:
+        """
+        One transaction of this process stored C{messages}.
+        """
 
 
 class Refused(Exception):
@@ -89,8 +110,10 @@ class _Batches:
     answer: Callable[[_Pending, tuple[Any, ...]], None]
     what: str
     max_batch: int
-    #: called once a batch is answered, before its items are
-    answered: Callable[[], object] | None = None
+    #: more parameters of the query, after the batch
+    parameters: Callable[[], tuple[Any, ...]] = tuple
+    #: called with the rows once a batch is answered, before its items are
+    answered: Callable[[list[tuple[Any, ...]]], object] | None = None
     _queue: list[_Pending] = Factory(list)
     _in_flight: bool = False
 
@@ -108,7 +131,9 @@ class _Batches:
         self._in_flight = True
         batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
         try:
-            d = self.pool.runQuery(self.query, ("[" + ",".join(p.item for p in batch) + "]",))
+            d = self.pool.runQuery(
+                self.query, ("[" + ",".join(p.item for p in batch) + "]", *self.parameters())
+            )
         except Exception:
             # A query that cannot even be started fails this batch only;
             # the queue must keep moving, or every later item would wait
@@ -121,7 +146,7 @@ class _Batches:
     def _answered(self, rows: list[tuple[Any, ...]], batch: list[_Pending]) -> None:
         if self.answered is not None:
             try:
-                self.answered()
+                self.answered(rows)
             except Exception:
                 log.failure("Announcing an answered batch of {what} failed", what=self.what)
         for pending, row in zip(batch, rows, strict=True):
@@ -204,24 +229,44 @@ class Publisher:
     """
     Stores publishes, batching those that arrive while a batch is in flight.
 
-    @ivar stored: Called when a batch was stored, before the publishes are
-        acknowledged (the listener polls at once for the new messages).
+    @ivar local: Gets each stored batch before the publishes in it are
+        acknowledged.
     @ivar max_batch: The most publishes stored by one statement.
     """
 
     pool: Queries
-    stored: Callable[[], object] | None = None
+    local: LocalDelivery | None = None
     max_batch: int = 500
     _batches: _Batches = field(init=False)
 
     def __attrs_post_init__(self) -> None:
         self._batches = _Batches(
             self.pool,
-            "SELECT id::text, outcome, detail FROM realtime.publish_batch(%s::jsonb)",
+            "SELECT id::text, outcome, detail, message, channel_id, webhooks, xact, settled"
+            " FROM realtime.publish_batch_settled(%s::jsonb, %s::pg_snapshot)",
             _publish_decided,
             "publish",
             self.max_batch,
-            self.stored,
+            self._since,
+            self._stored,
+        )
+
+    def _since(self) -> tuple[str | None]:
+        return (None if self.local is None else self.local.read_up_to(),)
+
+    def _stored(self, rows: list[tuple[Any, ...]]) -> None:
+        local = self.local
+        stored = [row for row in rows if row[1] == "stored"]
+        if local is None or not stored:
+            return
+        _, _, _, _, _, _, xact, settled = stored[0]
+        local.stored_here(
+            xact,
+            [
+                {"message": message, "channelId": channel_id, "webhooks": webhooks}
+                for _, _, _, message, channel_id, webhooks, _, _ in stored
+            ],
+            settled,
         )
 
     def publish(
@@ -254,7 +299,7 @@ class Publisher:
 
 
 def _publish_decided(pending: _Pending, row: tuple[Any, ...]) -> None:
-    message_id, outcome, detail = row
+    message_id, outcome, detail = row[:3]
     channel = pending.channel
     if outcome == "stored":
         pending.done.callback(message_id)

@@ -1,0 +1,64 @@
+-- Publishes stored by a realtimed process are handed to its own sockets as
+-- soon as the batch is stored, without waiting for its listener's next poll,
+-- when that keeps the order: every message another transaction committed
+-- before has been read by the listener already.  The listener passes the
+-- snapshot it has read up to (`since`); the batch answers whether every
+-- message committed so far, other than its own, is visible in that snapshot
+-- (`settled`).  Messages committed after the check come from transactions
+-- that ran at the same time as the batch, in no defined order with it.
+
+-- Has every message committed so far, other than the current transaction's,
+-- a transaction visible in `since`?  False for a NULL `since`.
+CREATE FUNCTION realtime.settled_since(since pg_snapshot) RETURNS boolean
+    LANGUAGE plpgsql VOLATILE
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+    DECLARE
+        own xid8 := pg_current_xact_id_if_assigned();
+    BEGIN
+        IF since IS NULL THEN
+            RETURN false;
+        END IF;
+        RETURN NOT EXISTS (
+                   SELECT FROM realtime.messages m
+                   WHERE m.xact_id = ANY (ARRAY(SELECT pg_snapshot_xip(since)))
+                     AND m.xact_id IS DISTINCT FROM own)
+           AND NOT EXISTS (
+                   SELECT FROM realtime.messages m
+                   WHERE m.xact_id >= pg_snapshot_xmax(since)
+                     AND m.xact_id IS DISTINCT FROM own);
+    END
+    $$;
+
+-- realtime.publish_batch, answering also, for each stored item, the message
+-- as delivered, its channel, its webhook audience and its transaction, and
+-- for the whole batch whether it is settled against `since` (see above).
+CREATE FUNCTION realtime.publish_batch_settled(items jsonb, since pg_snapshot)
+    RETURNS TABLE (id uuid, outcome text, detail text, message jsonb, channel_id uuid,
+                   webhooks integer, xact text, settled boolean)
+    LANGUAGE plpgsql VOLATILE
+    AS $$
+    #variable_conflict use_column
+    DECLARE
+        ids uuid[];
+        outcomes text[];
+        details text[];
+        is_settled boolean;
+    BEGIN
+        SELECT array_agg(b.id ORDER BY b.n), array_agg(b.outcome ORDER BY b.n),
+               array_agg(b.detail ORDER BY b.n)
+        INTO ids, outcomes, details
+        FROM realtime.publish_batch(items) WITH ORDINALITY AS b (id, outcome, detail, n);
+        is_settled := realtime.settled_since(since);
+        RETURN QUERY
+            SELECT r.id, r.outcome, r.detail,
+                   CASE WHEN m.id IS NOT NULL THEN realtime.message_json(m) END, m.channel_id,
+                   m.wh_audience_count, m.xact_id::text, is_settled
+            FROM unnest(ids, outcomes, details) WITH ORDINALITY AS r (id, outcome, detail, n)
+            LEFT JOIN realtime.messages m ON r.outcome = 'stored' AND m.id = r.id
+            ORDER BY r.n;
+    END
+    $$;
+
+REVOKE ALL ON FUNCTION realtime.settled_since(pg_snapshot) FROM PUBLIC;
+REVOKE ALL ON FUNCTION realtime.publish_batch_settled(jsonb, pg_snapshot) FROM PUBLIC;

@@ -412,10 +412,11 @@ class RecordingLocal:
 
     def __init__(self, since: str | None) -> None:
         self.since = since
+        self.handed: list[str] = []
         self.calls: list[tuple[str, list[dict[str, Any]], bool]] = []
 
-    def read_up_to(self) -> str | None:
-        return self.since
+    def read_up_to(self) -> tuple[str | None, list[str]]:
+        return self.since, self.handed
 
     def stored_here(self, xact: str, messages: list[dict[str, Any]], settled: bool) -> None:
         self.calls.append((xact, messages, settled))
@@ -465,6 +466,23 @@ class LocalDeliveryTests(StoreTestCase):
         publisher = Publisher(self.pool, local)
         yield publisher.publish(ALICE, "orders", "after", "{}")
         self.assertEqual([settled for _, _, settled in local.calls], [False])
+
+    @inlineCallbacks
+    def test_handed_transactions_do_not_unsettle(self) -> Any:
+        """
+        A transaction committed after the listener's snapshot does not
+        unsettle the batch when the listener says it handed it over already
+        (an earlier batch of this process).
+        """
+        local = RecordingLocal(self.snapshot())
+        (message_id,) = run_sql(self.url, "SELECT realtime.publish('orders', 'handed', '{}')")[0]
+        (xact,) = run_sql(
+            self.url, "SELECT xact_id::text FROM realtime.messages WHERE id = %s", (message_id,)
+        )[0]
+        local.handed = [xact]
+        publisher = Publisher(self.pool, local)
+        yield publisher.publish(ALICE, "orders", "next", "{}")
+        self.assertEqual([settled for _, _, settled in local.calls], [True])
 
     @inlineCallbacks
     def test_open_transaction_does_not_unsettle(self) -> Any:

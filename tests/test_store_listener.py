@@ -803,6 +803,9 @@ class LocalDeliveryTests(ListenerMixin, TestCase):
         publisher = Publisher(self.pool, listener)
         yield publisher.publish(ADMIN_PRINCIPAL, "room:1", "local", "{}")
         self.assertEqual(self.events(), ["local"])
+        # The next batch, with no poll in between, is settled too.
+        yield publisher.publish(ADMIN_PRINCIPAL, "room:1", "local1", "{}")
+        self.assertEqual(self.events(), ["local", "local1"])
         publish(self.url, "room:1", "other", {})
         listener.poll_soon()
         yield self.waitForEvents("other")
@@ -811,7 +814,7 @@ class LocalDeliveryTests(ListenerMixin, TestCase):
         publish(self.url, "room:1", "last", {})
         listener.poll_soon()
         yield self.waitForEvents("last")
-        self.assertEqual(self.events(), ["local", "other", "local2", "last"])
+        self.assertEqual(self.events(), ["local", "local1", "other", "local2", "last"])
 
     @inlineCallbacks
     def test_unsettled_batch_waits(self) -> Any:

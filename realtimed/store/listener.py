@@ -176,12 +176,13 @@ class MessageListener(Service):
             return None
         return int(self._connection.get_backend_pid())
 
-    def read_up_to(self) -> str | None:
+    def read_up_to(self) -> tuple[str | None, list[str]]:
         """
-        The snapshot up to which every stored message was handed over, if
-        the listener has polled yet.
+        The snapshot up to which every stored message was handed over (if
+        the listener has polled yet), and the transactions after it that
+        were handed over too (by `stored_here`).
         """
-        return self._since
+        return self._since, [str(xact) for xact in self._skip]
 
     def stored_here(self, xact: str, messages: list[dict[str, Any]], settled: bool) -> None:
         """

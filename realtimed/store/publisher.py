@@ -56,9 +56,10 @@ class LocalDelivery(Protocol):
     Where this process's stored publishes go (the listener).
     """
 
-    def read_up_to(self) -> str | None:
+    def read_up_to(self) -> tuple[str | None, list[str]]:
         """
-        The snapshot up to which every stored message was handed over.
+        The snapshot up to which every stored message was handed over, and
+        the transactions after it whose messages were handed over too.
         """
 
     def stored_here(self, xact: str, messages: list[dict[str, Any]], settled: bool) -> None:
@@ -243,7 +244,7 @@ class Publisher:
         self._batches = _Batches(
             self.pool,
             "SELECT id::text, outcome, detail, message, channel_id, webhooks, xact, settled"
-            " FROM realtime.publish_batch_settled(%s::jsonb, %s::pg_snapshot)",
+            " FROM realtime.publish_batch_settled(%s::jsonb, %s::pg_snapshot, %s::xid8[])",
             _publish_decided,
             "publish",
             self.max_batch,
@@ -251,8 +252,8 @@ class Publisher:
             self._stored,
         )
 
-    def _since(self) -> tuple[str | None]:
-        return (None if self.local is None else self.local.read_up_to(),)
+    def _since(self) -> tuple[str | None, list[str]]:
+        return (None, []) if self.local is None else self.local.read_up_to()
 
     def _stored(self, rows: list[tuple[Any, ...]]) -> None:
         local = self.local

@@ -1,15 +1,17 @@
 -- Publishes stored by a realtimed process are handed to its own sockets as
 -- soon as the batch is stored, without waiting for its listener's next poll,
 -- when that keeps the order: every message another transaction committed
--- before has been read by the listener already.  The listener passes the
--- snapshot it has read up to (`since`); the batch answers whether every
--- message committed so far, other than its own, is visible in that snapshot
--- (`settled`).  Messages committed after the check come from transactions
+-- before has been handed over by the listener already.  The listener passes
+-- the snapshot it has read up to (`since`) and the transactions after it
+-- that it handed over already (`handed`: batches of its own process); the
+-- batch answers whether every message committed so far, other than its own,
+-- is visible in that snapshot or in one of those transactions (`settled`).  Messages committed after the check come from transactions
 -- that ran at the same time as the batch, in no defined order with it.
 
 -- Has every message committed so far, other than the current transaction's,
--- a transaction visible in `since`?  False for a NULL `since`.
-CREATE FUNCTION realtime.settled_since(since pg_snapshot) RETURNS boolean
+-- a transaction visible in `since` or listed in `handed`?  False for a NULL
+-- `since`.
+CREATE FUNCTION realtime.settled_since(since pg_snapshot, handed xid8[]) RETURNS boolean
     LANGUAGE plpgsql VOLATILE
     SET search_path = pg_catalog, pg_temp
     AS $$
@@ -22,18 +24,21 @@ CREATE FUNCTION realtime.settled_since(since pg_snapshot) RETURNS boolean
         RETURN NOT EXISTS (
                    SELECT FROM realtime.messages m
                    WHERE m.xact_id = ANY (ARRAY(SELECT pg_snapshot_xip(since)))
-                     AND m.xact_id IS DISTINCT FROM own)
+                     AND m.xact_id IS DISTINCT FROM own
+                     AND NOT m.xact_id = ANY (coalesce(handed, '{}')))
            AND NOT EXISTS (
                    SELECT FROM realtime.messages m
                    WHERE m.xact_id >= pg_snapshot_xmax(since)
-                     AND m.xact_id IS DISTINCT FROM own);
+                     AND m.xact_id IS DISTINCT FROM own
+                     AND NOT m.xact_id = ANY (coalesce(handed, '{}')));
     END
     $$;
 
 -- realtime.publish_batch, answering also, for each stored item, the message
 -- as delivered, its channel, its webhook audience and its transaction, and
--- for the whole batch whether it is settled against `since` (see above).
-CREATE FUNCTION realtime.publish_batch_settled(items jsonb, since pg_snapshot)
+-- for the whole batch whether it is settled against `since` and `handed`
+-- (see above).
+CREATE FUNCTION realtime.publish_batch_settled(items jsonb, since pg_snapshot, handed xid8[])
     RETURNS TABLE (id uuid, outcome text, detail text, message jsonb, channel_id uuid,
                    webhooks integer, xact text, settled boolean)
     LANGUAGE plpgsql VOLATILE
@@ -49,7 +54,7 @@ CREATE FUNCTION realtime.publish_batch_settled(items jsonb, since pg_snapshot)
                array_agg(b.detail ORDER BY b.n)
         INTO ids, outcomes, details
         FROM realtime.publish_batch(items) WITH ORDINALITY AS b (id, outcome, detail, n);
-        is_settled := realtime.settled_since(since);
+        is_settled := realtime.settled_since(since, handed);
         RETURN QUERY
             SELECT r.id, r.outcome, r.detail,
                    CASE WHEN m.id IS NOT NULL THEN realtime.message_json(m) END, m.channel_id,
@@ -60,5 +65,5 @@ CREATE FUNCTION realtime.publish_batch_settled(items jsonb, since pg_snapshot)
     END
     $$;
 
-REVOKE ALL ON FUNCTION realtime.settled_since(pg_snapshot) FROM PUBLIC;
-REVOKE ALL ON FUNCTION realtime.publish_batch_settled(jsonb, pg_snapshot) FROM PUBLIC;
+REVOKE ALL ON FUNCTION realtime.settled_since(pg_snapshot, xid8[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION realtime.publish_batch_settled(jsonb, pg_snapshot, xid8[]) FROM PUBLIC;

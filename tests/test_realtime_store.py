@@ -501,6 +501,22 @@ class LocalDeliveryTests(StoreTestCase):
         self.assertEqual([settled for _, _, settled in local.calls], [True])
 
     @inlineCallbacks
+    def test_large_batch_left_to_the_listener(self) -> Any:
+        """
+        A batch larger than C{local_limit} is stored but announced as not
+        settled, without its messages, so that the listener reads them.
+        """
+        local = RecordingLocal(self.snapshot())
+        publisher = Publisher(self.pool, local, local_limit=2)
+        first = publisher.publish(ALICE, "orders", "alone", "{}")
+        rest = [publisher.publish(ALICE, "orders", f"e{i}", "{}") for i in range(3)]
+        yield gatherResults([first, *rest])
+        self.assertEqual(
+            [(settled, len(m)) for _, m, settled in local.calls], [(True, 1), (False, 3)]
+        )
+        self.assertEqual(len(run_sql(self.url, "SELECT id FROM realtime.messages")), 4)
+
+    @inlineCallbacks
     def test_without_snapshot(self) -> Any:
         """
         Before the listener has read anything, no batch is settled; a batch

@@ -63,11 +63,13 @@ CHANNEL = "realtime_wakeup"
 # The messages committed since snapshot `since` (all of them up to snapshot
 # `upto`, which is the current snapshot unless given), after position
 # (xact, seq), and the snapshot they were read up to; one row with NULLs
-# when there are none.
+# when there are none.  Messages of the transactions in `skip` (handed over
+# already) come without their body.
 POLL = """
 WITH s AS (SELECT coalesce(%(upto)s::pg_snapshot, pg_current_snapshot()) AS upto)
-SELECT s.upto::text, m.xact_id::text, m.seq, realtime.message_json(m), m.channel_id,
-       m.wh_audience_count
+SELECT s.upto::text, m.xact_id::text, m.seq,
+       CASE WHEN m.xact_id <> ALL (%(skip)s::xid8[]) THEN realtime.message_json(m) END,
+       m.channel_id, m.wh_audience_count
 FROM s LEFT JOIN LATERAL realtime.messages_between(
     %(since)s::pg_snapshot, s.upto, %(xact)s::xid8, %(seq)s::bigint, %(limit)s) m ON true
 ORDER BY m.xact_id, m.seq
@@ -184,7 +186,7 @@ class MessageListener(Service):
         """
         return self._since, [str(xact) for xact in self._skip]
 
-    def stored_here(self, xact: str, messages: list[dict[str, Any]], settled: bool) -> None:
+    def stored_here(self, xact: str | None, messages: list[dict[str, Any]], settled: bool) -> None:
         """
         This process has just stored C{messages} in transaction C{xact}.
         Hand them over now if C{settled} (every message committed before
@@ -192,7 +194,7 @@ class MessageListener(Service):
         else poll now.  A poll that already read up to a snapshot where
         C{xact} is visible hands them over itself.
         """
-        if not settled or not self.running:
+        if not settled or xact is None or not self.running:
             self.poll_soon()
             return
         number = int(xact)
@@ -386,6 +388,7 @@ class MessageListener(Service):
                     "xact": read.xact,
                     "seq": read.seq,
                     "limit": self.page_size,
+                    "skip": [str(xact) for xact in self._skip],
                 },
             )
             read.upto = rows[0][0]

@@ -62,9 +62,10 @@ class LocalDelivery(Protocol):
         the transactions after it whose messages were handed over too.
         """
 
-    def stored_here(self, xact: str, messages: list[dict[str, Any]], settled: bool) -> None:
+    def stored_here(self, xact: str | None, messages: list[dict[str, Any]], settled: bool) -> None:
         """
-        One transaction of this process stored C{messages}.
+        One transaction of this process stored C{messages} (when settled;
+        otherwise C{xact} and the messages may be missing).
         """
 
 
@@ -233,18 +234,22 @@ class Publisher:
     @ivar local: Gets each stored batch before the publishes in it are
         acknowledged.
     @ivar max_batch: The most publishes stored by one statement.
+    @ivar local_limit: The largest batch handed to C{local} with its
+        messages; a larger one is announced as not settled, so that the
+        listener reads its messages.
     """
 
     pool: Queries
     local: LocalDelivery | None = None
     max_batch: int = 500
+    local_limit: int = 32
     _batches: _Batches = field(init=False)
 
     def __attrs_post_init__(self) -> None:
         self._batches = _Batches(
             self.pool,
             "SELECT id::text, outcome, detail, message, channel_id, webhooks, xact, settled"
-            " FROM realtime.publish_batch_settled(%s::jsonb, %s::pg_snapshot, %s::xid8[])",
+            " FROM realtime.publish_batch_settled(%s::jsonb, %s::pg_snapshot, %s::xid8[], %s)",
             _publish_decided,
             "publish",
             self.max_batch,
@@ -252,8 +257,10 @@ class Publisher:
             self._stored,
         )
 
-    def _since(self) -> tuple[str | None, list[str]]:
-        return (None, []) if self.local is None else self.local.read_up_to()
+    def _since(self) -> tuple[str | None, list[str], int]:
+        if self.local is None:
+            return None, [], 0
+        return (*self.local.read_up_to(), self.local_limit)
 
     def _stored(self, rows: list[tuple[Any, ...]]) -> None:
         local = self.local

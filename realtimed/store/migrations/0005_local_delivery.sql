@@ -37,8 +37,13 @@ CREATE FUNCTION realtime.settled_since(since pg_snapshot, handed xid8[]) RETURNS
 -- realtime.publish_batch, answering also, for each stored item, the message
 -- as delivered, its channel, its webhook audience and its transaction, and
 -- for the whole batch whether it is settled against `since` and `handed`
--- (see above).
-CREATE FUNCTION realtime.publish_batch_settled(items jsonb, since pg_snapshot, handed xid8[])
+-- (see above).  A batch of more than `local_limit` items is answered as by
+-- realtime.publish_batch, never settled: under such a load the listener's
+-- poll, running beside the next batch, reads the messages at less cost than
+-- this statement would, which holds up the next batch.
+CREATE FUNCTION realtime.publish_batch_settled(
+    items jsonb, since pg_snapshot, handed xid8[], local_limit integer
+)
     RETURNS TABLE (id uuid, outcome text, detail text, message jsonb, channel_id uuid,
                    webhooks integer, xact text, settled boolean)
     LANGUAGE plpgsql VOLATILE
@@ -54,6 +59,14 @@ CREATE FUNCTION realtime.publish_batch_settled(items jsonb, since pg_snapshot, h
                array_agg(b.detail ORDER BY b.n)
         INTO ids, outcomes, details
         FROM realtime.publish_batch(items) WITH ORDINALITY AS b (id, outcome, detail, n);
+        IF coalesce(cardinality(ids), 0) > local_limit THEN
+            RETURN QUERY
+                SELECT r.id, r.outcome, r.detail, NULL::jsonb, NULL::uuid, NULL::integer,
+                       NULL::text, false
+                FROM unnest(ids, outcomes, details) WITH ORDINALITY AS r (id, outcome, detail, n)
+                ORDER BY r.n;
+            RETURN;
+        END IF;
         is_settled := realtime.settled_since(since, handed);
         RETURN QUERY
             SELECT r.id, r.outcome, r.detail,
@@ -66,4 +79,5 @@ CREATE FUNCTION realtime.publish_batch_settled(items jsonb, since pg_snapshot, h
     $$;
 
 REVOKE ALL ON FUNCTION realtime.settled_since(pg_snapshot, xid8[]) FROM PUBLIC;
-REVOKE ALL ON FUNCTION realtime.publish_batch_settled(jsonb, pg_snapshot, xid8[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION realtime.publish_batch_settled(jsonb, pg_snapshot, xid8[], integer)
+    FROM PUBLIC;

@@ -208,8 +208,8 @@ class MessageListener(Service):
 
     def poll_soon(self) -> None:
         """
-        Poll now (or right after the poll under way): this process has just
-        stored messages.
+        Poll now, or right after the poll under way (the doorbell rang, or
+        this process stored messages it could not hand over itself).
         """
         pause, self._pause = self._pause, None
         if pause is None:

@@ -114,7 +114,7 @@ class _Batches:
     max_batch: int
     #: more parameters of the query, after the batch
     parameters: Callable[[], tuple[Any, ...]] = tuple
-    #: called with the rows once a batch is answered, before its items are
+    #: called with the rows once a batch is answered, before its items are answered
     answered: Callable[[list[tuple[Any, ...]]], object] | None = None
     _queue: list[_Pending] = Factory(list)
     _in_flight: bool = False
@@ -253,11 +253,11 @@ class Publisher:
             _publish_decided,
             "publish",
             self.max_batch,
-            self._since,
+            self._local_parameters,
             self._stored,
         )
 
-    def _since(self) -> tuple[str | None, list[str], int]:
+    def _local_parameters(self) -> tuple[str | None, list[str], int]:
         if self.local is None:
             return None, [], 0
         return (*self.local.read_up_to(), self.local_limit)

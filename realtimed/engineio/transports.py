@@ -566,6 +566,7 @@ class _QueueOnDemand:
         instance.__dict__["send_queue"] = queue
         return queue
 
+
 #: state Autobahn sets on every connection, with the value it has on an
 #: idle open WebSocket; these are class attributes of the protocol too, so an
 #: open connection need not hold them itself (see `_compact`)
@@ -840,28 +841,7 @@ class EngineIOServer:
             call.cancel()
         held, self._held = self._held, []
         for connection in held:
-            # `EngineConnection.flush`, spelt out: this loop runs for every
-            # connection a broadcast reached
-            pending = connection.pending
-            if not pending:
-                continue
-            data = pending[0] if len(pending) == 1 else b"".join(pending)
-            pending.clear()
-            raw = connection._raw
-            if (
-                raw is not None
-                and not connection.paused
-                and not raw.dataBuffer
-                and not raw._tempDataBuffer
-            ):
-                try:
-                    sent = raw.socket.send(data)
-                except OSError:
-                    sent = 0
-                if sent == len(data):
-                    continue
-                data = data[sent:]
-            connection._write_now(data)
+            connection.flush()
 
     def _forget(self, connection: EngineConnection) -> None:
         if self.sessions.get(connection.sid) is connection:

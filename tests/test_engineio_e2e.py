@@ -19,22 +19,8 @@ from twisted.trial.unittest import TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
-from realtimed.engineio.transports import EngineConfig, EngineConnection, EngineIOServer
-
-
-class Echo:
-    """
-    Sends every message back.
-    """
-
-    def __init__(self, connection: EngineConnection) -> None:
-        self.connection = connection
-
-    def message(self, data: str | bytes) -> None:
-        self.connection.send(data if isinstance(data, bytes) else "4" + data)
-
-    def closed(self, reason: str) -> None:
-        pass
+from realtimed.engineio.transports import EngineConfig, EngineIOServer
+from tests.conformance import Echo
 
 
 def websocket_exchange(url: str, messages: list[str]) -> tuple[list[str | bytes], int | None]:

@@ -268,13 +268,16 @@ class Publisher:
         if local is None or not stored:
             return
         _, _, _, _, _, _, xact, settled = stored[0]
+        if not settled:
+            local.stored_here(xact, [], False)
+            return
         local.stored_here(
             xact,
             [
                 {"message": message, "channelId": channel_id, "webhooks": webhooks}
                 for _, _, _, message, channel_id, webhooks, _, _ in stored
             ],
-            settled,
+            True,
         )
 
     def publish(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import random
+import select
 import shutil
 import tempfile
 import time
@@ -582,16 +583,27 @@ class Doorbell:
         self.connection.autocommit = True
         test.addCleanup(self.connection.close)
         with self.connection.cursor() as cursor:
-            cursor.execute("LISTEN realtime_wakeup")
+            cursor.execute("LISTEN realtime_wakeup; LISTEN realtime_test_marker")
 
     def rings(self) -> int:
         """
-        How many notifications arrived since the last call.
+        How many doorbell notifications were sent since the last call.
+
+        Notifications arrive in commit order, so once a marker notified now
+        has arrived, so has every ring committed before it.
         """
-        self.connection.poll()
-        count = len(self.connection.notifies)
-        del self.connection.notifies[:]
-        return count
+        with self.connection.cursor() as cursor:
+            cursor.execute("NOTIFY realtime_test_marker")
+        deadline = time.monotonic() + 5
+        seen: list[str] = []
+        while "realtime_test_marker" not in seen:
+            if time.monotonic() > deadline:
+                raise AssertionError("the marker notification did not arrive")
+            select.select([self.connection], [], [], 0.1)
+            self.connection.poll()
+            seen.extend(n.channel for n in self.connection.notifies)
+            del self.connection.notifies[:]
+        return seen.count("realtime_wakeup")
 
 
 class DozingTests(ListenerMixin, TestCase):

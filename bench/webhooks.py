@@ -150,6 +150,17 @@ def counts(url: str) -> dict[str, Any]:
         return json.loads(response.read())  # type: ignore[no-any-return]
 
 
+async def settled(reactor: Any, cursor: Any) -> None:
+    """
+    Wait until no webhook delivery is pending.
+    """
+    while True:
+        cursor.execute("SELECT count(*) FROM realtime.webhook_deliveries WHERE status = 'pending'")
+        if not cursor.fetchone()[0]:
+            return
+        await task.deferLater(reactor, 0.05, lambda: None)
+
+
 async def run(
     reactor: Any,
     options: argparse.Namespace,
@@ -200,13 +211,7 @@ async def run(
     watcher = psycopg2.connect(database)
     watcher.autocommit = True
     with watcher.cursor() as cursor:
-        while True:
-            cursor.execute(
-                "SELECT count(*) FROM realtime.webhook_deliveries WHERE status = 'pending'"
-            )
-            if not cursor.fetchone()[0]:
-                break
-            await task.deferLater(reactor, 0.05, lambda: None)
+        await settled(reactor, cursor)
         elapsed = time.perf_counter() - started
         # Latency: messages published one by one, 20 ms apart, into an idle
         # service; from the publish's commit to the receiver's arrival.
@@ -215,13 +220,7 @@ async def run(
             cursor.execute("SELECT realtime.publish('bench', 'latency', '{}')::text")
             sent[cursor.fetchone()[0]] = time.time()
             await task.deferLater(reactor, 0.02, lambda: None)
-        while True:
-            cursor.execute(
-                "SELECT count(*) FROM realtime.webhook_deliveries WHERE status = 'pending'"
-            )
-            if not cursor.fetchone()[0]:
-                break
-            await task.deferLater(reactor, 0.05, lambda: None)
+        await settled(reactor, cursor)
     watcher.close()
     listener.stopService()
     await service.stopService()

@@ -45,10 +45,11 @@ from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
-from realtimed.signing import encode_webhook_secret
 from realtimed.store.listener import MessageListener
 from realtimed.store.migrations import migrate
-from realtimed.webhooks import WebhookService
+from realtimed.webhooks.outbox import outbox_pool
+from realtimed.webhooks.service import WebhookService
+from realtimed.webhooks.signing import encode_webhook_secret
 
 SECRET = encode_webhook_secret(b"benchmark-webhook-key-0123456789")
 
@@ -192,9 +193,10 @@ async def run(
     )
     published = time.perf_counter() - started
     expected = options.messages * options.receivers
+    pool = outbox_pool(reactor, database)
     service = WebhookService(
         reactor,
-        database,
+        pool,
         SECRET,
         allow_private=True,
         max_in_flight=options.max_in_flight,
@@ -224,6 +226,7 @@ async def run(
     watcher.close()
     listener.stopService()
     await service.stopService()
+    pool.close()
     if options.same_process:
         seen = await ensureDeferred(_counts_async(reactor, urls))
         for port in ports:

@@ -272,7 +272,7 @@ def _check(config: Config) -> None:
         if value is not None and len(value) < 16:
             raise ConfigError(f"{name}: must be at least 16 characters long")
     if config.webhook_secret is not None:
-        from realtimed.signing import decode_webhook_secret
+        from realtimed.webhooks.signing import decode_webhook_secret
 
         try:
             decode_webhook_secret(config.webhook_secret)

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from attrs import frozen
 
 from realtimed.config import Config
-from realtimed.signing import encode_webhook_secret
+from realtimed.webhooks.signing import encode_webhook_secret
 
 KEYS_FILE = "secrets.json"
 

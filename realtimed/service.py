@@ -25,16 +25,17 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.server import Site
 
-from realtimed.api import AdminAPI
 from realtimed.config import Config
-from realtimed.engineio.server import SocketIOServer
+from realtimed.engineio.socketio import SocketIOServer
 from realtimed.keys import KEYS_FILE, Keys, resolve_keys
-from realtimed.realtime import Realtime
+from realtimed.realtime.service import Realtime
+from realtimed.rest.api import AdminAPI
 from realtimed.store.listener import MessageListener
 from realtimed.store.migrations import migrate
 from realtimed.store.pool import ConnectionPool, redact_dsn
 from realtimed.web import root_resource
-from realtimed.webhooks import WebhookService
+from realtimed.webhooks.outbox import outbox_pool
+from realtimed.webhooks.service import WebhookService
 
 log = Logger()
 
@@ -128,7 +129,11 @@ class RealtimeService(MultiService):
             clock=self.reactor,
             local=listener,
         )
-        self.webhooks = WebhookService.from_config(self.reactor, config, url, keys.webhook_secret)
+        outbox = outbox_pool(self.reactor, url)
+        self._closers.append(outbox.close)
+        self.webhooks = WebhookService.from_config(
+            self.reactor, config, outbox, keys.webhook_secret
+        )
         listener.setServiceParent(self)
         self.realtime.setServiceParent(self)
         self.webhooks.setServiceParent(self)

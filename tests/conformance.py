@@ -23,7 +23,7 @@ from twisted.logger import globalLogBeginner, textFileLogObserver
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
-from realtimed.engineio.server import Socket, SocketIOServer
+from realtimed.engineio.socketio import Socket, SocketIOServer
 from realtimed.engineio.transports import EngineConfig, EngineConnection, EngineIOServer
 
 PING_INTERVAL = 0.3

@@ -1,5 +1,5 @@
 """
-Tests for L{realtimed.api}: the admin REST API served on a real port over a
+Tests for L{realtimed.rest.api}: the admin REST API served on a real port over a
 real PostgreSQL database.
 """
 
@@ -25,8 +25,8 @@ from twisted.web.client import HTTPConnectionPool
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
-from realtimed.api import AdminAPI
 from realtimed.keys import Keys
+from realtimed.rest.api import AdminAPI
 from realtimed.store.listener import MessageListener
 from realtimed.store.migrations import migrate
 from realtimed.store.pool import ConnectionPool

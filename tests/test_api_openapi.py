@@ -18,8 +18,8 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import SynchronousTestCase
 
-from realtimed.api import AdminAPI
-from realtimed.openapi import openapi_document
+from realtimed.rest.api import AdminAPI
+from realtimed.rest.openapi import openapi_document
 from tests.test_api import (
     KEYS,
     REFERENCE_CHANNEL,

@@ -1,5 +1,5 @@
 """
-Tests for the pure parts of L{realtimed.api}.
+Tests for the pure parts of L{realtimed.rest.api}.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from twisted.internet.task import deferLater
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.server import Site
 
-from realtimed.api import AdminAPI, APIError, strip_outer_parentheses
 from realtimed.keys import Keys
+from realtimed.rest.api import AdminAPI, APIError, strip_outer_parentheses
 
 KEYS = Keys("s" * 40, "ik_" + "a" * 40, "anon_" + "b" * 40, "whsec_a2trazI=")
 

@@ -1,5 +1,5 @@
 """
-Tests for L{realtimed.channels}, and for its agreement with the same rules
+Tests for L{realtimed.realtime.channels}, and for its agreement with the same rules
 written in SQL (C{realtime.pattern_matches}, C{realtime.owning_channel}).
 """
 
@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from twisted.internet import reactor
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from realtimed.channels import (
+from realtimed.realtime.channels import (
     is_valid_name,
     is_valid_pattern,
     is_wildcard,

@@ -1,5 +1,5 @@
 """
-Tests for L{realtimed.presence}.
+Tests for L{realtimed.realtime.presence}.
 """
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from realtimed.presence import ANONYMOUS, USER, Identity, Member, Presence
+from realtimed.realtime.presence import ANONYMOUS, USER, Identity, Member, Presence
 
 ALICE = Identity("alice", USER)
 BOB = Identity("bob", USER)

@@ -25,7 +25,7 @@ from twisted.trial.unittest import TestCase
 
 from realtimed.config import load
 from realtimed.keys import Keys
-from realtimed.realtime import Realtime
+from realtimed.realtime.service import Realtime
 from realtimed.service import RealtimeService
 from tests.support import create_database, run_sql
 

@@ -17,9 +17,10 @@ from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from realtimed.engineio.server import ConnectRefused
+from realtimed.engineio.socketio import ConnectRefused
 from realtimed.keys import Keys
-from realtimed.realtime import Realtime, credential_of, rfc3339
+from realtimed.realtime.service import Realtime, credential_of, rfc3339
+from realtimed.testing import FakePool
 
 KEYS = Keys(
     jwt_secret="handler-test-secret-" + "s" * 32,
@@ -69,29 +70,6 @@ class FakeNamespace:
         self.fanouts.append(({s.sid for s in sockets}, event, args))
 
 
-class FakePool:
-    """
-    Records queries; the test answers them.
-    """
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, Any, Deferred[Any]]] = []
-
-    def runQuery(self, sql: str, params: Any = None) -> Deferred[Any]:
-        d: Deferred[Any] = Deferred()
-        self.calls.append((sql, params, d))
-        return d
-
-    runOperation = runQuery
-
-    def pop(self, containing: str) -> tuple[Any, Deferred[Any]]:
-        for i, (sql, params, d) in enumerate(self.calls):
-            if containing in sql:
-                del self.calls[i]
-                return params, d
-        raise AssertionError(f"no query with {containing!r} in {[c[0] for c in self.calls]}")
-
-
 class Acks:
     def __init__(self) -> None:
         self.values: list[Any] = []
@@ -122,7 +100,7 @@ class HandlerTests(SynchronousTestCase):
         self.namespace.handlers[event](socket, [data], ack)
 
     def allow_subscribe(self, channel_id: str = "c1") -> None:
-        _, d = self.pool.pop("authorize_subscribes")
+        d = self.pool.pop("authorize_subscribes").done
         d.callback([(channel_id, "allowed", None)])
 
     def test_credentials(self) -> None:
@@ -172,7 +150,8 @@ class HandlerTests(SynchronousTestCase):
         self.assertEqual(pub_acks.values, [])
         self.allow_subscribe()
         self.assertEqual(sub_acks.values[0]["ok"], True)
-        params, d = self.pool.pop("publish_batch")
+        query = self.pool.pop("publish_batch")
+        params, d = query.params, query.done
         self.assertIn('"payload":1', params[0])
         self.assertIn('"sender_id":"alice"', params[0])
         d.callback([("m1", "stored", None)])
@@ -187,7 +166,8 @@ class HandlerTests(SynchronousTestCase):
         self.emit(
             socket, "REALTIME_SUBSCRIBE", {"channel": "orders", "role": "project_admin"}, Acks()
         )
-        params, d = self.pool.pop("authorize_subscribes")
+        query = self.pool.pop("authorize_subscribes")
+        params, d = query.params, query.done
         self.assertIn('"role":"authenticated"', params[0])
         self.assertNotIn("project_admin", params[0])
         d.callback([("c1", "allowed", None)])
@@ -201,7 +181,8 @@ class HandlerTests(SynchronousTestCase):
             "claims": {"sub": "mallory"},
         }
         self.emit(socket, "REALTIME_PUBLISH", data, Acks())
-        params, d = self.pool.pop("publish_batch")
+        query = self.pool.pop("publish_batch")
+        params, d = query.params, query.done
         [item] = json.loads(params[0])
         self.assertEqual(
             (item["role"], item["sender_type"], item["sender_id"], item["claims"]["sub"]),
@@ -222,10 +203,12 @@ class HandlerTests(SynchronousTestCase):
             self.emit(
                 socket, "REALTIME_PUBLISH", {"channel": "orders", "event": "e", "payload": i}, acks
             )
-        params, d = self.pool.pop("publish_batch")
+        query = self.pool.pop("publish_batch")
+        params, d = query.params, query.done
         self.assertEqual(params[0].count('"event"'), 1)
         d.callback([("m0", "stored", None)])
-        params, d = self.pool.pop("publish_batch")
+        query = self.pool.pop("publish_batch")
+        params, d = query.params, query.done
         self.assertEqual(params[0].count('"event"'), 3)
         d.callback([("m1", "stored", None), ("m2", "denied", "no"), ("m3", "stored", None)])
         self.assertEqual([a["ok"] for a in acks.values], [True, True, False, True])
@@ -252,11 +235,11 @@ class HandlerTests(SynchronousTestCase):
         socket = self.connect("s", {"token": token("alice")})
         acks = Acks()
         self.emit(socket, "REALTIME_SUBSCRIBE", {"channel": "orders"}, acks)
-        _, d = self.pool.pop("authorize_subscribes")
+        d = self.pool.pop("authorize_subscribes").done
         d.errback(RuntimeError("database gone"))
         self.assertEqual(acks.values[0]["error"]["code"], "INTERNAL_ERROR")
         self.emit(socket, "REALTIME_SUBSCRIBE", {"channel": "orders"})
-        _, d = self.pool.pop("authorize_subscribes")
+        d = self.pool.pop("authorize_subscribes").done
         d.errback(RuntimeError("database gone"))
         self.assertEqual(socket.emitted[-1][0], "realtime:error")
         self.assertEqual(socket.emitted[-1][1][0]["code"], "INTERNAL_ERROR")
@@ -283,7 +266,7 @@ class HandlerTests(SynchronousTestCase):
         self.assertEqual(acks.values[0]["error"]["code"], "INTERNAL_ERROR")
         self.pool.runQuery = working  # type: ignore[method-assign]
         self.emit(socket, "REALTIME_PUBLISH", publish, acks)
-        _, d = self.pool.pop("publish_batch")
+        d = self.pool.pop("publish_batch").done
         d.callback([("m1", "stored", None)])
         self.assertEqual(acks.values[1], {"ok": True, "channel": "orders", "messageId": "m1"})
         self.flushLoggedErrors(ValueError)
@@ -307,7 +290,8 @@ class HandlerTests(SynchronousTestCase):
         self.clock.advance(1)
         self.pool.runOperation = working  # type: ignore[method-assign]
         self.clock.advance(1)
-        params, d = self.pool.pop("ws_audience_count")
+        query = self.pool.pop("ws_audience_count")
+        params, d = query.params, query.done
         self.assertEqual(params, (["m1"], [1]))
         d.callback(None)
         self.flushLoggedErrors(ValueError)
@@ -350,7 +334,8 @@ class HandlerTests(SynchronousTestCase):
         )
         self.assertEqual(self.namespace.fanouts, [({"a", "b"}, "message", (message,))])
         self.clock.advance(1)
-        params, d = self.pool.pop("ws_audience_count")
+        query = self.pool.pop("ws_audience_count")
+        params, d = query.params, query.done
         self.assertEqual(params, (["m1"], [2]))
         d.callback(None)
 

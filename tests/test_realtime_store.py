@@ -16,7 +16,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
 from realtimed.auth import ADMIN_PRINCIPAL, ANON_PRINCIPAL, Principal
-from realtimed.client_events import INTERNAL_ERROR, REALTIME_UNAUTHORIZED
+from realtimed.realtime.client_events import INTERNAL_ERROR, REALTIME_UNAUTHORIZED
 from realtimed.store.migrations import migrate
 from realtimed.store.pool import ConnectionPool
 from realtimed.store.publisher import AudienceCounter, Authorizer, Publisher, Refused

@@ -1,6 +1,6 @@
 """
-Tests for the pure parts of realtime channels: L{realtimed.subscriptions}
-and L{realtimed.client_events}.
+Tests for the pure parts of realtime channels: L{realtimed.realtime.subscriptions}
+and L{realtimed.realtime.client_events}.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from realtimed.client_events import (
+from realtimed.realtime.client_events import (
     EVENTS,
     INVALID_INPUT,
     PUBLISH,
@@ -26,7 +26,7 @@ from realtimed.client_events import (
     published_ack,
     subscribed_ack,
 )
-from realtimed.subscriptions import Subscription, Subscriptions
+from realtimed.realtime.subscriptions import Subscription, Subscriptions
 
 
 class SubscriptionsTests(SynchronousTestCase):

@@ -264,7 +264,7 @@ class MountTests(TestCase):
         from twisted.internet.defer import Deferred
         from twisted.web.resource import Resource as WebResource
 
-        from realtimed.webhooks import WebhookService
+        from realtimed.webhooks.service import WebhookService
 
         original = WebhookService.from_config
 

@@ -1,5 +1,5 @@
 """
-Tests for L{realtimed.signing}.
+Tests for L{realtimed.webhooks.signing}.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from twisted.trial.unittest import SynchronousTestCase
 
-from realtimed.signing import decode_webhook_secret, encode_webhook_secret, sign
+from realtimed.webhooks.signing import decode_webhook_secret, encode_webhook_secret, sign
 
 KEY = bytes(range(32))
 

@@ -29,7 +29,7 @@ from twisted.trial.unittest import TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
-from realtimed.engineio.server import ConnectRefused, Socket, SocketIOServer
+from realtimed.engineio.socketio import ConnectRefused, Socket, SocketIOServer
 
 JS = Path(__file__).parent / "js"
 SCENARIO = JS / "engineio_scenario.js"

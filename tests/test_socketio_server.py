@@ -12,7 +12,7 @@ from twisted.internet.defer import Deferred, fail
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from realtimed.engineio.server import ConnectRefused, Socket, SocketIOServer
+from realtimed.engineio.socketio import ConnectRefused, Socket, SocketIOServer
 from tests.test_engineio_session import FakeWebSocket, make_request, written
 
 

@@ -1,5 +1,5 @@
 """
-Tests for L{realtimed.validation}.
+Tests for L{realtimed.rest.validation}.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from realtimed import validation
-from realtimed.validation import (
+from realtimed.rest import validation
+from realtimed.rest.validation import (
     MAX_BODY_BYTES,
     UNSET,
     ChannelCreation,

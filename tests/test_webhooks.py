@@ -31,11 +31,14 @@ from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
-from realtimed.signing import encode_webhook_secret
 from realtimed.store.migrations import migrate
 from realtimed.store.pool import ConnectionPool
-from realtimed.webhook_policy import RetryPolicy
-from realtimed.webhooks import WebhookService, webhook_http_client
+from realtimed.testing import FakePool
+from realtimed.webhooks.endpoint import webhook_http_client
+from realtimed.webhooks.outbox import Outbox, outbox_pool
+from realtimed.webhooks.policy import RetryPolicy
+from realtimed.webhooks.service import WebhookService
+from realtimed.webhooks.signing import encode_webhook_secret
 from tests.support import run_sql, server_url, with_database
 
 reactor: Any = _reactor
@@ -180,18 +183,19 @@ CHILD_SERVICE = """
 import sys
 from twisted.internet import reactor, stdio
 from twisted.internet.protocol import Protocol
-from realtimed.webhook_policy import RetryPolicy
-from realtimed import webhooks
-from realtimed.webhooks import WebhookService, webhook_http_client
+from realtimed.webhooks.policy import RetryPolicy
+from realtimed.webhooks.outbox import outbox_pool
+from realtimed.webhooks.service import WebhookService
 
+pool = outbox_pool(reactor, sys.argv[1])
 service = WebhookService(
-    reactor, sys.argv[1], sys.argv[2], allow_private=True,
+    reactor, pool, sys.argv[2], allow_private=True,
     policy=RetryPolicy(0.05, 0.2, 60.0), poll_interval=0.2, max_in_flight=4, per_host=4,
 )
 
 class StopAtEOF(Protocol):
     def connectionLost(self, reason=None):
-        service.stopService().addBoth(lambda _: reactor.stop())
+        service.stopService().addBoth(lambda _: pool.close()).addBoth(lambda _: reactor.stop())
 
 stdio.StandardIO(StopAtEOF())
 service.startService()
@@ -330,7 +334,9 @@ class WebhookTestCase(TestCase):
             "poll_interval": 0.2,
         }
         options.update(kwargs)
-        service = WebhookService(reactor, self.database, SECRET, **options)
+        pool = self.pool = outbox_pool(reactor, self.database)
+        self.addCleanup(pool.close)
+        service = WebhookService(reactor, pool, SECRET, **options)
         service.startService()
 
         def stop() -> Any:
@@ -1073,8 +1079,7 @@ class DurabilityTests(WebhookTestCase):
         yield self.wait_for(self.settled)
         yield service.prune(older_than=0.0)
         self.assertEqual(Counter(receiver.ids()), Counter(published))
-        assert service._database is not None
-        rows = yield service._database.runQuery(
+        rows = yield self.pool.runQuery(
             "SELECT current_setting('synchronous_commit'),"
             " (SELECT array_agg(name ORDER BY name) FROM pg_prepared_statements)"
         )
@@ -1090,9 +1095,7 @@ class WakeTests(SynchronousTestCase):
         once.
         """
         clock = Clock()
-        service = WebhookService(
-            reactor, "postgresql:///unused", SECRET, clock=clock, wake_interval=10.0
-        )
+        service = WebhookService(reactor, FakePool(), SECRET, clock=clock, wake_interval=10.0)
         looks: list[float] = []
         self.patch(service, "_look", lambda: looks.append(clock.seconds()))
         service.running = True
@@ -1123,12 +1126,9 @@ class DatabaseAwayTests(TestCase):
         listening = reactor.listenTCP(0, Site(Resource()), interface="127.0.0.1")
         port = listening.getHost().port
         yield listening.stopListening()
-        service = WebhookService(
-            reactor,
-            f"postgresql://postgres@127.0.0.1:{port}/nothing",
-            SECRET,
-            poll_interval=0.05,
-        )
+        pool = outbox_pool(reactor, f"postgresql://postgres@127.0.0.1:{port}/nothing")
+        self.addCleanup(pool.close)
+        service = WebhookService(reactor, pool, SECRET, poll_interval=0.05)
         service.startService()
         yield deferLater(reactor, 0.6, lambda: None)
         yield service.stopService()
@@ -1237,8 +1237,8 @@ class OutboxTests(WebhookTestCase):
             " WHERE status = 'delivered')",
         )
         # A long retention: the pruning at start leaves these rows alone.
-        service = self.service(retention=30 * 86400.0)
-        deleted = yield service.prune(older_than=7 * 86400.0, batch=2)
+        self.service(retention=30 * 86400.0)
+        deleted = yield Outbox(self.pool).prune(older_than=7 * 86400.0, batch=2)
         self.assertEqual(deleted, 5)
         self.assertEqual(
             sorted(row[2] for row in self.deliveries()),

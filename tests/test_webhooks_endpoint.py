@@ -23,16 +23,14 @@ from twisted.web.client import URI
 from twisted.web.error import SchemeNotSupported
 
 from realtimed.config import load
-from realtimed.signing import encode_webhook_secret
-from realtimed.webhook_policy import RetryPolicy
-from realtimed.webhooks import (
-    Answer,
-    CheckedEndpoint,
-    CheckedEndpointFactory,
-    Delivery,
-    UnsafeAddress,
-    WebhookService,
-)
+from realtimed.testing import FakePool
+from realtimed.webhooks.answers import Answer
+from realtimed.webhooks.endpoint import CheckedEndpoint, CheckedEndpointFactory, UnsafeAddress
+from realtimed.webhooks.outbox import Delivery
+from realtimed.webhooks.outcomes import Outcomes
+from realtimed.webhooks.policy import RetryPolicy
+from realtimed.webhooks.service import DatabaseTrouble, WebhookService
+from realtimed.webhooks.signing import encode_webhook_secret
 
 SECRET = encode_webhook_secret(b"k" * 32)
 
@@ -159,32 +157,24 @@ class FromConfigTests(SynchronousTestCase):
         its retry horizon.
         """
         config = load({"webhook-allow-private": True, "webhook-retry-hours": 2.0}, environ={})
-        service = WebhookService.from_config(
-            MemoryReactorClock(), config, "postgresql:///x", SECRET
-        )
+        service = WebhookService.from_config(MemoryReactorClock(), config, FakePool(), SECRET)
         self.assertTrue(service.allow_private)
         self.assertEqual(service.policy.horizon, 7200.0)
         self.assertEqual(service.secret, SECRET)
 
     def test_repr_hides_secrets(self) -> None:
         """
-        The service's repr shows neither the signing secret nor the
-        database password.
+        The service's repr does not show the signing secret.
         """
-        service = WebhookService(
-            MemoryReactorClock(), "postgresql://realtimed:hunter2@db/realtime", SECRET
-        )
-        text = repr(service)
-        self.assertNotIn("hunter2", text)
-        self.assertNotIn(SECRET, text)
-        self.assertIn("db/realtime", text)
+        service = WebhookService(MemoryReactorClock(), FakePool(), SECRET)
+        self.assertNotIn(SECRET, repr(service))
 
     def test_bad_secret(self) -> None:
         """
         A secret that is not a Standard Webhooks secret is refused at once.
         """
         with self.assertRaises(ValueError):
-            WebhookService(MemoryReactorClock(), "postgresql:///x", "not-a-secret")
+            WebhookService(MemoryReactorClock(), FakePool(), "not-a-secret")
 
 
 def delivery(attempts: int = 1, age: float = 0.0) -> Delivery:
@@ -203,19 +193,17 @@ def delivery(attempts: int = 1, age: float = 0.0) -> Delivery:
 
 class OutcomeTests(SynchronousTestCase):
     """
-    What the service makes of an attempt's result, with a fixed clock and
+    What becomes of an attempt's result, with a fixed clock and
     jitter: no database, no network.
     """
 
     def setUp(self) -> None:
         self.clock = Clock()
         self.clock.advance(1_800_000_000)
-        self.service = WebhookService(
-            MemoryReactorClock(),
-            "postgresql:///x",
-            SECRET,
-            clock=self.clock,
-            policy=RetryPolicy(base_delay=2.0, max_delay=60.0, horizon=3600.0),
+        self.outcomes = Outcomes(
+            RetryPolicy(base_delay=2.0, max_delay=60.0, horizon=3600.0),
+            self.clock,
+            timeout=10.0,
             jitter=lambda: 0.5,
         )
         self.events: list[dict[str, Any]] = []
@@ -227,14 +215,14 @@ class OutcomeTests(SynchronousTestCase):
         """
         A 2xx answer is a delivery.
         """
-        outcome = self.service._answered(delivery(), Answer(204, None))
+        outcome = self.outcomes.answered(delivery(), Answer(204, None))
         self.assertEqual((outcome.status, outcome.http_status), ("delivered", 204))
 
     def test_backoff(self) -> None:
         """
         A 503 is retried after the jittered backoff of its attempt.
         """
-        outcome = self.service._answered(delivery(attempts=3), Answer(503, None))
+        outcome = self.outcomes.answered(delivery(attempts=3), Answer(503, None))
         self.assertEqual(
             (outcome.status, outcome.delay, outcome.error), ("pending", 4.0, "HTTP 503")
         )
@@ -244,7 +232,7 @@ class OutcomeTests(SynchronousTestCase):
         A 429's Retry-After as an HTTP-date is a wait until then.
         """
         when = formatdate(self.clock.seconds() + 120, usegmt=True)
-        outcome = self.service._answered(delivery(), Answer(429, when))
+        outcome = self.outcomes.answered(delivery(), Answer(429, when))
         self.assertEqual((outcome.status, outcome.delay), ("pending", 120.0))
 
     def test_final(self) -> None:
@@ -252,7 +240,7 @@ class OutcomeTests(SynchronousTestCase):
         A 404 is final, and the log line names the status but not the URL's
         credentials or query.
         """
-        outcome = self.service._answered(delivery(), Answer(404, None))
+        outcome = self.outcomes.answered(delivery(), Answer(404, None))
         self.assertEqual(outcome.status, "failed")
         line = formatEvent(self.events[-1])
         self.assertIn("404", line)
@@ -264,14 +252,14 @@ class OutcomeTests(SynchronousTestCase):
         """
         A failure past the horizon is final.
         """
-        outcome = self.service._answered(delivery(attempts=40, age=3600.0), Answer(500, None))
+        outcome = self.outcomes.answered(delivery(attempts=40, age=3600.0), Answer(500, None))
         self.assertEqual(outcome.status, "failed")
 
     def test_timeout(self) -> None:
         """
         No answer within the timeout is retried, and says so.
         """
-        outcome = self.service._not_answered(
+        outcome = self.outcomes.not_answered(
             delivery(), Failure(DeferredTimeoutError("no answer within 10 s"))
         )
         self.assertEqual((outcome.status, outcome.error), ("pending", "no answer within 10 s"))
@@ -280,7 +268,7 @@ class OutcomeTests(SynchronousTestCase):
         """
         A refused address is final, with the reason and the hint in the log.
         """
-        outcome = self.service._not_answered(
+        outcome = self.outcomes.not_answered(
             delivery(), Failure(UnsafeAddress("hooks.example resolves to 10.0.0.1: private"))
         )
         self.assertEqual(outcome.status, "failed")
@@ -293,9 +281,9 @@ class OutcomeTests(SynchronousTestCase):
         counting those not logged; another host has its own interval.
         """
         for _ in range(5):
-            self.service._answered(delivery(), Answer(503, None))
+            self.outcomes.answered(delivery(), Answer(503, None))
         self.clock.advance(11)
-        self.service._answered(delivery(), Answer(503, None))
+        self.outcomes.answered(delivery(), Answer(503, None))
         other = Delivery(
             id=8,
             url="https://other.example/",
@@ -307,7 +295,7 @@ class OutcomeTests(SynchronousTestCase):
             channel="c",
             body=b"{}",
         )
-        self.service._answered(other, Answer(503, None))
+        self.outcomes.answered(other, Answer(503, None))
         lines = [formatEvent(e) for e in self.events if "retrying in" in formatEvent(e)]
         self.assertEqual(len(lines), 3, lines)
         self.assertIn("(4 more retries to this host", lines[1])
@@ -318,12 +306,13 @@ class OutcomeTests(SynchronousTestCase):
         The same database error is logged once a minute at most; a
         different one at once.
         """
+        trouble = DatabaseTrouble(self.clock)
         refused = Failure(OSError("connection refused"))
         for _ in range(5):
-            self.service._database_trouble(refused)
+            trouble.failed(refused)
             self.clock.advance(1)
-        self.service._database_trouble(Failure(OSError("too many connections")))
+        trouble.failed(Failure(OSError("too many connections")))
         self.clock.advance(60)
-        self.service._database_trouble(Failure(OSError("too many connections")))
+        trouble.failed(Failure(OSError("too many connections")))
         lines = [formatEvent(e) for e in self.events if "wait for the database" in formatEvent(e)]
         self.assertEqual(len(lines), 3, lines)

@@ -1,5 +1,5 @@
 """
-Tests for L{realtimed.webhook_policy}: retries, Retry-After, address and URL
+Tests for L{realtimed.webhooks.policy}: retries, Retry-After, address and URL
 checks, headers.
 """
 
@@ -15,8 +15,7 @@ from hypothesis import strategies as st
 from standardwebhooks.webhooks import Webhook
 from twisted.trial.unittest import SynchronousTestCase
 
-from realtimed.signing import encode_webhook_secret
-from realtimed.webhook_policy import (
+from realtimed.webhooks.policy import (
     RetryPolicy,
     Verdict,
     address_refusal,
@@ -28,6 +27,7 @@ from realtimed.webhook_policy import (
     verdict_for_status,
     webhook_headers,
 )
+from realtimed.webhooks.signing import encode_webhook_secret
 
 NOW = 1_800_000_000.0
 

@@ -13,7 +13,7 @@ Layers, bottom up:
   actions.
 - `realtimed.engineio.transports`: `EngineIOServer`, the twisted.web
   resource that serves polling and hands WebSocket upgrades to Autobahn.
-- `realtimed.engineio.server`: `SocketIOServer`, namespaces and sockets.
+- `realtimed.engineio.socketio`: `SocketIOServer`, namespaces and sockets.
 
 Using it::
 

@@ -18,7 +18,7 @@ import re
 import select
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import psycopg2
 from attrs import define, field
@@ -43,6 +43,21 @@ TCP_KEEPALIVES = {
     "keepalives_interval": 5,
     "keepalives_count": 3,
 }
+
+
+class Queries(Protocol):
+    """
+    What the rest of realtimed uses of a connection pool: statements, each
+    in its own transaction, and transactions of several.
+    """
+
+    def runQuery(self, *args: Any, **kwargs: Any) -> Deferred[list[tuple[Any, ...]]]: ...
+
+    def runOperation(self, *args: Any, **kwargs: Any) -> Deferred[None]: ...
+
+    def runInteraction(
+        self, interaction: Callable[..., Any], *args: Any, **kwargs: Any
+    ) -> Deferred[Any]: ...
 
 
 def redact_dsn(dsn: str) -> str:

@@ -36,19 +36,10 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from realtimed.auth import Principal
-from realtimed.client_events import INTERNAL_ERROR, REALTIME_UNAUTHORIZED, Refusal
+from realtimed.realtime.client_events import INTERNAL_ERROR, REALTIME_UNAUTHORIZED, Refusal
+from realtimed.store.pool import Queries
 
 log = Logger()
-
-
-class Queries(Protocol):
-    """
-    What is used of the connection pool.
-    """
-
-    def runQuery(self, *args: Any, **kwargs: Any) -> Deferred[list[tuple[Any, ...]]]: ...
-
-    def runOperation(self, *args: Any, **kwargs: Any) -> Deferred[None]: ...
 
 
 class LocalDelivery(Protocol):

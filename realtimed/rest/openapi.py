@@ -15,7 +15,7 @@ import copy
 from functools import lru_cache
 from typing import Any, Final
 
-from realtimed import validation
+from realtimed.rest import validation
 
 JSON = "application/json"
 

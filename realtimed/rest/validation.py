@@ -28,8 +28,8 @@ from urllib.parse import urlsplit
 
 from attrs import frozen
 
-from realtimed.channels import is_valid_name, is_valid_pattern
 from realtimed.engineio.socket_packets import RESERVED_EVENTS
+from realtimed.realtime.channels import is_valid_name, is_valid_pattern
 
 #: The largest request body accepted, in bytes.
 MAX_BODY_BYTES: Final = 1024 * 1024

@@ -11,7 +11,7 @@ credential: the API key (``Authorization: Bearer <key>`` or
 Requests and responses are JSON.  Failures are
 ``{"error": CODE, "message": ..., "statusCode": N}``:
 
-- 400 ``INVALID_INPUT``: the request is malformed (see `realtimed.validation`);
+- 400 ``INVALID_INPUT``: the request is malformed (see `realtimed.rest.validation`);
 - 401 ``UNAUTHORIZED``: no credential, or one that is not valid;
 - 403 ``FORBIDDEN``: a valid credential without admin rights;
 - 404 ``NOT_FOUND``: no such channel, no enabled channel owning a published
@@ -39,7 +39,6 @@ from twisted.web.resource import IResource
 from twisted.web.server import Request
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
-from realtimed import validation
 from realtimed.auth import (
     AuthenticationError,
     Principal,
@@ -47,8 +46,9 @@ from realtimed.auth import (
     bearer_credential,
 )
 from realtimed.keys import Keys
-from realtimed.openapi import openapi_document
-from realtimed.validation import InvalidInput
+from realtimed.rest import validation
+from realtimed.rest.openapi import openapi_document
+from realtimed.rest.validation import InvalidInput
 
 log = Logger()
 

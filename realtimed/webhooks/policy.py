@@ -17,7 +17,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 from attrs import frozen
 
-from realtimed.signing import sign
+from realtimed.webhooks.signing import sign
 
 USER_AGENT = "realtimed-webhooks/1"
 

@@ -22,8 +22,8 @@ from typing import Any
 
 from attrs import frozen
 
-from realtimed.channels import is_valid_name, is_valid_pattern, is_wildcard
 from realtimed.engineio.socket_packets import RESERVED_EVENTS
+from realtimed.realtime.channels import is_valid_name, is_valid_pattern, is_wildcard
 
 SUBSCRIBE = "subscribe"
 UNSUBSCRIBE = "unsubscribe"

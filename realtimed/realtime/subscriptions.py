@@ -18,7 +18,7 @@ from typing import Generic, TypeVar
 
 from attrs import Factory, define, frozen
 
-from realtimed.channels import is_wildcard, matches
+from realtimed.realtime.channels import is_wildcard, matches
 
 S = TypeVar("S", bound=Hashable)
 

@@ -52,7 +52,9 @@ from realtimed.auth import (
     authenticate,
     bearer_credential,
 )
-from realtimed.client_events import (
+from realtimed.engineio.socketio import ConnectRefused, Namespace, Socket
+from realtimed.keys import Keys
+from realtimed.realtime.client_events import (
     ERROR_EVENT,
     EVENTS,
     INTERNAL_ERROR,
@@ -66,9 +68,8 @@ from realtimed.client_events import (
     subscribed_ack,
     unsubscribed_ack,
 )
-from realtimed.engineio.server import ConnectRefused, Namespace, Socket
-from realtimed.keys import Keys
-from realtimed.presence import ANONYMOUS, USER, Identity, Presence, PresenceChange
+from realtimed.realtime.presence import ANONYMOUS, USER, Identity, Presence, PresenceChange
+from realtimed.realtime.subscriptions import Subscription, Subscriptions
 from realtimed.store.publisher import (
     AudienceCounter,
     Authorizer,
@@ -77,7 +78,6 @@ from realtimed.store.publisher import (
     Queries,
     Refused,
 )
-from realtimed.subscriptions import Subscription, Subscriptions
 
 log = Logger()
 

@@ -31,6 +31,7 @@ from realtimed.keys import KEYS_FILE, Keys, resolve_keys
 from realtimed.realtime.service import Realtime
 from realtimed.rest.api import AdminAPI
 from realtimed.store.listener import MessageListener
+from realtimed.store.messages import StoredMessage
 from realtimed.store.migrations import migrate
 from realtimed.store.pool import ConnectionPool, redact_dsn
 from realtimed.web import root_resource
@@ -154,7 +155,7 @@ class RealtimeService(MultiService):
             self.ports.append(port)
         self._announce(generated)
 
-    def _message_stored(self, notification: dict[str, Any]) -> None:
+    def _message_stored(self, message: StoredMessage) -> None:
         """
         A message was stored, by this process or another: send it to this
         process's sockets, and have the webhook service look at once for the
@@ -162,9 +163,9 @@ class RealtimeService(MultiService):
         """
         assert self.realtime is not None and self.webhooks is not None
         try:
-            self.realtime.deliver(notification)
+            self.realtime.deliver(message)
         finally:
-            if notification.get("webhooks"):
+            if message.webhooks:
                 self.webhooks.wake()
 
     @inlineCallbacks

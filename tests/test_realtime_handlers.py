@@ -20,6 +20,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from realtimed.engineio.socketio import ConnectRefused
 from realtimed.keys import Keys
 from realtimed.realtime.service import Realtime, credential_of, rfc3339
+from realtimed.store.messages import StoredMessage
 from realtimed.testing import FakePool
 
 KEYS = Keys(
@@ -286,7 +287,7 @@ class HandlerTests(SynchronousTestCase):
 
         self.pool.runOperation = broken  # type: ignore[method-assign]
         message = {"channel": "orders", "event": "e", "messageId": "m1"}
-        self.realtime.deliver({"message": message, "channelId": "c1"})
+        self.realtime.deliver(StoredMessage(message, "c1"))
         self.clock.advance(1)
         self.pool.runOperation = working  # type: ignore[method-assign]
         self.clock.advance(1)
@@ -328,9 +329,9 @@ class HandlerTests(SynchronousTestCase):
             sockets.append(socket)
         message = {"channel": "chat:1", "event": "message", "messageId": "m1"}
         self.namespace.fanouts.clear()
-        self.realtime.deliver({"message": message, "channelId": "c1"})
+        self.realtime.deliver(StoredMessage(message, "c1"))
         self.realtime.deliver(
-            {"message": {**message, "channel": "other", "messageId": "m2"}, "channelId": None}
+            StoredMessage({**message, "channel": "other", "messageId": "m2"}, None)
         )
         self.assertEqual(self.namespace.fanouts, [({"a", "b"}, "message", (message,))])
         self.clock.advance(1)

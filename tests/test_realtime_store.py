@@ -16,10 +16,16 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
 from realtimed.auth import ADMIN_PRINCIPAL, ANON_PRINCIPAL, Principal
-from realtimed.realtime.client_events import INTERNAL_ERROR, REALTIME_UNAUTHORIZED
+from realtimed.store.messages import StoredMessage
 from realtimed.store.migrations import migrate
 from realtimed.store.pool import ConnectionPool
-from realtimed.store.publisher import AudienceCounter, Authorizer, Publisher, Refused
+from realtimed.store.publisher import (
+    AudienceCounter,
+    Authorizer,
+    Publisher,
+    Rejected,
+    Rejection,
+)
 from tests.support import create_database, run_sql
 
 
@@ -81,12 +87,15 @@ class StoreTestCase(TestCase):
         )
 
     @inlineCallbacks
-    def refusal(self, d: Deferred[Any]) -> Any:
+    def rejection(self, d: Deferred[Any]) -> Any:
+        """
+        Why the store did not do what C{d} asked.
+        """
         try:
             yield d
-        except Refused as e:
-            return e.refusal
-        self.fail("not refused")
+        except Rejected as e:
+            return e.rejection
+        self.fail("not rejected")
 
 
 class AuthorizeSubscribeTests(StoreTestCase):
@@ -99,11 +108,8 @@ class AuthorizeSubscribeTests(StoreTestCase):
         """
         channel_id = yield Authorizer(self.pool).authorize(ALICE, "chat:room123")
         self.assertEqual(channel_id, self.channel_id("chat:*"))
-        refusal = yield self.refusal(Authorizer(self.pool).authorize(ANON_PRINCIPAL, "orders"))
-        self.assertEqual(
-            (refusal.channel, refusal.code, refusal.message),
-            ("orders", REALTIME_UNAUTHORIZED, "Not allowed to subscribe to orders"),
-        )
+        rejection = yield self.rejection(Authorizer(self.pool).authorize(ANON_PRINCIPAL, "orders"))
+        self.assertEqual(rejection, Rejection.DENIED)
 
     @inlineCallbacks
     def test_no_enabled_channel(self) -> Any:
@@ -113,9 +119,10 @@ class AuthorizeSubscribeTests(StoreTestCase):
         """
         for principal in (ALICE, ADMIN_PRINCIPAL):
             for channel in ("nothing", "off", "order:*", "chat:room:*"):
-                refusal = yield self.refusal(Authorizer(self.pool).authorize(principal, channel))
-                self.assertEqual(refusal.code, REALTIME_UNAUTHORIZED)
-                self.assertIn("No enabled channel", refusal.message)
+                rejection = yield self.rejection(
+                    Authorizer(self.pool).authorize(principal, channel)
+                )
+                self.assertEqual(rejection, Rejection.NO_CHANNEL)
 
     @inlineCallbacks
     def test_pattern(self) -> Any:
@@ -142,10 +149,10 @@ class AuthorizeSubscribeTests(StoreTestCase):
         """
         run_sql(self.url, OWN_CHANNEL_ONLY)
         yield Authorizer(self.pool).authorize(ALICE, "user:alice")
-        refusal = yield self.refusal(Authorizer(self.pool).authorize(ALICE, "user:bob"))
-        self.assertEqual(refusal.code, REALTIME_UNAUTHORIZED)
-        refusal = yield self.refusal(Authorizer(self.pool).authorize(ALICE, "user:*"))
-        self.assertEqual(refusal.code, REALTIME_UNAUTHORIZED)
+        rejection = yield self.rejection(Authorizer(self.pool).authorize(ALICE, "user:bob"))
+        self.assertEqual(rejection, Rejection.DENIED)
+        rejection = yield self.rejection(Authorizer(self.pool).authorize(ALICE, "user:*"))
+        self.assertEqual(rejection, Rejection.DENIED)
 
     @inlineCallbacks
     def test_quotes_are_data(self) -> Any:
@@ -153,10 +160,10 @@ class AuthorizeSubscribeTests(StoreTestCase):
         Whatever a channel name holds, it is a parameter: quotes do not
         change the statement.
         """
-        refusal = yield self.refusal(
+        rejection = yield self.rejection(
             Authorizer(self.pool).authorize(ALICE, "x'; DROP TABLE realtime.channels; --")
         )
-        self.assertEqual(refusal.code, REALTIME_UNAUTHORIZED)
+        self.assertEqual(rejection, Rejection.NO_CHANNEL)
         self.assertEqual(len(run_sql(self.url, "SELECT * FROM realtime.channels")), 4)
 
     @inlineCallbacks
@@ -164,7 +171,7 @@ class AuthorizeSubscribeTests(StoreTestCase):
         """
         Subscribes asked for while a batch is being decided are decided
         together by one statement; one whose policy fails with an error is
-        answered INTERNAL_ERROR and the others are decided as usual.
+        rejected as failed and the others are decided as usual.
         """
         run_sql(
             self.url,
@@ -180,7 +187,7 @@ class AuthorizeSubscribeTests(StoreTestCase):
         results = []
         for name in names:
             d = authorizer.authorize(ALICE, name)
-            d.addErrback(lambda f: f.trap(Refused) and f.value.refusal.code)
+            d.addErrback(lambda f: f.trap(Rejected) and f.value.rejection)
             results.append(d)
         outcomes = yield gatherResults(results)
         self.assertEqual(pool.queries, 2)
@@ -189,8 +196,8 @@ class AuthorizeSubscribeTests(StoreTestCase):
             [
                 self.channel_id("orders"),
                 self.channel_id("chat:*"),
-                INTERNAL_ERROR,
-                REALTIME_UNAUTHORIZED,
+                Rejection.FAILED,
+                Rejection.NO_CHANNEL,
                 self.channel_id("user:*"),
                 self.channel_id("chat:*"),
             ],
@@ -249,13 +256,10 @@ class PublisherTests(StoreTestCase):
         enabled channel is refused; neither stores anything.
         """
         publisher = Publisher(self.pool)
-        refusal = yield self.refusal(publisher.publish(ANON_PRINCIPAL, "orders", "e", "{}"))
-        self.assertEqual(
-            (refusal.code, refusal.message),
-            (REALTIME_UNAUTHORIZED, "Not allowed to publish to orders"),
-        )
-        refusal = yield self.refusal(publisher.publish(ALICE, "off", "e", "{}"))
-        self.assertEqual(refusal.code, REALTIME_UNAUTHORIZED)
+        rejection = yield self.rejection(publisher.publish(ANON_PRINCIPAL, "orders", "e", "{}"))
+        self.assertEqual(rejection, Rejection.DENIED)
+        rejection = yield self.rejection(publisher.publish(ALICE, "off", "e", "{}"))
+        self.assertEqual(rejection, Rejection.NO_CHANNEL)
         self.assertEqual(self.stored(), [])
 
     @inlineCallbacks
@@ -267,8 +271,8 @@ class PublisherTests(StoreTestCase):
         run_sql(self.url, OWN_CHANNEL_ONLY)
         publisher = Publisher(self.pool)
         yield publisher.publish(ALICE, "user:alice", "e", "{}")
-        refusal = yield self.refusal(publisher.publish(ALICE, "user:bob", "e", "{}"))
-        self.assertEqual(refusal.code, REALTIME_UNAUTHORIZED)
+        rejection = yield self.rejection(publisher.publish(ALICE, "user:bob", "e", "{}"))
+        self.assertEqual(rejection, Rejection.DENIED)
         self.assertEqual([r[0] for r in self.stored()], ["user:alice"])
 
     @inlineCallbacks
@@ -294,13 +298,13 @@ class PublisherTests(StoreTestCase):
             results = []
             for principal, channel in calls:
                 d = publisher.publish(principal, channel, "e", "{}")
-                d.addErrback(lambda f: f.trap(Refused) and f.value.refusal.code)
+                d.addErrback(lambda f: f.trap(Rejected) and f.value.rejection)
                 results.append(d)
             outcomes = yield gatherResults(results)
-            codes = [o if o == REALTIME_UNAUTHORIZED else "stored" for o in outcomes]
-            expected = ["stored"] * len(calls)
+            codes = [o if o == Rejection.DENIED else "stored" for o in outcomes]
+            expected: list[Any] = ["stored"] * len(calls)
             if refused:
-                expected[2] = REALTIME_UNAUTHORIZED
+                expected[2] = Rejection.DENIED
             self.assertEqual(codes, expected)
         self.assertEqual(
             [(r[0], r[4]) for r in self.stored()],
@@ -328,7 +332,7 @@ class PublisherTests(StoreTestCase):
             principal = ANON_PRINCIPAL if i == 7 else ALICE
             d = publisher.publish(principal, "orders", "e", json.dumps({"i": i}))
             if i == 7:
-                d.addErrback(lambda f: f.trap(Refused) and "refused")
+                d.addErrback(lambda f: f.trap(Rejected) and "refused")
             results.append(d)
         outcomes = yield gatherResults(results)
         self.assertEqual(outcomes[7], "refused")
@@ -338,19 +342,19 @@ class PublisherTests(StoreTestCase):
     @inlineCallbacks
     def test_database_failure(self) -> Any:
         """
-        An item the database fails on is answered with INTERNAL_ERROR, the
-        others in its batch are stored.
+        An item the database fails on is rejected as failed, the others in
+        its batch are stored.
         """
         run_sql(
             self.url,
             "ALTER TABLE realtime.messages ADD CONSTRAINT no_bad CHECK (event_name <> 'bad')",
         )
         publisher = Publisher(self.pool)
-        bad = self.refusal(publisher.publish(ALICE, "orders", "bad", "{}"))
+        bad = self.rejection(publisher.publish(ALICE, "orders", "bad", "{}"))
         good = publisher.publish(ALICE, "orders", "good", "{}")
-        refusal = yield bad
+        rejection = yield bad
         yield good
-        self.assertEqual(refusal.code, INTERNAL_ERROR)
+        self.assertEqual(rejection, Rejection.FAILED)
         self.assertEqual([r[1] for r in self.stored()], ["good"])
 
     def test_only_the_daemon_may_execute(self) -> None:
@@ -451,7 +455,7 @@ class LocalDeliveryTests(StoreTestCase):
         )
         self.assertEqual(
             [(xact, messages)],
-            [(x, [{"message": m, "channelId": c, "webhooks": 0}]) for x, m, c in expected],
+            [(x, [StoredMessage(m, c, 0)]) for x, m, c in expected],
         )
 
     @inlineCallbacks
@@ -525,5 +529,5 @@ class LocalDeliveryTests(StoreTestCase):
         local = RecordingLocal(None)
         publisher = Publisher(self.pool, local)
         yield publisher.publish(ALICE, "orders", "e", "{}")
-        yield self.refusal(publisher.publish(ALICE, "off", "e", "{}"))
+        yield self.rejection(publisher.publish(ALICE, "off", "e", "{}"))
         self.assertEqual([settled for _, _, settled in local.calls], [False])

@@ -19,6 +19,7 @@ from twisted.web.server import Site
 
 from realtimed.config import load
 from realtimed.service import RealtimeService
+from realtimed.store.messages import StoredMessage
 from realtimed.web import Health
 from tests.support import create_database, run_sql, server_url
 
@@ -315,7 +316,7 @@ class MountTests(TestCase):
             "INSERT INTO realtime.channels (pattern, webhook_urls) VALUES"
             " ('quiet', NULL), ('hooked', ARRAY['http://127.0.0.1:9/hook'])",
         )
-        seen: list[dict[str, Any]] = []
+        seen: list[StoredMessage] = []
         original = service.realtime.deliver
         self.patch(service.realtime, "deliver", lambda n: (seen.append(n), original(n)))
         run_sql(url, "SELECT realtime.publish('quiet', 'a', '{}')")
@@ -323,5 +324,5 @@ class MountTests(TestCase):
         deadline = reactor.seconds() + 10
         while len(seen) < 2 and reactor.seconds() < deadline:
             yield deferLater(reactor, 0.02, lambda: None)
-        self.assertEqual([n.get("webhooks") for n in seen], [0, 1])
+        self.assertEqual([message.webhooks for message in seen], [0, 1])
         self.assertEqual(len(wakes), 1)

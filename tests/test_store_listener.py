@@ -35,6 +35,7 @@ from twisted.trial.unittest import TestCase
 
 from realtimed.auth import ADMIN_PRINCIPAL
 from realtimed.store.listener import MessageListener, Phase, visible_in
+from realtimed.store.messages import StoredMessage
 from realtimed.store.migrations import migrate
 from realtimed.store.pool import ConnectionPool
 from realtimed.store.publisher import Publisher
@@ -78,7 +79,7 @@ class ListenerMixin:
     Start a L{MessageListener} that records what it is handed.
     """
 
-    received: list[dict[str, Any]]
+    received: list[StoredMessage]
 
     def startListener(self: Any, url: str, **kwargs: Any) -> MessageListener:
         self.received = []
@@ -90,7 +91,7 @@ class ListenerMixin:
         return listener
 
     def events(self) -> list[str]:
-        return [body["message"]["event"] for body in self.received]
+        return [message.event for message in self.received]
 
     def waitForEvents(self, *events: str) -> Deferred[Any]:
         """
@@ -128,16 +129,16 @@ class MessageListenerTests(ListenerMixin, TestCase):
             self.events(), [f"e{i}" for i in range(15)] + [f"x{i}" for i in range(1, 31)]
         )
         first = self.received[0]
-        self.assertEqual(first["webhooks"], 0)
-        self.assertEqual(first["channelId"], self.channel_id)
+        self.assertEqual(first.webhooks, 0)
+        self.assertEqual(first.channel_id, self.channel_id)
         self.assertEqual(
-            set(first["message"]),
+            set(first.body),
             {"channel", "event", "messageId", "senderType", "senderId", "payload", "createdAt"},
         )
-        self.assertEqual(first["message"]["messageId"], ids[0])
-        self.assertEqual(first["message"]["channel"], "room:1")
-        self.assertEqual(first["message"]["payload"], {"i": 0})
-        self.assertEqual(first["message"]["senderType"], "system")
+        self.assertEqual(first.body["messageId"], ids[0])
+        self.assertEqual(first.body["channel"], "room:1")
+        self.assertEqual(first.body["payload"], {"i": 0})
+        self.assertEqual(first.body["senderType"], "system")
 
     @inlineCallbacks
     def test_after_messages(self) -> Any:
@@ -149,7 +150,7 @@ class MessageListenerTests(ListenerMixin, TestCase):
         listener = MessageListener(
             reactor,
             self.url,
-            lambda body: log.append(body["message"]["event"]),
+            lambda message: log.append(message.event),
             after_messages=lambda: log.append("after"),
             page_size=4,
         )
@@ -180,14 +181,14 @@ class MessageListenerTests(ListenerMixin, TestCase):
         publish(self.url, "room:1", "after", {})
         yield self.waitForEvents("before", "big", "after")
         self.assertEqual(self.events(), ["before", "big", "after"])
-        body = self.received[1]
+        received = self.received[1]
         expected = run_sql(
             self.url,
             "SELECT realtime.message_json(m) FROM realtime.messages m WHERE id = %s",
             (message_id,),
         )[0][0]
-        self.assertEqual(body, {"message": expected, "channelId": self.channel_id, "webhooks": 0})
-        self.assertEqual(body["message"]["payload"], big)
+        self.assertEqual(received, StoredMessage(expected, self.channel_id, 0))
+        self.assertEqual(received.body["payload"], big)
 
     @inlineCallbacks
     def test_terminated_connection_catches_up(self) -> Any:
@@ -315,8 +316,8 @@ class MessageListenerTests(ListenerMixin, TestCase):
         """
         seen: list[str] = []
 
-        def handler(body: dict[str, Any]) -> None:
-            seen.append(body["message"]["event"])
+        def handler(message: StoredMessage) -> None:
+            seen.append(message.event)
             if len(seen) == 1:
                 raise RuntimeError("boom")
 
@@ -746,12 +747,12 @@ class DozingTests(ListenerMixin, TestCase):
         written = yield gatherResults([deferToThread(write, w, 60) for w in range(4)])
         expected = [name for names in written for name in names]
 
-        def names(received: list[dict[str, Any]]) -> list[str]:
+        def names(received: list[StoredMessage]) -> list[str]:
             return [
-                body["message"]["event"]
-                if body["message"]["channel"] != "ticks"
-                else "w{writer}n{n}".format(**body["message"]["payload"])
-                for body in received
+                message.event
+                if message.channel != "ticks"
+                else "w{writer}n{n}".format(**message.body["payload"])
+                for message in received
             ]
 
         for received in (first_received, second_received):

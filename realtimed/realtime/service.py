@@ -59,6 +59,7 @@ from realtimed.realtime.client_events import (
     EVENTS,
     INTERNAL_ERROR,
     REALTIME_NOT_SUBSCRIBED,
+    REALTIME_UNAUTHORIZED,
     Publish,
     Refusal,
     Subscribe,
@@ -70,13 +71,15 @@ from realtimed.realtime.client_events import (
 )
 from realtimed.realtime.presence import ANONYMOUS, USER, Identity, Presence, PresenceChange
 from realtimed.realtime.subscriptions import Subscription, Subscriptions
+from realtimed.store.messages import StoredMessage
+from realtimed.store.pool import Queries
 from realtimed.store.publisher import (
     AudienceCounter,
     Authorizer,
     LocalDelivery,
     Publisher,
-    Queries,
-    Refused,
+    Rejected,
+    Rejection,
 )
 
 log = Logger()
@@ -175,24 +178,16 @@ class Realtime(Service):
 
     # Delivery
 
-    def deliver(self, notification: dict[str, Any]) -> None:
+    def deliver(self, message: StoredMessage) -> None:
         """
         Send a stored message to this process's sockets subscribed to its
         channel, or to the pattern of the channel row that owns it.
-
-        @param notification: C{{"message": {channel, event, messageId,
-            senderType, senderId, payload, createdAt}, "channelId": ...}},
-            as the database announces it.
         """
-        message = notification["message"]
-        channel_id = notification.get("channelId")
-        audience = self.subscriptions.audience(
-            message["channel"], str(channel_id) if channel_id is not None else None
-        )
+        audience = self.subscriptions.audience(message.channel, message.channel_id)
         if not audience:
             return
-        self.namespace.emit_many(audience, message["event"], message)
-        self.audience.add(str(message["messageId"]), len(audience))
+        self.namespace.emit_many(audience, message.event, message.body)
+        self.audience.add(message.message_id, len(audience))
 
     # Connecting
 
@@ -349,14 +344,13 @@ class Realtime(Service):
     def _failed(
         self, failure: Failure, socket: Socket, ack: Ack | None, channel: str, what: str
     ) -> None:
-        if failure.check(Refused):
-            refusal = failure.value.refusal
-        else:
+        rejected = failure.value if failure.check(Rejected) else None
+        if rejected is None:
             log.failure("A {what} on {channel} failed", failure, what=what, channel=channel)
-            refusal = Refusal(channel, INTERNAL_ERROR, f"The {what} failed; try again")
+            rejected = Rejected(channel, Rejection.FAILED)
         if socket.data.get("realtime") is None:
             return
-        self._answer_refusal(socket, ack, refusal)
+        self._answer_refusal(socket, ack, _refusal(rejected, what))
 
     def _answer(self, socket: Socket, ack: Ack | None, value: dict[str, Any]) -> None:
         if ack is not None:
@@ -382,3 +376,16 @@ class Realtime(Service):
 
     def _now(self) -> float:
         return float(self.clock.seconds())
+
+
+def _refusal(rejected: Rejected, what: str) -> Refusal:
+    """
+    How a client is told that the store did not do its C{what}
+    (``subscribe`` or ``publish``).
+    """
+    channel = rejected.channel
+    if rejected.rejection is Rejection.NO_CHANNEL:
+        return Refusal(channel, REALTIME_UNAUTHORIZED, f"No enabled channel matches {channel}")
+    if rejected.rejection is Rejection.DENIED:
+        return Refusal(channel, REALTIME_UNAUTHORIZED, f"Not allowed to {what} to {channel}")
+    return Refusal(channel, INTERNAL_ERROR, f"The {what} failed; try again")

@@ -49,6 +49,7 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from realtimed.store.messages import StoredMessage
 from realtimed.store.pool import (
     TCP_KEEPALIVES,
     DatabaseConnection,
@@ -112,10 +113,8 @@ class MessageListener(Service):
 
     @ivar reactor: For the connection's file descriptor.
     @ivar dsn: The database; never logged as is.
-    @ivar on_message: Called with C{{"message": {...}, "channelId": ...,
-        "webhooks": n}} for each message, C{n} being the number of webhook
-        deliveries it queued.  Exceptions are logged and do not stop
-        delivery.
+    @ivar on_message: Called with each L{StoredMessage}.  Exceptions are
+        logged and do not stop delivery.
     @ivar after_messages: Called after the messages read by one query were
         handed over (where the daemon writes out what they produced, rather
         than at the next turn of the reactor).
@@ -136,7 +135,7 @@ class MessageListener(Service):
 
     reactor: Any
     dsn: str = field(repr=redact_dsn)
-    on_message: Callable[[dict[str, Any]], object]
+    on_message: Callable[[StoredMessage], object]
     after_messages: Callable[[], object] | None = None
     clock: Any = None
     initial_delay: float = 0.5
@@ -186,7 +185,7 @@ class MessageListener(Service):
         """
         return self._since, [str(xact) for xact in self._skip]
 
-    def stored_here(self, xact: str | None, messages: list[dict[str, Any]], settled: bool) -> None:
+    def stored_here(self, xact: str | None, messages: list[StoredMessage], settled: bool) -> None:
         """
         This process has just stored C{messages} in transaction C{xact}.
         Hand them over now if C{settled} (every message committed before
@@ -202,8 +201,8 @@ class MessageListener(Service):
         if latest is not None and visible_in(number, latest):
             return
         self._skip.add(number)
-        for body in messages:
-            self._deliver(body)
+        for message in messages:
+            self._deliver(message)
         self._finish_messages()
 
     def poll_soon(self) -> None:
@@ -403,7 +402,7 @@ class MessageListener(Service):
                 if skip and int(xact) in skip:
                     continue
                 handed += 1
-                self._deliver({"message": message, "channelId": channel_id, "webhooks": webhooks})
+                self._deliver(StoredMessage(message, channel_id, webhooks))
             found += count
             if handed:
                 self._finish_messages()
@@ -462,13 +461,11 @@ class MessageListener(Service):
         if generation == self._generation and notify.channel == CHANNEL:
             self.poll_soon()
 
-    def _deliver(self, body: dict[str, Any]) -> None:
+    def _deliver(self, message: StoredMessage) -> None:
         try:
-            self.on_message(body)
+            self.on_message(message)
         except Exception:
-            log.failure(
-                "The message handler failed on message {id}", id=body["message"].get("messageId")
-            )
+            log.failure("The message handler failed on message {id}", id=message.message_id)
 
 
 def visible_in(xact: int, snapshot: str) -> bool:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Callable
+from enum import Enum
 from typing import Any, Protocol
 
 from attrs import Factory, define, field, frozen
@@ -36,7 +37,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from realtimed.auth import Principal
-from realtimed.realtime.client_events import INTERNAL_ERROR, REALTIME_UNAUTHORIZED, Refusal
+from realtimed.store.messages import StoredMessage
 from realtimed.store.pool import Queries
 
 log = Logger()
@@ -53,21 +54,35 @@ class LocalDelivery(Protocol):
         the transactions after it whose messages were handed over too.
         """
 
-    def stored_here(self, xact: str | None, messages: list[dict[str, Any]], settled: bool) -> None:
+    def stored_here(self, xact: str | None, messages: list[StoredMessage], settled: bool) -> None:
         """
         One transaction of this process stored C{messages} (when settled;
         otherwise C{xact} and the messages may be missing).
         """
 
 
-class Refused(Exception):
+class Rejection(Enum):
     """
-    A subscribe or publish was refused; C{refusal} says how to answer it.
+    Why the store did not do what it was asked.
     """
 
-    def __init__(self, refusal: Refusal) -> None:
-        super().__init__(refusal.message)
-        self.refusal = refusal
+    #: No enabled channel row owns the name.
+    NO_CHANNEL = "no_channel"
+    #: A row-level security policy says no.
+    DENIED = "denied"
+    #: The database could not decide, or could not store the message.
+    FAILED = "failed"
+
+
+class Rejected(Exception):
+    """
+    A subscribe or publish on C{channel} was not done, for C{rejection}.
+    """
+
+    def __init__(self, channel: str, rejection: Rejection) -> None:
+        super().__init__(f"{rejection.value}: {channel}")
+        self.channel = channel
+        self.rejection = rejection
 
 
 def caller_role(principal: Principal) -> str | None:
@@ -76,10 +91,6 @@ def caller_role(principal: Principal) -> str | None:
     admin.
     """
     return None if principal.is_admin else principal.role
-
-
-def no_channel(channel: str) -> Refusal:
-    return Refusal(channel, REALTIME_UNAUTHORIZED, f"No enabled channel matches {channel}")
 
 
 @frozen
@@ -151,11 +162,7 @@ class _Batches:
     def _failed(self, failure: Failure, batch: list[_Pending]) -> None:
         log.failure("A batch of {count} {what} failed", failure, count=len(batch), what=self.what)
         for pending in batch:
-            pending.done.errback(
-                Refused(
-                    Refusal(pending.channel, INTERNAL_ERROR, f"The {self.what} failed; try again")
-                )
-            )
+            pending.done.errback(Rejected(pending.channel, Rejection.FAILED))
 
 
 @define
@@ -174,7 +181,7 @@ class Authorizer:
             self.pool,
             "SELECT channel_id::text, outcome, detail "
             "FROM realtime.authorize_subscribes(%s::jsonb)",
-            _subscribe_decided,
+            _decided("subscribe"),
             "subscribe",
             self.max_batch,
         )
@@ -185,7 +192,7 @@ class Authorizer:
         pattern)?
 
         @return: A Deferred firing with the id of the owning channel row, or
-            failing with L{Refused}.
+            failing with L{Rejected}.
         """
         item = json.dumps(
             {"role": caller_role(principal), "claims": dict(principal.claims), "channel": channel},
@@ -195,26 +202,31 @@ class Authorizer:
         return self._batches.add(item, channel)
 
 
-def _subscribe_decided(pending: _Pending, row: tuple[Any, ...]) -> None:
-    channel_id, outcome, detail = row
-    channel = pending.channel
-    if outcome == "allowed":
-        pending.done.callback(str(channel_id))
-    elif outcome == "no_channel":
-        pending.done.errback(Refused(no_channel(channel)))
-    elif outcome == "denied":
-        pending.done.errback(
-            Refused(
-                Refusal(channel, REALTIME_UNAUTHORIZED, f"Not allowed to subscribe to {channel}")
+def _decided(what: str) -> Callable[[_Pending, tuple[Any, ...]], None]:
+    """
+    How to answer one item of a batch of C{what} (``subscribe`` or
+    ``publish``) from its row: the channel id of an allowed subscribe, the
+    id of a stored message, or L{Rejected}.
+    """
+
+    def decided(pending: _Pending, row: tuple[Any, ...]) -> None:
+        result, outcome, detail = row[:3]
+        if outcome in ("allowed", "stored"):
+            pending.done.callback(str(result))
+            return
+        try:
+            rejection = Rejection(outcome)
+        except ValueError:
+            log.error(
+                "A {what} on {channel} failed in the database: {detail}",
+                what=what,
+                channel=pending.channel,
+                detail=detail,
             )
-        )
-    else:
-        log.error(
-            "Checking a subscribe to {channel} failed: {detail}", channel=channel, detail=detail
-        )
-        pending.done.errback(
-            Refused(Refusal(channel, INTERNAL_ERROR, "The subscribe failed; try again"))
-        )
+            rejection = Rejection.FAILED
+        pending.done.errback(Rejected(pending.channel, rejection))
+
+    return decided
 
 
 @define
@@ -241,7 +253,7 @@ class Publisher:
             self.pool,
             "SELECT id::text, outcome, detail, message, channel_id, webhooks, xact, settled"
             " FROM realtime.publish_batch_settled(%s::jsonb, %s::pg_snapshot, %s::xid8[], %s)",
-            _publish_decided,
+            _decided("publish"),
             "publish",
             self.max_batch,
             self._local_parameters,
@@ -265,7 +277,7 @@ class Publisher:
         local.stored_here(
             xact,
             [
-                {"message": message, "channelId": channel_id, "webhooks": webhooks}
+                StoredMessage(message, channel_id, webhooks)
                 for _, _, _, message, channel_id, webhooks, _, _ in stored
             ],
             True,
@@ -279,7 +291,7 @@ class Publisher:
 
         @param payload_json: The payload as JSON text.
         @return: A Deferred firing with the new message's id once it is
-            committed, or failing with L{Refused}.
+            committed, or failing with L{Rejected}.
         """
         message_id = str(uuid.uuid4())
         fields = json.dumps(
@@ -298,24 +310,6 @@ class Publisher:
         # The payload is already JSON text: splice it in rather than decode
         # and encode it again.
         return self._batches.add('{"payload":' + payload_json + "," + fields[1:], channel)
-
-
-def _publish_decided(pending: _Pending, row: tuple[Any, ...]) -> None:
-    message_id, outcome, detail = row[:3]
-    channel = pending.channel
-    if outcome == "stored":
-        pending.done.callback(message_id)
-    elif outcome == "no_channel":
-        pending.done.errback(Refused(no_channel(channel)))
-    elif outcome == "denied":
-        pending.done.errback(
-            Refused(Refusal(channel, REALTIME_UNAUTHORIZED, f"Not allowed to publish to {channel}"))
-        )
-    else:
-        log.error("Storing a message on {channel} failed: {detail}", channel=channel, detail=detail)
-        pending.done.errback(
-            Refused(Refusal(channel, INTERNAL_ERROR, "The message could not be stored"))
-        )
 
 
 @define

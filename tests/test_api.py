@@ -798,9 +798,9 @@ class MessageTests(APIServerMixin):
                 break
             yield deferLater(reactor, 0.01, lambda: None)
         self.assertEqual(len(notified), 1)
-        self.assertEqual(notified[0]["webhooks"], 2)
+        self.assertEqual(notified[0].webhooks, 2)
         self.assertEqual(
-            notified[0]["message"],
+            notified[0].body,
             {
                 "channel": "order:9",
                 "event": "e",
@@ -858,11 +858,15 @@ class MessageTests(APIServerMixin):
         cases = [
             ({}, "channel: Channel name is required, event: Event name is required"),
             (
-                {"channel": "order:*", "event": "connect", "extra": 1},
+                {"channel": "order 1", "event": "connect", "extra": 1},
                 (
                     "channel: Invalid channel name (1-255 characters from A-Z a-z 0-9 _ - : . @),"
                     " event: connect is a reserved event name, extra: Unknown field"
                 ),
+            ),
+            (
+                {"channel": "order:*", "event": "e"},
+                "channel: A pattern cannot be published to; publish to a channel name",
             ),
             ({"channel": "orders", "event": ""}, "event: Must be 1-255 characters"),
             (

@@ -15,12 +15,11 @@ from twisted.internet import reactor
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from realtimed.realtime.channels import (
+    WILDCARD,
     is_valid_name,
     is_valid_pattern,
     is_wildcard,
-    literal_length,
     matches,
-    owner,
 )
 from realtimed.store.migrations import migrate
 from tests.support import create_database
@@ -38,8 +37,41 @@ EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
 
 @frozen
 class Row:
+    """
+    A channel row, as far as ownership goes.
+    """
+
     pattern: str
     created_at: datetime
+
+
+# The ownership rule as the product contract states it, written plainly in
+# Python; PostgreSQL's realtime.owning_channel() is held against it.
+
+
+def literal_length(pattern: str) -> int:
+    """
+    How many characters of C{pattern} are not wildcards.
+    """
+    return len(pattern) - pattern.count(WILDCARD)
+
+
+def owner(rows: list[Row], name: str) -> Row | None:
+    """
+    The row among C{rows} (all enabled) that owns C{name}: the exact
+    pattern, else the matching pattern with the most literal characters,
+    else the oldest; C{None} when none matches.
+    """
+    matching = [row for row in rows if matches(row.pattern, name)]
+    return max(
+        matching,
+        key=lambda row: (
+            row.pattern == name,
+            literal_length(row.pattern),
+            -row.created_at.timestamp(),
+        ),
+        default=None,
+    )
 
 
 class NameTests(SynchronousTestCase):

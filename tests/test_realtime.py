@@ -839,6 +839,10 @@ class PresenceTests(RealtimeTestCase):
             yield self.call(alice.request, "REALTIME_SUBSCRIBE", {"channel": channel})
         yield self.call(alice.disconnect)
         realtime = self.daemon.realtime
-        yield self.wait_for(lambda: not list(realtime.subscriptions.sockets()), "no subscriptions")
-        self.assertEqual(realtime.presence.members("orders"), [])
-        self.assertEqual(realtime.presence.members("chat:*"), [])
+        channels = ("orders", "chat:*", "chat:a")
+        yield self.wait_for(
+            lambda: not any(realtime.presence.members(channel) for channel in channels),
+            "no members",
+        )
+        self.assertEqual(realtime.subscriptions.audience("orders", None), set())
+        self.assertEqual(realtime.subscriptions.audience("chat:a", None), set())

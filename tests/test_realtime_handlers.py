@@ -225,7 +225,8 @@ class HandlerTests(SynchronousTestCase):
         self.emit(socket, "REALTIME_SUBSCRIBE", {"channel": "orders"}, acks)
         self.namespace.disconnect(socket, "transport close")
         self.allow_subscribe()
-        self.assertEqual(list(self.realtime.subscriptions.sockets()), [])
+        self.assertFalse(self.realtime.subscriptions.receives(socket, "orders"))
+        self.assertEqual(self.realtime.subscriptions.audience("orders", None), set())
         self.assertEqual(self.realtime.presence.members("orders"), [])
 
     def test_database_failure(self) -> None:

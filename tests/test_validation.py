@@ -13,6 +13,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
+from realtimed.engineio.socket_packets import RESERVED_EVENTS
 from realtimed.rest import validation
 from realtimed.rest.validation import (
     MAX_BODY_BYTES,
@@ -370,7 +371,7 @@ class PublicationTests(SynchronousTestCase):
         A channel name, an event that is not reserved, and any storable
         payload make a publication.
         """
-        assume(event not in validation.RESERVED_EVENTS)
+        assume(event not in RESERVED_EVENTS)
         body = {"channel": channel, "event": event, "payload": payload}
         self.assertEqual(
             validation.publication(body), Publication(channel, event, payload)
@@ -389,7 +390,7 @@ class PublicationTests(SynchronousTestCase):
         """
         Socket.IO's reserved event names are refused.
         """
-        for event in sorted(validation.RESERVED_EVENTS):
+        for event in sorted(RESERVED_EVENTS):
             self.assertEqual(
                 problems(validation.publication, {"channel": "a", "event": event}),
                 [f"event: {event} is a reserved event name"],
@@ -436,11 +437,15 @@ class PublicationTests(SynchronousTestCase):
         characters.
         """
         self.assertEqual(
-            problems(validation.publication, {"channel": "a*", "event": "x" * 256}),
+            problems(validation.publication, {"channel": "a b", "event": "x" * 256}),
             [
                 "channel: Invalid channel name (1-255 characters from A-Z a-z 0-9 _ - : . @)",
                 "event: Must be 1-255 characters",
             ],
+        )
+        self.assertEqual(
+            problems(validation.publication, {"channel": "a*", "event": "e"}),
+            ["channel: A pattern cannot be published to; publish to a channel name"],
         )
 
 

@@ -8,8 +8,9 @@ name in which ``*`` may stand anywhere; ``*`` matches any run of characters,
 
 A name belongs to the enabled channel whose pattern matches it; when several
 match, the exact pattern wins, then the one with the most literal characters,
-then the oldest (`precedence`).  The same rule is written in SQL as
-``realtime.owning_channel()``; the two are kept in agreement by tests.
+then the oldest.  PostgreSQL decides it (``realtime.owning_channel()``), with
+its own copy of `matches` (``realtime.pattern_matches()``); tests hold both
+against this module and a statement of the rule in Python.
 
 Pure code.
 """
@@ -17,15 +18,16 @@ Pure code.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
-from datetime import datetime
 from functools import lru_cache
-from typing import Protocol, TypeVar
 
 MAX_LENGTH = 255
-NAME = re.compile(r"[A-Za-z0-9_\-:.@]{1,255}")
-PATTERN = re.compile(r"[A-Za-z0-9_\-:.@*]{1,255}")
 WILDCARD = "*"
+#: What a channel name is, and a pattern, as regular expressions (also
+#: written into the OpenAPI document).
+NAME_REGEX = rf"[A-Za-z0-9_\-:.@]{{1,{MAX_LENGTH}}}"
+PATTERN_REGEX = rf"[A-Za-z0-9_\-:.@*]{{1,{MAX_LENGTH}}}"
+NAME = re.compile(NAME_REGEX)
+PATTERN = re.compile(PATTERN_REGEX)
 
 
 def is_valid_name(name: object) -> bool:
@@ -58,49 +60,3 @@ def matches(pattern: str, name: str) -> bool:
     if WILDCARD not in pattern:
         return pattern == name
     return _compiled(pattern).fullmatch(name) is not None
-
-
-def literal_length(pattern: str) -> int:
-    """
-    How many characters of C{pattern} are not wildcards.
-    """
-    return len(pattern) - pattern.count(WILDCARD)
-
-
-class ChannelLike(Protocol):
-    @property
-    def pattern(self) -> str: ...
-
-    @property
-    def created_at(self) -> datetime: ...
-
-
-C = TypeVar("C", bound=ChannelLike)
-
-
-def owner(channels: Iterable[C], name: str) -> C | None:
-    """
-    The channel among C{channels} (all enabled) that owns C{name}: the exact
-    pattern, else the matching pattern with the most literal characters, else
-    the oldest; C{None} when none matches.
-    """
-    best: C | None = None
-    best_key: tuple[bool, int, float] | None = None
-    for channel in channels:
-        if not matches(channel.pattern, name):
-            continue
-        key = precedence(channel, name)
-        if best_key is None or key > best_key:
-            best, best_key = channel, key
-    return best
-
-
-def precedence(channel: ChannelLike, name: str) -> tuple[bool, int, float]:
-    """
-    Sort key of a channel matching C{name}: greater owns it.
-    """
-    return (
-        channel.pattern == name,
-        literal_length(channel.pattern),
-        -channel.created_at.timestamp(),
-    )

@@ -13,7 +13,7 @@ Pure code: a socket is any hashable value.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable
+from collections.abc import Hashable
 from typing import Generic, TypeVar
 
 from attrs import Factory, define, frozen
@@ -119,12 +119,6 @@ class Subscriptions(Generic[S]):
             return True
         return any(s.is_pattern and matches(s.channel, name) for s in mine.values())
 
-    def channels_of(self, socket: S) -> list[str]:
-        """
-        What C{socket} is subscribed to, in subscription order.
-        """
-        return list(self._of_socket.get(socket, {}))
-
     def audience(self, name: str, channel_id: str | None) -> set[S]:
         """
         The sockets a message published on C{name}, owned by the channel row
@@ -137,12 +131,6 @@ class Subscriptions(Generic[S]):
         if not by_name:
             return set(by_channel)
         return by_name | by_channel
-
-    def sockets(self) -> Iterable[S]:
-        """
-        Every socket with at least one subscription.
-        """
-        return self._of_socket.keys()
 
 
 def _discard(index: dict[str, set[S]], key: str, socket: S) -> None:

@@ -15,6 +15,8 @@ import copy
 from functools import lru_cache
 from typing import Any, Final
 
+from realtimed.engineio.socket_packets import RESERVED_EVENTS
+from realtimed.realtime import channels
 from realtimed.rest import validation
 
 JSON = "application/json"
@@ -24,8 +26,8 @@ _UUID: Final = {"type": "string", "format": "uuid"}
 _TIME: Final = {"type": "string", "format": "date-time"}
 _COUNT: Final = {"type": "integer", "minimum": 0}
 
-CHANNEL_PATTERN_REGEX: Final = r"^[A-Za-z0-9_\-:.@*]{1,255}$"
-CHANNEL_NAME_REGEX: Final = r"^[A-Za-z0-9_\-:.@]{1,255}$"
+CHANNEL_PATTERN_REGEX: Final = f"^{channels.PATTERN_REGEX}$"
+CHANNEL_NAME_REGEX: Final = f"^{channels.NAME_REGEX}$"
 # What the schema promises is accepted; the API accepts more (any absolute
 # http or https URL with a host), and refuses anything else.
 WEBHOOK_URL_REGEX: Final = (
@@ -320,7 +322,7 @@ def _schemas() -> dict[str, Any]:
                     "type": "string",
                     "minLength": 1,
                     "maxLength": validation.MAX_EVENT_LENGTH,
-                    "not": {"enum": sorted(validation.RESERVED_EVENTS)},
+                    "not": {"enum": sorted(RESERVED_EVENTS)},
                     "description": "Any event name but those Socket.IO reserves.",
                 },
                 "payload": {"description": "Any JSON value; `{}` when absent."},

@@ -9,7 +9,9 @@ in the order of the fields in the documented schema, joined by ``, ``.
 
 Strings that PostgreSQL cannot store (holding a NUL character, or a lone
 UTF-16 surrogate that JSON allows but UTF-8 does not) are refused here, so
-that a malformed request never reaches the database as an error.
+that a malformed request never reaches the database as an error.  A message
+published with ``POST /messages`` obeys the same rules as one a client
+publishes on a socket (`realtimed.realtime.publication`).
 
 Pure code: no I/O, no Twisted.
 """
@@ -28,15 +30,19 @@ from urllib.parse import urlsplit
 
 from attrs import frozen
 
-from realtimed.engineio.socket_packets import RESERVED_EVENTS
-from realtimed.realtime.channels import is_valid_name, is_valid_pattern
+from realtimed.realtime.channels import is_valid_pattern
+from realtimed.realtime.publication import (
+    MAX_EVENT_LENGTH,
+    InvalidInput,
+    Sender,
+    expected,
+    publication_problems,
+    storable_problem,
+)
 
 #: The largest request body accepted, in bytes.
 MAX_BODY_BYTES: Final = 1024 * 1024
-#: The deepest nesting of arrays and objects accepted in a message payload.
-MAX_PAYLOAD_DEPTH: Final = 64
 MAX_URL_LENGTH: Final = 2048
-MAX_EVENT_LENGTH: Final = 255
 MAX_DESCRIPTION_LENGTH: Final = 10_000
 MIN_LIMIT: Final = 1
 MAX_LIMIT: Final = 1000
@@ -48,22 +54,6 @@ _UUID: Final = re.compile(
 )
 _INTEGER: Final = re.compile(r"[+-]?[0-9]+")
 _URL_FORBIDDEN: Final = re.compile(r"[\x00-\x20\x7f\\]")
-
-
-class InvalidInput(Exception):
-    """
-    The request is malformed.
-
-    @ivar problems: One ``<path>: <reason>`` per problem found.
-    """
-
-    def __init__(self, problems: Sequence[str]) -> None:
-        super().__init__(", ".join(problems))
-        self.problems: tuple[str, ...] = tuple(problems)
-
-    @property
-    def message(self) -> str:
-        return ", ".join(self.problems)
 
 
 class _Unset(enum.Enum):
@@ -189,65 +179,6 @@ def parse_json_body(raw: bytes) -> Any:
         raise InvalidInput(["body: Invalid JSON"]) from None
 
 
-def _json_type(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, (int, float)):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    if isinstance(value, dict):
-        return "object"
-    return type(value).__name__
-
-
-def _expected(path: str, expected: str, value: object) -> str:
-    return f"{path}: Expected {expected}, received {_json_type(value)}"
-
-
-def _storable_problem(text: str) -> str | None:
-    """
-    Why PostgreSQL could not store C{text}, or C{None}.
-    """
-    if "\x00" in text:
-        return "Must not contain NUL characters"
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return "Invalid Unicode"
-    return None
-
-
-def _payload_problems(value: Any, path: str, depth: int = 0) -> list[str]:
-    """
-    What keeps the JSON value C{value} from being stored as ``jsonb``.
-    """
-    if depth > MAX_PAYLOAD_DEPTH:
-        return [f"{path}: Nested more than {MAX_PAYLOAD_DEPTH} levels deep"]
-    if isinstance(value, str):
-        problem = _storable_problem(value)
-        return [f"{path}: {problem}"] if problem else []
-    if isinstance(value, list):
-        problems: list[str] = []
-        for index, item in enumerate(value):
-            problems.extend(_payload_problems(item, f"{path}.{index}", depth + 1))
-        return problems
-    if isinstance(value, dict):
-        problems = []
-        for key, item in value.items():
-            problem = _storable_problem(key)
-            if problem:
-                problems.append(f"{path}: Key {problem[0].lower()}{problem[1:]}")
-                continue
-            problems.extend(_payload_problems(item, f"{path}.{key}", depth + 1))
-        return problems
-    return []
-
-
 # -- bodies ----------------------------------------------------------------
 
 
@@ -256,11 +187,11 @@ def _object(body: Any, fields: Sequence[str]) -> tuple[dict[str, Any], list[str]
     C{body} as an object, and the problems of its unknown fields.
     """
     if not isinstance(body, dict):
-        raise InvalidInput([_expected("body", "object", body)])
+        raise InvalidInput([expected("body", "object", body)])
     problems = []
     for key in body:
         if key not in fields:
-            problem = _storable_problem(key)
+            problem = storable_problem(key)
             shown = key if problem is None else repr(key.encode("utf-8", "replace"))
             problems.append(f"{shown}: Unknown field")
     return body, problems
@@ -268,7 +199,7 @@ def _object(body: Any, fields: Sequence[str]) -> tuple[dict[str, Any], list[str]
 
 def _pattern(value: Any, problems: list[str]) -> str | None:
     if not isinstance(value, str):
-        problems.append(_expected("pattern", "string", value))
+        problems.append(expected("pattern", "string", value))
         return None
     if not is_valid_pattern(value):
         problems.append(
@@ -282,9 +213,9 @@ def _description(value: Any, problems: list[str]) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str):
-        problems.append(_expected("description", "string", value))
+        problems.append(expected("description", "string", value))
         return None
-    problem = _storable_problem(value)
+    problem = storable_problem(value)
     if problem:
         problems.append(f"description: {problem}")
     elif len(value) > MAX_DESCRIPTION_LENGTH:
@@ -299,7 +230,7 @@ def url_problem(url: str) -> str | None:
     """
     if len(url) > MAX_URL_LENGTH:
         return f"At most {MAX_URL_LENGTH} characters"
-    if _storable_problem(url) or _URL_FORBIDDEN.search(url):
+    if storable_problem(url) or _URL_FORBIDDEN.search(url):
         return "Invalid url"
     try:
         parts = urlsplit(url)
@@ -322,12 +253,12 @@ def _webhook_urls(value: Any, problems: list[str]) -> tuple[str, ...] | None:
     if value is None:
         return None
     if not isinstance(value, list):
-        problems.append(_expected("webhookUrls", "array", value))
+        problems.append(expected("webhookUrls", "array", value))
         return None
     urls = []
     for index, url in enumerate(value):
         if not isinstance(url, str):
-            problems.append(_expected(f"webhookUrls.{index}", "string", url))
+            problems.append(expected(f"webhookUrls.{index}", "string", url))
             continue
         problem = url_problem(url)
         if problem:
@@ -340,7 +271,7 @@ def _webhook_urls(value: Any, problems: list[str]) -> tuple[str, ...] | None:
 
 def _enabled(value: Any, problems: list[str]) -> bool:
     if not isinstance(value, bool):
-        problems.append(_expected("enabled", "boolean", value))
+        problems.append(expected("enabled", "boolean", value))
         return True
     return value
 
@@ -405,27 +336,9 @@ def publication(body: Any) -> Publication:
     """
     fields, problems = _object(body, _PUBLICATION_FIELDS)
     channel = fields.get("channel")
-    if channel is None:
-        problems.append("channel: Channel name is required")
-    elif not isinstance(channel, str):
-        problems.append(_expected("channel", "string", channel))
-    elif not is_valid_name(channel):
-        problems.append(
-            "channel: Invalid channel name (1-255 characters from A-Z a-z 0-9 _ - : . @)"
-        )
     event = fields.get("event")
-    if event is None:
-        problems.append("event: Event name is required")
-    elif not isinstance(event, str):
-        problems.append(_expected("event", "string", event))
-    elif not 1 <= len(event) <= MAX_EVENT_LENGTH:
-        problems.append(f"event: Must be 1-{MAX_EVENT_LENGTH} characters")
-    elif event in RESERVED_EVENTS:
-        problems.append(f"event: {event} is a reserved event name")
-    elif problem := _storable_problem(event):
-        problems.append(f"event: {problem}")
     payload = fields.get("payload", {})
-    problems.extend(_payload_problems(payload, "payload"))
+    problems[:0] = publication_problems(channel, event, payload, Sender.BACKEND)
     if problems:
         raise InvalidInput(_ordered(problems))
     assert isinstance(channel, str) and isinstance(event, str)
@@ -465,7 +378,7 @@ def _single(args: Mapping[str, Sequence[str]], name: str, problems: list[str]) -
         problems.append(f"{name}: Must be given once")
         return None
     value = values[0]
-    problem = _storable_problem(value)
+    problem = storable_problem(value)
     if problem:
         problems.append(f"{name}: {problem}")
         return None

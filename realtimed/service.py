@@ -1,26 +1,35 @@
 """
 The realtimed daemon as one Twisted service.
 
-Start-up, in order: the database (the configured URL, or an embedded
-PostgreSQL under the data directory), the secrets, the schema migrations,
-the query pool, then the parts that serve (Socket.IO and channels, the admin
-REST API, the LISTEN connection, webhook delivery) and finally the listening
-endpoints.  Shut-down runs it backwards.  A failure during start-up is logged
-and stops the process.
+Its pieces start one at a time, in dependency order, each once the one
+before is ready (`realtimed.lifecycle.StartInOrder`):
+
+1. the database: an embedded PostgreSQL under the data directory, or the
+   configured URL;
+
+and once its URL is known, the secrets are resolved and
+
+2. the schema migrations are applied;
+3. the query pool and the webhook outbox's pool open their first
+   connection;
+4. the listener connects and reads what was stored meanwhile;
+5. the webhook service, then the realtime channels on Socket.IO, start;
+6. every endpoint listens.
+
+They stop in the reverse order: the ports close first, the database last.
+A failure during start-up is logged and stops the process.
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
 from typing import Any, TextIO
 
-from twisted.application.service import MultiService
+from attrs import define
+from twisted.application.service import Service
 from twisted.internet.address import IPv4Address, IPv6Address
-from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks, maybeDeferred
-from twisted.internet.endpoints import serverFromString
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IListeningPort
-from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.server import Site
@@ -28,20 +37,47 @@ from twisted.web.server import Site
 from realtimed.config import Config
 from realtimed.engineio.socketio import SocketIOServer
 from realtimed.keys import KEYS_FILE, Keys, resolve_keys
+from realtimed.lifecycle import StartInOrder
 from realtimed.realtime.service import Realtime
 from realtimed.rest.api import AdminAPI
 from realtimed.store.listener import MessageListener
 from realtimed.store.messages import StoredMessage
-from realtimed.store.migrations import migrate
-from realtimed.store.pool import ConnectionPool, redact_dsn
-from realtimed.web import root_resource
+from realtimed.store.migrations import SchemaMigrations
+from realtimed.store.pool import ConnectionPool
+from realtimed.web import ListeningPort, root_resource
 from realtimed.webhooks.outbox import outbox_pool
 from realtimed.webhooks.service import WebhookService
 
 log = Logger()
 
 
-class RealtimeService(MultiService):
+@define(eq=False)
+class GivenDatabase(Service):
+    """
+    A database realtimed is given the URL of: ready at once.
+    """
+
+    url: str
+
+    def whenReady(self) -> Deferred[str]:
+        return succeed(self.url)
+
+
+@define(eq=False)
+class SocketIOService(Service):
+    """
+    Owns the Socket.IO server: when stopped, it closes every session, so
+    that clients reconnect (to another process, or to this one restarted).
+    """
+
+    socketio: SocketIOServer
+
+    def stopService(self) -> None:
+        Service.stopService(self)
+        self.socketio.close()
+
+
+class RealtimeService(StartInOrder):
     """
     Everything one realtimed process runs.
 
@@ -63,7 +99,6 @@ class RealtimeService(MultiService):
         self.config = config
         self.reactor = reactor
         self.ready: Deferred[RealtimeService] = Deferred()
-        self.ports: list[IListeningPort] = []
         self.database_url: str | None = None
         self.keys: Keys | None = None
         self.pool: ConnectionPool | None = None
@@ -71,89 +106,99 @@ class RealtimeService(MultiService):
         self.realtime: Realtime | None = None
         self.listener: MessageListener | None = None
         self.webhooks: WebhookService | None = None
+        self._ports: list[ListeningPort] = []
+        self._generated: list[str] = []
         self._out = sys.stdout if out is None else out
         self._stop_on_failure = stop_on_failure
-        self._embedded: Any = None
-        self._stopping = False
-        self._closers: list[Callable[[], object]] = []
+        self.database: Service
+        if config.database_url is None:
+            from realtimed.embedded import EmbeddedPostgres
+
+            self.database = EmbeddedPostgres(reactor=reactor, data_dir=config.data_dir)
+        else:
+            self.database = GivenDatabase(config.database_url)
+        self.addService(self.database)
+
+    @property
+    def ports(self) -> list[IListeningPort]:
+        """
+        The ports listening now, in the order of C{config.port}.
+        """
+        return [port.port for port in self._ports if port.port is not None]
 
     def startService(self) -> None:
         super().startService()
-        d = self._start()
+        d = self.whenReady()
         d.addCallbacks(self._started, self._failed)
 
+    def child_ready(self, child: object, result: object) -> None:
+        if child is self.database:
+            assert isinstance(result, str)
+            self._serve(result)
+
+    def _serve(self, url: str) -> None:
+        """
+        Add, in the order they start, the pieces that need the database at
+        C{url}.
+        """
+        config, reactor = self.config, self.reactor
+        self.database_url = url
+        keys, self._generated = resolve_keys(config)
+        self.keys = keys
+        self.addService(SchemaMigrations(reactor, url))
+        pool = self.pool = ConnectionPool(reactor, url)
+        self.addService(pool)
+        outbox = outbox_pool(reactor, url)
+        self.addService(outbox)
+        socketio = self.socketio = SocketIOServer(reactor, cors_origins=config.cors_origin)
+        listener = self.listener = MessageListener(
+            reactor=reactor,
+            dsn=url,
+            on_message=self._message_stored,
+            after_messages=socketio.engine.flush,
+        )
+        self.addService(listener)
+        webhooks = self.webhooks = WebhookService.from_config(
+            reactor, config, outbox, keys.webhook_secret
+        )
+        self.addService(webhooks)
+        realtime = self.realtime = Realtime(
+            namespace=socketio.namespace("/"),
+            pool=pool,
+            keys=keys,
+            clock=reactor,
+            local=listener,
+        )
+        self.addService(realtime)
+        self.addService(SocketIOService(socketio))
+        site = Site(
+            root_resource(
+                health=pool.ping,
+                socketio=socketio.resource(),
+                api=AdminAPI(pool, keys, reactor).resource(),
+            )
+        )
+        site.displayTracebacks = False
+        for description in config.port:
+            port = ListeningPort(reactor, description, site)
+            self._ports.append(port)
+            self.addService(port)
+
     def _started(self, _: object) -> None:
+        self._announce()
         self.ready.callback(self)
 
     def _failed(self, reason: Failure) -> None:
+        if not self.running:
+            # Stopped while starting: nothing failed.
+            self.ready.errback(reason)
+            self.ready.addErrback(lambda _: None)
+            return
         log.failure("realtimed could not start", reason)
         self.ready.errback(reason)
         self.ready.addErrback(lambda _: None)
         if self._stop_on_failure and self.reactor.running:
             self.reactor.stop()
-
-    @inlineCallbacks
-    def _start(self) -> Any:
-        config = self.config
-        url = config.database_url
-        if url is None:
-            from realtimed.embedded import EmbeddedPostgres
-
-            self._embedded = EmbeddedPostgres(reactor=self.reactor, data_dir=config.data_dir)
-            url = yield self._embedded.start()
-        self.database_url = url
-        keys, generated = resolve_keys(config)
-        self.keys = keys
-        if self._stopping:
-            return
-        applied = yield migrate(self.reactor, url)
-        log.info(
-            "Database {database} ready ({count} migrations applied now)",
-            database=redact_dsn(url),
-            count=len(applied),
-        )
-        self.pool = ConnectionPool(self.reactor, url)
-        yield self.pool.start()
-        self._closers.append(self.pool.close)
-
-        self.socketio = SocketIOServer(self.reactor, cors_origins=config.cors_origin)
-        listener = self.listener = MessageListener(
-            reactor=self.reactor,
-            dsn=url,
-            on_message=self._message_stored,
-            after_messages=self.socketio.engine.flush,
-        )
-        self.realtime = Realtime(
-            namespace=self.socketio.namespace("/"),
-            pool=self.pool,
-            keys=keys,
-            clock=self.reactor,
-            local=listener,
-        )
-        outbox = outbox_pool(self.reactor, url)
-        self._closers.append(outbox.close)
-        self.webhooks = WebhookService.from_config(
-            self.reactor, config, outbox, keys.webhook_secret
-        )
-        listener.setServiceParent(self)
-        self.realtime.setServiceParent(self)
-        self.webhooks.setServiceParent(self)
-        yield self._until(lambda: listener.connected, "LISTEN connection", 60.0)
-
-        api = AdminAPI(self.pool, keys, self.reactor)
-        site = Site(
-            root_resource(
-                health=self.pool.ping,
-                socketio=self.socketio.resource(),
-                api=api.resource(),
-            )
-        )
-        site.displayTracebacks = False
-        for description in config.port:
-            endpoint = serverFromString(self.reactor, description)
-            port = yield endpoint.listen(site)
-            self.ports.append(port)
-        self._announce(generated)
 
     def _message_stored(self, message: StoredMessage) -> None:
         """
@@ -168,21 +213,7 @@ class RealtimeService(MultiService):
             if message.webhooks:
                 self.webhooks.wake()
 
-    @inlineCallbacks
-    def _until(self, condition: Callable[[], bool], what: str, timeout: float) -> Any:
-        """
-        Wait for C{condition} to hold, checking every 20 ms, for at most
-        C{timeout} seconds.
-        """
-        deadline = self.reactor.seconds() + timeout
-        while not condition():
-            if self._stopping:
-                raise RuntimeError(f"stopped while waiting for the {what}")
-            if self.reactor.seconds() > deadline:
-                raise TimeoutError(f"the {what} was not ready within {timeout:g} s")
-            yield deferLater(self.reactor, 0.02, lambda: None)
-
-    def _announce(self, generated: list[str]) -> None:
+    def _announce(self) -> None:
         """
         Say where realtimed listens; on the start that generated secrets, say
         them too (to a terminal) or where they are kept (otherwise), so a
@@ -190,7 +221,7 @@ class RealtimeService(MultiService):
         """
         for port in self.ports:
             log.info("realtimed listening on {url}", url=_url_of(port))
-        if not generated:
+        if not self._generated:
             return
         assert self.keys is not None
         lines = [f"realtimed is listening on {', '.join(_url_of(p) for p in self.ports)}"]
@@ -203,29 +234,12 @@ class RealtimeService(MultiService):
                 "jwt_secret": "JWT secret (HS256)",
                 "webhook_secret": "webhook signing secret",
             }
-            for name in generated:
+            for name in self._generated:
                 lines.append(f"  {labels[name]:<24} {getattr(self.keys, name)}")
         else:
             lines.append(f"Generated secrets were written to {path} (mode 0600).")
         self._out.write("\n".join(lines) + "\n")
         self._out.flush()
-
-    @inlineCallbacks
-    def stopService(self) -> Any:
-        self._stopping = True
-        yield DeferredList([maybeDeferred(port.stopListening) for port in self.ports])
-        self.ports = []
-        if self.socketio is not None:
-            self.socketio.close()
-        yield maybeDeferred(super().stopService)
-        while self._closers:
-            try:
-                yield maybeDeferred(self._closers.pop())
-            except Exception:
-                log.failure("Error while shutting down")
-        if self._embedded is not None:
-            yield self._embedded.stop()
-            self._embedded = None
 
 
 def _url_of(port: IListeningPort) -> str:

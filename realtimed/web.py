@@ -1,5 +1,6 @@
 """
-The HTTP resource tree every listening endpoint serves:
+The HTTP side of the daemon: the resource tree every listening endpoint
+serves, and the endpoints.
 
 - ``/socket.io/``: Engine.IO / Socket.IO (polling and WebSocket);
 - ``/api/realtime/``: the admin REST API;
@@ -10,12 +11,19 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from typing import Any
 
+from attrs import define, field
+from twisted.application.service import Service
 from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import IResource, Resource
-from twisted.web.server import NOT_DONE_YET, Request
+from twisted.web.server import NOT_DONE_YET, Request, Site
+
+from realtimed.lifecycle import Readiness
 
 log = Logger()
 
@@ -72,3 +80,50 @@ def root_resource(
         api_root.putChild(b"realtime", api)
         root.putChild(b"api", api_root)
     return root
+
+
+@define(eq=False)
+class ListeningPort(Service):
+    """
+    Serves C{site} on the Twisted endpoint C{description} while running;
+    ready once listening.
+
+    @ivar port: The listening port, while there is one.
+    """
+
+    reactor: Any
+    description: str
+    site: Site
+    port: IListeningPort | None = field(default=None, init=False)
+    _ready: Readiness = field(factory=Readiness, init=False)
+
+    def startService(self) -> None:
+        Service.startService(self)
+        self._ready.reset()
+        d: Deferred[IListeningPort] = serverFromString(self.reactor, self.description).listen(
+            self.site
+        )
+        d.addCallback(self._listening)
+        d.addCallbacks(self._ready.succeed, self._ready.fail)
+
+    def _listening(self, port: IListeningPort) -> IListeningPort:
+        if not self.running:
+            # Stopped while binding.
+            port.stopListening()
+        else:
+            self.port = port
+        return port
+
+    def whenReady(self) -> Deferred[IListeningPort]:
+        """
+        A Deferred firing with the port once it listens.
+        """
+        return self._ready.wait()
+
+    def stopService(self) -> Deferred[None] | None:
+        Service.stopService(self)
+        port, self.port = self.port, None
+        if port is None:
+            return None
+        d: Deferred[None] | None = port.stopListening()
+        return d

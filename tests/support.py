@@ -20,11 +20,16 @@ import atexit
 import os
 import shutil
 import tempfile
+import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg2
+from twisted.internet import reactor
+from twisted.internet.defer import inlineCallbacks
+from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 DEFAULT_SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -97,3 +102,16 @@ def run_sql(url: str, statement: str, params: Any = None) -> list[tuple[Any, ...
             return list(cursor.fetchall())
     finally:
         connection.close()
+
+
+@inlineCallbacks
+def wait_for(condition: Callable[[], object], what: str = "", timeout: float = 30.0) -> Any:
+    """
+    Check C{condition} every 20 ms until it holds; fail after C{timeout}
+    seconds, a bound that only a broken behaviour reaches.
+    """
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what or condition}")
+        yield deferLater(reactor, 0.02, lambda: None)

@@ -366,7 +366,6 @@ class PublisherTests(StoreTestCase):
         self.addCleanup(connection.close)
         for statement in [
             "SELECT realtime.publish_batch('[]')",
-            "SELECT * FROM realtime.authorize_subscribe('project_admin', '{}', 'orders')",
             "SELECT * FROM realtime.authorize_subscribes('[]')",
             "SELECT realtime.subscribed_channel('orders')",
             "SELECT realtime.checked_role('anon')",

@@ -9,9 +9,11 @@ import io
 import json
 from typing import Any
 
+import psycopg2
 import treq
 from twisted.internet import reactor
 from twisted.internet.defer import fail, inlineCallbacks, succeed
+from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 from twisted.web.resource import Resource
@@ -21,7 +23,7 @@ from realtimed.config import load
 from realtimed.service import RealtimeService
 from realtimed.store.messages import StoredMessage
 from realtimed.web import Health
-from tests.support import create_database, run_sql, server_url
+from tests.support import create_database, run_sql, server_url, wait_for
 
 
 def start_realtimed(test: TestCase, database_url: str | None = None, **settings: Any) -> Any:
@@ -135,6 +137,69 @@ class ServiceTests(TestCase):
                         self.assertNotIn(secret, text)
             else:
                 self.assertEqual(text, "")
+
+    @inlineCallbacks
+    def test_owns_its_pieces(self) -> Any:
+        """
+        The daemon's pieces are its services, started in dependency order;
+        once it has stopped, none of its database connections is left and
+        its port no longer answers.
+        """
+        url = create_database(self)
+        service = yield start_realtimed(self, url)
+        self.assertEqual(
+            [type(child).__name__ for child in service],
+            [
+                "GivenDatabase",
+                "SchemaMigrations",
+                "ConnectionPool",
+                "ConnectionPool",
+                "MessageListener",
+                "WebhookService",
+                "Realtime",
+                "SocketIOService",
+                "ListeningPort",
+            ],
+        )
+        self.assertTrue(all(child.running for child in service))
+        connections = (
+            "SELECT application_name FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            " ORDER BY application_name"
+        )
+        self.assertEqual(
+            {name for (name,) in run_sql(url, connections)},
+            {"realtimed", "realtimed listener", "realtimed webhooks"},
+        )
+        address = base_url(service)
+        yield service.stopService()
+        self.assertFalse(any(child.running for child in service))
+        yield wait_for(lambda: run_sql(url, connections) == [], "every connection to close")
+        yield self.assertFailure(
+            treq.get(address + "/healthz", persistent=False), ConnectionRefusedError
+        )
+
+    @inlineCallbacks
+    def test_embedded_database(self) -> Any:
+        """
+        Without a database URL the daemon runs its own PostgreSQL under the
+        data directory, serves with it, and stops it when it stops.
+        """
+        data_dir = self.mktemp()
+        config = load({"port": ("tcp:0:interface=127.0.0.1",), "data-dir": data_dir}, {})
+        service = RealtimeService(config, reactor, out=io.StringIO(), stop_on_failure=False)
+        service.startService()
+        self.addCleanup(service.stopService)
+        yield service.ready
+        self.assertEqual(type(service.database).__name__, "EmbeddedPostgres")
+        response = yield treq.get(base_url(service) + "/healthz", persistent=False)
+        self.assertEqual(response.code, 200)
+        yield response.content()
+        url = service.database_url
+        assert url is not None
+        self.assertEqual(run_sql(url, "SELECT current_database()"), [("realtimed",)])
+        yield service.stopService()
+        self.assertRaises(psycopg2.OperationalError, run_sql, url, "SELECT 1")
 
     @inlineCallbacks
     def test_start_failure(self) -> Any:

@@ -20,7 +20,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import psycopg2
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
+from twisted.internet.defer import CancelledError, Deferred, gatherResults, inlineCallbacks
 from twisted.internet.endpoints import (
     TCP4ClientEndpoint,
     TCP4ServerEndpoint,
@@ -34,7 +34,7 @@ from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import TestCase
 
 from realtimed.auth import ADMIN_PRINCIPAL
-from realtimed.store.listener import MessageListener, Phase, visible_in
+from realtimed.store.listener import APPLICATION_NAME, MessageListener, Phase, visible_in
 from realtimed.store.messages import StoredMessage
 from realtimed.store.migrations import migrate
 from realtimed.store.pool import ConnectionPool
@@ -52,6 +52,24 @@ def wait_for(condition: Callable[[], bool], timeout: float = 30.0) -> Any:
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         yield deferLater(reactor, 0.02, lambda: None)
+
+
+def listener_pid(url: str) -> int | None:
+    """
+    The server process of the listener's connection to C{url}, found by
+    the name it gives its connection; C{None} while it has none (or the
+    server cannot be asked).
+    """
+    try:
+        rows = run_sql(
+            url,
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+            " AND application_name = %s",
+            (APPLICATION_NAME,),
+        )
+    except psycopg2.OperationalError:
+        return None
+    return int(rows[0][0]) if len(rows) == 1 else None
 
 
 def publish(url: str, channel: str, event: str, payload: Any) -> str:
@@ -104,6 +122,28 @@ class MessageListenerTests(ListenerMixin, TestCase):
     """
     Messages stored in the database reach the listener.
     """
+
+    @inlineCallbacks
+    def test_when_connected(self) -> Any:
+        """
+        C{whenConnected} fires once the listener has connected and polled;
+        after its connection is lost, a new waiter waits for the next one;
+        a waiter still waiting when the listener stops is failed.
+        """
+        listener = self.startListener(self.url)
+        yield listener.whenConnected()
+        self.assertTrue(listener.connected)
+        old = listener_pid(self.url)
+        run_sql(self.url, "SELECT pg_terminate_backend(%s, 10000)", (old,))
+        yield wait_for(lambda: not listener.connected)
+        yield listener.whenConnected()
+        self.assertNotIn(listener_pid(self.url), (None, old))
+        unreachable = MessageListener(reactor, "postgresql://postgres@127.0.0.1:1/none", list)
+        unreachable.startService()
+        waiting = unreachable.whenConnected()
+        unreachable.stopService()
+        yield self.assertFailure(waiting, CancelledError)
+        self.flushLoggedErrors()
 
     @inlineCallbacks
     def setUp(self) -> Any:
@@ -211,14 +251,14 @@ class MessageListenerTests(ListenerMixin, TestCase):
         with during.cursor() as cursor:
             cursor.execute("SELECT realtime.publish('room:1', 'during', '{}')")
 
-        old = listener.backend_pid
+        old = listener_pid(self.url)
         run_sql(self.url, "SELECT pg_terminate_backend(%s, 10000)", (old,))
         for name in ("b", "c", "d"):
             publish(self.url, "room:1", name, {})
         yield wait_for(lambda: not listener.connected)
         during.commit()
         publish(self.url, "room:1", "e", {})
-        yield wait_for(lambda: listener.backend_pid not in (None, old))
+        yield wait_for(lambda: listener_pid(self.url) not in (None, old))
         across.commit()
         publish(self.url, "room:1", "f", {})
         yield self.waitForEvents("a", "b", "c", "d", "e", "f", "across", "during")
@@ -247,12 +287,12 @@ class MessageListenerTests(ListenerMixin, TestCase):
                 name = f"r{round}m{i}"
                 publish(self.url, "room:1", name, {})
                 expected.append(name)
-            old = listener.backend_pid
+            old = listener_pid(self.url)
             run_sql(self.url, "SELECT pg_terminate_backend(%s, 10000)", (old,))
             name = f"r{round}gap"
             publish(self.url, "room:1", name, {})
             expected.append(name)
-            yield wait_for(lambda old=old: listener.backend_pid not in (None, old))
+            yield wait_for(lambda old=old: listener_pid(self.url) not in (None, old))
         publish(self.url, "room:1", "last", {})
         yield self.waitForEvents("last", *expected)
         self.assertEqual(Counter(self.events()), Counter([*expected, "last"]))
@@ -276,7 +316,7 @@ class MessageListenerTests(ListenerMixin, TestCase):
         yield wait_for(lambda: listener.connected)
         signature = "realtime.messages_between(pg_snapshot, pg_snapshot, xid8, bigint, integer)"
         run_sql(self.url, f"ALTER FUNCTION {signature} RENAME TO messages_between_away")
-        old = listener.backend_pid
+        old = listener_pid(self.url)
         run_sql(self.url, "SELECT pg_terminate_backend(%s, 10000)", (old,))
         publish(self.url, "room:1", "missed", {})
         # Without the function that reads messages, each catch-up fails,
@@ -419,21 +459,21 @@ class ServerRestartTests(ListenerMixin, TestCase):
         yield self.waitForEvents("before")
         publish(self.url, "room:1", "just-before", {})
         # While the server restarts, the listener finds it gone and retries.
-        old = listener.backend_pid
+        old = listener_pid(self.url)
         yield deferToThread(self.restart)
         publish(self.url, "room:1", "after1", {})
-        yield wait_for(lambda: listener.backend_pid not in (None, old), timeout=60)
+        yield wait_for(lambda: listener_pid(self.url) not in (None, old), timeout=60)
         publish(self.url, "room:1", "reconnected", {})
         yield self.waitForEvents("before", "just-before", "after1", "reconnected")
 
         # Restarting without letting the listener run: everything stored
         # after the restart reaches it by catching up.
-        old = listener.backend_pid
+        old = listener_pid(self.url)
         publish(self.url, "room:1", "before2", {})
         self.restart()
         publish(self.url, "room:1", "after2", {})
         publish(self.url, "room:1", "after3", {})
-        yield wait_for(lambda: listener.backend_pid not in (None, old), timeout=60)
+        yield wait_for(lambda: listener_pid(self.url) not in (None, old), timeout=60)
         publish(self.url, "room:1", "last", {})
         yield self.waitForEvents("before2", "after2", "after3", "last")
         self.assertEqual(
@@ -550,11 +590,11 @@ class SilentLinkTests(ListenerMixin, TestCase):
         yield wait_for(lambda: listener.connected)
         publish(self.url, "room:1", "before", {})
         yield self.waitForEvents("before")
-        old = listener.backend_pid
+        old = listener_pid(self.url)
         self.proxy.freeze()
         publish(self.url, "room:1", "silent1", {})
         publish(self.url, "room:1", "silent2", {})
-        yield wait_for(lambda: listener.backend_pid not in (None, old))
+        yield wait_for(lambda: listener_pid(self.url) not in (None, old))
         publish(self.url, "room:1", "after", {})
         yield self.waitForEvents("before", "silent1", "silent2", "after")
         self.assertEqual(Counter(self.events()), Counter(["before", "silent1", "silent2", "after"]))
@@ -647,7 +687,7 @@ class DozingTests(ListenerMixin, TestCase):
             self.url, poll_interval=0.002, idle_polls=3, keepalive_interval=60
         )
         yield wait_for(lambda: listener.phase is Phase.ASLEEP)
-        self.assertEqual(sleepers(self.url), [listener.backend_pid])
+        self.assertEqual(sleepers(self.url), [listener_pid(self.url)])
         publish(self.url, "room:1", "ring", {})
         yield wait_for(lambda: self.events() == ["ring"], timeout=5)
         self.assertEqual(doorbell.rings(), 1)

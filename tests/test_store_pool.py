@@ -15,7 +15,7 @@ from twisted.internet.task import deferLater
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from realtimed.store.pool import ConnectionPool, redact_dsn
-from tests.support import create_database, run_sql
+from tests.support import create_database, run_sql, wait_for
 
 
 class RedactTests(SynchronousTestCase):
@@ -178,6 +178,38 @@ class ConnectionPoolTests(TestCase):
         """
         self.pool.close()
         self.assertIs(self.successResultOf(self.pool.ping()), False)
+
+    @inlineCallbacks
+    def test_service(self) -> Any:
+        """
+        As a service, the pool is ready once its first connection is open;
+        stopping it waits for the connections in use, then none is left.
+        """
+        pool = ConnectionPool(reactor, self.url, size=2, application_name="pool under test")
+        pool.startService()
+        yield pool.whenReady()
+        named = (
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND application_name = 'pool under test'"
+        )
+        self.assertEqual(run_sql(self.url, named), [(1,)])
+        busy = pool.runQuery("SELECT 7 FROM pg_sleep(0.1)")
+        stopped = pool.stopService()
+        self.assertNoResult(stopped)
+        self.assertEqual((yield busy), [(7,)])
+        yield stopped
+        yield wait_for(lambda: run_sql(self.url, named) == [(0,)], "the connection to close")
+
+    @inlineCallbacks
+    def test_service_unreachable(self) -> Any:
+        """
+        A pool whose server cannot be reached fails its readiness.
+        """
+        pool = ConnectionPool(reactor, "postgresql://postgres@127.0.0.1:1/none")
+        pool.startService()
+        self.addCleanup(pool.stopService)
+        yield self.assertFailure(pool.whenReady(), psycopg2.OperationalError)
+        self.flushLoggedErrors()
 
 
 def occupy_low_descriptors(case: TestCase, above: int) -> None:

@@ -997,7 +997,9 @@ class DurabilityTests(WebhookTestCase):
         self.addCleanup(child.stop)
         yield child.started
         self.service(max_in_flight=4, per_host=4)
-        yield self.wait_for(lambda: self.claiming() >= {"", "child"}, what="both services")
+        yield self.wait_for(
+            lambda: self.claiming() >= {"realtimed webhooks", "child"}, what="both services"
+        )
         published = [self.publish("room:1", payload={"n": n}) for n in range(60)]
         yield self.wait_for(self.settled)
         self.assertEqual(Counter(receiver.ids()), Counter(published))

@@ -45,10 +45,11 @@ from typing import Any
 
 from attrs import define, field
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.defer import CancelledError, Deferred, inlineCallbacks
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from realtimed.lifecycle import Readiness
 from realtimed.store.messages import StoredMessage
 from realtimed.store.pool import (
     TCP_KEEPALIVES,
@@ -60,6 +61,10 @@ from realtimed.store.pool import (
 log = Logger()
 
 CHANNEL = "realtime_wakeup"
+
+#: How the listener's connection is named in ``pg_stat_activity``, unless
+#: the database URL names its connections.
+APPLICATION_NAME = "realtimed listener"
 
 # The messages committed since snapshot `since` (all of them up to snapshot
 # `upto`, which is the current snapshot unless given), after position
@@ -129,7 +134,6 @@ class MessageListener(Service):
     @ivar query_timeout: A query unanswered for this long drops the
         connection.
     @ivar page_size: How many messages one query reads at most.
-    @ivar connected: The connection is up, LISTENing, and has polled.
     @ivar phase: Awake, dozing or asleep.
     """
 
@@ -148,7 +152,6 @@ class MessageListener(Service):
     query_timeout: float = 10.0
     connect_timeout: float = 10.0
     page_size: int = 500
-    connected: bool = field(default=False, init=False)
     phase: Phase = field(default=Phase.AWAKE, init=False)
     _connection: DatabaseConnection | None = field(default=None, init=False)
     _generation: int = field(default=0, init=False)
@@ -162,20 +165,27 @@ class MessageListener(Service):
     _pause_timer: Any = field(default=None, init=False, repr=False)
     _query_timer: Any = field(default=None, init=False, repr=False)
     _skip: set[int] = field(factory=set, init=False, repr=False)
+    _connected: Readiness = field(factory=Readiness, init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         if self.clock is None:
             self.clock = self.reactor
 
     @property
-    def backend_pid(self) -> int | None:
+    def connected(self) -> bool:
         """
-        The server process of the listener's connection while connected,
-        for diagnostics.
+        Whether the connection is up, LISTENing, and has polled.
         """
-        if not self.connected or self._connection is None:
-            return None
-        return int(self._connection.get_backend_pid())
+        return self._connected.succeeded
+
+    def whenConnected(self) -> Deferred[None]:
+        """
+        A Deferred firing once the listener is connected, has LISTENed and
+        has polled (at once if it is), or failing if it is stopped first.
+        """
+        return self._connected.wait()
+
+    whenReady = whenConnected
 
     def read_up_to(self) -> tuple[str | None, list[str]]:
         """
@@ -223,6 +233,7 @@ class MessageListener(Service):
 
     def startService(self) -> None:
         Service.startService(self)
+        self._connected.reset()
         self._attempt = 0
         self._connect()
 
@@ -232,6 +243,7 @@ class MessageListener(Service):
             self._retry.cancel()
         self._retry = None
         self._forget()
+        self._connected.fail(CancelledError("the listener stopped"))
         return None
 
     # Connecting
@@ -258,7 +270,7 @@ class MessageListener(Service):
         ignored from now on.
         """
         self._generation += 1
-        self.connected = False
+        self._connected.reset()
         self.phase = Phase.AWAKE
         pause, self._pause = self._pause, None
         if self._pause_timer is not None and self._pause_timer.active():
@@ -298,7 +310,12 @@ class MessageListener(Service):
         Connect, LISTEN, and poll until the connection is dropped.
         """
         connection = yield open_connection(
-            self.reactor, self.dsn, self.connect_timeout, self.clock, **TCP_KEEPALIVES
+            self.reactor,
+            self.dsn,
+            self.connect_timeout,
+            self.clock,
+            fallback_application_name=APPLICATION_NAME,
+            **TCP_KEEPALIVES,
         )
         if generation != self._generation:
             connection.close()
@@ -319,8 +336,11 @@ class MessageListener(Service):
             )
         # Back on its feet: the next failure starts the backoff over.
         self._attempt = 0
-        self.connected = True
         log.info("Listening for messages on {dsn}", dsn=redact_dsn(self.dsn))
+        # Whoever waited runs now, and may stop the listener.
+        self._connected.succeed(None)
+        if generation != self._generation:
+            return
         while True:
             yield self._step(generation, found)
             self._again = False

@@ -16,11 +16,13 @@ from importlib import resources
 from typing import Any
 
 import psycopg2
-from attrs import frozen
+from attrs import define, field, frozen
+from twisted.application.service import Service
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.logger import Logger
 
-from realtimed.store.pool import open_connection
+from realtimed.lifecycle import Readiness
+from realtimed.store.pool import open_connection, redact_dsn
 
 log = Logger()
 
@@ -112,3 +114,36 @@ def _apply(cursor: Any, migration: Migration) -> Generator[Deferred[Any], Any, N
         "INSERT INTO realtime.schema_migrations (version, name) VALUES (%s, %s)",
         (migration.version, migration.name),
     )
+
+
+@define(eq=False)
+class SchemaMigrations(Service):
+    """
+    Brings the database up to date when started; ready once it is.
+    """
+
+    reactor: Any
+    dsn: str = field(repr=redact_dsn)
+    _ready: Readiness = field(factory=Readiness, init=False)
+
+    def startService(self) -> None:
+        Service.startService(self)
+        self._ready.reset()
+        d = migrate(self.reactor, self.dsn)
+
+        def migrated(applied: list[int]) -> None:
+            log.info(
+                "Database {database} ready ({count} migrations applied now)",
+                database=redact_dsn(self.dsn),
+                count=len(applied),
+            )
+            self._ready.succeed(applied)
+
+        d.addCallbacks(migrated, self._ready.fail)
+
+    def whenReady(self) -> Deferred[list[int]]:
+        """
+        A Deferred firing with the versions this start applied, or failing
+        with the reason the migrations could not be applied.
+        """
+        return self._ready.wait()

@@ -22,11 +22,14 @@ from typing import Any, Protocol, TypeVar
 
 import psycopg2
 from attrs import define, field
+from twisted.application.service import Service
 from twisted.internet import main
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from txpostgres.txpostgres import Connection, RollbackFailed
+
+from realtimed.lifecycle import Readiness
 
 log = Logger()
 
@@ -238,10 +241,13 @@ def open_connection(
     return d
 
 
-@define
-class ConnectionPool:
+@define(eq=False)
+class ConnectionPool(Service):
     """
     At most C{size} connections to C{dsn}, opened as needed.
+
+    As a service it opens its first connection when started (ready once it
+    is open, see L{whenReady}) and closes them all when stopped.
 
     @ivar reactor: The reactor (file descriptors and time).
     @ivar dsn: libpq URL or C{key=value} string; never logged as is.
@@ -252,6 +258,8 @@ class ConnectionPool:
     @ivar warn_connect_failures: Whether a connection that cannot be opened
         is logged here; an owner that reports its failed queries itself
         turns this off.
+    @ivar application_name: How the pool's connections are named in
+        PostgreSQL's ``pg_stat_activity``, unless C{dsn} names them.
     """
 
     reactor: Any
@@ -260,10 +268,34 @@ class ConnectionPool:
     connect_timeout: float = CONNECT_TIMEOUT
     setup: Sequence[str] = ()
     warn_connect_failures: bool = True
+    application_name: str = "realtimed"
     _idle: list[DatabaseConnection] = field(factory=list, init=False)
     _open: int = field(default=0, init=False)
     _waiting: deque[Deferred[DatabaseConnection]] = field(factory=deque, init=False)
     _closed: bool = field(default=False, init=False)
+    _ready: Readiness = field(factory=Readiness, init=False)
+    _drained: Readiness = field(factory=Readiness, init=False)
+
+    def startService(self) -> None:
+        Service.startService(self)
+        self._ready.reset()
+        self.start().addCallbacks(self._ready.succeed, self._ready.fail)
+
+    def stopService(self) -> Deferred[None]:
+        """
+        Close the pool; the Deferred fires once every connection is closed,
+        those in use once their work is done.
+        """
+        Service.stopService(self)
+        self.close()
+        return self._drained.wait()
+
+    def whenReady(self) -> Deferred[None]:
+        """
+        Once started as a service: a Deferred firing when its first
+        connection is open, or failing if it cannot be opened.
+        """
+        return self._ready.wait()
 
     def start(self) -> Deferred[None]:
         """
@@ -273,6 +305,7 @@ class ConnectionPool:
         @return: A Deferred firing when it is open, or failing.
         """
         self._closed = False
+        self._drained.reset()
         d: Deferred[Any] = self._checkout()
         d.addCallback(self._checkin)
         return d
@@ -290,6 +323,7 @@ class ConnectionPool:
         waiting, self._waiting = self._waiting, deque()
         for waiter in waiting:
             waiter.errback(CancelledError("the connection pool is closed"))
+        self._check_drained()
 
     def runQuery(self, *args: Any, **kwargs: Any) -> Deferred[list[tuple[Any, ...]]]:
         """
@@ -373,14 +407,22 @@ class ConnectionPool:
             if usable:
                 return succeed(connection)
             self._open -= 1
+            self._check_drained()
         if self._open < self.size:
             self._open += 1
-            d = open_connection(self.reactor, self.dsn, self.connect_timeout, **TCP_KEEPALIVES)
+            d = open_connection(
+                self.reactor,
+                self.dsn,
+                self.connect_timeout,
+                fallback_application_name=self.application_name,
+                **TCP_KEEPALIVES,
+            )
             if self.setup:
                 d.addCallback(self._setUp)
 
             def failed(reason: Failure) -> Failure:
                 self._open -= 1
+                self._check_drained()
                 if self.warn_connect_failures:
                     log.warn(
                         "Cannot connect to PostgreSQL at {dsn}: {error}",
@@ -414,6 +456,7 @@ class ConnectionPool:
     def _checkin(self, connection: DatabaseConnection) -> None:
         if self._closed or not connection.isOpen:
             self._open -= 1
+            self._check_drained()
             if connection.isOpen:
                 connection.close()
             self._serveWaiter()
@@ -422,6 +465,10 @@ class ConnectionPool:
             self._waiting.popleft().callback(connection)
             return
         self._idle.append(connection)
+
+    def _check_drained(self) -> None:
+        if self._closed and self._open == 0:
+            self._drained.succeed(None)
 
     def _serveWaiter(self) -> None:
         """

@@ -265,5 +265,10 @@ def outbox_pool(reactor: Any, dsn: str) -> ConnectionPool:
     service (at most once a minute) rather than by the pool at every poll.
     """
     return ConnectionPool(
-        reactor, dsn, size=CONNECTIONS, setup=SESSION_SETUP, warn_connect_failures=False
+        reactor,
+        dsn,
+        size=CONNECTIONS,
+        setup=SESSION_SETUP,
+        warn_connect_failures=False,
+        application_name="realtimed webhooks",
     )

@@ -159,6 +159,7 @@ class WebhookService(Service):
     _recording: int = field(default=0, init=False)
     _poll: LoopingCall | None = field(default=None, init=False)
     _prune: LoopingCall | None = field(default=None, init=False)
+    _pruning: Deferred[Any] | None = field(default=None, init=False)
 
     @classmethod
     def from_config(
@@ -219,9 +220,7 @@ class WebhookService(Service):
             if call is not None and call.active():
                 call.cancel()
         self._wake_call = self._wake_later = self._flush_call = None
-        waiting: list[Deferred[Any]] = []
-        if self._claiming is not None:
-            waiting.append(self._claiming)
+        waiting = [d for d in (self._claiming, self._pruning) if d is not None]
         d: Deferred[Any] = DeferredList(waiting)
         d.addCallback(lambda _: DeferredList(list(self._in_flight.values())))
         d.addCallback(lambda _: self._flush_all())
@@ -501,7 +500,7 @@ class WebhookService(Service):
         return self._outbox.prune(self.retention if older_than is None else older_than)
 
     def _prune_now(self) -> None:
-        d = self.prune()
+        d = self._pruning = self.prune()
 
         def pruned(count: int) -> None:
             if count:
@@ -511,6 +510,11 @@ class WebhookService(Service):
         d.addErrback(
             lambda f: log.warn("Could not prune webhook deliveries: {error}", error=describe(f))
         )
+
+        def finished(_: object) -> None:
+            self._pruning = None
+
+        d.addCallback(finished)
 
 
 def _timed_out(result: object, timeout: float) -> Failure:

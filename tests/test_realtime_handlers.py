@@ -13,7 +13,6 @@ from typing import Any
 
 import jwt
 from twisted.internet.defer import Deferred
-from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -21,7 +20,7 @@ from realtimed.engineio.socketio import ConnectRefused
 from realtimed.keys import Keys
 from realtimed.realtime.service import Realtime, credential_of, rfc3339
 from realtimed.store.messages import StoredMessage
-from realtimed.testing import FakePool
+from realtimed.testing import FakeClock, FakePool
 
 KEYS = Keys(
     jwt_secret="handler-test-secret-" + "s" * 32,
@@ -81,8 +80,7 @@ class Acks:
 
 class HandlerTests(SynchronousTestCase):
     def setUp(self) -> None:
-        self.clock = Clock()
-        self.clock.advance(NOW)
+        self.clock = FakeClock(NOW)
         self.namespace = FakeNamespace()
         self.pool = FakePool()
         self.realtime = Realtime(

@@ -14,7 +14,6 @@ from twisted.internet.defer import TimeoutError as DeferredTimeoutError
 from twisted.internet.error import DNSLookupError
 from twisted.internet.interfaces import IProtocolFactory
 from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import ILogObserver, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
@@ -23,7 +22,7 @@ from twisted.web.client import URI
 from twisted.web.error import SchemeNotSupported
 
 from realtimed.config import load
-from realtimed.testing import FakePool
+from realtimed.testing import FakeClock, FakePool
 from realtimed.webhooks.answers import Answer
 from realtimed.webhooks.endpoint import CheckedEndpoint, CheckedEndpointFactory, UnsafeAddress
 from realtimed.webhooks.outbox import Delivery
@@ -198,8 +197,7 @@ class OutcomeTests(SynchronousTestCase):
     """
 
     def setUp(self) -> None:
-        self.clock = Clock()
-        self.clock.advance(1_800_000_000)
+        self.clock = FakeClock(1_800_000_000)
         self.outcomes = Outcomes(
             RetryPolicy(base_delay=2.0, max_delay=60.0, horizon=3600.0),
             self.clock,

@@ -72,7 +72,7 @@ from realtimed.realtime.client_events import (
 from realtimed.realtime.presence import ANONYMOUS, USER, Identity, Presence, PresenceChange
 from realtimed.realtime.subscriptions import Subscription, Subscriptions
 from realtimed.store.messages import StoredMessage
-from realtimed.store.pool import Queries
+from realtimed.store.pool import IQueries
 from realtimed.store.publisher import (
     AudienceCounter,
     Authorizer,
@@ -148,7 +148,7 @@ class Realtime(Service):
     """
 
     namespace: Namespace
-    pool: Queries
+    pool: IQueries
     keys: Keys
     clock: Any
     local: LocalDelivery | None = None

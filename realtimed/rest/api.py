@@ -27,7 +27,7 @@ import functools
 import hmac
 import json
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, ClassVar, Protocol, TypeVar, cast
+from typing import Any, ClassVar, TypeVar, cast
 
 from attrs import define, frozen
 from klein import Klein
@@ -49,30 +49,13 @@ from realtimed.keys import Keys
 from realtimed.rest import validation
 from realtimed.rest.openapi import openapi_document
 from realtimed.rest.validation import InvalidInput
+from realtimed.store.pool import IQueries
 
 log = Logger()
 
 T = TypeVar("T")
 
 UNIQUE_VIOLATION = "23505"
-
-
-class QueryPool(Protocol):
-    """
-    What the API needs of a txpostgres connection pool.
-    """
-
-    def runQuery(
-        self, query: str, params: Any = None
-    ) -> Deferred[list[tuple[Any, ...]]]: ...
-
-    def runInteraction(
-        self, interaction: Callable[..., Any], *args: Any, **kwargs: Any
-    ) -> Deferred[Any]: ...
-
-
-class Clock(Protocol):
-    def seconds(self) -> float: ...
 
 
 @frozen
@@ -254,9 +237,9 @@ class AdminAPI:
 
     app: ClassVar[Klein] = Klein()
 
-    _pool: QueryPool
+    _pool: IQueries
     _keys: Keys
-    _clock: IReactorTime | Clock
+    _clock: IReactorTime
 
     def resource(self) -> IResource:
         """

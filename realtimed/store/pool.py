@@ -18,7 +18,7 @@ import re
 import select
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import psycopg2
 from attrs import define, field
@@ -28,6 +28,7 @@ from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from txpostgres.txpostgres import Connection, RollbackFailed
+from zope.interface import Interface, implementer
 
 from realtimed.lifecycle import Readiness
 
@@ -48,19 +49,32 @@ TCP_KEEPALIVES = {
 }
 
 
-class Queries(Protocol):
+class IQueries(Interface):
     """
     What the rest of realtimed uses of a connection pool: statements, each
-    in its own transaction, and transactions of several.
+    in its own transaction, and transactions of several.  The answer to a
+    statement always comes later, never before the call returns.
+    `realtimed.testing.FakePool` is the fake, held to the same behaviour.
     """
 
-    def runQuery(self, *args: Any, **kwargs: Any) -> Deferred[list[tuple[Any, ...]]]: ...
+    def runQuery(sql: str, params: Any = None) -> Deferred[list[tuple[Any, ...]]]:
+        """
+        Run one statement; fires with its rows, or fails with the database's
+        error (a C{psycopg2.Error}), or with C{CancelledError} once closed.
+        """
 
-    def runOperation(self, *args: Any, **kwargs: Any) -> Deferred[None]: ...
+    def runOperation(sql: str, params: Any = None) -> Deferred[None]:
+        """
+        Run one statement for no rows; fires with C{None}.
+        """
 
     def runInteraction(
-        self, interaction: Callable[..., Any], *args: Any, **kwargs: Any
-    ) -> Deferred[Any]: ...
+        interaction: Callable[..., Any], *args: Any, **kwargs: Any
+    ) -> Deferred[Any]:
+        """
+        Run C{interaction(cursor, *args, **kwargs)} in one transaction,
+        committed when it succeeds and rolled back when it fails.
+        """
 
 
 def redact_dsn(dsn: str) -> str:
@@ -241,6 +255,7 @@ def open_connection(
     return d
 
 
+@implementer(IQueries)
 @define(eq=False)
 class ConnectionPool(Service):
     """

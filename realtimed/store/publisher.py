@@ -38,7 +38,7 @@ from twisted.python.failure import Failure
 
 from realtimed.auth import Principal
 from realtimed.store.messages import StoredMessage
-from realtimed.store.pool import Queries
+from realtimed.store.pool import IQueries
 
 log = Logger()
 
@@ -109,7 +109,7 @@ class _Batches:
     batches grow with the load and the items are handled in arrival order.
     """
 
-    pool: Queries
+    pool: IQueries
     query: str
     answer: Callable[[_Pending, tuple[Any, ...]], None]
     what: str
@@ -172,7 +172,7 @@ class Authorizer:
     decided.
     """
 
-    pool: Queries
+    pool: IQueries
     max_batch: int = 500
     _batches: _Batches = field(init=False)
 
@@ -242,7 +242,7 @@ class Publisher:
         listener reads its messages.
     """
 
-    pool: Queries
+    pool: IQueries
     local: LocalDelivery | None = None
     max_batch: int = 500
     local_limit: int = 32
@@ -322,7 +322,7 @@ class AudienceCounter:
     all processes.
     """
 
-    pool: Queries
+    pool: IQueries
     clock: Any  # IReactorTime
     interval: float = 1.0
     _counts: dict[str, int] = Factory(dict)

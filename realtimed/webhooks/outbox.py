@@ -21,7 +21,7 @@ from typing import Any
 from attrs import define, frozen
 from twisted.internet.defer import Deferred
 
-from realtimed.store.pool import ConnectionPool, Queries
+from realtimed.store.pool import ConnectionPool, IQueries
 
 #: The outbox has connections of its own (a pool of `CONNECTIONS`: one
 #: claiming, one recording, one pruning) which run only the statements below,
@@ -189,7 +189,7 @@ class Outbox:
     most L{CONNECTIONS} connections are ever used at once).
     """
 
-    pool: Queries
+    pool: IQueries
 
     def claim(
         self, busy: Mapping[str, int], per_host: int, free: int, lease: float

@@ -47,7 +47,7 @@ from twisted.web.client import HTTPConnectionPool
 from twisted.web.http_headers import Headers
 
 from realtimed.config import Config
-from realtimed.store.pool import Queries
+from realtimed.store.pool import IQueries
 from realtimed.webhooks.answers import read_answer
 from realtimed.webhooks.endpoint import webhook_http_client
 from realtimed.webhooks.outbox import Delivery, Outbox, Outcome
@@ -125,7 +125,7 @@ class WebhookService(Service):
     """
 
     reactor: Any
-    pool: Queries
+    pool: IQueries
     secret: str = field(repr=False)
     http: Any = None
     allow_private: bool = False
@@ -163,7 +163,7 @@ class WebhookService(Service):
 
     @classmethod
     def from_config(
-        cls, reactor: Any, config: Config, pool: Queries, secret: str
+        cls, reactor: Any, config: Config, pool: IQueries, secret: str
     ) -> WebhookService:
         """
         The service as the daemon's configuration asks for it.

@@ -24,6 +24,7 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from realtimed.lifecycle import Readiness
+from realtimed.rest.api import went_away
 
 log = Logger()
 
@@ -52,11 +53,10 @@ class Health(Resource):
             log.failure("Health check failed", reason)
             return False
 
-        finished = request.notifyFinish()
-        finished.addErrback(lambda _: None)
+        gone = went_away(request)
         d = self._check()
         d.addErrback(failed)
-        d.addCallback(lambda healthy: None if request._disconnected else answer(healthy))
+        d.addCallback(lambda healthy: None if gone() else answer(healthy))
         d.addErrback(lambda f: log.failure("Cannot answer a health check", f))
         return NOT_DONE_YET
 

@@ -396,15 +396,14 @@ class BackoffTests(TestCase):
         )
         listener.startService()
         self.addCleanup(listener.stopService)
-        delays = []
-        for _ in range(4):
-            yield wait_for(
-                lambda: any(c.func == listener._connect for c in clock.getDelayedCalls())
-            )
-            (retry,) = [c for c in clock.getDelayedCalls() if c.func == listener._connect]
-            delay = retry.getTime() - clock.seconds()
-            delays.append(delay)
-            clock.advance(delay)
+        def retries() -> list[float]:
+            return [e["delay"] for e in events if "reconnecting in" in e.get("log_format", "")]
+
+        delays: list[float] = []
+        for attempt in range(1, 5):
+            yield wait_for(lambda attempt=attempt: len(retries()) == attempt)
+            delays.append(retries()[-1])
+            clock.advance(delays[-1])
         self.assertEqual(delays, [0.5, 1.0, 2.0, 2.0])
         self.assertFalse(listener.connected)
         attempts = [
@@ -438,7 +437,7 @@ class ServerRestartTests(ListenerMixin, TestCase):
         """
         Restart the server, blocking.
         """
-        from pgserver._commands import pg_ctl
+        from pgserver import pg_ctl
 
         pg_ctl(
             ["-w", "-m", "fast", "-l", str(self.server.log), "restart"],

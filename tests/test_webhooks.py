@@ -24,16 +24,17 @@ from twisted.internet import reactor as _reactor
 from twisted.internet.defer import Deferred, fail, gatherResults, inlineCallbacks
 from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.ssl import Certificate, PrivateCertificate
-from twisted.internet.task import Clock, deferLater
+from twisted.internet.task import deferLater
 from twisted.logger import ILogObserver, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
+from realtimed.rest.api import went_away
 from realtimed.store.migrations import migrate
 from realtimed.store.pool import ConnectionPool
-from realtimed.testing import FakePool
+from realtimed.testing import FakeClock, FakePool
 from realtimed.webhooks.endpoint import webhook_http_client
 from realtimed.webhooks.outbox import Outbox, outbox_pool
 from realtimed.webhooks.policy import RetryPolicy
@@ -68,7 +69,7 @@ class Receiver(Resource):
         self.script = list(script or [])
         self.delay = delay
         self.holding = holding
-        self.held: list[Request] = []
+        self.held: list[tuple[Request, Callable[[], bool]]] = []
         self.requests: list[tuple[dict[str, str], bytes, float]] = []
         self.answering: set[Any] = set()
         self.paths: list[bytes] = []
@@ -98,20 +99,21 @@ class Receiver(Resource):
         self.active += 1
         self.most = max(self.most, self.active)
         request.notifyFinish().addBoth(self._finished)
+        gone = went_away(request)
         if self.holding:
-            self.held.append(request)
+            self.held.append((request, gone))
             return NOT_DONE_YET
 
         def answer() -> None:
             self.answering.discard(call)
-            self._answer(request)
+            self._answer(request, gone)
 
         call = reactor.callLater(self.delay, answer)
         self.answering.add(call)
         return NOT_DONE_YET
 
-    def _answer(self, request: Request) -> None:
-        if not request._disconnected:
+    def _answer(self, request: Request, gone: Callable[[], bool]) -> None:
+        if not gone():
             request.write(b"thanks")
             request.finish()
 
@@ -124,8 +126,8 @@ class Receiver(Resource):
         """
         self.holding = False
         held, self.held = self.held, []
-        for request in held:
-            self._answer(request)
+        for request, gone in held:
+            self._answer(request, gone)
 
     def stop(self) -> None:
         """
@@ -1096,20 +1098,30 @@ class WakeTests(SynchronousTestCase):
         into one look at the end of the interval; a wake after it looks at
         once.
         """
-        clock = Clock()
-        service = WebhookService(reactor, FakePool(), SECRET, clock=clock, wake_interval=10.0)
+        clock = FakeClock()
         looks: list[float] = []
-        self.patch(service, "_look", lambda: looks.append(clock.seconds()))
+
+        def claim(sql: str, params: object) -> list[tuple[object, ...]]:
+            assert "webhook_claim" in sql
+            looks.append(clock.seconds())
+            return []
+
+        service = WebhookService(
+            reactor, FakePool(claim, clock), SECRET, clock=clock, wake_interval=10.0
+        )
         service.running = True
         service.wake()
+        clock.advance(0)
         clock.advance(4)
         service.wake()
         service.wake()
         self.assertEqual(looks, [0.0])
         clock.advance(6)
+        clock.advance(0)
         self.assertEqual(looks, [0.0, 10.0])
         clock.advance(50)
         service.wake()
+        clock.advance(0)
         self.assertEqual(looks, [0.0, 10.0, 60.0])
         self.assertEqual(clock.getDelayedCalls(), [])
 

@@ -182,11 +182,27 @@ def _admin_route(handler: Handler) -> Callable[..., Deferred[bytes]]:
             status, body = await handler(self, request, *args, **kwargs)
             return _write_json(request, status, body)
 
+        gone = went_away(request)
         d = Deferred.fromCoroutine(respond())
-        d.addErrback(self._failed, request)
+        d.addErrback(self._failed, request, gone)
         return d
 
     return route
+
+
+def went_away(request: Request) -> Callable[[], bool]:
+    """
+    A function that says whether the client of C{request} has gone away
+    before its answer was finished.
+    """
+    gone = False
+
+    def lost(_: Failure) -> None:
+        nonlocal gone
+        gone = True
+
+    request.notifyFinish().addErrback(lost)
+    return lambda: gone
 
 
 def _write_json(request: Request, status: int, body: Any) -> bytes:
@@ -281,8 +297,8 @@ class AdminAPI:
             raise APIError(403, "FORBIDDEN", "Admin access required")
         return principal
 
-    def _failed(self, failure: Failure, request: Request) -> bytes:
-        if failure.check(CancelledError) and getattr(request, "_disconnected", False):
+    def _failed(self, failure: Failure, request: Request, gone: Callable[[], bool]) -> bytes:
+        if failure.check(CancelledError) and gone():
             # The client went away and the work for it was cancelled.
             return b""
         error = failure.value

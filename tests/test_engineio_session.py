@@ -178,7 +178,7 @@ class EngineHarness:
 
     def open_websocket(self, sid: str | None = None) -> FakeWebSocket:
         ws = FakeWebSocket()
-        self.server._websocket_opened(ws, sid, {"x-test": "1"}, {})  # type: ignore[arg-type]
+        self.server.websocket_opened(ws, sid, {"x-test": "1"}, {})  # type: ignore[arg-type]
         return ws
 
 

@@ -47,7 +47,7 @@ class WebSocketOptionsTests(SynchronousTestCase):
         A WebSocket protocol of C{server}, connected to a fake transport
         (Autobahn sets its options up when the connection is made).
         """
-        factory: Any = server._factory
+        factory: Any = server.websocket_factory
         protocol: EngineWebSocketProtocol = factory.buildProtocol(
             IPv4Address("TCP", "127.0.0.1", 40000)
         )
@@ -115,7 +115,7 @@ class HandshakeTests(SynchronousTestCase):
             return handler
 
         server = EngineIOServer(Clock(), accept)
-        factory: Any = server._factory
+        factory: Any = server.websocket_factory
         protocol: EngineWebSocketProtocol = factory.buildProtocol(
             IPv4Address("TCP", "127.0.0.1", 40000)
         )

@@ -23,7 +23,7 @@ class Client:
 
     def __init__(self, server: SocketIOServer, headers: dict[str, str] | None = None) -> None:
         self.ws = FakeWebSocket()
-        server.engine._websocket_opened(self.ws, None, headers or {}, {})  # type: ignore[arg-type]
+        server.engine.websocket_opened(self.ws, None, headers or {}, {})  # type: ignore[arg-type]
         [handshake] = self.ws.received()
         assert isinstance(handshake, str) and handshake.startswith("0")
 
@@ -450,6 +450,6 @@ class ServerTests(SynchronousTestCase):
         layer for each message.
         """
         server = SocketIOServer(self.clock, max_payload=1234)
-        options = server.engine._factory
+        options = server.engine.websocket_factory
         self.assertEqual(options.maxMessagePayloadSize, 1234)
         self.assertEqual(options.maxFramePayloadSize, 1234)

@@ -116,10 +116,9 @@ class EngineConnection:
     #: `defer_frames`); `None` unless the session is on a WebSocket
     pending: list[bytes] | None = None
     #: the kernel buffer of the active WebSocket is full
-    paused: bool = False
+    _paused: bool = False
     _backlog: int = 0
-    _write: Callable[[bytes], None] | None = None
-    _raw: tcp.Connection | None = None
+    _writer: _TCPWriter | None = None
     _ws: EngineWebSocketProtocol | None = None
     _candidate: EngineWebSocketProtocol | None = None
     _poll: Request | None = None
@@ -196,7 +195,7 @@ class EngineConnection:
         if pending is None:
             return
         if not pending:
-            self.server._dirty(self)
+            self.server.hold(self)
         pending.append(frames)
 
     def flush(self) -> None:
@@ -210,7 +209,7 @@ class EngineConnection:
             self._write_now(data)
 
     def _write_now(self, data: bytes) -> None:
-        if self.paused:
+        if self._paused:
             self._backlog += len(data)
             if self._backlog > self.server.config.max_buffer:
                 log.info("Dropping slow WebSocket reader {sid}", sid=self.sid)
@@ -220,21 +219,9 @@ class EngineConnection:
                 if ws is not None:
                     ws.dropConnection(abort=True)
                 return
-        raw = self._raw
-        if raw is not None and not raw.dataBuffer and not raw._tempDataBuffer:
-            # Nothing is queued in Twisted's buffer, so the bytes may go
-            # straight to the socket: one system call, no poller changes.
-            # Whatever the kernel does not take is queued as usual.
-            try:
-                sent = raw.socket.send(data)
-            except OSError:
-                sent = 0
-            if sent == len(data):
-                return
-            data = data[sent:]
-        write = self._write
-        if write is not None:
-            write(data)
+        writer = self._writer
+        if writer is not None:
+            writer.write(data)
 
     def _queue(self, packets: tuple[EncodedPacket, ...] | list[EncodedPacket]) -> None:
         self._outbox.extend(packets)
@@ -279,7 +266,35 @@ class EngineConnection:
         """
         self._apply(self.session.close())
 
+    # --- the WebSocket's send buffer -------------------------------------
+
+    def pause_writing(self) -> None:
+        """
+        The kernel stopped taking data from the active WebSocket: what is
+        written from now on is counted against ``max_buffer``.
+        """
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        """
+        The kernel takes data again.
+        """
+        self._paused = False
+        self._backlog = 0
+
     # --- timers ---------------------------------------------------------
+
+    def start(self, accept: Callable[[EngineConnection], EngineHandler]) -> None:
+        """
+        The open packet is on its way: the heartbeat starts, and ``accept``
+        gives the session its handler.
+        """
+        self._reschedule()
+        try:
+            self.handler = accept(self)
+        except Exception:
+            log.failure("Session handler failed to start")
+            self.close()
 
     def _reschedule(self) -> None:
         due = self.session.deadline()
@@ -342,37 +357,44 @@ class EngineConnection:
         ws, self._candidate = self._candidate, None
         assert ws is not None
         self._release_poll()
-        self._attach(ws)
+        self.attach(ws)
         pending, self._outbox = self._outbox, []
         self._outbox_size = 0
         if pending:
             self.send_many(pending)
 
-    def _attach(self, ws: EngineWebSocketProtocol) -> None:
+    def attach(self, ws: EngineWebSocketProtocol) -> None:
+        """
+        Make ``ws`` the session's transport: a session opened on a
+        WebSocket, or one that has just been upgraded to it.
+        """
         self._ws = ws
         ws.connection = self
-        transport: Any = ws.transport
-        self._write = transport.write
         self.pending = []
-        if isinstance(transport, tcp.Connection):
-            self._raw = transport
-            transport.setTcpNoDelay(True)
-        # twisted.web's channel is still registered as the producer of the
-        # connection it handed over
-        if getattr(transport, "producer", None) or getattr(transport, "_producer", None):
-            transport.unregisterProducer()
-        transport.registerProducer(_WriteWatch(self), True)
+        self._writer = _TCPWriter.take_over(ws.transport, _WriteWatch(self))
+
+    def adopt_candidate(self, ws: EngineWebSocketProtocol) -> bool:
+        """
+        ``ws`` asks to take this polling session over.  Returns whether it
+        is now the candidate of an upgrade; when it is not (the session is
+        not on polling, or has a candidate already), the caller closes it.
+        """
+        if not self.session.begin_upgrade(self.server.reactor.seconds()):
+            return False
+        self._candidate = ws
+        ws.connection = self
+        self._reschedule()
+        return True
 
     def _closed(self, reason: str) -> None:
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
-        self.server._forget(self)
+        self.server.forget(self)
         ws, self._ws = self._ws, None
         self.flush()
         self.pending = None
-        self._write = None
-        self._raw = None
+        self._writer = None
         if ws is not None:
             ws.connection = None
             if ws.state == WebSocketServerProtocol.STATE_OPEN:
@@ -395,7 +417,7 @@ class EngineConnection:
             if reason == "transport close":
                 self._outbox = [states.NOOP_PACKET]
             if self._outbox:
-                self.server._linger(self)
+                self.server.linger(self)
         self._outbox_size = 0
         handler, self.handler = self.handler, None
         if handler is not None:
@@ -411,17 +433,17 @@ class EngineConnection:
         self._catch_up()
         if self.session.closed:
             if self.server.sessions.get(self.sid) is not self:
-                return self.server._error(request, UNKNOWN_SID)
+                return self.server.unknown_session(request)
             # lingering after the session closed: hand over the rest
-            self.server._forget(self)
+            self.server.forget(self)
             self._poll = request
             self._flush_poll()
             return NOT_DONE_YET
         if self.session.transport != POLLING:
-            return self.server._error(request, BAD_REQUEST)
+            return self.server.bad_request(request)
         if self._poll is not None:
             self._apply(self.session.close(), "transport error")
-            return self.server._error(request, BAD_REQUEST)
+            return self.server.bad_request(request)
         self._poll = request
         request.notifyFinish().addErrback(self._poll_lost, request)
         if self.session.upgrading:
@@ -440,7 +462,7 @@ class EngineConnection:
         """
         self._catch_up()
         if self.session.closed or self.session.transport != POLLING:
-            return self.server._error(request, BAD_REQUEST)
+            return self.server.bad_request(request)
         content = request.content
         size = 0
         if content is not None:
@@ -458,7 +480,7 @@ class EngineConnection:
         except EngineProtocolError as e:
             log.info("Bad polling payload from {sid}: {error}", sid=self.sid, error=str(e))
             self._apply(self.session.protocol_error())
-            return self.server._error(request, BAD_REQUEST)
+            return self.server.bad_request(request)
         now = self.server.reactor.seconds()
         for packet in packets:
             self._apply(self.session.receive(packet, now))
@@ -493,8 +515,7 @@ class EngineConnection:
         """
         if ws is self._ws:
             self.flush()
-            self._write = None
-            self._raw = None
+            self._writer = None
 
     def ws_lost(self, ws: EngineWebSocketProtocol) -> None:
         """
@@ -503,8 +524,7 @@ class EngineConnection:
         if ws is self._ws:
             self._ws = None
             self.pending = None
-            self._write = None
-            self._raw = None
+            self._writer = None
             self._apply(self.session.transport_lost())
         elif ws is self._candidate:
             self._candidate = None
@@ -522,14 +542,66 @@ class _WriteWatch:
     connection: EngineConnection
 
     def pauseProducing(self) -> None:
-        self.connection.paused = True
+        self.connection.pause_writing()
 
     def resumeProducing(self) -> None:
-        self.connection.paused = False
-        self.connection._backlog = 0
+        self.connection.resume_writing()
 
     def stopProducing(self) -> None:
-        self.connection.paused = True
+        self.connection.pause_writing()
+
+
+@define(eq=False)
+class _TCPWriter:
+    """
+    Writes to the TCP transport of the WebSocket that carries a session.
+
+    This is the one place in the package that touches Twisted's private
+    state, for two things Twisted has no public way to do:
+
+    - write straight to the socket when Twisted's write buffer is empty
+      (``dataBuffer`` and ``_tempDataBuffer`` of a `tcp.Connection`): one
+      system call and no poller changes, where ``transport.write`` would
+      queue the bytes for the next reactor turn;
+    - take over as the transport's producer from twisted.web's channel,
+      which is still registered (as ``producer``, or ``_producer`` under
+      TLS) on the connection it handed over to the WebSocket.
+    """
+
+    _transport: Any
+    #: the transport, when it is a plain TCP connection
+    _raw: tcp.Connection | None
+
+    @classmethod
+    def take_over(cls, transport: Any, watch: _WriteWatch) -> _TCPWriter:
+        """
+        Write to ``transport`` from now on, with ``watch`` as its
+        streaming producer.
+        """
+        raw = None
+        if isinstance(transport, tcp.Connection):
+            raw = transport
+            transport.setTcpNoDelay(True)
+        if getattr(transport, "producer", None) or getattr(transport, "_producer", None):
+            transport.unregisterProducer()
+        transport.registerProducer(watch, True)
+        return cls(transport, raw)
+
+    def write(self, data: bytes) -> None:
+        """
+        Write ``data`` now if the kernel takes it; whatever it does not
+        take is queued by Twisted as usual.
+        """
+        raw = self._raw
+        if raw is not None and not raw.dataBuffer and not raw._tempDataBuffer:
+            try:
+                sent = raw.socket.send(data)
+            except OSError:
+                sent = 0
+            if sent == len(data):
+                return
+            data = data[sent:]
+        self._transport.write(data)
 
 
 #: what Autobahn stores on a server protocol only for its opening handshake
@@ -665,7 +737,7 @@ class EngineWebSocketProtocol(WebSocketServerProtocol):
         sid, headers, query = self._sid, self._headers, self._query
         del self._sid, self._headers, self._query
         self._compact()
-        self.server._websocket_opened(self, sid, headers, query)
+        self.server.websocket_opened(self, sid, headers, query)
 
     def _compact(self) -> None:
         """
@@ -726,7 +798,8 @@ class EngineIOServer:
     accept: Callable[[EngineConnection], EngineHandler]
     config: EngineConfig = field(factory=EngineConfig)
     sessions: dict[str, EngineConnection] = field(factory=dict)
-    _factory: WebSocketServerFactory = field(init=False)
+    #: the Autobahn factory of this server's WebSocket protocols
+    websocket_factory: WebSocketServerFactory = field(init=False)
     _websocket_resource: WebSocketResource = field(init=False)
     _lingering: dict[str, IDelayedCall] = field(factory=dict, init=False)
     _held: list[EngineConnection] = field(factory=list, init=False)
@@ -766,7 +839,7 @@ class EngineIOServer:
             setattr(Protocol, name, value)
         Protocol.CONFIG_ATTRS = []
         factory.reactor = self.reactor
-        self._factory = factory
+        self.websocket_factory = factory
         self._websocket_resource = WebSocketResource(factory)
 
     def resource(self) -> Resource:
@@ -804,15 +877,11 @@ class EngineIOServer:
         )
         return connection, handshake
 
-    def _started(self, connection: EngineConnection) -> None:
-        connection._reschedule()
-        try:
-            connection.handler = self.accept(connection)
-        except Exception:
-            log.failure("Session handler failed to start")
-            connection.close()
-
-    def _dirty(self, connection: EngineConnection) -> None:
+    def hold(self, connection: EngineConnection) -> None:
+        """
+        ``connection`` has frames held back to write at the start of the
+        next reactor turn.
+        """
         self._held.append(connection)
         if self._flush_call is None:
             self._flush_call = self.reactor.callLater(0, self.flush)
@@ -843,20 +912,29 @@ class EngineIOServer:
         for connection in held:
             connection.flush()
 
-    def _forget(self, connection: EngineConnection) -> None:
+    def forget(self, connection: EngineConnection) -> None:
+        """
+        Nothing more is kept of ``connection``, a closed session: its sid
+        is unknown from now on.
+        """
         if self.sessions.get(connection.sid) is connection:
             del self.sessions[connection.sid]
         timer = self._lingering.pop(connection.sid, None)
         if timer is not None and timer.active():
             timer.cancel()
 
-    def _linger(self, connection: EngineConnection) -> None:
+    def linger(self, connection: EngineConnection) -> None:
+        """
+        Keep ``connection``, a closed polling session, for a heartbeat's
+        worth of time, so that the client's next ``GET`` still collects
+        what is queued for it.
+        """
         if self._stopping:
             return
         self.sessions[connection.sid] = connection
         self._lingering[connection.sid] = self.reactor.callLater(
             self.config.ping_interval + self.config.ping_timeout,
-            self._forget,
+            self.forget,
             connection,
         )
 
@@ -869,32 +947,46 @@ class EngineIOServer:
         try:
             for connection in list(self.sessions.values()):
                 connection.close()
-                self._forget(connection)
+                self.forget(connection)
         finally:
             self._stopping = False
 
-    def _websocket_opened(
+    def websocket_opened(
         self,
         ws: EngineWebSocketProtocol,
         sid: str | None,
         headers: Mapping[str, str],
         query: Mapping[str, str],
     ) -> None:
+        """
+        ``ws`` finished its opening handshake, with these ``headers`` and
+        ``query``: it starts a session, or, with the ``sid`` of a polling
+        session, offers to take that session over.
+        """
         if sid is None:
             connection, handshake = self._open(WEBSOCKET, headers, query)
-            connection._attach(ws)
+            connection.attach(ws)
             connection.send(handshake)
-            self._started(connection)
+            connection.start(self.accept)
             return
         existing = self.sessions.get(sid)
-        if existing is None or not existing.session.begin_upgrade(self.reactor.seconds()):
+        if existing is None or not existing.adopt_candidate(ws):
             ws.sendClose()
-            return
-        existing._candidate = ws
-        ws.connection = existing
-        existing._reschedule()
 
     # --- HTTP -----------------------------------------------------------
+
+    def bad_request(self, request: Request) -> bytes:
+        """
+        Refuse ``request`` as a bad request; returns the body.
+        """
+        return self._error(request, BAD_REQUEST)
+
+    def unknown_session(self, request: Request) -> bytes:
+        """
+        Refuse ``request`` for a session that is not (or no longer) known;
+        returns the body.
+        """
+        return self._error(request, UNKNOWN_SID)
 
     def _error(self, request: Request, error: tuple[int, str]) -> bytes:
         code, message = error
@@ -949,7 +1041,7 @@ class EngineIOServer:
             request.setHeader(b"content-type", b"text/plain; charset=UTF-8")
             request.write(handshake.encode("utf-8"))
             request.finish()
-            self._started(opened)
+            opened.start(self.accept)
             return NOT_DONE_YET
         connection = self.sessions.get(sid)
         if connection is None:

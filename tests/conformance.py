@@ -23,8 +23,9 @@ from twisted.logger import globalLogBeginner, textFileLogObserver
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
+from realtimed.engineio.connection import EngineConnection
+from realtimed.engineio.engine import EngineConfig, EngineIOServer
 from realtimed.engineio.socketio import Socket, SocketIOServer
-from realtimed.engineio.transports import EngineConfig, EngineConnection, EngineIOServer
 
 PING_INTERVAL = 0.3
 PING_TIMEOUT = 0.2

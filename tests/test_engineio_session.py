@@ -18,13 +18,10 @@ from twisted.web.server import NOT_DONE_YET
 from twisted.web.test.requesthelper import DummyRequest
 
 from realtimed.engineio import session as states
+from realtimed.engineio.connection import EngineConnection
+from realtimed.engineio.engine import EngineConfig, EngineIOServer
 from realtimed.engineio.engine_packets import EnginePacket, decode_packet
 from realtimed.engineio.session import POLLING, WEBSOCKET, EngineSession
-from realtimed.engineio.transports import (
-    EngineConfig,
-    EngineConnection,
-    EngineIOServer,
-)
 
 
 def parse_frames(data: bytes) -> list[str | bytes]:

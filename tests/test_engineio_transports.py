@@ -1,5 +1,5 @@
 """
-Unit tests of the WebSocket protocol set-up in L{realtimed.engineio.transports}.
+Unit tests of the WebSocket protocol set-up in L{realtimed.engineio.websocket}.
 """
 
 from __future__ import annotations
@@ -14,12 +14,9 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from realtimed.engineio.transports import (
-    EngineConfig,
-    EngineConnection,
-    EngineIOServer,
-    EngineWebSocketProtocol,
-)
+from realtimed.engineio.connection import EngineConnection
+from realtimed.engineio.engine import EngineConfig, EngineIOServer
+from realtimed.engineio.websocket import EngineWebSocketProtocol
 
 
 class _Handler:

@@ -11,8 +11,16 @@ Layers, bottom up:
 - `realtimed.engineio.session`: the pure Engine.IO session state machine
   (heartbeat, upgrade, close), driven with the current time, answering with
   actions.
-- `realtimed.engineio.transports`: `EngineIOServer`, the twisted.web
-  resource that serves polling and hands WebSocket upgrades to Autobahn.
+- `realtimed.engineio.connection`: `EngineConnection`, one session's I/O:
+  the session state machine joined to its polling requests and WebSocket,
+  the polling outbox, frames held for the end of the reactor turn, the
+  slow-reader limit.
+- `realtimed.engineio.websocket`: `EngineWebSocketProtocol`, the Autobahn
+  protocol that carries a session, and the factory tuned for many idle
+  connections.
+- `realtimed.engineio.engine`: `EngineIOServer`, the twisted.web resource
+  that owns the sessions, routes polling requests, hands WebSocket upgrades
+  to Autobahn, and answers CORS and bad requests.
 - `realtimed.engineio.socketio`: `SocketIOServer`, namespaces and sockets.
 
 Using it::

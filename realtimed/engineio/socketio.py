@@ -20,6 +20,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 
+from realtimed.engineio.connection import EngineConnection
+from realtimed.engineio.engine import EngineConfig, EngineIOServer
 from realtimed.engineio.engine_packets import MESSAGE, EncodedPacket, websocket_frame
 from realtimed.engineio.socket_packets import (
     ACK,
@@ -34,7 +36,6 @@ from realtimed.engineio.socket_packets import (
     SocketProtocolError,
     encode,
 )
-from realtimed.engineio.transports import EngineConfig, EngineConnection, EngineIOServer
 
 log = Logger()
 

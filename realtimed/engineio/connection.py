@@ -1,19 +1,16 @@
 """
-Engine.IO v4 over Twisted: HTTP long-polling through twisted.web and
-WebSocket through Autobahn, both served by one resource.
-
-`EngineIOServer` owns the sessions.  Each session is an `EngineConnection`:
-the pure `EngineSession` state machine plus the I/O it needs (the active
+One Engine.IO session's I/O: `EngineConnection` joins the pure
+`EngineSession` state machine to the transports it runs on (the active
 WebSocket, a candidate WebSocket during an upgrade, the waiting polling
-``GET``, the polling outbox and the heartbeat timer).  The layer above
-(Socket.IO, or the conformance echo app) supplies an `EngineHandler` per
-session through the ``accept`` callable given to the server.
+``GET``), and keeps the polling outbox and the heartbeat timer.  The layer
+above (Socket.IO, or the conformance echo app) supplies an `EngineHandler`
+per session.
 
 WebSocket frames are written pre-framed straight to the TCP transport (see
 `realtimed.engineio.engine_packets.websocket_frame`), so a frame built once
-can go to many connections.  Autobahn still parses incoming frames and
-handles the opening and closing handshakes; permessage-deflate is not
-offered, which is what makes sharing frames possible.
+can go to many connections.  What is broadcast during a reactor turn is held
+(`EngineConnection.defer_frames`) and written in one system call at the
+start of the next.
 
 Slow readers: a WebSocket connection registers a streaming producer with its
 TCP transport, so it learns when the kernel stops taking data.  What is
@@ -24,23 +21,15 @@ the same way.
 
 from __future__ import annotations
 
-import json
-import secrets
-import sys
-from collections import deque
 from collections.abc import Callable, Mapping
-from types import FunctionType
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from attrs import define, field
-from autobahn.twisted.resource import WebSocketResource
-from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
-from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
+from autobahn.twisted.websocket import WebSocketServerProtocol
 from twisted.internet import tcp
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from realtimed.engineio import session as states
@@ -50,19 +39,15 @@ from realtimed.engineio.engine_packets import (
     decode_packet,
     decode_payload,
     encode_payload,
-    open_packet,
     websocket_frame,
 )
-from realtimed.engineio.session import POLLING, WEBSOCKET, EngineSession
+from realtimed.engineio.session import POLLING, EngineSession
+
+if TYPE_CHECKING:
+    from realtimed.engineio.engine import EngineIOServer
+    from realtimed.engineio.websocket import EngineWebSocketProtocol
 
 log = Logger()
-
-# error codes of the reference server, sent as JSON with HTTP errors
-UNKNOWN_TRANSPORT = (0, "Transport unknown")
-UNKNOWN_SID = (1, "Session ID unknown")
-BAD_HANDSHAKE_METHOD = (2, "Bad handshake method")
-BAD_REQUEST = (3, "Bad request")
-UNSUPPORTED_VERSION = (5, "Unsupported protocol version")
 
 
 class EngineHandler(Protocol):
@@ -79,26 +64,6 @@ class EngineHandler(Protocol):
         """
         The session ended (see `realtimed.engineio.session.Closed`).
         """
-
-
-@define(frozen=True)
-class EngineConfig:
-    """
-    Settings shared by every session of a server (times in seconds).
-    """
-
-    ping_interval: float = 25.0
-    ping_timeout: float = 20.0
-    max_payload: int = 1_000_000
-    max_buffer: int = 4_000_000
-    cors_origins: tuple[str, ...] = ()
-
-
-def _headers_of(request: Request) -> dict[str, str]:
-    return {
-        name.decode("latin-1").lower(): ", ".join(v.decode("latin-1") for v in values)
-        for name, values in request.requestHeaders.getAllRawHeaders()
-    }
 
 
 @define(eq=False)
@@ -602,468 +567,3 @@ class _TCPWriter:
                 return
             data = data[sent:]
         self._transport.write(data)
-
-
-#: what Autobahn stores on a server protocol only for its opening handshake
-_HANDSHAKE_LEFTOVERS = (
-    "http_request_data",
-    "http_response_data",
-    "http_status_line",
-    "http_headers",
-    "http_request_uri",
-    "http_request_path",
-    "http_request_params",
-    "http_request_host",
-    "websocket_origin",
-    "websocket_protocols",
-    "websocket_extensions",
-    "_wskey",
-    # the peer's address details, filled in when the connection was made;
-    # the protocol keeps ``peer``, the address as text
-    "_transport_details",
-)
-
-
-class _QueueOnDemand:
-    """
-    Autobahn's ``send_queue``, made only when it is used: Autobahn gives
-    each connection an empty deque (some 600 bytes) for chopped and
-    synchronous sends, which this server never makes.
-    """
-
-    def __get__(self, instance: Any, owner: type | None = None) -> Any:
-        if instance is None:
-            return self
-        queue: deque[Any] = deque()
-        instance.__dict__["send_queue"] = queue
-        return queue
-
-
-#: state Autobahn sets on every connection, with the value it has on an
-#: idle open WebSocket; these are class attributes of the protocol too, so an
-#: open connection need not hold them itself (see `_compact`)
-_IDLE_DEFAULTS: dict[str, object] = {
-    **dict.fromkeys(_HANDSHAKE_LEFTOVERS),
-    **dict.fromkeys(
-        (
-            "_perMessageCompress",
-            "trackedTimings",
-            "wasNotCleanReason",
-            "localCloseCode",
-            "localCloseReason",
-            "remoteCloseCode",
-            "remoteCloseReason",
-            "openHandshakeTimeoutCall",
-            "closeHandshakeTimeoutCall",
-            "autoPingTimeoutCall",
-            "autoPingPending",
-            "autoPingPendingCall",
-            "autoPingPendingSent",
-            "websocket_protocol_in_use",
-            "current_frame",
-        )
-    ),
-    **dict.fromkeys(
-        (
-            "triggered",
-            "wasMaxFramePayloadSizeExceeded",
-            "wasMaxMessagePayloadSizeExceeded",
-            "closedByMe",
-            "failedByMe",
-            "droppedByMe",
-            "wasClean",
-            "wasServerConnectionDropTimeout",
-            "wasOpenHandshakeTimeout",
-            "wasCloseHandshakeTimeout",
-            "wasServingFlashSocketPolicyFile",
-            "inside_message",
-        ),
-        False,
-    ),
-    "send_state": 0,
-    "autoPingPendingSeq": 0,
-    "data": b"",
-}
-
-#: headers whose values differ from one connection to the next; the others
-#: mostly repeat and are shared
-_UNIQUE_HEADERS = frozenset(("sec-websocket-key", "authorization", "cookie"))
-
-
-def _shared_headers(headers: Mapping[str, str]) -> dict[str, str]:
-    """
-    The handshake headers with lower-case names, the names (and the values
-    that repeat between connections) shared with other connections rather
-    than held once per connection.
-    """
-    shared = {}
-    for name, value in headers.items():
-        name = sys.intern(name.lower())
-        if name not in _UNIQUE_HEADERS and isinstance(value, str):
-            value = sys.intern(value)
-        shared[name] = value
-    return shared
-
-
-class EngineWebSocketProtocol(WebSocketServerProtocol):
-    """
-    A WebSocket that carries one Engine.IO session, either from the start
-    or as the target of an upgrade from polling.
-    """
-
-    server: EngineIOServer
-    connection: EngineConnection | None = None
-    _sid: str | None = None
-    _headers: dict[str, str]
-    _query: dict[str, str]
-
-    def onConnect(self, request: ConnectionRequest) -> None:
-        params = request.params
-        if params.get("EIO") != ["4"] or params.get("transport") != ["websocket"]:
-            raise ConnectionDeny(400, "Bad request")
-        sid = params.get("sid")
-        self._sid = sid[0] if sid else None
-        self._headers = _shared_headers(request.headers)
-        self._query = {sys.intern(k): v[0] for k, v in params.items() if v}
-
-    def onOpen(self) -> None:
-        # Autobahn keeps the opening handshake (the raw request and
-        # response, the parsed headers, status line and query) on the
-        # protocol for as long as the connection lives, and never reads them
-        # once the connection is open.  The session has its own copy of the
-        # headers and query.
-        for name in _HANDSHAKE_LEFTOVERS:
-            setattr(self, name, None)
-        sid, headers, query = self._sid, self._headers, self._query
-        del self._sid, self._headers, self._query
-        self._compact()
-        self.server.websocket_opened(self, sid, headers, query)
-
-    def _compact(self) -> None:
-        """
-        Leave out of the instance what only repeats the class's idle
-        defaults, and rebuild the instance dictionary at the size of what
-        is left: Autobahn sets some sixty attributes per connection, which
-        makes a dictionary twice the size of one for thirty.  A later
-        assignment puts an attribute back in the instance as usual.
-        """
-        attributes = self.__dict__
-        for name, value in _IDLE_DEFAULTS.items():
-            if attributes.get(name, attributes) is value:
-                del attributes[name]
-        queue = attributes.get("send_queue")
-        if queue is not None and not queue:
-            del attributes["send_queue"]
-        self.__dict__ = dict(attributes)
-
-    def onMessage(self, payload: bytes, isBinary: bool) -> None:
-        connection = self.connection
-        if connection is None:
-            return
-        if isBinary:
-            connection.ws_message(self, payload)
-        else:
-            connection.ws_message(self, payload.decode("utf-8"))
-
-    def sendCloseFrame(
-        self, code: int | None = None, reasonUtf8: bytes | None = None, isReply: bool = False
-    ) -> None:
-        connection = self.connection
-        if connection is not None:
-            connection.ws_closing(self)
-        super().sendCloseFrame(code, reasonUtf8, isReply)
-
-    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
-        connection, self.connection = self.connection, None
-        if connection is not None:
-            connection.ws_lost(self)
-
-
-for _name, _value in _IDLE_DEFAULTS.items():
-    setattr(EngineWebSocketProtocol, _name, _value)
-del _name, _value
-EngineWebSocketProtocol.send_queue = _QueueOnDemand()  # type: ignore[assignment]
-
-
-@define(eq=False)
-class EngineIOServer:
-    """
-    Engine.IO sessions served through `resource`.
-
-    ``accept(connection)`` is called for every new session, after the open
-    packet has been sent, and returns the session's `EngineHandler`.
-    """
-
-    reactor: IReactorTime
-    accept: Callable[[EngineConnection], EngineHandler]
-    config: EngineConfig = field(factory=EngineConfig)
-    sessions: dict[str, EngineConnection] = field(factory=dict)
-    #: the Autobahn factory of this server's WebSocket protocols
-    websocket_factory: WebSocketServerFactory = field(init=False)
-    _websocket_resource: WebSocketResource = field(init=False)
-    _lingering: dict[str, IDelayedCall] = field(factory=dict, init=False)
-    _held: list[EngineConnection] = field(factory=list, init=False)
-    _flush_call: IDelayedCall | None = field(default=None, init=False)
-    _stopping: bool = field(default=False, init=False)
-
-    def __attrs_post_init__(self) -> None:
-        server = self
-
-        class Protocol(EngineWebSocketProtocol):
-            pass
-
-        Protocol.server = server
-        factory = WebSocketServerFactory()
-        factory.protocol = Protocol
-        factory.setProtocolOptions(
-            maxFramePayloadSize=self.config.max_payload,
-            maxMessagePayloadSize=self.config.max_payload,
-            autoPingInterval=0,
-            openHandshakeTimeout=10,
-            closeHandshakeTimeout=2,
-            # answer protocol violations (an oversize message: 1009) with a
-            # close frame rather than by just dropping the connection
-            failByDrop=False,
-        )
-        # Autobahn copies each option from the factory onto every new
-        # protocol, and formats the whole list with pformat for a debug line
-        # whether or not debug logging is on: about a tenth of a millisecond
-        # per connection.  The options never change after this point, so
-        # they are settled once on the class, leaving nothing to copy.
-        for name in WebSocketServerProtocol.CONFIG_ATTRS:
-            value = getattr(factory, name)
-            if isinstance(value, FunctionType):
-                # a plain function (a callback option) must not become a
-                # method of the class
-                value = staticmethod(value)
-            setattr(Protocol, name, value)
-        Protocol.CONFIG_ATTRS = []
-        factory.reactor = self.reactor
-        self.websocket_factory = factory
-        self._websocket_resource = WebSocketResource(factory)
-
-    def resource(self) -> Resource:
-        """
-        The resource to mount at the Engine.IO path (``/engine.io/`` or
-        ``/socket.io/``).
-        """
-        return EngineIOResource(self)
-
-    # --- sessions -------------------------------------------------------
-
-    def _new_sid(self) -> str:
-        sid = secrets.token_urlsafe(15)
-        while sid in self.sessions:
-            sid = secrets.token_urlsafe(15)
-        return sid
-
-    def _open(
-        self, transport: str, headers: Mapping[str, str], query: Mapping[str, str]
-    ) -> tuple[EngineConnection, str]:
-        config = self.config
-        sid = self._new_sid()
-        session = EngineSession.start(
-            sid,
-            transport,
-            config.ping_interval,
-            config.ping_timeout,
-            self.reactor.seconds(),
-        )
-        connection = EngineConnection(self, session, headers, query)
-        self.sessions[sid] = connection
-        upgrades = ["websocket"] if transport == POLLING else []
-        handshake = open_packet(
-            sid, upgrades, config.ping_interval, config.ping_timeout, config.max_payload
-        )
-        return connection, handshake
-
-    def hold(self, connection: EngineConnection) -> None:
-        """
-        ``connection`` has frames held back to write at the start of the
-        next reactor turn.
-        """
-        self._held.append(connection)
-        if self._flush_call is None:
-            self._flush_call = self.reactor.callLater(0, self.flush)
-
-    def held(self) -> list[EngineConnection]:
-        """
-        The connections with frames held for the end of this turn; a
-        broadcast appends to it directly, then calls `flush_soon`.
-        """
-        return self._held
-
-    def flush_soon(self) -> None:
-        """
-        Make sure held frames are written at the start of the next turn.
-        """
-        if self._flush_call is None and self._held:
-            self._flush_call = self.reactor.callLater(0, self.flush)
-
-    def flush(self) -> None:
-        """
-        Write out the frames held back during this reactor turn (this runs
-        by itself at the start of the next turn).
-        """
-        call, self._flush_call = self._flush_call, None
-        if call is not None and call.active():
-            call.cancel()
-        held, self._held = self._held, []
-        for connection in held:
-            connection.flush()
-
-    def forget(self, connection: EngineConnection) -> None:
-        """
-        Nothing more is kept of ``connection``, a closed session: its sid
-        is unknown from now on.
-        """
-        if self.sessions.get(connection.sid) is connection:
-            del self.sessions[connection.sid]
-        timer = self._lingering.pop(connection.sid, None)
-        if timer is not None and timer.active():
-            timer.cancel()
-
-    def linger(self, connection: EngineConnection) -> None:
-        """
-        Keep ``connection``, a closed polling session, for a heartbeat's
-        worth of time, so that the client's next ``GET`` still collects
-        what is queued for it.
-        """
-        if self._stopping:
-            return
-        self.sessions[connection.sid] = connection
-        self._lingering[connection.sid] = self.reactor.callLater(
-            self.config.ping_interval + self.config.ping_timeout,
-            self.forget,
-            connection,
-        )
-
-    def close(self) -> None:
-        """
-        Close every session (for shutdown): each client gets a close
-        packet where its transport allows, and no state is kept.
-        """
-        self._stopping = True
-        try:
-            for connection in list(self.sessions.values()):
-                connection.close()
-                self.forget(connection)
-        finally:
-            self._stopping = False
-
-    def websocket_opened(
-        self,
-        ws: EngineWebSocketProtocol,
-        sid: str | None,
-        headers: Mapping[str, str],
-        query: Mapping[str, str],
-    ) -> None:
-        """
-        ``ws`` finished its opening handshake, with these ``headers`` and
-        ``query``: it starts a session, or, with the ``sid`` of a polling
-        session, offers to take that session over.
-        """
-        if sid is None:
-            connection, handshake = self._open(WEBSOCKET, headers, query)
-            connection.attach(ws)
-            connection.send(handshake)
-            connection.start(self.accept)
-            return
-        existing = self.sessions.get(sid)
-        if existing is None or not existing.adopt_candidate(ws):
-            ws.sendClose()
-
-    # --- HTTP -----------------------------------------------------------
-
-    def bad_request(self, request: Request) -> bytes:
-        """
-        Refuse ``request`` as a bad request; returns the body.
-        """
-        return self._error(request, BAD_REQUEST)
-
-    def unknown_session(self, request: Request) -> bytes:
-        """
-        Refuse ``request`` for a session that is not (or no longer) known;
-        returns the body.
-        """
-        return self._error(request, UNKNOWN_SID)
-
-    def _error(self, request: Request, error: tuple[int, str]) -> bytes:
-        code, message = error
-        request.setResponseCode(400)
-        request.setHeader(b"content-type", b"application/json")
-        return json.dumps({"code": code, "message": message}).encode("ascii")
-
-    def _cors(self, request: Request) -> None:
-        origins = self.config.cors_origins
-        raw = request.getHeader(b"origin")
-        if raw is None or not origins:
-            return
-        origin = raw.decode("latin-1")
-        if "*" in origins or origin in origins:
-            request.setHeader(b"access-control-allow-origin", raw)
-            request.setHeader(b"access-control-allow-credentials", b"true")
-            request.setHeader(b"vary", b"Origin")
-
-    def render(self, request: Request) -> bytes | int:
-        """
-        Serve one request at the Engine.IO path.
-        """
-        self._cors(request)
-        method = request.method
-        if method == b"OPTIONS":
-            request.setResponseCode(204)
-            request.setHeader(b"access-control-allow-methods", b"GET, POST, OPTIONS")
-            wanted = request.getHeader(b"access-control-request-headers")
-            if wanted:
-                request.setHeader(b"access-control-allow-headers", wanted)
-            return b""
-        args: dict[bytes, list[bytes]] = request.args or {}
-        query = {k.decode("latin-1"): v[0].decode("latin-1") for k, v in args.items() if v}
-        if query.get("EIO") != "4":
-            return self._error(request, UNSUPPORTED_VERSION)
-        transport = query.get("transport")
-        if transport not in (POLLING, WEBSOCKET):
-            return self._error(request, UNKNOWN_TRANSPORT)
-        sid = query.get("sid")
-        if transport == WEBSOCKET:
-            upgrade = (request.getHeader(b"upgrade") or b"").lower()
-            if method != b"GET" or upgrade != b"websocket":
-                return self._error(request, BAD_REQUEST)
-            if sid is not None and sid not in self.sessions:
-                return self._error(request, UNKNOWN_SID)
-            result: bytes | int = self._websocket_resource.render(request)
-            return result
-        if sid is None:
-            if method != b"GET":
-                return self._error(request, BAD_HANDSHAKE_METHOD)
-            opened, handshake = self._open(POLLING, _headers_of(request), query)
-            request.setHeader(b"content-type", b"text/plain; charset=UTF-8")
-            request.write(handshake.encode("utf-8"))
-            request.finish()
-            opened.start(self.accept)
-            return NOT_DONE_YET
-        connection = self.sessions.get(sid)
-        if connection is None:
-            return self._error(request, UNKNOWN_SID)
-        if method == b"GET":
-            return connection.poll(request)
-        if method == b"POST":
-            return connection.post(request)
-        return self._error(request, BAD_REQUEST)
-
-
-class EngineIOResource(Resource):
-    """
-    The twisted.web face of an `EngineIOServer`: polling requests and
-    WebSocket upgrades at one path.
-    """
-
-    isLeaf = True
-
-    def __init__(self, server: EngineIOServer) -> None:
-        super().__init__()
-        self._server = server
-
-    def render(self, request: Request) -> Any:
-        return self._server.render(request)

@@ -79,7 +79,7 @@ class EngineConnection:
     handler: EngineHandler | None = None
     #: WebSocket frames held until the end of the reactor turn (see
     #: `defer_frames`); `None` unless the session is on a WebSocket
-    pending: list[bytes] | None = None
+    _pending: list[bytes] | None = None
     #: the kernel buffer of the active WebSocket is full
     _paused: bool = False
     _backlog: int = 0
@@ -113,7 +113,7 @@ class EngineConnection:
         """
         if self.session.closed:
             return
-        if self.pending is not None:
+        if self._pending is not None:
             self.send_frames(websocket_frame(packet))
         else:
             self._queue((packet,))
@@ -125,18 +125,9 @@ class EngineConnection:
         """
         if self.session.closed:
             return
-        if self.pending is not None:
+        if self._pending is not None:
             self.send_frames(b"".join(map(websocket_frame, packets)))
         else:
-            self._queue(packets)
-
-    def send_prepared(self, packets: list[EncodedPacket], frames: bytes) -> None:
-        """
-        Send packets for which the WebSocket frames were already built.
-        """
-        if self.pending is not None:
-            self.defer_frames(frames)
-        elif not self.session.closed:
             self._queue(packets)
 
     def send_frames(self, frames: bytes) -> None:
@@ -144,30 +135,36 @@ class EngineConnection:
         Write WebSocket frames to the active WebSocket now, or after the
         frames already held back for it.
         """
-        pending = self.pending
+        pending = self._pending
         if pending:
             pending.append(frames)
         elif pending is not None:
             self._write_now(frames)
 
-    def defer_frames(self, frames: bytes) -> None:
+    def defer_frames(self, frames: bytes) -> bool:
         """
         Hold WebSocket frames until the end of the reactor turn, so that
         everything broadcast to this connection during the turn goes out in
-        one system call.
+        one system call.  Returns `False`, holding nothing, when the session
+        is not on an open WebSocket: the caller sends the packets with
+        `send_many` instead.
+
+        A broadcast calls this for each of its recipients, so it does as
+        little as it can: only the first frames of a turn tell the server.
         """
-        pending = self.pending
+        pending = self._pending
         if pending is None:
-            return
+            return False
         if not pending:
             self.server.hold(self)
         pending.append(frames)
+        return True
 
     def flush(self) -> None:
         """
         Write the frames held back by `defer_frames`.
         """
-        pending = self.pending
+        pending = self._pending
         if pending:
             data = pending[0] if len(pending) == 1 else b"".join(pending)
             pending.clear()
@@ -179,7 +176,7 @@ class EngineConnection:
             if self._backlog > self.server.config.max_buffer:
                 log.info("Dropping slow WebSocket reader {sid}", sid=self.sid)
                 ws = self._ws
-                self.pending = None
+                self._pending = None
                 self._apply(self.session.transport_lost(), "transport error")
                 if ws is not None:
                     ws.dropConnection(abort=True)
@@ -296,7 +293,7 @@ class EngineConnection:
                         log.failure("Message handler failed on {sid}", sid=self.sid)
                         self.close()
             elif isinstance(action, states.Send):
-                if self.pending is not None:
+                if self._pending is not None:
                     self.send_frames(websocket_frame(action.packet))
                 else:
                     self._queue((action.packet,))
@@ -335,7 +332,7 @@ class EngineConnection:
         """
         self._ws = ws
         ws.connection = self
-        self.pending = []
+        self._pending = []
         self._writer = _TCPWriter.take_over(ws.transport, _WriteWatch(self))
 
     def adopt_candidate(self, ws: EngineWebSocketProtocol) -> bool:
@@ -358,7 +355,7 @@ class EngineConnection:
         self.server.forget(self)
         ws, self._ws = self._ws, None
         self.flush()
-        self.pending = None
+        self._pending = None
         self._writer = None
         if ws is not None:
             ws.connection = None
@@ -488,7 +485,7 @@ class EngineConnection:
         """
         if ws is self._ws:
             self._ws = None
-            self.pending = None
+            self._pending = None
             self._writer = None
             self._apply(self.session.transport_lost())
         elif ws is self._candidate:

@@ -128,20 +128,6 @@ class EngineIOServer:
         if self._flush_call is None:
             self._flush_call = self.reactor.callLater(0, self.flush)
 
-    def held(self) -> list[EngineConnection]:
-        """
-        The connections with frames held for the end of this turn; a
-        broadcast appends to it directly, then calls `flush_soon`.
-        """
-        return self._held
-
-    def flush_soon(self) -> None:
-        """
-        Make sure held frames are written at the start of the next turn.
-        """
-        if self._flush_call is None and self._held:
-            self._flush_call = self.reactor.callLater(0, self.flush)
-
     def flush(self) -> None:
         """
         Write out the frames held back during this reactor turn (this runs

@@ -76,7 +76,6 @@ class Namespace:
     """
 
     name: str
-    _engine: EngineIOServer
     sockets: dict[str, Socket] = field(factory=dict)
     _connect: ConnectHandler | None = None
     _disconnect: DisconnectHandler | None = None
@@ -178,22 +177,13 @@ class Namespace:
             frames = websocket_frame(packets[0])
         else:
             frames = b"".join(map(websocket_frame, packets))
-        engine = self._engine
-        held = engine.held()
         for socket in sockets:
             if socket.connected:
                 connection = socket.engine
-                pending = connection.pending
-                if pending is not None:
-                    # what `EngineConnection.defer_frames` does, spelt out
-                    if not pending:
-                        held.append(connection)
-                    pending.append(frames)
-                else:
-                    connection.send_prepared(packets, frames)
+                if not connection.defer_frames(frames):
+                    connection.send_many(packets)
             else:
                 socket.send_encoded(packets)
-        engine.flush_soon()
 
     def emit(self, event: str, *args: Any) -> None:
         """
@@ -523,7 +513,7 @@ class SocketIOServer:
         """
         namespace = self._namespaces.get(name)
         if namespace is None:
-            namespace = self._namespaces[name] = Namespace(name, self.engine)
+            namespace = self._namespaces[name] = Namespace(name)
         return namespace
 
     def resource(self) -> Resource:

@@ -62,7 +62,8 @@ class EngineHandler(Protocol):
 
     def closed(self, reason: str) -> None:
         """
-        The session ended (see `realtimed.engineio.session.Closed`).
+        The session ended, for ``reason``: one of the reasons defined in
+        `realtimed.engineio.session`.
         """
 
 
@@ -177,7 +178,7 @@ class EngineConnection:
                 log.info("Dropping slow WebSocket reader {sid}", sid=self.sid)
                 ws = self._ws
                 self._pending = None
-                self._apply(self.session.transport_lost(), "transport error")
+                self._apply(self.session.overflow())
                 if ws is not None:
                     ws.dropConnection(abort=True)
                 return
@@ -191,9 +192,7 @@ class EngineConnection:
             self._outbox_size += len(packet)
         if self._outbox_size > self.server.config.max_buffer:
             log.info("Dropping slow polling reader {sid}", sid=self.sid)
-            self._outbox.clear()
-            self._outbox_size = 0
-            self._apply(self.session.transport_lost(), "transport error")
+            self._apply(self.session.overflow())
             return
         if self._poll is not None and not self.session.upgrading:
             self._flush_poll()
@@ -282,7 +281,7 @@ class EngineConnection:
 
     # --- input ----------------------------------------------------------
 
-    def _apply(self, actions: list[states.Action], reason: str | None = None) -> None:
+    def _apply(self, actions: list[states.Action]) -> None:
         for action in actions:
             if isinstance(action, states.Deliver):
                 if self.handler is not None:
@@ -293,10 +292,7 @@ class EngineConnection:
                         log.failure("Message handler failed on {sid}", sid=self.sid)
                         self.close()
             elif isinstance(action, states.Send):
-                if self._pending is not None:
-                    self.send_frames(websocket_frame(action.packet))
-                else:
-                    self._queue((action.packet,))
+                self.send(action.packet)
             elif isinstance(action, states.SendCandidate):
                 candidate = self._candidate
                 if candidate is not None and candidate.transport is not None:
@@ -311,7 +307,7 @@ class EngineConnection:
                     candidate.connection = None
                     candidate.sendClose()
             elif isinstance(action, states.Closed):
-                self._closed(reason or action.reason)
+                self._closed(action)
         if not self.session.closed:
             self._reschedule()
 
@@ -348,7 +344,7 @@ class EngineConnection:
         self._reschedule()
         return True
 
-    def _closed(self, reason: str) -> None:
+    def _closed(self, closed: states.Closed) -> None:
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
@@ -361,30 +357,21 @@ class EngineConnection:
             ws.connection = None
             if ws.state == WebSocketServerProtocol.STATE_OPEN:
                 ws.sendClose()
-        request, self._poll = self._poll, None
-        if request is not None:
-            if reason == "transport close":
-                self._outbox = [states.NOOP_PACKET]
-            elif not self._outbox or self._outbox[-1] != states.CLOSE_PACKET:
-                self._outbox.append(states.CLOSE_PACKET)
-            self._poll = request
-            self._flush_poll()
-        elif self.session.transport == POLLING and reason not in (
-            "ping timeout",
-            "parse error",
-        ):
-            # The client has yet to fetch what was queued and the close
-            # packet; or it closed the session with a POST that overtook
-            # its own GET, which still deserves its noop.
-            if reason == "transport close":
-                self._outbox = [states.NOOP_PACKET]
-            if self._outbox:
+        # what a polling client is told (see `states.Closed`)
+        if closed.drop_queued:
+            self._outbox.clear()
+        if closed.last_packet is not None and (self._poll is not None or closed.linger):
+            self._outbox.append(closed.last_packet)
+            if self._poll is not None:
+                self._flush_poll()
+            else:
                 self.server.linger(self)
+        self._poll = None
         self._outbox_size = 0
         handler, self.handler = self.handler, None
         if handler is not None:
             try:
-                handler.closed(reason)
+                handler.closed(closed.reason)
             except Exception:
                 log.failure("Session close handler failed")
 
@@ -404,7 +391,7 @@ class EngineConnection:
         if self.session.transport != POLLING:
             return self.server.bad_request(request)
         if self._poll is not None:
-            self._apply(self.session.close(), "transport error")
+            self._apply(self.session.transport_error())
             return self.server.bad_request(request)
         self._poll = request
         request.notifyFinish().addErrback(self._poll_lost, request)
@@ -433,7 +420,7 @@ class EngineConnection:
             size = content.seek(0, 2)
             content.seek(0)
         if size > self.server.config.max_payload:
-            self._apply(self.session.close(), "transport error")
+            self._apply(self.session.transport_error())
             request.setResponseCode(413)
             return b""
         body = content.read() if content is not None else b""

@@ -26,6 +26,7 @@ from twisted.python.failure import Failure
 from twisted.web.server import Site
 
 from realtimed.config import Config
+from realtimed.engineio.engine import EngineConfig
 from realtimed.engineio.socketio import SocketIOServer
 from realtimed.keys import KEYS_FILE, Keys, resolve_keys
 from realtimed.realtime.service import Realtime
@@ -115,7 +116,7 @@ class RealtimeService(MultiService):
         yield self.pool.start()
         self._closers.append(self.pool.close)
 
-        self.socketio = SocketIOServer(self.reactor, cors_origins=config.cors_origin)
+        self.socketio = SocketIOServer(self.reactor, EngineConfig(cors_origins=config.cors_origin))
         listener = self.listener = MessageListener(
             reactor=self.reactor,
             dsn=url,

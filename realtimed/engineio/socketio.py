@@ -10,7 +10,7 @@ reactor thread; a handler may return a Deferred, whose failures are logged.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from attrs import define, field
@@ -361,7 +361,7 @@ class SocketIOConnection:
     _connect_timer: IDelayedCall | None = None
 
     def __attrs_post_init__(self) -> None:
-        self._decoder = SocketPacketDecoder(max_attachment_bytes=self.server.max_payload)
+        self._decoder = SocketPacketDecoder(max_attachment_bytes=self.server.config.max_payload)
 
     def start(self) -> None:
         """
@@ -468,30 +468,19 @@ class SocketIOConnection:
 @define(eq=False)
 class SocketIOServer:
     """
-    A Socket.IO v5 server over Engine.IO v4.  Times are in seconds;
-    ``cors_origins`` lists the origins allowed to make credentialed
-    cross-origin requests (``"*"``: any).
+    A Socket.IO v5 server over Engine.IO v4, with the Engine.IO settings
+    of ``config``.  A connection that joins no namespace within
+    ``connect_timeout`` seconds is closed.
     """
 
     reactor: IReactorTime
-    ping_interval: float = field(default=25.0, kw_only=True)
-    ping_timeout: float = field(default=20.0, kw_only=True)
-    max_payload: int = field(default=1_000_000, kw_only=True)
+    config: EngineConfig = field(factory=EngineConfig)
     connect_timeout: float = field(default=45.0, kw_only=True)
-    cors_origins: Sequence[str] = field(default=(), kw_only=True)
-    max_buffer: int = field(default=4_000_000, kw_only=True)
     engine: EngineIOServer = field(init=False)
     _namespaces: dict[str, Namespace] = field(factory=dict, init=False)
 
     def __attrs_post_init__(self) -> None:
-        config = EngineConfig(
-            ping_interval=self.ping_interval,
-            ping_timeout=self.ping_timeout,
-            max_payload=self.max_payload,
-            max_buffer=self.max_buffer,
-            cors_origins=tuple(self.cors_origins),
-        )
-        self.engine = EngineIOServer(self.reactor, self._accept, config)
+        self.engine = EngineIOServer(self.reactor, self._accept, self.config)
         # the main namespace always exists, as with the reference server
         self.namespace("/")
 

@@ -298,6 +298,18 @@ class StateMachineTests(SynchronousTestCase):
         self.assertEqual(session.expire(101.0 + states.UPGRADE_TIMEOUT), [states.DropCandidate()])
         self.assertFalse(session.upgrading)
 
+    def test_candidate_error(self) -> None:
+        """
+        A candidate that sends something undecodable is dropped; the
+        session stays on polling and may take another candidate.
+        """
+        session = self.session()
+        session.begin_upgrade(101.0)
+        self.assertEqual(session.candidate_error(), [states.DropCandidate()])
+        self.assertFalse(session.upgrading)
+        self.assertEqual(session.deadline(), 125.0)
+        self.assertTrue(session.begin_upgrade(102.0))
+
     def test_websocket_session_cannot_upgrade(self) -> None:
         """
         A session that started on WebSocket takes no candidate.
@@ -1059,3 +1071,21 @@ class WebSocketTests(SynchronousTestCase):
         self.assertTrue(ws.closed)
         self.assertIn(sid, harness.server.sessions)
         self.assertEqual(decode_packet("4x"), EnginePacket(4, "x"))
+
+    def test_after_candidate_junk(self) -> None:
+        """
+        After its candidate sent something undecodable, the session is no
+        longer upgrading: polls wait for data again, and another WebSocket
+        may try the upgrade.
+        """
+        harness = EngineHarness()
+        sid = harness.open_polling()
+        harness.open_websocket(sid).receive("")
+        waiting = harness.request(sid=sid)
+        self.assertEqual(waiting.finished, 0)
+        harness.handlers[0].connection.send("4x")
+        self.assertEqual(written(waiting), b"4x")
+        again = harness.open_websocket(sid)
+        self.assertFalse(again.closed)
+        again.receive("2probe")
+        self.assertEqual(again.received(), ["3probe"])

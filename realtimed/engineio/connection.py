@@ -449,7 +449,7 @@ class EngineConnection:
             if ws is self._ws:
                 self._apply(self.session.protocol_error())
             else:
-                self._apply([states.DropCandidate()])
+                self._apply(self.session.candidate_error())
             return
         now = self.server.reactor.seconds()
         if ws is self._ws:

@@ -251,8 +251,15 @@ class EngineSession:
             return [Upgraded()]
         if packet.type == NOOP:
             return []
-        self._candidate = None
-        self._upgrade_due = None
+        return self.candidate_error()
+
+    def candidate_error(self) -> list[Action]:
+        """
+        The candidate WebSocket sent something the upgrade does not expect,
+        or could not be decoded: it is dropped, and the session stays on
+        polling, free to take another candidate.
+        """
+        self.candidate_lost()
         return [DropCandidate()]
 
     def candidate_lost(self) -> None:

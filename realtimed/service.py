@@ -35,6 +35,7 @@ from twisted.python.failure import Failure
 from twisted.web.server import Site
 
 from realtimed.config import Config
+from realtimed.engineio.engine import EngineConfig
 from realtimed.engineio.socketio import SocketIOServer
 from realtimed.keys import KEYS_FILE, Keys, resolve_keys
 from realtimed.lifecycle import StartInOrder
@@ -150,7 +151,9 @@ class RealtimeService(StartInOrder):
         self.addService(pool)
         outbox = outbox_pool(reactor, url)
         self.addService(outbox)
-        socketio = self.socketio = SocketIOServer(reactor, cors_origins=config.cors_origin)
+        socketio = self.socketio = SocketIOServer(
+            reactor, EngineConfig(cors_origins=config.cors_origin)
+        )
         listener = self.listener = MessageListener(
             reactor=reactor,
             dsn=url,

@@ -23,8 +23,9 @@ from twisted.logger import globalLogBeginner, textFileLogObserver
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
+from realtimed.engineio.connection import EngineConnection
+from realtimed.engineio.engine import EngineConfig, EngineIOServer
 from realtimed.engineio.socketio import Socket, SocketIOServer
-from realtimed.engineio.transports import EngineConfig, EngineConnection, EngineIOServer
 
 PING_INTERVAL = 0.3
 PING_TIMEOUT = 0.2
@@ -46,20 +47,20 @@ class Echo:
         pass
 
 
+def _engine_config() -> EngineConfig:
+    return EngineConfig(
+        ping_interval=PING_INTERVAL,
+        ping_timeout=PING_TIMEOUT,
+        max_payload=MAX_PAYLOAD,
+        cors_origins=("*",),
+    )
+
+
 def engineio_root(reactor: Any) -> Resource:
     """
     The Engine.IO echo app at ``/engine.io/``.
     """
-    server = EngineIOServer(
-        reactor,
-        Echo,
-        EngineConfig(
-            ping_interval=PING_INTERVAL,
-            ping_timeout=PING_TIMEOUT,
-            max_payload=MAX_PAYLOAD,
-            cors_origins=("*",),
-        ),
-    )
+    server = EngineIOServer(reactor, Echo, _engine_config())
     root = Resource()
     root.putChild(b"engine.io", server.resource())
     return root
@@ -71,14 +72,7 @@ def socketio_root(reactor: Any) -> Resource:
     ``message`` is echoed as ``message-back``, ``message-with-ack`` is
     acknowledged with its own arguments.
     """
-    server = SocketIOServer(
-        reactor,
-        ping_interval=PING_INTERVAL,
-        ping_timeout=PING_TIMEOUT,
-        max_payload=MAX_PAYLOAD,
-        connect_timeout=1.0,
-        cors_origins=("*",),
-    )
+    server = SocketIOServer(reactor, _engine_config(), connect_timeout=1.0)
 
     def connected(socket: Socket, auth: object | None) -> None:
         # The suites read the CONNECT reply and this event with separate

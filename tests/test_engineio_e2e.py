@@ -19,7 +19,7 @@ from twisted.trial.unittest import TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
-from realtimed.engineio.transports import EngineConfig, EngineIOServer
+from realtimed.engineio.engine import EngineConfig, EngineIOServer
 from tests.conformance import Echo
 
 

@@ -18,13 +18,10 @@ from twisted.web.server import NOT_DONE_YET
 from twisted.web.test.requesthelper import DummyRequest
 
 from realtimed.engineio import session as states
+from realtimed.engineio.connection import EngineConnection
+from realtimed.engineio.engine import EngineConfig, EngineIOServer
 from realtimed.engineio.engine_packets import EnginePacket, decode_packet
 from realtimed.engineio.session import POLLING, WEBSOCKET, EngineSession
-from realtimed.engineio.transports import (
-    EngineConfig,
-    EngineConnection,
-    EngineIOServer,
-)
 
 
 def parse_frames(data: bytes) -> list[str | bytes]:
@@ -178,7 +175,7 @@ class EngineHarness:
 
     def open_websocket(self, sid: str | None = None) -> FakeWebSocket:
         ws = FakeWebSocket()
-        self.server._websocket_opened(ws, sid, {"x-test": "1"}, {})  # type: ignore[arg-type]
+        self.server.websocket_opened(ws, sid, {"x-test": "1"}, {})  # type: ignore[arg-type]
         return ws
 
 
@@ -216,7 +213,7 @@ class StateMachineTests(SynchronousTestCase):
         """
         session = self.session()
         session.expire(125.0)
-        self.assertEqual(session.expire(145.0), [states.Closed("ping timeout")])
+        self.assertEqual(session.expire(145.0), [states.Closed(states.PING_TIMEOUT, "1")])
         self.assertTrue(session.closed)
         self.assertIsNone(session.deadline())
         self.assertEqual(session.receive(EnginePacket(4, "late"), 146.0), [])
@@ -237,7 +234,8 @@ class StateMachineTests(SynchronousTestCase):
         """
         session = self.session()
         self.assertEqual(
-            session.receive(EnginePacket(1), 101.0), [states.Closed("transport close")]
+            session.receive(EnginePacket(1), 101.0),
+            [states.Closed(states.TRANSPORT_CLOSE, "6", drop_queued=True, linger=True)],
         )
 
     def test_server_close(self) -> None:
@@ -246,16 +244,18 @@ class StateMachineTests(SynchronousTestCase):
         WebSocket session without.
         """
         session = self.session()
-        self.assertEqual(session.close(), [states.Send("1"), states.Closed("forced close")])
+        self.assertEqual(session.close(), [states.Closed(states.FORCED_CLOSE, "1", linger=True)])
         self.assertEqual(session.close(), [])
-        self.assertEqual(self.session(WEBSOCKET).close(), [states.Closed("forced close")])
+        self.assertEqual(self.session(WEBSOCKET).close(), [states.Closed(states.FORCED_CLOSE)])
 
     def test_upgrade_packet_outside_upgrade(self) -> None:
         """
         An upgrade packet on the active transport is a protocol error.
         """
         session = self.session()
-        self.assertEqual(session.receive(EnginePacket(5), 101.0), [states.Closed("parse error")])
+        self.assertEqual(
+            session.receive(EnginePacket(5), 101.0), [states.Closed(states.PARSE_ERROR, "1")]
+        )
 
     def test_upgrade(self) -> None:
         """
@@ -298,11 +298,189 @@ class StateMachineTests(SynchronousTestCase):
         self.assertEqual(session.expire(101.0 + states.UPGRADE_TIMEOUT), [states.DropCandidate()])
         self.assertFalse(session.upgrading)
 
+    def test_candidate_error(self) -> None:
+        """
+        A candidate that sends something undecodable is dropped; the
+        session stays on polling and may take another candidate.
+        """
+        session = self.session()
+        session.begin_upgrade(101.0)
+        self.assertEqual(session.candidate_error(), [states.DropCandidate()])
+        self.assertFalse(session.upgrading)
+        self.assertEqual(session.deadline(), 125.0)
+        self.assertTrue(session.begin_upgrade(102.0))
+
     def test_websocket_session_cannot_upgrade(self) -> None:
         """
         A session that started on WebSocket takes no candidate.
         """
         self.assertFalse(self.session(WEBSOCKET).begin_upgrade(101.0))
+
+
+class ClosingTests(SynchronousTestCase):
+    """
+    How `EngineSession` ends, for each reason and transport: the reason
+    given to the layer above, and what a polling client's ``GET`` gets,
+    whether it is waiting (``last_packet`` after what is queued, unless
+    ``drop_queued``) or yet to come (the same if ``linger``, else an unknown
+    session).  A WebSocket is closed without a packet.
+    """
+
+    def session(self, transport: str) -> EngineSession:
+        return EngineSession.start("sid", transport, 25.0, 20.0, now=100.0)
+
+    def test_transport_close_polling(self) -> None:
+        """
+        When a polling client closes the session, its waiting ``GET`` gets
+        a noop and nothing that was queued; with no ``GET`` waiting, the
+        session lingers so that the ``GET`` the closing ``POST`` overtook
+        still gets its noop.
+        """
+        self.assertEqual(
+            self.session(POLLING).transport_lost(),
+            [states.Closed(states.TRANSPORT_CLOSE, "6", drop_queued=True, linger=True)],
+        )
+
+    def test_transport_close_websocket(self) -> None:
+        """
+        A WebSocket client that closes the session (or goes away) gets
+        nothing more.
+        """
+        session = self.session(WEBSOCKET)
+        self.assertEqual(
+            session.receive(EnginePacket(1), 101.0), [states.Closed(states.TRANSPORT_CLOSE)]
+        )
+        self.assertEqual(
+            self.session(WEBSOCKET).transport_lost(), [states.Closed(states.TRANSPORT_CLOSE)]
+        )
+
+    def test_ping_timeout_polling(self) -> None:
+        """
+        A polling client that misses a pong gets what is queued and a
+        close packet if a ``GET`` is waiting; otherwise nothing is kept for
+        it.
+        """
+        session = self.session(POLLING)
+        session.expire(125.0)
+        self.assertEqual(session.expire(145.0), [states.Closed(states.PING_TIMEOUT, "1")])
+
+    def test_ping_timeout_websocket(self) -> None:
+        """
+        A WebSocket client that misses a pong is closed without a packet.
+        """
+        session = self.session(WEBSOCKET)
+        session.expire(125.0)
+        self.assertEqual(session.expire(145.0), [states.Closed(states.PING_TIMEOUT)])
+
+    def test_parse_error_polling(self) -> None:
+        """
+        A polling client that sends something undecodable gets what is
+        queued and a close packet if a ``GET`` is waiting; otherwise
+        nothing is kept for it.
+        """
+        self.assertEqual(
+            self.session(POLLING).protocol_error(), [states.Closed(states.PARSE_ERROR, "1")]
+        )
+
+    def test_parse_error_websocket(self) -> None:
+        """
+        A WebSocket client that sends something undecodable is closed
+        without a packet.
+        """
+        self.assertEqual(
+            self.session(WEBSOCKET).protocol_error(), [states.Closed(states.PARSE_ERROR)]
+        )
+
+    def test_forced_close_polling(self) -> None:
+        """
+        When the server closes a polling session, the client gets what is
+        queued and a close packet: with its waiting ``GET``, or with the
+        next one, for which the session lingers.
+        """
+        self.assertEqual(
+            self.session(POLLING).close(),
+            [states.Closed(states.FORCED_CLOSE, "1", linger=True)],
+        )
+
+    def test_forced_close_websocket(self) -> None:
+        """
+        When the server closes a WebSocket session, the WebSocket is closed
+        without a packet, as the reference server does.
+        """
+        self.assertEqual(self.session(WEBSOCKET).close(), [states.Closed(states.FORCED_CLOSE)])
+
+    def test_transport_error_polling(self) -> None:
+        """
+        A polling client that breaks a rule of its transport is closed as
+        by the server: what is queued and a close packet, now or with the
+        next ``GET``.
+        """
+        self.assertEqual(
+            self.session(POLLING).transport_error(),
+            [states.Closed(states.TRANSPORT_ERROR, "1", linger=True)],
+        )
+
+    def test_transport_error_websocket(self) -> None:
+        """
+        A WebSocket session ended for a transport error closes without a
+        packet.
+        """
+        self.assertEqual(
+            self.session(WEBSOCKET).transport_error(), [states.Closed(states.TRANSPORT_ERROR)]
+        )
+
+    def test_overflow_polling(self) -> None:
+        """
+        A polling client that does not read loses what is queued; a waiting
+        ``GET`` gets only a close packet, and nothing is kept for a later
+        one.
+        """
+        self.assertEqual(
+            self.session(POLLING).overflow(),
+            [states.Closed(states.TRANSPORT_ERROR, "1", drop_queued=True)],
+        )
+
+    def test_overflow_websocket(self) -> None:
+        """
+        A WebSocket client that does not read is closed without a packet.
+        """
+        self.assertEqual(
+            self.session(WEBSOCKET).overflow(), [states.Closed(states.TRANSPORT_ERROR)]
+        )
+
+    def test_closed_during_upgrade(self) -> None:
+        """
+        A session closed during an upgrade drops its candidate first, and
+        ends as a polling session.
+        """
+        session = self.session(POLLING)
+        session.begin_upgrade(101.0)
+        self.assertEqual(
+            session.close(),
+            [states.DropCandidate(), states.Closed(states.FORCED_CLOSE, "1", linger=True)],
+        )
+
+    def test_closed_after_upgrade(self) -> None:
+        """
+        A session upgraded to WebSocket ends as a WebSocket session.
+        """
+        session = self.session(POLLING)
+        session.begin_upgrade(101.0)
+        session.receive_candidate(EnginePacket(5), 101.0)
+        self.assertEqual(session.close(), [states.Closed(states.FORCED_CLOSE)])
+
+    def test_closed_once(self) -> None:
+        """
+        A closed session does not close again, whatever happens next.
+        """
+        session = self.session(POLLING)
+        session.close()
+        self.assertEqual(session.transport_lost(), [])
+        self.assertEqual(session.protocol_error(), [])
+        self.assertEqual(session.transport_error(), [])
+        self.assertEqual(session.overflow(), [])
+        self.assertEqual(session.close(), [])
+        self.assertEqual(session.expire(200.0), [])
 
 
 class HandshakeTests(SynchronousTestCase):
@@ -607,6 +785,116 @@ class PollingTests(SynchronousTestCase):
         self.assertEqual(written(second), b"4x")
 
 
+class PollingCloseTests(SynchronousTestCase):
+    """
+    What a polling client's ``GET`` gets when its session ends, with a
+    ``GET`` waiting and without, for each way a session ends (the cases not
+    covered by `PollingTests`).
+    """
+
+    def setUp(self) -> None:
+        self.harness = EngineHarness(max_payload=100, max_buffer=1000)
+        self.sid = self.harness.open_polling()
+        self.handler = self.harness.handlers[0]
+        self.connection = self.handler.connection
+
+    def assertForgotten(self) -> None:
+        """
+        The session is no longer known: a ``GET`` is refused.
+        """
+        self.assertEqual(self.harness.request(sid=self.sid).responseCode, 400)
+
+    def test_transport_close_without_poll(self) -> None:
+        """
+        A client that closes the session with no ``GET`` waiting gets a
+        noop with its next one, and nothing that was queued.
+        """
+        self.connection.send("4queued")
+        self.harness.request(b"POST", self.sid, b"1")
+        self.assertEqual(written(self.harness.request(sid=self.sid)), b"6")
+        self.assertEqual(self.handler.reasons, ["transport close"])
+        self.assertForgotten()
+
+    def test_ping_timeout_with_poll(self) -> None:
+        """
+        A ``GET`` waiting when the pong is overdue gets a close packet.
+        """
+        self.harness.clock.advance(25)
+        self.assertEqual(written(self.harness.request(sid=self.sid)), b"2")
+        waiting = self.harness.request(sid=self.sid)
+        self.harness.clock.advance(20)
+        self.assertEqual(written(waiting), b"1")
+        self.assertEqual(self.handler.reasons, ["ping timeout"])
+        self.assertForgotten()
+
+    def test_parse_error_with_poll(self) -> None:
+        """
+        A ``GET`` waiting when the client sends something undecodable gets
+        a close packet.
+        """
+        waiting = self.harness.request(sid=self.sid)
+        self.assertEqual(self.harness.request(b"POST", self.sid, b"abc").responseCode, 400)
+        self.assertEqual(written(waiting), b"1")
+        self.assertEqual(self.handler.reasons, ["parse error"])
+        self.assertForgotten()
+
+    def test_forced_close_with_poll(self) -> None:
+        """
+        A ``GET`` waiting when the server closes the session gets a close
+        packet, and nothing is kept for a later one.
+        """
+        waiting = self.harness.request(sid=self.sid)
+        self.connection.close()
+        self.assertEqual(written(waiting), b"1")
+        self.assertEqual(self.handler.reasons, ["forced close"])
+        self.assertForgotten()
+
+    def test_oversize_post_with_poll(self) -> None:
+        """
+        A ``GET`` waiting when the client posts too much gets a close
+        packet.
+        """
+        waiting = self.harness.request(sid=self.sid)
+        oversize = self.harness.request(b"POST", self.sid, b"4" + b"x" * 100)
+        self.assertEqual(oversize.responseCode, 413)
+        self.assertEqual(written(waiting), b"1")
+        self.assertEqual(self.handler.reasons, ["transport error"])
+        self.assertForgotten()
+
+    def test_oversize_post_without_poll(self) -> None:
+        """
+        After posting too much with no ``GET`` waiting, the client's next
+        ``GET`` gets what was queued and a close packet.
+        """
+        self.connection.send("4queued")
+        oversize = self.harness.request(b"POST", self.sid, b"4" + b"x" * 100)
+        self.assertEqual(oversize.responseCode, 413)
+        self.assertEqual(written(self.harness.request(sid=self.sid)), b"4queued\x1e1")
+        self.assertEqual(self.handler.reasons, ["transport error"])
+        self.assertForgotten()
+
+    def test_overflow_with_poll(self) -> None:
+        """
+        A packet too large for the buffer, sent while a ``GET`` waits, is
+        dropped and the ``GET`` gets a close packet.
+        """
+        waiting = self.harness.request(sid=self.sid)
+        self.connection.send("4" + "x" * 1000)
+        self.assertEqual(written(waiting), b"1")
+        self.assertEqual(self.handler.reasons, ["transport error"])
+        self.assertForgotten()
+
+    def test_overflow_without_poll(self) -> None:
+        """
+        A client that stops polling loses what was queued, and its session
+        is forgotten at once.
+        """
+        for _ in range(20):
+            self.connection.send("4" + "x" * 99)
+        self.assertEqual(self.handler.reasons, ["transport error"])
+        self.assertForgotten()
+
+
 class WebSocketTests(SynchronousTestCase):
     """
     Sessions on WebSocket, and upgrades from polling.
@@ -783,3 +1071,21 @@ class WebSocketTests(SynchronousTestCase):
         self.assertTrue(ws.closed)
         self.assertIn(sid, harness.server.sessions)
         self.assertEqual(decode_packet("4x"), EnginePacket(4, "x"))
+
+    def test_after_candidate_junk(self) -> None:
+        """
+        After its candidate sent something undecodable, the session is no
+        longer upgrading: polls wait for data again, and another WebSocket
+        may try the upgrade.
+        """
+        harness = EngineHarness()
+        sid = harness.open_polling()
+        harness.open_websocket(sid).receive("")
+        waiting = harness.request(sid=sid)
+        self.assertEqual(waiting.finished, 0)
+        harness.handlers[0].connection.send("4x")
+        self.assertEqual(written(waiting), b"4x")
+        again = harness.open_websocket(sid)
+        self.assertFalse(again.closed)
+        again.receive("2probe")
+        self.assertEqual(again.received(), ["3probe"])

@@ -1,5 +1,5 @@
 """
-Unit tests of the WebSocket protocol set-up in L{realtimed.engineio.transports}.
+Unit tests of the WebSocket protocol set-up in L{realtimed.engineio.websocket}.
 """
 
 from __future__ import annotations
@@ -14,12 +14,9 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from realtimed.engineio.transports import (
-    EngineConfig,
-    EngineConnection,
-    EngineIOServer,
-    EngineWebSocketProtocol,
-)
+from realtimed.engineio.connection import EngineConnection
+from realtimed.engineio.engine import EngineConfig, EngineIOServer
+from realtimed.engineio.websocket import EngineWebSocketProtocol
 
 
 class _Handler:
@@ -47,7 +44,7 @@ class WebSocketOptionsTests(SynchronousTestCase):
         A WebSocket protocol of C{server}, connected to a fake transport
         (Autobahn sets its options up when the connection is made).
         """
-        factory: Any = server._factory
+        factory: Any = server.websocket_factory
         protocol: EngineWebSocketProtocol = factory.buildProtocol(
             IPv4Address("TCP", "127.0.0.1", 40000)
         )
@@ -115,7 +112,7 @@ class HandshakeTests(SynchronousTestCase):
             return handler
 
         server = EngineIOServer(Clock(), accept)
-        factory: Any = server._factory
+        factory: Any = server.websocket_factory
         protocol: EngineWebSocketProtocol = factory.buildProtocol(
             IPv4Address("TCP", "127.0.0.1", 40000)
         )

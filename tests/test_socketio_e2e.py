@@ -29,6 +29,7 @@ from twisted.trial.unittest import TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
+from realtimed.engineio.engine import EngineConfig
 from realtimed.engineio.socketio import ConnectRefused, Socket, SocketIOServer
 
 JS = Path(__file__).parent / "js"
@@ -47,7 +48,9 @@ def build_app(clock: Any) -> SocketIOServer:
     """
     The server side of the scenario.
     """
-    server = SocketIOServer(clock, ping_interval=5, ping_timeout=5, cors_origins=("*",))
+    server = SocketIOServer(
+        clock, EngineConfig(ping_interval=5, ping_timeout=5, cors_origins=("*",))
+    )
     main = server.namespace("/")
 
     def connect(socket: Socket, auth: Any) -> None:

@@ -12,6 +12,7 @@ from twisted.internet.defer import Deferred, fail
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
+from realtimed.engineio.engine import EngineConfig
 from realtimed.engineio.socketio import ConnectRefused, Socket, SocketIOServer
 from tests.test_engineio_session import FakeWebSocket, make_request, written
 
@@ -23,7 +24,7 @@ class Client:
 
     def __init__(self, server: SocketIOServer, headers: dict[str, str] | None = None) -> None:
         self.ws = FakeWebSocket()
-        server.engine._websocket_opened(self.ws, None, headers or {}, {})  # type: ignore[arg-type]
+        server.engine.websocket_opened(self.ws, None, headers or {}, {})  # type: ignore[arg-type]
         [handshake] = self.ws.received()
         assert isinstance(handshake, str) and handshake.startswith("0")
 
@@ -63,7 +64,7 @@ class ServerTests(SynchronousTestCase):
 
     def setUp(self) -> None:
         self.clock = Clock()
-        self.server = SocketIOServer(self.clock, ping_interval=25, ping_timeout=20)
+        self.server = SocketIOServer(self.clock, EngineConfig(ping_interval=25, ping_timeout=20))
         self.main = self.server.namespace("/")
         self.sockets: list[Socket] = []
         self.auths: list[Any] = []
@@ -343,7 +344,7 @@ class ServerTests(SynchronousTestCase):
         counted, and past the buffer limit the connection is dropped and
         its socket disconnected; the others keep receiving.
         """
-        server = SocketIOServer(self.clock, max_buffer=2000)
+        server = SocketIOServer(self.clock, EngineConfig(max_buffer=2000))
         namespace = server.namespace("/")
         reasons: list[str] = []
         namespace.on_disconnect(lambda socket, reason: reasons.append(reason))
@@ -435,7 +436,7 @@ class ServerTests(SynchronousTestCase):
         """
         A connection that joins no namespace in time is closed.
         """
-        server = SocketIOServer(self.clock, connect_timeout=5, ping_interval=100)
+        server = SocketIOServer(self.clock, EngineConfig(ping_interval=100), connect_timeout=5)
         client = Client(server)
         self.clock.advance(5)
         self.assertTrue(client.ws.closed)
@@ -449,7 +450,7 @@ class ServerTests(SynchronousTestCase):
         The maximum payload is announced and enforced by the WebSocket
         layer for each message.
         """
-        server = SocketIOServer(self.clock, max_payload=1234)
-        options = server.engine._factory
+        server = SocketIOServer(self.clock, EngineConfig(max_payload=1234))
+        options = server.engine.websocket_factory
         self.assertEqual(options.maxMessagePayloadSize, 1234)
         self.assertEqual(options.maxFramePayloadSize, 1234)

@@ -11,20 +11,33 @@ Layers, bottom up:
 - `realtimed.engineio.session`: the pure Engine.IO session state machine
   (heartbeat, upgrade, close), driven with the current time, answering with
   actions.
-- `realtimed.engineio.transports`: `EngineIOServer`, the twisted.web
-  resource that serves polling and hands WebSocket upgrades to Autobahn.
+- `realtimed.engineio.connection`: `EngineConnection`, one session's I/O:
+  the session state machine joined to its polling requests and WebSocket,
+  the polling outbox, frames held for the end of the reactor turn, the
+  slow-reader limit.
+- `realtimed.engineio.websocket`: `EngineWebSocketProtocol`, the Autobahn
+  protocol that carries a session, and the factory tuned for many idle
+  connections.
+- `realtimed.engineio.engine`: `EngineIOServer`, the twisted.web resource
+  that owns the sessions, routes polling requests, hands WebSocket upgrades
+  to Autobahn, and answers CORS and bad requests.
 - `realtimed.engineio.socketio`: `SocketIOServer`, namespaces and sockets.
 
 Using it::
 
+    from realtimed.engineio.engine import EngineConfig
+    from realtimed.engineio.socketio import ConnectRefused, Socket, SocketIOServer
+
     server = SocketIOServer(
         reactor,
-        ping_interval=25.0,          # seconds
-        ping_timeout=20.0,
-        max_payload=1_000_000,       # bytes per incoming message / POST body
-        connect_timeout=45.0,        # to join a first namespace
-        cors_origins=("https://app.example",),   # "*" for any origin
-        max_buffer=4_000_000,        # bytes queued for a slow reader, then close
+        EngineConfig(
+            ping_interval=25.0,          # seconds
+            ping_timeout=20.0,
+            max_payload=1_000_000,       # bytes per incoming message / POST body
+            cors_origins=("https://app.example",),   # "*" for any origin
+            max_buffer=4_000_000,        # bytes queued for a slow reader, then close
+        ),
+        connect_timeout=45.0,            # to join a first namespace
     )
     root.putChild(b"socket.io", server.resource())
 
@@ -54,7 +67,8 @@ Using it::
 
 `Socket` attributes: ``sid`` (Socket.IO id), ``namespace``, ``headers``
 (the handshake request's headers, lower-case names), ``query``,
-``engine_sid``, ``data`` (a dict for the application), ``connected``.
+``engine_sid``, ``engine`` (its Engine.IO session), ``data`` (a dict for
+the application), ``connected``.
 
 Handlers run in the reactor thread.  Exceptions from handlers and failed
 Deferreds they return are logged and cost nothing else.  Disconnect reasons:
@@ -63,8 +77,9 @@ Deferreds they return are logged and cost nothing else.  Disconnect reasons:
 ``forced close``.
 
 Broadcast cost: `Namespace.emit_many` encodes the packet and builds the
-WebSocket frame bytes once; for each WebSocket recipient it only appends
-those bytes to the connection's held frames, and at the start of the next
+WebSocket frame bytes once; for each WebSocket recipient it only hands
+those bytes to the connection's `EngineConnection.defer_frames`, which
+appends them to the frames it holds, and at the start of the next
 reactor turn each connection's held frames go to its socket in one
 ``send`` (Twisted's buffer takes what the kernel does not).  Polling
 recipients queue the same encoded packet.  Permessage-deflate is not

@@ -10,6 +10,10 @@ and closes the session when no pong arrives within ``ping_timeout``.
 `EngineSession` is driven by calls that carry the current time and answers
 with a list of actions for the transport adapter to carry out.  The adapter
 asks `EngineSession.deadline` when to call `EngineSession.expire` next.
+
+How a session ends is decided here too: why it closed (one of the reasons
+below, which the layer above is told), and, for a polling client, what its
+waiting or next ``GET`` is answered with (see `Closed`).
 """
 
 from __future__ import annotations
@@ -40,6 +44,19 @@ PING_PACKET: Final = str(PING)
 CLOSE_PACKET: Final = str(CLOSE)
 NOOP_PACKET: Final = str(NOOP)
 PROBE_REPLY: Final = f"{PONG}probe"
+
+# why a session closed
+#: the client closed it, with a close packet or by going away
+TRANSPORT_CLOSE: Final = "transport close"
+#: the client broke a rule of its transport (two concurrent polls, a body
+#: over the size limit), or stopped reading while data piled up for it
+TRANSPORT_ERROR: Final = "transport error"
+#: the client did not answer a ping in time
+PING_TIMEOUT: Final = "ping timeout"
+#: the client sent something that is not Engine.IO
+PARSE_ERROR: Final = "parse error"
+#: the server closed it
+FORCED_CLOSE: Final = "forced close"
 
 
 @frozen
@@ -95,12 +112,26 @@ class DropCandidate:
 @frozen
 class Closed:
     """
-    The session is over.  ``reason`` is one of ``"transport close"``
-    (the client closed it), ``"ping timeout"``, ``"parse error"`` or
-    ``"forced close"`` (the server closed it).
+    The session is over, for ``reason`` (`TRANSPORT_CLOSE`,
+    `TRANSPORT_ERROR`, `PING_TIMEOUT`, `PARSE_ERROR` or `FORCED_CLOSE`).
+
+    The rest tells a polling client's adapter how the client learns of it.
+    A ``GET`` that is waiting is answered with what is queued (unless
+    ``drop_queued``) followed by ``last_packet``.  With no ``GET`` waiting,
+    the session lingers when ``linger`` is set, so that the client's next
+    ``GET`` gets the same; otherwise it is forgotten, and that ``GET`` is
+    refused as one for an unknown session.  A WebSocket is closed, with no
+    packet (``last_packet`` is `None`).
     """
 
     reason: str
+    #: `CLOSE_PACKET`, or `NOOP_PACKET` for a client that closed the session
+    #: itself; `None` on a WebSocket
+    last_packet: EncodedPacket | None = None
+    #: what is queued for polling is not sent
+    drop_queued: bool = False
+    #: with no ``GET`` waiting, keep the session for the next one
+    linger: bool = False
 
 
 Action = Deliver | Send | SendCandidate | ReleasePoll | Upgraded | DropCandidate | Closed
@@ -161,7 +192,7 @@ class EngineSession:
             return []
         actions: list[Action] = []
         if self._pong_due is not None and now >= self._pong_due:
-            return self._close("ping timeout")
+            return self._close(PING_TIMEOUT)
         if self._upgrade_due is not None and now >= self._upgrade_due:
             self._candidate = None
             self._upgrade_due = None
@@ -187,11 +218,11 @@ class EngineSession:
                 self._ping_due = now + self.ping_interval
             return []
         if kind == CLOSE:
-            return self._close("transport close")
+            return self.transport_lost()
         if kind in (OPEN, NOOP, PING):
             return []
         # an upgrade packet outside of an upgrade
-        return self._close("parse error")
+        return self._close(PARSE_ERROR)
 
     def begin_upgrade(self, now: float) -> bool:
         """
@@ -220,8 +251,15 @@ class EngineSession:
             return [Upgraded()]
         if packet.type == NOOP:
             return []
-        self._candidate = None
-        self._upgrade_due = None
+        return self.candidate_error()
+
+    def candidate_error(self) -> list[Action]:
+        """
+        The candidate WebSocket sent something the upgrade does not expect,
+        or could not be decoded: it is dropped, and the session stays on
+        polling, free to take another candidate.
+        """
+        self.candidate_lost()
         return [DropCandidate()]
 
     def candidate_lost(self) -> None:
@@ -233,39 +271,72 @@ class EngineSession:
 
     def transport_lost(self) -> list[Action]:
         """
-        The active transport went away (a WebSocket closed, or a polling
-        request failed).
+        The client closed the session: it sent a close packet, or its
+        transport went away (a WebSocket closed, a polling request failed).
+        A polling client's ``GET`` gets a noop, and nothing that was queued:
+        that ``GET`` may still be waiting, or yet to come when a ``POST``
+        with the close packet overtook it, so the session lingers for it.
         """
         if self.closed:
             return []
-        return self._close("transport close")
+        return self._close(TRANSPORT_CLOSE, NOOP_PACKET, drop_queued=True, linger=True)
 
     def protocol_error(self) -> list[Action]:
         """
-        The active transport delivered something undecodable.
+        The active transport delivered something undecodable.  A waiting
+        ``GET`` gets what is queued and a close packet; a broken client is
+        not waited for.
         """
         if self.closed:
             return []
-        return self._close("parse error")
+        return self._close(PARSE_ERROR)
+
+    def transport_error(self) -> list[Action]:
+        """
+        The client broke a rule of its transport: a second ``GET`` while
+        one is waiting, a ``POST`` over the size limit.  The session ends as
+        when the server closes it.
+        """
+        if self.closed:
+            return []
+        return self._close(TRANSPORT_ERROR, linger=True)
+
+    def overflow(self) -> list[Action]:
+        """
+        What is queued for the client passed the buffer limit: it does not
+        read.  What is queued is dropped, and a waiting ``GET`` gets only a
+        close packet; nothing is kept for a later one.
+        """
+        if self.closed:
+            return []
+        return self._close(TRANSPORT_ERROR, drop_queued=True)
 
     def close(self) -> list[Action]:
         """
-        The server ends the session.  A polling client is told with a close
-        packet; a WebSocket is simply closed, as the reference server does
-        (clients then treat it as a lost connection and reconnect).
+        The server ends the session.  A polling client gets what is queued
+        and a close packet, now or with its next ``GET``; a WebSocket is
+        simply closed, as the reference server does (clients then treat it
+        as a lost connection and reconnect).
         """
         if self.closed:
             return []
-        if self.transport == POLLING:
-            return [Send(CLOSE_PACKET), *self._close("forced close")]
-        return self._close("forced close")
+        return self._close(FORCED_CLOSE, linger=True)
 
-    def _close(self, reason: str) -> list[Action]:
+    def _close(
+        self,
+        reason: str,
+        last_packet: EncodedPacket = CLOSE_PACKET,
+        drop_queued: bool = False,
+        linger: bool = False,
+    ) -> list[Action]:
         self.closed = True
         self._ping_due = self._pong_due = self._upgrade_due = None
         actions: list[Action] = []
         if self._candidate is not None:
             self._candidate = None
             actions.append(DropCandidate())
-        actions.append(Closed(reason))
+        if self.transport == POLLING:
+            actions.append(Closed(reason, last_packet, drop_queued, linger))
+        else:
+            actions.append(Closed(reason))
         return actions

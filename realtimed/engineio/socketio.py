@@ -10,16 +10,18 @@ reactor thread; a handler may return a Deferred, whose failures are logged.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from attrs import define, field
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 
+from realtimed.engineio.connection import EngineConnection
+from realtimed.engineio.engine import EngineConfig, EngineIOServer
 from realtimed.engineio.engine_packets import MESSAGE, EncodedPacket, websocket_frame
 from realtimed.engineio.socket_packets import (
     ACK,
@@ -34,7 +36,6 @@ from realtimed.engineio.socket_packets import (
     SocketProtocolError,
     encode,
 )
-from realtimed.engineio.transports import EngineConfig, EngineConnection, EngineIOServer
 
 log = Logger()
 
@@ -75,7 +76,6 @@ class Namespace:
     """
 
     name: str
-    _engine: EngineIOServer
     sockets: dict[str, Socket] = field(factory=dict)
     _connect: ConnectHandler | None = None
     _disconnect: DisconnectHandler | None = None
@@ -116,6 +116,53 @@ class Namespace:
         """
         self._disconnect = handler
 
+    def admit(self, socket: Socket, auth: Any) -> Deferred[object]:
+        """
+        Run the connect handler for ``socket``, which sent ``auth``: the
+        result fires when the handler accepts the socket, and fails when
+        it refuses (with `ConnectRefused`) or breaks.
+        """
+        if self._connect is None:
+            return succeed(None)
+        return maybeDeferred(self._connect, socket, auth)
+
+    def dispatch(
+        self, socket: Socket, event: str, args: list[Any], ack: Callable[..., None] | None
+    ) -> None:
+        """
+        Run the handler of ``event``, or the catch-all, for ``socket``;
+        what it raises or fails with is logged.
+        """
+        handler = self._handlers.get(event)
+        try:
+            if handler is not None:
+                result = handler(socket, args, ack)
+            elif self._any is not None:
+                result = self._any(socket, event, args, ack)
+            else:
+                return
+        except Exception:
+            log.failure("Handler for {event!r} failed", event=event)
+            return
+        if isinstance(result, Deferred):
+            result.addErrback(_report, f"Handler for {event!r}")
+
+    def disconnected(self, socket: Socket, reason: str) -> None:
+        """
+        Run the disconnect handler for ``socket``, gone for ``reason``;
+        what it raises or fails with is logged.
+        """
+        handler = self._disconnect
+        if handler is None:
+            return
+        try:
+            result = handler(socket, reason)
+        except Exception:
+            log.failure("Disconnect handler failed")
+            return
+        if isinstance(result, Deferred):
+            result.addErrback(_report, "Disconnect handler")
+
     def emit_many(self, sockets: Iterable[Socket], event: str, *args: Any) -> None:
         """
         Send one event to many sockets of this namespace.  The packet is
@@ -130,22 +177,13 @@ class Namespace:
             frames = websocket_frame(packets[0])
         else:
             frames = b"".join(map(websocket_frame, packets))
-        engine = self._engine
-        held = engine.held()
         for socket in sockets:
-            if socket._live:
-                connection = socket._engine
-                pending = connection.pending
-                if pending is not None:
-                    # what `EngineConnection.defer_frames` does, spelt out
-                    if not pending:
-                        held.append(connection)
-                    pending.append(frames)
-                else:
-                    connection.send_prepared(packets, frames)
-            elif socket._early is not None:
-                socket._early.append(packets)
-        engine.flush_soon()
+            if socket.connected:
+                connection = socket.engine
+                if not connection.defer_frames(frames):
+                    connection.send_many(packets)
+            else:
+                socket.send_encoded(packets)
 
     def emit(self, event: str, *args: Any) -> None:
         """
@@ -162,15 +200,17 @@ class Socket:
 
     sid: str
     namespace: Namespace
-    _engine: EngineConnection
+    #: the Engine.IO session the socket lives on
+    engine: EngineConnection
     _connection: SocketIOConnection
     #: free for the application
     data: dict[str, Any] = field(factory=dict)
+    #: accepted by the connect handler, and not gone since
     connected: bool = False
-    #: connected, and what was emitted during the connect handler is sent
-    _live: bool = False
     _acks: dict[int, AckCallback] = field(factory=dict)
     _next_ack: int = 0
+    #: what was emitted while the connect handler ran, to follow the
+    #: CONNECT reply; `None` once sent, or once the socket is gone
     _early: list[list[EncodedPacket]] | None = field(factory=list)
     #: why the socket went away while its connect handler was still running
     _gone: str | None = None
@@ -181,21 +221,21 @@ class Socket:
         The headers of the request that opened the Engine.IO session, with
         lower-case names.
         """
-        return self._engine.headers
+        return self.engine.headers
 
     @property
     def query(self) -> Mapping[str, str]:
         """
         The query parameters of the request that opened the session.
         """
-        return self._engine.query
+        return self.engine.query
 
     @property
     def engine_sid(self) -> str:
         """
         The id of the underlying Engine.IO session.
         """
-        return self._engine.sid
+        return self.engine.sid
 
     def emit(self, event: str, *args: Any, ack: AckCallback | None = None) -> None:
         """
@@ -217,27 +257,85 @@ class Socket:
         if self._connection.sockets.get(self.namespace.name) is not self:
             return
         self._send(SocketPacket(DISCONNECT, self.namespace.name))
-        self._connection._left(self, "server namespace disconnect")
+        self._connection.leave(self, "server namespace disconnect")
         if not self._connection.sockets:
-            self._engine.close()
+            self.engine.close()
+
+    def send_encoded(self, packets: list[EncodedPacket]) -> None:
+        """
+        Send a packet already encoded as Engine.IO packets: at once when
+        connected, after the CONNECT reply while the connect handler runs,
+        not at all once gone.
+        """
+        if self.connected:
+            self.engine.send_many(packets)
+        elif self._early is not None:
+            self._early.append(packets)
 
     def _send(self, packet: SocketPacket) -> None:
-        if self._live:
-            self._engine.send_many(_engine_packets(packet))
-        elif self._early is not None:
-            self._early.append(_engine_packets(packet))
+        self.send_encoded(_engine_packets(packet))
 
-    def _connected(self) -> None:
+    def accepted(self) -> None:
+        """
+        The connect handler accepted the socket: it joins its namespace,
+        and the client gets the CONNECT reply, then what was emitted
+        meanwhile.  When the socket went away while the handler ran, the
+        disconnect handler runs instead, so that the application can
+        release what it set up.
+        """
+        if self._gone is not None:
+            self.namespace.disconnected(self, self._gone)
+            return
+        self.namespace.sockets[self.sid] = self
+        early, self._early = self._early, None
         self.connected = True
-        self._engine.send_many(
+        self.engine.send_many(
             _engine_packets(SocketPacket(CONNECT, self.namespace.name, {"sid": self.sid}))
         )
-        early, self._early = self._early, None
-        self._live = True
         for packets in early or ():
-            self._engine.send_many(packets)
+            self.engine.send_many(packets)
 
-    def _acked(self, ack_id: int, values: list[Any]) -> None:
+    def left(self, reason: str) -> None:
+        """
+        The socket left its namespace, for ``reason``.  The disconnect
+        handler runs if the socket was connected; if its connect handler
+        is still running, once that accepts it.
+        """
+        self.namespace.sockets.pop(self.sid, None)
+        was_connected = self.connected
+        if not was_connected and self._early is not None:
+            self._gone = reason
+        self.connected = False
+        self._early = None
+        self._acks.clear()
+        if was_connected:
+            self.namespace.disconnected(self, reason)
+
+    def deliver_event(self, event: str, args: list[Any], ack_id: int | None) -> None:
+        """
+        The client sent ``event``; ``ack_id`` is set when it asks for an
+        acknowledgement.
+        """
+        ack = None if ack_id is None else self._ack_for(ack_id)
+        self.namespace.dispatch(self, event, args, ack)
+
+    def _ack_for(self, ack_id: int) -> Callable[..., None]:
+        sent = False
+
+        def ack(*values: Any) -> None:
+            nonlocal sent
+            if sent:
+                return
+            sent = True
+            self._send(SocketPacket(ACK, self.namespace.name, list(values), ack_id))
+
+        return ack
+
+    def deliver_ack(self, ack_id: int, values: list[Any]) -> None:
+        """
+        The client acknowledged the event sent with ``ack_id``: its
+        callback runs with ``values``.
+        """
         callback = self._acks.pop(ack_id, None)
         if callback is None:
             return
@@ -263,7 +361,7 @@ class SocketIOConnection:
     _connect_timer: IDelayedCall | None = None
 
     def __attrs_post_init__(self) -> None:
-        self._decoder = SocketPacketDecoder(max_attachment_bytes=self.server.max_payload)
+        self._decoder = SocketPacketDecoder(max_attachment_bytes=self.server.config.max_payload)
 
     def start(self) -> None:
         """
@@ -297,13 +395,13 @@ class SocketIOConnection:
         elif kind == ACK or kind == BINARY_ACK:
             socket = self.sockets.get(packet.namespace)
             if socket is not None and packet.id is not None:
-                socket._acked(packet.id, packet.data)
+                socket.deliver_ack(packet.id, packet.data)
         elif kind == CONNECT:
             self._connect(packet.namespace, packet.data)
         elif kind == DISCONNECT:
             socket = self.sockets.get(packet.namespace)
             if socket is not None:
-                self._left(socket, "client namespace disconnect")
+                self.leave(socket, "client namespace disconnect")
         else:
             self.engine.close()
 
@@ -312,13 +410,13 @@ class SocketIOConnection:
             self._connect_timer.cancel()
         self._connect_timer = None
         for socket in list(self.sockets.values()):
-            self._left(socket, reason)
+            self.leave(socket, reason)
 
     def _send(self, packet: SocketPacket) -> None:
         self.engine.send_many(_engine_packets(packet))
 
     def _connect(self, name: str, auth: Any) -> None:
-        namespace = self.server._namespaces.get(name)
+        namespace = self.server.find_namespace(name)
         if namespace is None:
             self._send(SocketPacket(CONNECT_ERROR, name, {"message": "Invalid namespace"}))
             return
@@ -329,23 +427,12 @@ class SocketIOConnection:
         if self._connect_timer is not None and self._connect_timer.active():
             self._connect_timer.cancel()
         self._connect_timer = None
-        hook = namespace._connect
-        if hook is None:
-            self._accepted(None, socket)
-            return
-        d = maybeDeferred(hook, socket, auth)
+        d = namespace.admit(socket, auth)
         d.addCallbacks(self._accepted, self._refused, callbackArgs=(socket,), errbackArgs=(socket,))
         d.addErrback(_report, "Accepting a connection")
 
     def _accepted(self, result: object, socket: Socket) -> None:
-        if socket._gone is not None:
-            # The connect handler accepted a socket that had already gone:
-            # the application still hears of its end, as for any accepted
-            # socket.
-            self._notify(socket, socket._gone)
-            return
-        socket.namespace.sockets[socket.sid] = socket
-        socket._connected()
+        socket.accepted()
 
     def _refused(self, failure: Failure, socket: Socket) -> None:
         name = socket.namespace.name
@@ -361,94 +448,39 @@ class SocketIOConnection:
             body = {"message": "Internal server error"}
         self._send(SocketPacket(CONNECT_ERROR, name, body))
 
-    def _left(self, socket: Socket, reason: str) -> None:
-        namespace = socket.namespace
-        if self.sockets.get(namespace.name) is socket:
-            del self.sockets[namespace.name]
-        namespace.sockets.pop(socket.sid, None)
-        was_connected = socket.connected
-        if not was_connected and socket._early is not None:
-            socket._gone = reason
-        socket.connected = False
-        socket._live = False
-        socket._early = None
-        socket._acks.clear()
-        if was_connected:
-            self._notify(socket, reason)
-
-    def _notify(self, socket: Socket, reason: str) -> None:
-        handler = socket.namespace._disconnect
-        if handler is None:
-            return
-        try:
-            result = handler(socket, reason)
-        except Exception:
-            log.failure("Disconnect handler failed")
-            return
-        if isinstance(result, Deferred):
-            result.addErrback(_report, "Disconnect handler")
+    def leave(self, socket: Socket, reason: str) -> None:
+        """
+        ``socket`` leaves its namespace, for ``reason``.
+        """
+        name = socket.namespace.name
+        if self.sockets.get(name) is socket:
+            del self.sockets[name]
+        socket.left(reason)
 
     def _event(self, packet: SocketPacket) -> None:
         socket = self.sockets.get(packet.namespace)
         if socket is None or not socket.connected:
             return
-        namespace = socket.namespace
         event, *args = packet.data
-        ack = None if packet.id is None else self._ack_for(socket, packet.id)
-        handler = namespace._handlers.get(event)
-        try:
-            if handler is not None:
-                result = handler(socket, args, ack)
-            elif namespace._any is not None:
-                result = namespace._any(socket, event, args, ack)
-            else:
-                return
-        except Exception:
-            log.failure("Handler for {event!r} failed", event=event)
-            return
-        if isinstance(result, Deferred):
-            result.addErrback(_report, f"Handler for {event!r}")
-
-    def _ack_for(self, socket: Socket, ack_id: int) -> Callable[..., None]:
-        sent = False
-
-        def ack(*values: Any) -> None:
-            nonlocal sent
-            if sent:
-                return
-            sent = True
-            socket._send(SocketPacket(ACK, socket.namespace.name, list(values), ack_id))
-
-        return ack
+        socket.deliver_event(event, args, packet.id)
 
 
 @define(eq=False)
 class SocketIOServer:
     """
-    A Socket.IO v5 server over Engine.IO v4.  Times are in seconds;
-    ``cors_origins`` lists the origins allowed to make credentialed
-    cross-origin requests (``"*"``: any).
+    A Socket.IO v5 server over Engine.IO v4, with the Engine.IO settings
+    of ``config``.  A connection that joins no namespace within
+    ``connect_timeout`` seconds is closed.
     """
 
     reactor: IReactorTime
-    ping_interval: float = field(default=25.0, kw_only=True)
-    ping_timeout: float = field(default=20.0, kw_only=True)
-    max_payload: int = field(default=1_000_000, kw_only=True)
+    config: EngineConfig = field(factory=EngineConfig)
     connect_timeout: float = field(default=45.0, kw_only=True)
-    cors_origins: Sequence[str] = field(default=(), kw_only=True)
-    max_buffer: int = field(default=4_000_000, kw_only=True)
     engine: EngineIOServer = field(init=False)
     _namespaces: dict[str, Namespace] = field(factory=dict, init=False)
 
     def __attrs_post_init__(self) -> None:
-        config = EngineConfig(
-            ping_interval=self.ping_interval,
-            ping_timeout=self.ping_timeout,
-            max_payload=self.max_payload,
-            max_buffer=self.max_buffer,
-            cors_origins=tuple(self.cors_origins),
-        )
-        self.engine = EngineIOServer(self.reactor, self._accept, config)
+        self.engine = EngineIOServer(self.reactor, self._accept, self.config)
         # the main namespace always exists, as with the reference server
         self.namespace("/")
 
@@ -457,6 +489,12 @@ class SocketIOServer:
         connection.start()
         return connection
 
+    def find_namespace(self, name: str) -> Namespace | None:
+        """
+        The namespace called ``name``, if it exists.
+        """
+        return self._namespaces.get(name)
+
     def namespace(self, name: str = "/") -> Namespace:
         """
         The namespace called ``name``, created on first use.  Clients may
@@ -464,7 +502,7 @@ class SocketIOServer:
         """
         namespace = self._namespaces.get(name)
         if namespace is None:
-            namespace = self._namespaces[name] = Namespace(name, self.engine)
+            namespace = self._namespaces[name] = Namespace(name)
         return namespace
 
     def resource(self) -> Resource:

@@ -1,0 +1,254 @@
+"""
+The WebSocket side of Engine.IO, on Autobahn: `EngineWebSocketProtocol`
+carries one session, either from the start or as the target of an upgrade
+from polling, and `websocket_factory` builds the protocol class and factory
+of one server.
+
+Autobahn parses incoming frames and handles the opening and closing
+handshakes; outgoing frames bypass it (see
+`realtimed.engineio.connection`).  Permessage-deflate is not offered, which
+is what makes sharing frames between connections possible.
+
+The rest of this module keeps the per-connection cost of Autobahn low, for
+servers that hold many idle WebSockets: the options are settled once on the
+protocol class instead of being copied (and pretty-printed) per connection;
+the opening handshake is dropped once the WebSocket is open; state that only
+repeats the class's idle defaults is left out of the instance; the send
+queue is made only when used; and header names and repeating values are
+shared between connections.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections import deque
+from collections.abc import Mapping
+from types import FunctionType
+from typing import TYPE_CHECKING, Any
+
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
+
+if TYPE_CHECKING:
+    from realtimed.engineio.connection import EngineConnection
+    from realtimed.engineio.engine import EngineIOServer
+
+
+#: what Autobahn stores on a server protocol only for its opening handshake
+_HANDSHAKE_LEFTOVERS = (
+    "http_request_data",
+    "http_response_data",
+    "http_status_line",
+    "http_headers",
+    "http_request_uri",
+    "http_request_path",
+    "http_request_params",
+    "http_request_host",
+    "websocket_origin",
+    "websocket_protocols",
+    "websocket_extensions",
+    "_wskey",
+    # the peer's address details, filled in when the connection was made;
+    # the protocol keeps ``peer``, the address as text
+    "_transport_details",
+)
+
+
+class _QueueOnDemand:
+    """
+    Autobahn's ``send_queue``, made only when it is used: Autobahn gives
+    each connection an empty deque (some 600 bytes) for chopped and
+    synchronous sends, which this server never makes.
+    """
+
+    def __get__(self, instance: Any, owner: type | None = None) -> Any:
+        if instance is None:
+            return self
+        queue: deque[Any] = deque()
+        instance.__dict__["send_queue"] = queue
+        return queue
+
+
+#: state Autobahn sets on every connection, with the value it has on an
+#: idle open WebSocket; these are class attributes of the protocol too, so an
+#: open connection need not hold them itself (see `_compact`)
+_IDLE_DEFAULTS: dict[str, object] = {
+    **dict.fromkeys(_HANDSHAKE_LEFTOVERS),
+    **dict.fromkeys(
+        (
+            "_perMessageCompress",
+            "trackedTimings",
+            "wasNotCleanReason",
+            "localCloseCode",
+            "localCloseReason",
+            "remoteCloseCode",
+            "remoteCloseReason",
+            "openHandshakeTimeoutCall",
+            "closeHandshakeTimeoutCall",
+            "autoPingTimeoutCall",
+            "autoPingPending",
+            "autoPingPendingCall",
+            "autoPingPendingSent",
+            "websocket_protocol_in_use",
+            "current_frame",
+        )
+    ),
+    **dict.fromkeys(
+        (
+            "triggered",
+            "wasMaxFramePayloadSizeExceeded",
+            "wasMaxMessagePayloadSizeExceeded",
+            "closedByMe",
+            "failedByMe",
+            "droppedByMe",
+            "wasClean",
+            "wasServerConnectionDropTimeout",
+            "wasOpenHandshakeTimeout",
+            "wasCloseHandshakeTimeout",
+            "wasServingFlashSocketPolicyFile",
+            "inside_message",
+        ),
+        False,
+    ),
+    "send_state": 0,
+    "autoPingPendingSeq": 0,
+    "data": b"",
+}
+
+#: headers whose values differ from one connection to the next; the others
+#: mostly repeat and are shared
+_UNIQUE_HEADERS = frozenset(("sec-websocket-key", "authorization", "cookie"))
+
+
+def _shared_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """
+    The handshake headers with lower-case names, the names (and the values
+    that repeat between connections) shared with other connections rather
+    than held once per connection.
+    """
+    shared = {}
+    for name, value in headers.items():
+        name = sys.intern(name.lower())
+        if name not in _UNIQUE_HEADERS and isinstance(value, str):
+            value = sys.intern(value)
+        shared[name] = value
+    return shared
+
+
+class EngineWebSocketProtocol(WebSocketServerProtocol):
+    """
+    A WebSocket that carries one Engine.IO session, either from the start
+    or as the target of an upgrade from polling.
+    """
+
+    server: EngineIOServer
+    connection: EngineConnection | None = None
+    _sid: str | None = None
+    _headers: dict[str, str]
+    _query: dict[str, str]
+
+    def onConnect(self, request: ConnectionRequest) -> None:
+        params = request.params
+        if params.get("EIO") != ["4"] or params.get("transport") != ["websocket"]:
+            raise ConnectionDeny(400, "Bad request")
+        sid = params.get("sid")
+        self._sid = sid[0] if sid else None
+        self._headers = _shared_headers(request.headers)
+        self._query = {sys.intern(k): v[0] for k, v in params.items() if v}
+
+    def onOpen(self) -> None:
+        # Autobahn keeps the opening handshake (the raw request and
+        # response, the parsed headers, status line and query) on the
+        # protocol for as long as the connection lives, and never reads them
+        # once the connection is open.  The session has its own copy of the
+        # headers and query.
+        for name in _HANDSHAKE_LEFTOVERS:
+            setattr(self, name, None)
+        sid, headers, query = self._sid, self._headers, self._query
+        del self._sid, self._headers, self._query
+        self._compact()
+        self.server.websocket_opened(self, sid, headers, query)
+
+    def _compact(self) -> None:
+        """
+        Leave out of the instance what only repeats the class's idle
+        defaults, and rebuild the instance dictionary at the size of what
+        is left: Autobahn sets some sixty attributes per connection, which
+        makes a dictionary twice the size of one for thirty.  A later
+        assignment puts an attribute back in the instance as usual.
+        """
+        attributes = self.__dict__
+        for name, value in _IDLE_DEFAULTS.items():
+            if attributes.get(name, attributes) is value:
+                del attributes[name]
+        queue = attributes.get("send_queue")
+        if queue is not None and not queue:
+            del attributes["send_queue"]
+        self.__dict__ = dict(attributes)
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        connection = self.connection
+        if connection is None:
+            return
+        if isBinary:
+            connection.ws_message(self, payload)
+        else:
+            connection.ws_message(self, payload.decode("utf-8"))
+
+    def sendCloseFrame(
+        self, code: int | None = None, reasonUtf8: bytes | None = None, isReply: bool = False
+    ) -> None:
+        connection = self.connection
+        if connection is not None:
+            connection.ws_closing(self)
+        super().sendCloseFrame(code, reasonUtf8, isReply)
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        connection, self.connection = self.connection, None
+        if connection is not None:
+            connection.ws_lost(self)
+
+
+for _name, _value in _IDLE_DEFAULTS.items():
+    setattr(EngineWebSocketProtocol, _name, _value)
+del _name, _value
+EngineWebSocketProtocol.send_queue = _QueueOnDemand()  # type: ignore[assignment]
+
+
+def websocket_factory(server: EngineIOServer) -> WebSocketServerFactory:
+    """
+    The Autobahn factory of ``server``'s WebSockets, with a protocol class of
+    its own that holds the server's options.
+    """
+
+    class Protocol(EngineWebSocketProtocol):
+        pass
+
+    Protocol.server = server
+    factory = WebSocketServerFactory()
+    factory.protocol = Protocol
+    factory.setProtocolOptions(
+        maxFramePayloadSize=server.config.max_payload,
+        maxMessagePayloadSize=server.config.max_payload,
+        autoPingInterval=0,
+        openHandshakeTimeout=10,
+        closeHandshakeTimeout=2,
+        # answer protocol violations (an oversize message: 1009) with a
+        # close frame rather than by just dropping the connection
+        failByDrop=False,
+    )
+    # Autobahn copies each option from the factory onto every new
+    # protocol, and formats the whole list with pformat for a debug line
+    # whether or not debug logging is on: about a tenth of a millisecond
+    # per connection.  The options never change after this point, so
+    # they are settled once on the class, leaving nothing to copy.
+    for name in WebSocketServerProtocol.CONFIG_ATTRS:
+        value = getattr(factory, name)
+        if isinstance(value, FunctionType):
+            # a plain function (a callback option) must not become a
+            # method of the class
+            value = staticmethod(value)
+        setattr(Protocol, name, value)
+    Protocol.CONFIG_ATTRS = []
+    factory.reactor = server.reactor
+    return factory

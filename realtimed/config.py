@@ -9,6 +9,7 @@ Nothing here imports Twisted; `realtimed.tap` turns the table into
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 from collections.abc import Callable, Mapping
@@ -32,8 +33,8 @@ class Setting:
 
     @ivar name: The option name as written on the command line, without
         dashes (``database-url``).
-    @ivar kind: ``str``, ``list`` (repeatable), ``bool`` (a flag) or
-        ``float``.
+    @ivar kind: ``str``, ``list`` (repeatable), ``bool`` (a flag),
+        ``int`` or ``float``.
     @ivar secret: Secrets are never logged, and also accepted from a file
         (``--<name>-file``), which is how systemd's ``LoadCredential=``
         hands them over.
@@ -109,10 +110,49 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "cors-origin",
-        "Browser origin allowed to use the Socket.IO polling transport, with "
-        "credentials; repeatable; '*' allows any origin",
+        "Browser origin allowed to use Socket.IO (both transports), with "
+        "credentials; repeatable; other origins are refused with 403; '*' "
+        "allows any origin, without credentials",
         kind="list",
         default=(),
+    ),
+    Setting(
+        "max-body",
+        "Largest HTTP request body (REST, Socket.IO polling) and WebSocket "
+        "message, in bytes",
+        kind="int",
+        default=1024 * 1024,
+    ),
+    Setting(
+        "connect-timeout",
+        "Seconds a new Engine.IO session has to be accepted into Socket.IO "
+        "(a refused CONNECT does not count) before it is closed",
+        kind="float",
+        default=45.0,
+    ),
+    Setting(
+        "max-connections",
+        "Most Engine.IO sessions at once; 0: no limit",
+        kind="int",
+        default=100_000,
+    ),
+    Setting(
+        "max-connections-per-ip",
+        "Most Engine.IO sessions at once from one client address; 0: no limit",
+        kind="int",
+        default=1000,
+    ),
+    Setting(
+        "max-subscriptions",
+        "Most subscriptions one socket may hold; 0: no limit",
+        kind="int",
+        default=100,
+    ),
+    Setting(
+        "max-publish-rate",
+        "Publishes per second one socket may make (bursts of twice as many); 0: no limit",
+        kind="float",
+        default=100.0,
     ),
 )
 
@@ -141,6 +181,12 @@ class Config:
     webhook_allow_private: bool
     webhook_retry_hours: float
     cors_origin: tuple[str, ...]
+    max_body: int
+    connect_timeout: float
+    max_connections: int
+    max_connections_per_ip: int
+    max_subscriptions: int
+    max_publish_rate: float
 
 
 def _from_text(setting: Setting, text: str) -> Any:
@@ -162,6 +208,11 @@ def _from_text(setting: Setting, text: str) -> Any:
             return float(text)
         except ValueError:
             raise ConfigError(f"{setting.name}: expected a number, not {text!r}") from None
+    if setting.kind == "int":
+        try:
+            return int(text.strip())
+        except ValueError:
+            raise ConfigError(f"{setting.name}: expected a whole number, not {text!r}") from None
     return text
 
 
@@ -183,6 +234,10 @@ def _from_toml(setting: Setting, value: object) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{setting.name}: expected a number")
         return float(value)
+    if setting.kind == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{setting.name}: expected a whole number")
+        return value
     if not isinstance(value, str):
         raise ConfigError(f"{setting.name}: expected a string")
     return value
@@ -280,6 +335,15 @@ def _check(config: Config) -> None:
             raise ConfigError(f"webhook-secret: {e}") from None
     if not 0 < config.webhook_retry_hours <= 24 * 30:
         raise ConfigError("webhook-retry-hours: must be more than 0 and at most 720")
+    if not 1024 <= config.max_body <= 1024**3:
+        raise ConfigError("max-body: must be between 1024 and 1073741824 bytes")
+    if not 0 < config.connect_timeout <= 3600:
+        raise ConfigError("connect-timeout: must be more than 0 and at most 3600 seconds")
+    for name in ("max-connections", "max-connections-per-ip", "max-subscriptions"):
+        if getattr(config, name.replace("-", "_")) < 0:
+            raise ConfigError(f"{name}: must be 0 (no limit) or more")
+    if not (config.max_publish_rate >= 0 and math.isfinite(config.max_publish_rate)):
+        raise ConfigError("max-publish-rate: must be 0 (no limit) or more")
 
 
 def load(

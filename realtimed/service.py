@@ -39,6 +39,7 @@ from realtimed.engineio.engine import EngineConfig
 from realtimed.engineio.socketio import SocketIOServer
 from realtimed.keys import KEYS_FILE, Keys, resolve_keys
 from realtimed.lifecycle import StartInOrder
+from realtimed.realtime.limits import Limits
 from realtimed.realtime.service import Realtime
 from realtimed.rest.api import AdminAPI
 from realtimed.store.listener import MessageListener
@@ -158,6 +159,7 @@ class RealtimeService(StartInOrder):
             reactor=reactor,
             dsn=url,
             on_message=self._message_stored,
+            on_channels_changed=self._channels_changed,
             after_messages=socketio.engine.flush,
         )
         self.addService(listener)
@@ -171,6 +173,7 @@ class RealtimeService(StartInOrder):
             keys=keys,
             clock=reactor,
             local=listener,
+            limits=Limits(config.max_subscriptions, config.max_publish_rate),
         )
         self.addService(realtime)
         self.addService(SocketIOService(socketio))
@@ -215,6 +218,14 @@ class RealtimeService(StartInOrder):
         finally:
             if message.webhooks:
                 self.webhooks.wake()
+
+    def _channels_changed(self, changes: str | None) -> None:
+        """
+        Channel rows changed (or may have): the realtime channels check
+        their subscriptions.
+        """
+        assert self.realtime is not None
+        self.realtime.channels_changed(changes)
 
     def _announce(self) -> None:
         """

@@ -15,11 +15,13 @@ from twisted.internet import reactor
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from realtimed.realtime.channels import (
-    WILDCARD,
     is_valid_name,
     is_valid_pattern,
     is_wildcard,
+    literal_length,
     matches,
+    overlap,
+    takes_names_from,
 )
 from realtimed.store.migrations import migrate
 from tests.support import create_database
@@ -47,13 +49,6 @@ class Row:
 
 # The ownership rule as the product contract states it, written plainly in
 # Python; PostgreSQL's realtime.owning_channel() is held against it.
-
-
-def literal_length(pattern: str) -> int:
-    """
-    How many characters of C{pattern} are not wildcards.
-    """
-    return len(pattern) - pattern.count(WILDCARD)
 
 
 def owner(rows: list[Row], name: str) -> Row | None:
@@ -167,6 +162,51 @@ class MatchTests(SynchronousTestCase):
         same_b = Row("*a", EPOCH + timedelta(seconds=6))
         self.assertIs(owner([same_b, same_a], "aa"), same_a)
         self.assertTrue(is_wildcard("a*") and not is_wildcard("a"))
+
+
+def every_name(alphabet: str, longest: int) -> list[str]:
+    """
+    Every name of 1 to C{longest} characters from C{alphabet}.
+    """
+    found = [""]
+    for _ in range(longest):
+        found += [n + c for n in found if len(n) == len(found[-1]) for c in alphabet]
+    return [n for n in dict.fromkeys(found) if n]
+
+
+TINY = "ab"
+TINY_NAMES = every_name(TINY, 8)
+tiny_patterns = st.text(alphabet=TINY + "*", min_size=1, max_size=4)
+
+
+class OverlapTests(SynchronousTestCase):
+    @given(tiny_patterns, tiny_patterns)
+    def test_overlap(self, first: str, second: str) -> None:
+        """
+        Two patterns overlap exactly when some name matches both (names of
+        up to 8 characters are enough for patterns of up to 4).
+        """
+        common = any(matches(first, n) and matches(second, n) for n in TINY_NAMES)
+        self.assertEqual(overlap(first, second), common)
+
+    @given(tiny_patterns, tiny_patterns, st.booleans())
+    def test_takes_names_from(self, newer: str, older: str, newer_is_older: bool) -> None:
+        """
+        A row takes names from a wildcard row exactly when, with both
+        enabled, it owns some name the wildcard row matches.
+        """
+        if not is_wildcard(older):
+            return
+        newer_created = EPOCH + timedelta(seconds=-1 if newer_is_older else 1)
+        rows = [Row(older, EPOCH), Row(newer, newer_created)]
+        taken = (
+            any(matches(older, n) and owner(rows, n) is rows[1] for n in TINY_NAMES)
+            and newer != older
+        )
+        self.assertEqual(
+            takes_names_from(newer, newer_created.timestamp(), older, EPOCH.timestamp()),
+            taken,
+        )
 
 
 class SQLAgreementTests(TestCase):

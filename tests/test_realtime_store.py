@@ -98,6 +98,31 @@ class StoreTestCase(TestCase):
         self.fail("not rejected")
 
 
+class GrantTests(StoreTestCase):
+    @inlineCallbacks
+    def test_grants(self) -> Any:
+        """
+        A name subscription stands while its row still owns the name; a
+        pattern subscription while its row is enabled with that pattern.
+        """
+        chat, orders = self.channel_id("chat:*"), self.channel_id("orders")
+        held = [("chat:1", chat), ("chat:*", chat), ("orders", orders), ("chat:vip1", chat)]
+        grants = yield Authorizer(self.pool).grants(held)
+        self.assertEqual([g.granted for g in grants], [True, True, True, True])
+        self.assertTrue(all(isinstance(g.created_at, float) for g in grants))
+        run_sql(self.url, "INSERT INTO realtime.channels (pattern) VALUES ('chat:vip*')")
+        run_sql(self.url, "UPDATE realtime.channels SET enabled = false WHERE pattern = 'orders'")
+        grants = yield Authorizer(self.pool).grants(held)
+        self.assertEqual([g.granted for g in grants], [True, True, False, False])
+        run_sql(
+            self.url, "UPDATE realtime.channels SET pattern = 'talk:*' WHERE pattern = 'chat:*'"
+        )
+        run_sql(self.url, "DELETE FROM realtime.channels WHERE pattern = 'orders'")
+        grants = yield Authorizer(self.pool).grants(held)
+        self.assertEqual([g.granted for g in grants], [False, False, False, False])
+        self.assertIsNone(grants[2].created_at)
+
+
 class AuthorizeSubscribeTests(StoreTestCase):
     @inlineCallbacks
     def test_default_policies(self) -> Any:

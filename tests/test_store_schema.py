@@ -925,3 +925,60 @@ class OwningChannelTests(SchemaTestCase):
         self.assertIsNone(self.owner("room_1"))
         self.assertEqual(self.owner("a_b"), "a_b")
         self.assertIsNone(self.owner("axb"))
+
+
+class ChannelAnnouncementTests(SchemaTestCase):
+    """
+    Changes of channel rows are announced on realtime_channels, with each
+    row's old and new pattern, enabled flag and creation time.
+    """
+
+    def announcements(self, listener: Any) -> list[Any]:
+        """
+        The announcements received by C{listener} so far, decoded.
+        """
+        run_sql(self.url, "NOTIFY realtime_channels_done")
+        found = []
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            listener.poll()
+            while listener.notifies:
+                notify = listener.notifies.pop(0)
+                if notify.channel == "realtime_channels_done":
+                    return found
+                found.append(json.loads(notify.payload))
+            select.select([listener], [], [], 0.1)
+        raise AssertionError("the marker notification did not arrive")
+
+    def test_changes(self) -> None:
+        """
+        A create, an update and a delete each announce the rows changed.
+        """
+        listener = self.connect()
+        query(listener, "LISTEN realtime_channels; LISTEN realtime_channels_done")
+        first = self.channel("order:*")
+        run_sql(self.url, "UPDATE realtime.channels SET enabled = false WHERE id = %s", (first,))
+        run_sql(self.url, "DELETE FROM realtime.channels WHERE id = %s", (first,))
+        created, updated, deleted = self.announcements(listener)
+        ((insert,),) = [created["changes"]]
+        self.assertEqual((insert["id"], insert["old"]), (first, None))
+        self.assertEqual((insert["new"]["pattern"], insert["new"]["enabled"]), ("order:*", True))
+        self.assertIsInstance(insert["new"]["created_at"], float)
+        ((update,),) = [updated["changes"]]
+        self.assertEqual((update["old"]["enabled"], update["new"]["enabled"]), (True, False))
+        ((delete,),) = [deleted["changes"]]
+        self.assertEqual((delete["old"]["pattern"], delete["new"]), ("order:*", None))
+
+    def test_too_many(self) -> None:
+        """
+        A statement changing more rows than one notification can describe
+        announces {} (check everything).
+        """
+        listener = self.connect()
+        query(listener, "LISTEN realtime_channels; LISTEN realtime_channels_done")
+        run_sql(
+            self.url,
+            "INSERT INTO realtime.channels (pattern)"
+            " SELECT 'c' || g || ':*' FROM generate_series(1, 500) AS g",
+        )
+        self.assertEqual(self.announcements(listener), [{}])

@@ -18,7 +18,7 @@ Pure code.
 from __future__ import annotations
 
 import re
-from functools import lru_cache
+from functools import cache, lru_cache
 
 MAX_LENGTH = 255
 WILDCARD = "*"
@@ -60,3 +60,49 @@ def matches(pattern: str, name: str) -> bool:
     if WILDCARD not in pattern:
         return pattern == name
     return _compiled(pattern).fullmatch(name) is not None
+
+
+def literal_length(pattern: str) -> int:
+    """
+    How many characters of C{pattern} are not wildcards.
+    """
+    return len(pattern) - pattern.count(WILDCARD)
+
+
+def overlap(first: str, second: str) -> bool:
+    """
+    Is there a channel name both patterns match?
+    """
+    # Collapse runs of wildcards: they match what one does.
+    a = re.sub(r"\*+", WILDCARD, first)
+    b = re.sub(r"\*+", WILDCARD, second)
+
+    @cache
+    def common(i: int, j: int) -> bool:
+        # Do a[i:] and b[j:] match a common string?
+        if i == len(a) and j == len(b):
+            return True
+        if i < len(a) and a[i] == WILDCARD:
+            # The wildcard matches nothing more, or also what b[j] matches.
+            return common(i + 1, j) or (j < len(b) and common(i, j + 1))
+        if j < len(b) and b[j] == WILDCARD:
+            return common(i, j + 1) or (i < len(a) and common(i + 1, j))
+        return i < len(a) and j < len(b) and a[i] == b[j] and common(i + 1, j + 1)
+
+    return common(0, 0)
+
+
+def takes_names_from(newer: str, newer_created: float, older: str, older_created: float) -> bool:
+    """
+    Does the enabled row with pattern C{newer} own some of the names that
+    the row with wildcard pattern C{older} would own without it?  It does
+    when some name matches both and, for such a name, C{newer} wins: it is
+    the name itself (no wildcard), or it has more literal characters, or as
+    many and is the older row (times in seconds).
+    """
+    if newer == older or not overlap(newer, older):
+        return False
+    if not is_wildcard(newer):
+        return True
+    mine, theirs = literal_length(newer), literal_length(older)
+    return mine > theirs or (mine == theirs and newer_created < older_created)

@@ -2,11 +2,12 @@
 What clients send on the realtime Socket.IO namespace, checked, and what
 they are answered.
 
-``REALTIME_SUBSCRIBE`` ``{channel}``, ``REALTIME_UNSUBSCRIBE`` ``{channel}``
-and ``REALTIME_PUBLISH`` ``{channel, event, payload}``, also spelled
-``realtime:subscribe``, ``realtime:unsubscribe`` and ``realtime:publish``.
-`parse` turns an event's arguments into a `Subscribe`, `Unsubscribe` or
-`Publish`, or a `Refusal` with code ``INVALID_INPUT``.  Answers go to the
+``REALTIME_SUBSCRIBE`` ``{channel}``, ``REALTIME_UNSUBSCRIBE`` ``{channel}``,
+``REALTIME_PUBLISH`` ``{channel, event, payload}`` and ``REALTIME_AUTH``
+``{token}``, also spelled ``realtime:subscribe``, ``realtime:unsubscribe``,
+``realtime:publish`` and ``realtime:auth``.  `parse` turns an event's
+arguments into a `Subscribe`, `Unsubscribe`, `Publish` or `Authenticate`,
+or a `Refusal` with code ``INVALID_INPUT``.  Answers go to the
 acknowledgement callback when the client gave one (`ok_ack`, `Refusal.ack`),
 otherwise failures are sent as the event ``realtime:error``
 (`Refusal.error_event`).
@@ -27,6 +28,7 @@ from realtimed.realtime.publication import Sender, expected, publication_problem
 SUBSCRIBE = "subscribe"
 UNSUBSCRIBE = "unsubscribe"
 PUBLISH = "publish"
+AUTH = "auth"
 
 #: Client event names and the operation each one asks for.
 EVENTS: dict[str, str] = {
@@ -36,6 +38,8 @@ EVENTS: dict[str, str] = {
     "realtime:subscribe": SUBSCRIBE,
     "realtime:unsubscribe": UNSUBSCRIBE,
     "realtime:publish": PUBLISH,
+    "REALTIME_AUTH": AUTH,
+    "realtime:auth": AUTH,
 }
 
 ERROR_EVENT = "realtime:error"
@@ -43,6 +47,8 @@ ERROR_EVENT = "realtime:error"
 INVALID_INPUT = "INVALID_INPUT"
 REALTIME_UNAUTHORIZED = "REALTIME_UNAUTHORIZED"
 REALTIME_NOT_SUBSCRIBED = "REALTIME_NOT_SUBSCRIBED"
+REALTIME_LIMIT_EXCEEDED = "REALTIME_LIMIT_EXCEEDED"
+REALTIME_RATE_LIMITED = "REALTIME_RATE_LIMITED"
 INTERNAL_ERROR = "INTERNAL_ERROR"
 
 CHANNEL_RULE = (
@@ -76,25 +82,38 @@ class Publish:
 
 
 @frozen
+class Authenticate:
+    """
+    A socket presents a new token for its credential.
+    """
+
+    token: str
+
+
+@frozen
 class Refusal:
     """
     A request that failed: its channel (when the client named one that was
     a string), the error code and the reason.
+
+    @ivar about_channel: Whether the request concerns a channel; the
+        acknowledgement of one that does not (a token refresh) has no
+        C{channel}.
     """
 
     channel: str | None
     code: str
     message: str
+    about_channel: bool = True
 
     def ack(self) -> dict[str, Any]:
         """
         The acknowledgement answering the failed request.
         """
-        return {
-            "ok": False,
-            "channel": self.channel,
-            "error": {"code": self.code, "message": self.message},
-        }
+        error = {"code": self.code, "message": self.message}
+        if not self.about_channel:
+            return {"ok": False, "error": error}
+        return {"ok": False, "channel": self.channel, "error": error}
 
     def error_event(self) -> dict[str, Any]:
         """
@@ -108,7 +127,10 @@ def invalid(channel: str | None, message: str) -> Refusal:
     return Refusal(channel, INVALID_INPUT, message)
 
 
-def parse(operation: str, args: list[Any]) -> Subscribe | Unsubscribe | Publish | Refusal:
+Request = Subscribe | Unsubscribe | Publish | Authenticate
+
+
+def parse(operation: str, args: list[Any]) -> Request | Refusal:
     """
     Check the arguments of a client event asking for C{operation} (one of
     the values of L{EVENTS}).
@@ -116,6 +138,16 @@ def parse(operation: str, args: list[Any]) -> Subscribe | Unsubscribe | Publish 
     data = args[0] if args else None
     if not isinstance(data, dict):
         return invalid(None, expected("data", "object", data))
+    if operation == AUTH:
+        token = data.get("token")
+        if not isinstance(token, str) or not token:
+            problem = (
+                "token: Token is required"
+                if token in (None, "")
+                else (expected("token", "string", token))
+            )
+            return Refusal(None, INVALID_INPUT, problem, about_channel=False)
+        return Authenticate(token)
     channel = data.get("channel")
     named = channel if isinstance(channel, str) else None
     if operation == SUBSCRIBE or operation == UNSUBSCRIBE:
@@ -154,3 +186,7 @@ def unsubscribed_ack(channel: str) -> dict[str, Any]:
 
 def published_ack(channel: str, message_id: str) -> dict[str, Any]:
     return {"ok": True, "channel": channel, "messageId": message_id}
+
+
+def authenticated_ack(expires_at: str | None) -> dict[str, Any]:
+    return {"ok": True, "expiresAt": expires_at}

@@ -35,6 +35,7 @@ sockets.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import partial
@@ -54,21 +55,28 @@ from realtimed.auth import (
 )
 from realtimed.engineio.socketio import ConnectRefused, Namespace, Socket
 from realtimed.keys import Keys
+from realtimed.realtime.channels import is_wildcard, takes_names_from
 from realtimed.realtime.client_events import (
     ERROR_EVENT,
     EVENTS,
     INTERNAL_ERROR,
+    REALTIME_LIMIT_EXCEEDED,
     REALTIME_NOT_SUBSCRIBED,
+    REALTIME_RATE_LIMITED,
     REALTIME_UNAUTHORIZED,
+    Authenticate,
     Publish,
     Refusal,
+    Request,
     Subscribe,
     Unsubscribe,
+    authenticated_ack,
     parse,
     published_ack,
     subscribed_ack,
     unsubscribed_ack,
 )
+from realtimed.realtime.limits import Limits, TokenBucket
 from realtimed.realtime.presence import ANONYMOUS, USER, Identity, Presence, PresenceChange
 from realtimed.realtime.subscriptions import Subscription, Subscriptions
 from realtimed.store.messages import StoredMessage
@@ -76,6 +84,7 @@ from realtimed.store.pool import IQueries
 from realtimed.store.publisher import (
     AudienceCounter,
     Authorizer,
+    Grant,
     LocalDelivery,
     Publisher,
     Rejected,
@@ -121,6 +130,9 @@ def credential_of(auth: object, headers: Any) -> str | None:
 class _Client:
     """
     What realtime keeps per connected socket.
+
+    @ivar pending: Requests taken and not answered yet.
+    @ivar publishes: The socket's publish rate, once it has published.
     """
 
     principal: Principal
@@ -128,6 +140,40 @@ class _Client:
     requests: list[Callable[[], Deferred[None] | None]] = Factory(list)
     busy: bool = False
     expiry: Any = None
+    pending: int = 0
+    publishes: TokenBucket | None = None
+
+
+@define(eq=False)
+class _Reply:
+    """
+    The one answer a request gets: to its acknowledgement callback, or,
+    for a failure without one, as the event ``realtime:error``.
+    """
+
+    socket: Socket
+    client: _Client
+    ack: Ack | None
+    answered: bool = False
+
+    def ok(self, value: dict[str, Any]) -> None:
+        if self._answering() and self.ack is not None:
+            self.ack(value)
+
+    def refuse(self, refusal: Refusal) -> None:
+        if not self._answering():
+            return
+        if self.ack is not None:
+            self.ack(refusal.ack())
+        else:
+            self.socket.emit(ERROR_EVENT, refusal.error_event())
+
+    def _answering(self) -> bool:
+        if self.answered:
+            return False
+        self.answered = True
+        self.client.pending -= 1
+        return True
 
 
 @define(eq=False)
@@ -144,6 +190,7 @@ class Realtime(Service):
         count flushes).
     @ivar local: Gets the publishes this process stored, before they are
         acknowledged (the listener).
+    @ivar limits: What one socket may ask.
     @ivar audience_interval: Seconds between writes of audience counts.
     """
 
@@ -152,12 +199,16 @@ class Realtime(Service):
     keys: Keys
     clock: Any
     local: LocalDelivery | None = None
+    limits: Limits = field(factory=Limits)
     audience_interval: float = 1.0
     subscriptions: Subscriptions[Socket] = field(init=False, factory=Subscriptions)
     presence: Presence[Socket] = field(init=False, factory=Presence)
     publisher: Publisher = field(init=False)
     authorizer: Authorizer = field(init=False)
     audience: AudienceCounter = field(init=False)
+    _channels_version: int = field(default=0, init=False)
+    _checking: Deferred[Any] | None = field(default=None, init=False)
+    _check_again: bool = field(default=False, init=False)
 
     def __attrs_post_init__(self) -> None:
         self.publisher = Publisher(self.pool, self.local)
@@ -189,6 +240,76 @@ class Realtime(Service):
         self.namespace.emit_many(audience, message.event, message.body)
         self.audience.add(message.message_id, len(audience))
 
+    # Channel changes
+
+    def channels_changed(self, changes: str | None) -> None:
+        """
+        Channel rows were created, changed or deleted (C{changes}: what the
+        database announced, see migration 0007), or may have been while
+        this process was not listening (C{None}).  Every subscription whose
+        row no longer grants it ends, with ``realtime:error``; a socket
+        subscribed to a pattern whose row loses names to another row is
+        told so (it no longer receives those names).
+        """
+        self._channels_version += 1
+        takers = _takers(changes)
+        if self._checking is not None:
+            self._check_again = True
+            return
+        held = self.subscriptions.held()
+        if not held:
+            return
+        d: Deferred[Any] = self.authorizer.grants([(s.channel, s.channel_id) for s in held])
+        self._checking = d
+        d.addCallback(self._regranted, takers)
+        d.addErrback(lambda f: log.failure("Checking subscriptions against the channels", f))
+
+        def checked(_: object) -> None:
+            self._checking = None
+            if self._check_again:
+                self._check_again = False
+                self.channels_changed(None)
+
+        d.addBoth(checked)
+
+    def _regranted(self, grants: list[Grant], takers: list[tuple[str, str, float]]) -> None:
+        for grant in grants:
+            if not grant.granted:
+                for socket in self.subscriptions.holding(grant.channel, grant.channel_id):
+                    self._end_subscription(
+                        socket,
+                        grant.channel,
+                        f"The subscription to {grant.channel} ended: its channel was"
+                        " changed, disabled or deleted",
+                    )
+                continue
+            if grant.created_at is None or not is_wildcard(grant.channel):
+                continue
+            for taker_id, pattern, created_at in takers:
+                if taker_id != grant.channel_id and takes_names_from(
+                    pattern, created_at, grant.channel, grant.created_at
+                ):
+                    for socket in self.subscriptions.holding(grant.channel, grant.channel_id):
+                        self._tell(
+                            socket,
+                            Refusal(
+                                grant.channel,
+                                REALTIME_UNAUTHORIZED,
+                                f"Names matching {pattern} now belong to another channel;"
+                                f" {grant.channel} no longer receives them",
+                            ),
+                        )
+
+    def _end_subscription(self, socket: Socket, channel: str, message: str) -> None:
+        client = self._client(socket)
+        if client is None or self.subscriptions.remove(socket, channel) is None:
+            return
+        self._announce(self.presence.leave(channel, socket, client.identity))
+        self._tell(socket, Refusal(channel, REALTIME_UNAUTHORIZED, message))
+
+    def _tell(self, socket: Socket, refusal: Refusal) -> None:
+        socket.emit(ERROR_EVENT, refusal.error_event())
+
     # Connecting
 
     def _connect(self, socket: Socket, auth: object) -> None:
@@ -203,12 +324,25 @@ class Realtime(Service):
             identity = Identity(socket.sid, ANONYMOUS)
         client = _Client(principal, identity)
         socket.data["realtime"] = client
-        expires = principal.claims.get("exp")
-        if isinstance(expires, (int, float)) and not isinstance(expires, bool):
-            # The socket lives as long as its token.
-            client.expiry = self.clock.callLater(
-                max(0.0, float(expires) - self._now()), self._expired, socket
-            )
+        self._expire_with(socket, client)
+
+    def _expire_with(self, socket: Socket, client: _Client) -> float | None:
+        """
+        Have the socket live as long as its token: disconnect it when the
+        token's C{exp} passes.
+
+        @return: When that is, if the token expires.
+        """
+        if client.expiry is not None and client.expiry.active():
+            client.expiry.cancel()
+        client.expiry = None
+        expires = client.principal.claims.get("exp")
+        if not isinstance(expires, (int, float)) or isinstance(expires, bool):
+            return None
+        client.expiry = self.clock.callLater(
+            max(0.0, float(expires) - self._now()), self._expired, socket
+        )
+        return float(expires)
 
     def _expired(self, socket: Socket) -> None:
         client = self._client(socket)
@@ -235,30 +369,58 @@ class Realtime(Service):
             client = self._client(socket)
             if client is None:
                 return
+            client.pending += 1
+            reply = _Reply(socket, client, ack)
             request = parse(operation, args)
             if isinstance(request, Refusal):
-                self._answer_refusal(socket, ack, request)
+                reply.refuse(request)
                 return
-            client.requests.append(partial(self._perform, socket, client, request, ack))
+            refusal = self._over_limit(client, request)
+            if refusal is not None:
+                reply.refuse(refusal)
+                return
+            client.requests.append(partial(self._perform, socket, client, request, reply))
             if not client.busy:
                 self._work(socket, client)
 
         handle.__name__ = f"realtime_{operation}"
         return handle
 
+    def _over_limit(self, client: _Client, request: Request) -> Refusal | None:
+        """
+        Why C{client} may not make C{request} now, if a limit says so: too
+        many requests waiting for an answer, or publishing too fast.
+        """
+        channel = None if isinstance(request, Authenticate) else request.channel
+        if self.limits.max_pending and client.pending > self.limits.max_pending:
+            return Refusal(
+                channel,
+                REALTIME_RATE_LIMITED,
+                f"More than {self.limits.max_pending} requests are waiting for an answer",
+                about_channel=channel is not None,
+            )
+        if isinstance(request, Publish):
+            if client.publishes is None:
+                client.publishes = self.limits.publish_bucket(self._now())
+            if client.publishes is not None and not client.publishes.take(self._now()):
+                return Refusal(
+                    channel,
+                    REALTIME_RATE_LIMITED,
+                    f"At most {self.limits.max_publish_rate:g} publishes per second",
+                )
+        return None
+
     def _perform(
-        self,
-        socket: Socket,
-        client: _Client,
-        request: Subscribe | Unsubscribe | Publish,
-        ack: Ack | None,
+        self, socket: Socket, client: _Client, request: Request, reply: _Reply
     ) -> Deferred[None] | None:
         if isinstance(request, Subscribe):
-            return self._subscribe(socket, client, request, ack)
+            return self._subscribe(socket, client, request, reply)
         if isinstance(request, Unsubscribe):
-            self._unsubscribe(socket, client, request, ack)
+            self._unsubscribe(socket, client, request, reply)
+        elif isinstance(request, Publish):
+            self._publish(socket, client, request, reply)
         else:
-            self._publish(socket, client, request, ack)
+            self._authenticate(socket, client, request, reply)
         return None
 
     def _work(self, socket: Socket, client: _Client) -> None:
@@ -287,13 +449,24 @@ class Realtime(Service):
         client.busy = False
 
     def _subscribe(
-        self, socket: Socket, client: _Client, request: Subscribe, ack: Ack | None
+        self, socket: Socket, client: _Client, request: Subscribe, reply: _Reply
     ) -> Deferred[None] | None:
         channel = request.channel
         if self.subscriptions.is_subscribed(socket, channel):
             members = self.presence.members(channel)
-            self._answer(socket, ack, subscribed_ack(channel, [m.to_json() for m in members]))
+            reply.ok(subscribed_ack(channel, [m.to_json() for m in members]))
             return None
+        most = self.limits.max_subscriptions
+        if most and self.subscriptions.count(socket) >= most:
+            reply.refuse(
+                Refusal(
+                    channel,
+                    REALTIME_LIMIT_EXCEEDED,
+                    f"A socket may hold at most {most} subscriptions",
+                )
+            )
+            return None
+        version = self._channels_version
         d = self.authorizer.authorize(client.principal, channel)
 
         def allowed(channel_id: str) -> None:
@@ -303,64 +476,80 @@ class Realtime(Service):
             members, change = self.presence.join(
                 channel, socket, client.identity, rfc3339(self._now())
             )
-            self._answer(socket, ack, subscribed_ack(channel, [m.to_json() for m in members]))
+            reply.ok(subscribed_ack(channel, [m.to_json() for m in members]))
             self._announce(change)
+            if version != self._channels_version:
+                # The channels changed while this was decided: check it
+                # against them as they are now.
+                self.channels_changed(None)
 
         answered: Deferred[None] = d.addCallback(allowed)
-        answered.addErrback(self._failed, socket, ack, channel, "subscribe")
+        answered.addErrback(self._failed, reply, channel, "subscribe")
         answered.addErrback(lambda f: log.failure("Answering a subscribe failed", f))
         return answered
 
     def _unsubscribe(
-        self, socket: Socket, client: _Client, request: Unsubscribe, ack: Ack | None
+        self, socket: Socket, client: _Client, request: Unsubscribe, reply: _Reply
     ) -> None:
         channel = request.channel
         if self.subscriptions.remove(socket, channel) is not None:
             self._announce(self.presence.leave(channel, socket, client.identity))
-        self._answer(socket, ack, unsubscribed_ack(channel))
+        reply.ok(unsubscribed_ack(channel))
 
-    def _publish(self, socket: Socket, client: _Client, request: Publish, ack: Ack | None) -> None:
+    def _publish(self, socket: Socket, client: _Client, request: Publish, reply: _Reply) -> None:
         channel = request.channel
         if not self.subscriptions.receives(socket, channel):
-            self._answer_refusal(
-                socket,
-                ack,
+            reply.refuse(
                 Refusal(
                     channel,
                     REALTIME_NOT_SUBSCRIBED,
                     f"Subscribe to {channel} before publishing to it",
-                ),
+                )
             )
             return
         d = self.publisher.publish(client.principal, channel, request.event, request.payload_json)
-        d.addCallback(
-            lambda message_id: self._answer(socket, ack, published_ack(channel, message_id))
-        )
-        d.addErrback(self._failed, socket, ack, channel, "publish")
+        d.addCallback(lambda message_id: reply.ok(published_ack(channel, message_id)))
+        d.addErrback(self._failed, reply, channel, "publish")
         d.addErrback(lambda f: log.failure("Answering a publish failed", f))
+
+    def _authenticate(
+        self, socket: Socket, client: _Client, request: Authenticate, reply: _Reply
+    ) -> None:
+        """
+        Take a new token as the socket's credential, if it is valid and
+        names the same role and user; the socket then lives until the new
+        token expires.
+        """
+        try:
+            principal = authenticate(request.token, self.keys, self._now())
+        except AuthenticationError as e:
+            reply.refuse(Refusal(None, REALTIME_UNAUTHORIZED, str(e), about_channel=False))
+            return
+        current = client.principal
+        if (principal.role, principal.sender_id) != (current.role, current.sender_id):
+            reply.refuse(
+                Refusal(
+                    None,
+                    REALTIME_UNAUTHORIZED,
+                    "The new token must carry the same role and sub as the socket's",
+                    about_channel=False,
+                )
+            )
+            return
+        client.principal = principal
+        expires = self._expire_with(socket, client)
+        reply.ok(authenticated_ack(None if expires is None else rfc3339(expires)))
 
     # Answers
 
-    def _failed(
-        self, failure: Failure, socket: Socket, ack: Ack | None, channel: str, what: str
-    ) -> None:
+    def _failed(self, failure: Failure, reply: _Reply, channel: str, what: str) -> None:
         rejected = failure.value if failure.check(Rejected) else None
         if rejected is None:
             log.failure("A {what} on {channel} failed", failure, what=what, channel=channel)
             rejected = Rejected(channel, Rejection.FAILED)
-        if socket.data.get("realtime") is None:
+        if reply.socket.data.get("realtime") is None:
             return
-        self._answer_refusal(socket, ack, _refusal(rejected, what))
-
-    def _answer(self, socket: Socket, ack: Ack | None, value: dict[str, Any]) -> None:
-        if ack is not None:
-            ack(value)
-
-    def _answer_refusal(self, socket: Socket, ack: Ack | None, refusal: Refusal) -> None:
-        if ack is not None:
-            ack(refusal.ack())
-        else:
-            socket.emit(ERROR_EVENT, refusal.error_event())
+        reply.refuse(_refusal(rejected, what))
 
     def _announce(self, change: PresenceChange[Socket] | None) -> None:
         if change is None:
@@ -389,3 +578,26 @@ def _refusal(rejected: Rejected, what: str) -> Refusal:
     if rejected.rejection is Rejection.DENIED:
         return Refusal(channel, REALTIME_UNAUTHORIZED, f"Not allowed to {what} to {channel}")
     return Refusal(channel, INTERNAL_ERROR, f"The {what} failed; try again")
+
+
+def _takers(changes: str | None) -> list[tuple[str, str, float]]:
+    """
+    The channel rows that a change made enabled owners of their pattern,
+    or of a new pattern: C{(id, pattern, created_at)}.
+    """
+    if changes is None:
+        return []
+    try:
+        announced = json.loads(changes)
+        takers = []
+        for change in announced.get("changes", []):
+            new, old = change.get("new"), change.get("old")
+            if not new or not new.get("enabled"):
+                continue
+            if old and old.get("enabled") and old.get("pattern") == new["pattern"]:
+                continue
+            takers.append((str(change["id"]), str(new["pattern"]), float(new["created_at"])))
+        return takers
+    except (ValueError, TypeError, KeyError, AttributeError):
+        log.warn("Cannot read a channel change: {changes!r}", changes=changes[:200])
+        return []

@@ -101,6 +101,32 @@ class Subscriptions(Generic[S]):
                 removed.append(subscription)
         return removed
 
+    def count(self, socket: S) -> int:
+        """
+        How many subscriptions C{socket} holds.
+        """
+        return len(self._of_socket.get(socket, ()))
+
+    def held(self) -> list[Subscription]:
+        """
+        Every distinct subscription held by a socket of this process.
+        """
+        return list({s for mine in self._of_socket.values() for s in mine.values()})
+
+    def holding(self, channel: str, channel_id: str) -> list[S]:
+        """
+        The sockets holding the subscription to C{channel} through the row
+        C{channel_id}.
+        """
+        index = self._by_channel_id if is_wildcard(channel) else self._by_name
+        key = channel_id if is_wildcard(channel) else channel
+        return [
+            socket
+            for socket in index.get(key, ())
+            if (s := self._of_socket[socket].get(channel)) is not None
+            and s.channel_id == channel_id
+        ]
+
     def is_subscribed(self, socket: S, channel: str) -> bool:
         """
         Is C{socket} subscribed to exactly C{channel}?

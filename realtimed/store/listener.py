@@ -62,6 +62,9 @@ log = Logger()
 
 CHANNEL = "realtime_wakeup"
 
+#: Where channel rows' changes are announced (migration 0007).
+CHANNELS_CHANNEL = "realtime_channels"
+
 #: How the listener's connection is named in ``pg_stat_activity``, unless
 #: the database URL names its connections.
 APPLICATION_NAME = "realtimed listener"
@@ -120,6 +123,9 @@ class MessageListener(Service):
     @ivar dsn: The database; never logged as is.
     @ivar on_message: Called with each L{StoredMessage}.  Exceptions are
         logged and do not stop delivery.
+    @ivar on_channels_changed: Called with the payload of each announcement
+        of changed channel rows, and with C{None} each time the listener
+        (re)connects, since announcements made while it was away are lost.
     @ivar after_messages: Called after the messages read by one query were
         handed over (where the daemon writes out what they produced, rather
         than at the next turn of the reactor).
@@ -140,6 +146,7 @@ class MessageListener(Service):
     reactor: Any
     dsn: str = field(repr=redact_dsn)
     on_message: Callable[[StoredMessage], object]
+    on_channels_changed: Callable[[str | None], object] | None = None
     after_messages: Callable[[], object] | None = None
     clock: Any = None
     initial_delay: float = 0.5
@@ -326,7 +333,12 @@ class MessageListener(Service):
         # A new session holds no lock: the listener starts awake.
         self.phase = Phase.AWAKE
         self._idle = 0
-        yield self._query(generation, f"LISTEN {CHANNEL}", timeout=self.connect_timeout, rows=False)
+        yield self._query(
+            generation,
+            f"LISTEN {CHANNEL}; LISTEN {CHANNELS_CHANNEL}",
+            timeout=self.connect_timeout,
+            rows=False,
+        )
         reconnected = self._since is not None
         found = yield self._poll(generation)
         if reconnected:
@@ -337,6 +349,7 @@ class MessageListener(Service):
         # Back on its feet: the next failure starts the backoff over.
         self._attempt = 0
         log.info("Listening for messages on {dsn}", dsn=redact_dsn(self.dsn))
+        self._channels_changed(None)
         # Whoever waited runs now, and may stop the listener.
         self._connected.succeed(None)
         if generation != self._generation:
@@ -478,8 +491,20 @@ class MessageListener(Service):
                 log.failure("Finishing a batch of messages failed")
 
     def _notified(self, generation: int, notify: Any) -> None:
-        if generation == self._generation and notify.channel == CHANNEL:
+        if generation != self._generation:
+            return
+        if notify.channel == CHANNEL:
             self.poll_soon()
+        elif notify.channel == CHANNELS_CHANNEL:
+            self._channels_changed(notify.payload)
+
+    def _channels_changed(self, payload: str | None) -> None:
+        if self.on_channels_changed is None:
+            return
+        try:
+            self.on_channels_changed(payload)
+        except Exception:
+            log.failure("Handling changed channels failed")
 
     def _deliver(self, message: StoredMessage) -> None:
         try:

@@ -201,6 +201,48 @@ class Authorizer:
         )
         return self._batches.add(item, channel)
 
+    def grants(self, subscriptions: list[tuple[str, str]]) -> Deferred[list[Grant]]:
+        """
+        Whether each subscription, C{(channel, channel_id)}, is still
+        granted by its channel row.  (Policies are not asked again: a
+        subscription stands for as long as the row that granted it is
+        unchanged.)
+        """
+        d: Deferred[Any] = self.pool.runQuery(
+            _GRANTS, ([channel for channel, _ in subscriptions], [i for _, i in subscriptions])
+        )
+        return d.addCallback(lambda rows: [Grant(*row) for row in rows])
+
+
+@frozen
+class Grant:
+    """
+    Whether a subscription is still granted by the row it was granted by.
+
+    @ivar granted: For a name, that row still owns it (enabled, and no
+        other row took it over); for a pattern, the row is still enabled
+        with that pattern.
+    @ivar created_at: When the row was created (seconds), while it exists.
+    """
+
+    channel: str
+    channel_id: str
+    granted: bool
+    created_at: float | None
+
+
+_GRANTS = """
+SELECT s.channel, s.channel_id::text,
+       CASE WHEN strpos(s.channel, '*') > 0
+            THEN c.enabled IS TRUE AND c.pattern = s.channel
+            ELSE (realtime.owning_channel(s.channel)).id IS NOT DISTINCT FROM s.channel_id
+       END,
+       extract(epoch FROM c.created_at)::float8
+FROM unnest(%s::text[], %s::uuid[]) WITH ORDINALITY AS s (channel, channel_id, n)
+LEFT JOIN realtime.channels c ON c.id = s.channel_id
+ORDER BY s.n
+"""
+
 
 def _decided(what: str) -> Callable[[_Pending, tuple[Any, ...]], None]:
     """

@@ -32,7 +32,6 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.server import Site
 
 from realtimed.config import Config
 from realtimed.engineio.engine import EngineConfig
@@ -46,7 +45,7 @@ from realtimed.store.listener import MessageListener
 from realtimed.store.messages import StoredMessage
 from realtimed.store.migrations import SchemaMigrations
 from realtimed.store.pool import ConnectionPool
-from realtimed.web import ListeningPort, root_resource
+from realtimed.web import ListeningPort, RealtimeSite, root_resource
 from realtimed.webhooks.outbox import outbox_pool
 from realtimed.webhooks.service import WebhookService
 
@@ -153,7 +152,14 @@ class RealtimeService(StartInOrder):
         outbox = outbox_pool(reactor, url)
         self.addService(outbox)
         socketio = self.socketio = SocketIOServer(
-            reactor, EngineConfig(cors_origins=config.cors_origin)
+            reactor,
+            EngineConfig(
+                max_payload=config.max_body,
+                cors_origins=config.cors_origin,
+                max_sessions=config.max_connections,
+                max_sessions_per_address=config.max_connections_per_ip,
+            ),
+            connect_timeout=config.connect_timeout,
         )
         listener = self.listener = MessageListener(
             reactor=reactor,
@@ -177,14 +183,15 @@ class RealtimeService(StartInOrder):
         )
         self.addService(realtime)
         self.addService(SocketIOService(socketio))
-        site = Site(
+        site = RealtimeSite(
             root_resource(
                 health=pool.ping,
                 socketio=socketio.resource(),
                 api=AdminAPI(pool, keys, reactor).resource(),
-            )
+            ),
+            max_body=config.max_body,
+            reactor=reactor,
         )
-        site.displayTracebacks = False
         for description in config.port:
             port = ListeningPort(reactor, description, site)
             self._ports.append(port)

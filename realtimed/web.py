@@ -1,25 +1,36 @@
 """
 The HTTP side of the daemon: the resource tree every listening endpoint
-serves, and the endpoints.
+serves, the site that bounds what a client may send, and the endpoints.
 
 - ``/socket.io/``: Engine.IO / Socket.IO (polling and WebSocket);
 - ``/api/realtime/``: the admin REST API;
 - ``/healthz``: 200 while the database answers, 503 otherwise.
+
+`RealtimeSite` bounds every request before any resource sees it: a body
+over ``max_body`` bytes is answered 413 from its ``Content-Length``, before
+it is read, or, sent chunked, as soon as it passes the limit (the
+connection is then closed); and a request has `REQUEST_DEADLINE` seconds
+from its first line to arrive whole, so a client sending headers or a body
+a byte at a time holds nothing for long (408, connection closed).  An idle
+connection is closed after `IDLE_TIMEOUT` seconds.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Any
+from io import BytesIO
+from typing import Any, cast
 
 from attrs import define, field
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.interfaces import IListeningPort
+from twisted.internet.interfaces import IDelayedCall, IListeningPort
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web.http import HTTPChannel
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
@@ -27,6 +38,140 @@ from realtimed.lifecycle import Readiness
 from realtimed.rest.api import went_away
 
 log = Logger()
+
+#: Seconds a request has, from its first line, to arrive whole.
+REQUEST_DEADLINE = 30.0
+
+#: Seconds an HTTP connection may stay idle between requests.
+IDLE_TIMEOUT = 60.0
+
+_REASONS = {408: b"Request Timeout", 413: b"Content Too Large"}
+
+
+class BoundedChannel(HTTPChannel):
+    """
+    An HTTP connection whose requests must arrive whole within
+    L{REQUEST_DEADLINE}, and which can be refused at any point of a
+    request with L{refuse}.
+    """
+
+    _arriving: IDelayedCall | None = None
+    _refused: bool = False
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._refused:
+            return
+        if not self._handlingRequest:
+            self._start_deadline()
+        super().dataReceived(data)
+
+    def lineReceived(self, line: bytes) -> None:
+        if self._refused:
+            return
+        self._start_deadline()
+        super().lineReceived(line)
+
+    def rawDataReceived(self, data: bytes) -> None:
+        if not self._refused:
+            super().rawDataReceived(data)
+
+    def allContentReceived(self) -> None:
+        self._stop_deadline()
+        if not self._refused:
+            super().allContentReceived()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._stop_deadline()
+        super().connectionLost(reason)
+
+    def refuse(self, status: int, code: str, message: str) -> None:
+        """
+        Answer the request being received with C{status} and the usual JSON
+        error, and close the connection; nothing more it sends is read.
+        """
+        if self._refused:
+            return
+        self._refused = True
+        self._stop_deadline()
+        body = json.dumps({"error": code, "message": message, "statusCode": status}).encode()
+        head = b"HTTP/1.1 %d %s\r\n" % (status, _REASONS[status])
+        head += b"content-type: application/json\r\nconnection: close\r\n"
+        head += b"content-length: %d\r\n\r\n" % len(body)
+        assert self.transport is not None
+        self.transport.write(head + body)
+        self.transport.loseConnection()
+
+    def _start_deadline(self) -> None:
+        if self._arriving is None:
+            deadline = cast(Any, self).site.request_deadline
+            self._arriving = self.callLater(deadline, lambda: self._too_slow(deadline))
+
+    def _too_slow(self, deadline: float) -> None:
+        self._arriving = None
+        self.refuse(408, "REQUEST_TIMEOUT", f"The request did not arrive within {deadline:g} s")
+
+    def _stop_deadline(self) -> None:
+        arriving, self._arriving = self._arriving, None
+        if arriving is not None and arriving.active():
+            arriving.cancel()
+
+
+class BoundedRequest(Request):
+    """
+    A request whose body may not pass its site's C{max_body}.
+    """
+
+    _received = 0
+
+    def gotLength(self, length: int | None) -> None:
+        if length is not None and length > self._limit():
+            self._too_large()
+            return
+        super().gotLength(length)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        self._received += len(data)
+        if self._received > self._limit():
+            self._too_large()
+            return
+        if not self._refused():
+            super().handleContentChunk(data)
+
+    def _limit(self) -> int:
+        limit: int = cast(Any, self.channel).site.max_body
+        return limit
+
+    def _refused(self) -> bool:
+        return bool(getattr(self.channel, "_refused", False))
+
+    def _too_large(self) -> None:
+        # Nothing of the body is kept; the request is never processed.
+        self.content = BytesIO()  # type: ignore[assignment]
+        cast(BoundedChannel, self.channel).refuse(
+            413, "PAYLOAD_TOO_LARGE", f"The request body is over {self._limit()} bytes"
+        )
+
+
+class RealtimeSite(Site):
+    """
+    The site every endpoint serves: bounded requests (see the module
+    docstring) over the resource tree C{root}.
+    """
+
+    protocol = BoundedChannel  # type: ignore[assignment]
+    requestFactory = BoundedRequest
+
+    def __init__(
+        self,
+        root: Resource,
+        max_body: int,
+        reactor: Any = None,
+        request_deadline: float = REQUEST_DEADLINE,
+    ) -> None:
+        super().__init__(root, timeout=IDLE_TIMEOUT, reactor=reactor)
+        self.max_body = max_body
+        self.request_deadline = request_deadline
+        self.displayTracebacks = False
 
 
 class Health(Resource):

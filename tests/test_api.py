@@ -23,13 +23,13 @@ from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 from twisted.web.client import HTTPConnectionPool
 from twisted.web.resource import Resource
-from twisted.web.server import Site
 
 from realtimed.keys import Keys
 from realtimed.rest.api import AdminAPI
 from realtimed.store.listener import MessageListener
 from realtimed.store.migrations import migrate
 from realtimed.store.pool import ConnectionPool
+from realtimed.web import RealtimeSite
 from tests.support import create_database, run_sql
 
 KEYS = Keys(
@@ -133,8 +133,7 @@ class APIServerMixin(TestCase):
         api = Resource()
         root.putChild(b"api", api)
         api.putChild(b"realtime", self.api.resource())
-        site = Site(root)
-        site.displayTracebacks = False
+        site = RealtimeSite(root, max_body=1024 * 1024)
         port = cast(IListeningPort, reactor).listenTCP(  # type: ignore[attr-defined]
             0, site, interface="127.0.0.1"
         )
@@ -578,16 +577,23 @@ class ChannelValidationTests(APIServerMixin):
             [{"pattern": "a"}],
         )
 
+    @inlineCallbacks
     def test_huge_body(self) -> Any:
         """
-        A body over 1 MiB is a 400 without being parsed.
+        A body over 1 MiB is a 413 without being read.
         """
         raw = json.dumps({"pattern": "orders", "description": "x" * (1024 * 1024)})
-        return self.assertInvalid(
-            "POST",
-            "/channels",
-            "body: Too large (at most 1048576 bytes)",
-            raw=raw.encode(),
+        result = yield self.request("POST", "/channels", raw=raw.encode())
+        self.assertEqual(
+            result,
+            (
+                413,
+                {
+                    "error": "PAYLOAD_TOO_LARGE",
+                    "message": "The request body is over 1048576 bytes",
+                    "statusCode": 413,
+                },
+            ),
         )
 
     def test_nul_character(self) -> Any:

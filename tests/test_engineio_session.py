@@ -11,6 +11,7 @@ from io import BytesIO
 from typing import Any
 
 from autobahn.twisted.websocket import WebSocketServerProtocol
+from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
@@ -19,7 +20,7 @@ from twisted.web.test.requesthelper import DummyRequest
 
 from realtimed.engineio import session as states
 from realtimed.engineio.connection import EngineConnection
-from realtimed.engineio.engine import EngineConfig, EngineIOServer
+from realtimed.engineio.engine import EngineConfig, EngineIOServer, origin_allowed
 from realtimed.engineio.engine_packets import EnginePacket, decode_packet
 from realtimed.engineio.session import POLLING, WEBSOCKET, EngineSession
 
@@ -61,7 +62,7 @@ class FakeWebSocket:
         self.closed = False
         self.dropped = False
 
-    def sendClose(self) -> None:
+    def sendClose(self, code: int | None = None, reason: str | None = None) -> None:
         self.closed = True
         self.state = WebSocketServerProtocol.STATE_CLOSING
 
@@ -115,8 +116,10 @@ def make_request(
     args: dict[str, str] | None = None,
     body: bytes = b"",
     headers: dict[bytes, bytes] | None = None,
+    peer: str = "192.0.2.1",
 ) -> DummyRequest:
     request = DummyRequest([b""])
+    request.client = IPv4Address("TCP", peer, 40000)
     request.method = method
     request.args = {k.encode(): [v.encode()] for k, v in (args or {}).items()}
     request.content = BytesIO(body)
@@ -569,7 +572,7 @@ class HandshakeTests(SynchronousTestCase):
     def test_cors_allowed_origin(self) -> None:
         """
         A configured origin gets credentialed CORS headers, preflights
-        included; another origin gets none.
+        included; another origin is refused with 403 and no session.
         """
         harness = EngineHarness(cors_origins=("https://app.example",))
         request = harness.request(headers={b"origin": b"https://app.example"})
@@ -582,7 +585,10 @@ class HandshakeTests(SynchronousTestCase):
             [b"true"],
         )
         other = harness.request(headers={b"origin": b"https://evil.example"})
+        self.assertEqual(other.responseCode, 403)
+        self.assertEqual(json.loads(written(other)), {"code": 4, "message": "Forbidden"})
         self.assertIsNone(other.responseHeaders.getRawHeaders(b"access-control-allow-origin"))
+        self.assertEqual(len(harness.server.sessions), 1)
         preflight = harness.request(
             b"OPTIONS",
             headers={
@@ -598,14 +604,94 @@ class HandshakeTests(SynchronousTestCase):
 
     def test_cors_any_origin(self) -> None:
         """
-        ``*`` allows any origin, echoed back so credentials may be used.
+        ``*`` allows any origin, without credentials.
         """
         harness = EngineHarness(cors_origins=("*",))
         request = harness.request(headers={b"origin": b"http://x.example"})
         self.assertEqual(
-            request.responseHeaders.getRawHeaders(b"access-control-allow-origin"),
-            [b"http://x.example"],
+            request.responseHeaders.getRawHeaders(b"access-control-allow-origin"), [b"*"]
         )
+        self.assertIsNone(
+            request.responseHeaders.getRawHeaders(b"access-control-allow-credentials")
+        )
+
+    def test_origin_refused_on_every_transport(self) -> None:
+        """
+        With origins configured, a WebSocket upgrade from another origin is
+        refused with 403 before any WebSocket handshake; requests without
+        Origin, and those of the server's own origin, are served.
+        """
+        harness = EngineHarness(cors_origins=("https://app.example",))
+        upgrade = {
+            b"upgrade": b"websocket",
+            b"connection": b"Upgrade",
+            b"origin": b"https://evil.example",
+        }
+        refused = harness.request(transport="websocket", headers=upgrade)
+        self.assertEqual(refused.responseCode, 403)
+        post = harness.request(
+            b"POST",
+            sid=harness.open_polling(),
+            body=b"4x",
+            headers={b"origin": b"https://evil.example"},
+        )
+        self.assertEqual(post.responseCode, 403)
+        for headers in (
+            {},
+            {b"origin": b"http://realtime.example:8080", b"host": b"realtime.example:8080"},
+        ):
+            request = harness.request(headers=headers)
+            self.assertEqual(written(request)[:1], b"0", headers)
+
+    def test_origin_allowed(self) -> None:
+        """
+        The origin rule: no origins configured, no Origin, a listed one,
+        ``*``, or the server's own host are allowed; others are not.
+        """
+        listed = ("https://app.example",)
+        self.assertTrue(origin_allowed((), "https://x.example", None))
+        self.assertTrue(origin_allowed(listed, None, None))
+        self.assertTrue(origin_allowed(listed, "https://app.example", "api.example"))
+        self.assertTrue(origin_allowed(("*",), "https://x.example", None))
+        self.assertTrue(origin_allowed(listed, "http://API.example:8080", "api.example:8080"))
+        self.assertFalse(origin_allowed(listed, "https://x.example", "api.example"))
+        self.assertFalse(origin_allowed(listed, "https://api.example.evil", "api.example"))
+        self.assertFalse(origin_allowed(listed, "null", None))
+
+    def test_session_limits(self) -> None:
+        """
+        Past the most sessions overall, or from one address, a new session
+        (polling or WebSocket) is refused with 503 SERVICE_UNAVAILABLE;
+        sessions already open go on, and room comes back when one closes.
+        """
+        harness = EngineHarness(max_sessions=3, max_sessions_per_address=2)
+        first, second = harness.open_polling(), harness.open_polling()
+        refused = harness.request()
+        self.assertEqual(refused.responseCode, 503)
+        body = json.loads(written(refused))
+        self.assertEqual(body["error"], "SERVICE_UNAVAILABLE")
+        self.assertIn("At most 2 connections from one address", body["message"])
+        upgrade = {b"upgrade": b"websocket", b"connection": b"Upgrade"}
+        self.assertEqual(harness.request(transport="websocket", headers=upgrade).responseCode, 503)
+        elsewhere = make_request(args={"EIO": "4", "transport": "polling"}, peer="10.0.0.7")
+        self.assertEqual(written(harness.render(elsewhere))[:1], b"0")
+        full = make_request(args={"EIO": "4", "transport": "polling"}, peer="10.0.0.8")
+        self.assertEqual(harness.render(full).responseCode, 503)
+        self.assertIn(b"try again later", written(full))
+        harness.request(b"POST", sid=first, body=b"1")
+        self.assertEqual(written(harness.request())[:1], b"0")
+        self.assertIn(second, harness.server.sessions)
+
+    def test_session_limits_websocket(self) -> None:
+        """
+        A WebSocket that finishes its upgrade once the room is taken is
+        closed without a session.
+        """
+        harness = EngineHarness(max_sessions=1)
+        harness.open_polling()
+        ws = harness.open_websocket()
+        self.assertTrue(ws.closed)
+        self.assertEqual(len(harness.server.sessions), 1)
 
 
 class PollingTests(SynchronousTestCase):

@@ -445,6 +445,34 @@ class ServerTests(SynchronousTestCase):
         self.clock.advance(5)
         self.assertFalse(joined.ws.closed)
 
+    def test_connect_timeout_counts_refusals(self) -> None:
+        """
+        Refused CONNECT attempts do not keep a session open: it is closed
+        when the connect timeout passes without an accepted one, while a
+        session whose later attempt is accepted stays.
+        """
+        server = SocketIOServer(self.clock, EngineConfig(ping_interval=100), connect_timeout=5)
+        tokens: list[object] = []
+
+        def connect(socket: Socket, auth: object) -> None:
+            tokens.append(auth)
+            if auth != {"token": "good"}:
+                raise ConnectRefused("Invalid token")
+
+        server.namespace("/").on_connect(connect)
+        refused, late = Client(server), Client(server)
+        for _ in range(4):
+            refused.send('0{"token":"bad"}')
+            late.send('0{"token":"bad"}')
+            self.clock.advance(1)
+        late.send('0{"token":"good"}')
+        self.clock.advance(1)
+        self.assertTrue(refused.ws.closed)
+        self.assertFalse(late.ws.closed)
+        self.clock.advance(100)
+        self.assertFalse(late.ws.closed)
+        self.assertEqual(len(tokens), 9)
+
     def test_oversize_message(self) -> None:
         """
         The maximum payload is announced and enforced by the WebSocket

@@ -6,8 +6,10 @@ WebSocket through Autobahn, both served by one resource.
 `realtimed.engineio.connection.EngineConnection`) and routes each request:
 a polling ``GET`` or ``POST`` to its session, a handshake to a new session,
 a WebSocket upgrade to Autobahn (`realtimed.engineio.websocket`).  It
-answers cross-origin requests for the configured origins, and bad requests
-with the reference server's JSON errors.  It also holds the list of
+answers cross-origin requests for the configured origins and refuses those
+of other origins (see `EngineConfig.cors_origins`), refuses new sessions
+past the configured limits, and answers bad requests with the reference
+server's JSON errors.  It also holds the list of
 connections with WebSocket frames held for the end of the reactor turn, and
 writes them out at the start of the next.
 """
@@ -36,6 +38,7 @@ UNKNOWN_TRANSPORT = (0, "Transport unknown")
 UNKNOWN_SID = (1, "Session ID unknown")
 BAD_HANDSHAKE_METHOD = (2, "Bad handshake method")
 BAD_REQUEST = (3, "Bad request")
+FORBIDDEN = (4, "Forbidden")
 UNSUPPORTED_VERSION = (5, "Unsupported protocol version")
 
 
@@ -43,6 +46,15 @@ UNSUPPORTED_VERSION = (5, "Unsupported protocol version")
 class EngineConfig:
     """
     Settings shared by every session of a server (times in seconds).
+
+    @ivar cors_origins: The browser origins allowed besides the server's
+        own, with credentials; ``"*"`` allows every origin, without
+        credentials.  When there are any, a request (WebSocket upgrades
+        included) from an origin that is not allowed is refused with 403;
+        requests without ``Origin`` (non-browser clients) are served.
+    @ivar max_sessions: The most sessions open at once; 0: no limit.
+    @ivar max_sessions_per_address: The most sessions open at once from
+        one client address; 0: no limit.
     """
 
     ping_interval: float = 25.0
@@ -50,6 +62,29 @@ class EngineConfig:
     max_payload: int = 1_000_000
     max_buffer: int = 4_000_000
     cors_origins: tuple[str, ...] = ()
+    max_sessions: int = 0
+    max_sessions_per_address: int = 0
+
+
+def origin_allowed(origins: tuple[str, ...], origin: str | None, host: str | None) -> bool:
+    """
+    May a request with this ``Origin`` (or none) to this ``Host`` be served,
+    given the allowed C{origins}?  Requests of the server's own origin (the
+    ``Origin``'s host is the ``Host`` asked for) always may.
+    """
+    if not origins or origin is None or "*" in origins or origin in origins:
+        return True
+    _, _, authority = origin.partition("://")
+    return host is not None and authority.lower() == host.lower()
+
+
+def address_of(address: object) -> str:
+    """
+    The client address sessions are counted by: the IP address, or
+    ``"local"`` for a unix socket.
+    """
+    host = getattr(address, "host", None)
+    return host if isinstance(host, str) else "local"
 
 
 def _headers_of(request: Request) -> dict[str, str]:
@@ -79,6 +114,9 @@ class EngineIOServer:
     _held: list[EngineConnection] = field(factory=list, init=False)
     _flush_call: IDelayedCall | None = field(default=None, init=False)
     _stopping: bool = field(default=False, init=False)
+    #: the client address of each open session, and how many each has
+    _addresses: dict[EngineConnection, str] = field(factory=dict, init=False)
+    _per_address: dict[str, int] = field(factory=dict, init=False)
 
     def __attrs_post_init__(self) -> None:
         self.websocket_factory = websocket_factory(self)
@@ -99,8 +137,25 @@ class EngineIOServer:
             sid = secrets.token_urlsafe(15)
         return sid
 
+    def room_for(self, address: str) -> str | None:
+        """
+        Why a new session from C{address} may not open now, or C{None} if
+        it may.
+        """
+        config = self.config
+        if config.max_sessions and len(self._addresses) >= config.max_sessions:
+            return "The server has as many connections as it takes; try again later"
+        most = config.max_sessions_per_address
+        if most and self._per_address.get(address, 0) >= most:
+            return f"At most {most} connections from one address"
+        return None
+
     def _open(
-        self, transport: str, headers: Mapping[str, str], query: Mapping[str, str]
+        self,
+        transport: str,
+        headers: Mapping[str, str],
+        query: Mapping[str, str],
+        address: str,
     ) -> tuple[EngineConnection, str]:
         config = self.config
         sid = self._new_sid()
@@ -113,6 +168,8 @@ class EngineIOServer:
         )
         connection = EngineConnection(self, session, headers, query)
         self.sessions[sid] = connection
+        self._addresses[connection] = address
+        self._per_address[address] = self._per_address.get(address, 0) + 1
         upgrades = ["websocket"] if transport == POLLING else []
         handshake = open_packet(
             sid, upgrades, config.ping_interval, config.ping_timeout, config.max_payload
@@ -147,6 +204,13 @@ class EngineIOServer:
         """
         if self.sessions.get(connection.sid) is connection:
             del self.sessions[connection.sid]
+        address = self._addresses.pop(connection, None)
+        if address is not None:
+            left = self._per_address[address] - 1
+            if left:
+                self._per_address[address] = left
+            else:
+                del self._per_address[address]
         timer = self._lingering.pop(connection.sid, None)
         if timer is not None and timer.active():
             timer.cancel()
@@ -192,7 +256,12 @@ class EngineIOServer:
         session, offers to take that session over.
         """
         if sid is None:
-            connection, handshake = self._open(WEBSOCKET, headers, query)
+            address = address_of(ws.transport.getPeer() if ws.transport else None)
+            if self.room_for(address) is not None:
+                # Others took the room while this one was upgrading.
+                ws.sendClose(1000, "Too many connections; try again later")
+                return
+            connection, handshake = self._open(WEBSOCKET, headers, query, address)
             connection.attach(ws)
             connection.send(handshake)
             connection.start(self.accept)
@@ -222,22 +291,43 @@ class EngineIOServer:
         request.setHeader(b"content-type", b"application/json")
         return json.dumps({"code": code, "message": message}).encode("ascii")
 
-    def _cors(self, request: Request) -> None:
+    def _cors(self, request: Request) -> bool:
+        """
+        Answer C{request}'s origin: whether it may be served, with the
+        headers that let a browser read the answer.
+        """
         origins = self.config.cors_origins
         raw = request.getHeader(b"origin")
         if raw is None or not origins:
-            return
+            return True
         origin = raw.decode("latin-1")
-        if "*" in origins or origin in origins:
+        host = request.getHeader(b"host")
+        if not origin_allowed(origins, origin, None if host is None else host.decode("latin-1")):
+            return False
+        if origin in origins:
             request.setHeader(b"access-control-allow-origin", raw)
             request.setHeader(b"access-control-allow-credentials", b"true")
             request.setHeader(b"vary", b"Origin")
+        elif "*" in origins:
+            request.setHeader(b"access-control-allow-origin", b"*")
+        return True
+
+    def _unavailable(self, request: Request, reason: str) -> bytes:
+        request.setResponseCode(503)
+        request.setHeader(b"content-type", b"application/json")
+        request.setHeader(b"retry-after", b"5")
+        body = {"error": "SERVICE_UNAVAILABLE", "message": reason, "statusCode": 503}
+        return json.dumps(body).encode("utf-8")
 
     def render(self, request: Request) -> bytes | int:
         """
         Serve one request at the Engine.IO path.
         """
-        self._cors(request)
+        if not self._cors(request):
+            request.setResponseCode(403)
+            request.setHeader(b"content-type", b"application/json")
+            code, message = FORBIDDEN
+            return json.dumps({"code": code, "message": message}).encode("ascii")
         method = request.method
         if method == b"OPTIONS":
             request.setResponseCode(204)
@@ -254,6 +344,10 @@ class EngineIOServer:
         if transport not in (POLLING, WEBSOCKET):
             return self._error(request, UNKNOWN_TRANSPORT)
         sid = query.get("sid")
+        if sid is None and method == b"GET":
+            refusal = self.room_for(address_of(request.getClientAddress()))
+            if refusal is not None:
+                return self._unavailable(request, refusal)
         if transport == WEBSOCKET:
             upgrade = (request.getHeader(b"upgrade") or b"").lower()
             if method != b"GET" or upgrade != b"websocket":
@@ -265,7 +359,9 @@ class EngineIOServer:
         if sid is None:
             if method != b"GET":
                 return self._error(request, BAD_HANDSHAKE_METHOD)
-            opened, handshake = self._open(POLLING, _headers_of(request), query)
+            opened, handshake = self._open(
+                POLLING, _headers_of(request), query, address_of(request.getClientAddress())
+            )
             request.setHeader(b"content-type", b"text/plain; charset=UTF-8")
             request.write(handshake.encode("utf-8"))
             request.finish()

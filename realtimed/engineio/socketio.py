@@ -365,7 +365,9 @@ class SocketIOConnection:
 
     def start(self) -> None:
         """
-        Begin waiting for the first CONNECT packet.
+        Begin waiting for a first CONNECT that is accepted: until then, as
+        with Socket.IO's own ``connectTimeout``, the session has
+        C{connect_timeout} seconds, however many CONNECTs are refused.
         """
         self._connect_timer = self.server.reactor.callLater(
             self.server.connect_timeout, self._connect_timed_out
@@ -373,7 +375,11 @@ class SocketIOConnection:
 
     def _connect_timed_out(self) -> None:
         self._connect_timer = None
-        if not self.sockets:
+        if not any(socket.connected for socket in self.sockets.values()):
+            log.info(
+                "Closing Engine.IO session {sid}: no accepted CONNECT in time",
+                sid=self.engine.sid,
+            )
             self.engine.close()
 
     def message(self, data: str | bytes) -> None:
@@ -424,15 +430,16 @@ class SocketIOConnection:
             return
         socket = Socket(secrets.token_urlsafe(15), namespace, self.engine, self)
         self.sockets[name] = socket
-        if self._connect_timer is not None and self._connect_timer.active():
-            self._connect_timer.cancel()
-        self._connect_timer = None
         d = namespace.admit(socket, auth)
         d.addCallbacks(self._accepted, self._refused, callbackArgs=(socket,), errbackArgs=(socket,))
         d.addErrback(_report, "Accepting a connection")
 
     def _accepted(self, result: object, socket: Socket) -> None:
         socket.accepted()
+        if socket.connected and self._connect_timer is not None:
+            if self._connect_timer.active():
+                self._connect_timer.cancel()
+            self._connect_timer = None
 
     def _refused(self, failure: Failure, socket: Socket) -> None:
         name = socket.namespace.name

@@ -237,7 +237,7 @@ def _query(request: Request) -> dict[str, list[str]]:
 
 def _body(request: Request) -> Any:
     content = request.content
-    raw = content.read(validation.MAX_BODY_BYTES + 1) if content is not None else b""
+    raw = content.read() if content is not None else b""
     return validation.parse_json_body(raw)
 
 

@@ -40,8 +40,6 @@ from realtimed.realtime.publication import (
     storable_problem,
 )
 
-#: The largest request body accepted, in bytes.
-MAX_BODY_BYTES: Final = 1024 * 1024
 MAX_URL_LENGTH: Final = 2048
 MAX_DESCRIPTION_LENGTH: Final = 10_000
 MIN_LIMIT: Final = 1
@@ -162,11 +160,10 @@ def parse_json_body(raw: bytes) -> Any:
     """
     The JSON value in a request body.
 
-    @raise InvalidInput: If the body is too large, not UTF-8, or not JSON
-        (``NaN``, ``Infinity`` and numbers too large for a double included).
+    @raise InvalidInput: If the body is not UTF-8, or not JSON (``NaN``,
+        ``Infinity`` and numbers too large for a double included).  (Its size
+        is bounded before it is read: see `realtimed.web.RealtimeSite`.)
     """
-    if len(raw) > MAX_BODY_BYTES:
-        raise InvalidInput([f"body: Too large (at most {MAX_BODY_BYTES} bytes)"])
     if not raw.strip():
         raise InvalidInput(["body: Required"])
     try:

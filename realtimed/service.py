@@ -10,8 +10,8 @@ before is ready (`realtimed.lifecycle.StartInOrder`):
 and once its URL is known, the secrets are resolved and
 
 2. the schema migrations are applied;
-3. the query pool and the webhook outbox's pool open their first
-   connection;
+3. the query pool, the health probe's connection and the webhook
+   outbox's pool open their first connection;
 4. the listener connects and reads what was stored meanwhile;
 5. the webhook service, then the realtime channels on Socket.IO, start;
 6. every endpoint listens.
@@ -45,7 +45,7 @@ from realtimed.store.listener import MessageListener
 from realtimed.store.messages import StoredMessage
 from realtimed.store.migrations import SchemaMigrations
 from realtimed.store.pool import ConnectionPool
-from realtimed.web import ListeningPort, RealtimeSite, root_resource
+from realtimed.web import HealthProbe, ListeningPort, RealtimeSite, root_resource
 from realtimed.webhooks.outbox import outbox_pool
 from realtimed.webhooks.service import WebhookService
 
@@ -149,6 +149,8 @@ class RealtimeService(StartInOrder):
         self.addService(SchemaMigrations(reactor, url))
         pool = self.pool = ConnectionPool(reactor, url)
         self.addService(pool)
+        health = ConnectionPool(reactor, url, size=1, application_name="realtimed health")
+        self.addService(health)
         outbox = outbox_pool(reactor, url)
         self.addService(outbox)
         socketio = self.socketio = SocketIOServer(
@@ -185,7 +187,7 @@ class RealtimeService(StartInOrder):
         self.addService(SocketIOService(socketio))
         site = RealtimeSite(
             root_resource(
-                health=pool.ping,
+                health=HealthProbe(health).check,
                 socketio=socketio.resource(),
                 api=AdminAPI(pool, keys, reactor).resource(),
             ),

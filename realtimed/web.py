@@ -36,6 +36,7 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from realtimed.lifecycle import Readiness
 from realtimed.rest.api import went_away
+from realtimed.store.pool import ConnectionPool
 
 log = Logger()
 
@@ -172,6 +173,36 @@ class RealtimeSite(Site):
         self.max_body = max_body
         self.request_deadline = request_deadline
         self.displayTracebacks = False
+
+
+@define(eq=False)
+class HealthProbe:
+    """
+    Whether the database can be queried now, for ``/healthz``.  The probe
+    has a connection of its own (C{pool}, of one connection), so a busy
+    query pool never holds a health check up; and checks made while one is
+    under way share its answer rather than queueing behind it.
+    """
+
+    pool: ConnectionPool
+    timeout: float = 5.0
+    _answer: Readiness | None = field(default=None, init=False)
+
+    def check(self) -> Deferred[bool]:
+        """
+        A Deferred firing with whether the database answered within
+        C{timeout} seconds; never fails.
+        """
+        if self._answer is None:
+            answer = self._answer = Readiness()
+
+            def answered(alive: bool) -> None:
+                self._answer = None
+                answer.succeed(alive)
+
+            self.pool.ping(self.timeout).addCallback(answered)
+        waiting: Deferred[bool] = self._answer.wait()
+        return waiting
 
 
 class Health(Resource):

@@ -18,6 +18,8 @@ from twisted.web.server import Site
 
 from realtimed.keys import Keys
 from realtimed.rest.api import AdminAPI, APIError, strip_outer_parentheses
+from realtimed.store.pool import PoolBusy
+from realtimed.testing import FakePool
 
 KEYS = Keys("s" * 40, "ik_" + "a" * 40, "anon_" + "b" * 40, "whsec_a2trazI=")
 
@@ -159,3 +161,33 @@ class _Factory:
 
     def doStop(self) -> None:
         pass
+
+
+class BusyTests(TestCase):
+    @inlineCallbacks
+    def test_busy_pool(self) -> Any:
+        """
+        When the database pool refuses a statement because too many wait,
+        the client gets 503 SERVICE_UNAVAILABLE with Retry-After.
+        """
+        import treq
+
+        pool = FakePool(lambda sql, params: PoolBusy("1000 statements wait"), reactor)
+        site = Site(AdminAPI(pool, KEYS, reactor).resource())
+        port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(site)
+        self.addCleanup(port.stopListening)
+        response = yield treq.get(
+            f"http://127.0.0.1:{port.getHost().port}/channels",
+            headers={"Authorization": f"Bearer {KEYS.api_key}"},
+            persistent=False,
+        )
+        self.assertEqual(response.code, 503)
+        self.assertEqual(response.headers.getRawHeaders("retry-after"), ["1"])
+        self.assertEqual(
+            (yield response.json()),
+            {
+                "error": "SERVICE_UNAVAILABLE",
+                "message": "The database is busy; try again",
+                "statusCode": 503,
+            },
+        )

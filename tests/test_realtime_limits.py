@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import psycopg2
 from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
@@ -347,3 +348,56 @@ class ChannelChangeTests(LimitTestCase):
         self.pool.pop("authorize_subscribes").answer([("r1", "allowed", None)])
         check = self.pool.pop("owning_channel")
         self.assertEqual(list(check.params[0]), ["orders"])
+
+
+class BatchIsolationTests(LimitTestCase):
+    limits = Limits(max_subscriptions=0, max_publish_rate=0)
+
+    def test_failed_batch_retried_alone(self) -> None:
+        """
+        A batch of publishes whose statement fails is tried again one
+        publish at a time, in order: one that fails alone gets
+        INTERNAL_ERROR, its neighbours are stored.
+        """
+        sockets = [self.connect(sid, {"token": token(sid)}) for sid in "abcd"]
+        for socket in sockets:
+            self.subscribe(socket, "orders")
+        acks = [Acks() for _ in sockets]
+        for socket, ack in zip(sockets, acks, strict=True):
+            self.publish(socket, ack)
+        first = self.pool.pop("publish_batch")
+        first.answer([("m0", "stored", None, None, None, 0, "1", False)])
+        batch = self.pool.pop("publish_batch")
+        self.assertEqual(len(json.loads(batch.params[0])), 3)
+        batch.fail(psycopg2.errors.InvalidTextRepresentation("bad"))
+        for n, outcome in [(1, "stored"), (2, "error"), (3, "stored")]:
+            alone = self.pool.pop("publish_batch")
+            (item,) = json.loads(alone.params[0])
+            self.assertEqual(item["claims"]["sub"], "abcd"[n])
+            if outcome == "stored":
+                alone.answer([(f"m{n}", "stored", None, None, None, 0, "1", False)])
+            else:
+                alone.fail(psycopg2.errors.InvalidTextRepresentation("bad"))
+        self.assertEqual(
+            [a.values[0].get("messageId") or a.values[0]["error"]["code"] for a in acks],
+            ["m0", "m1", "INTERNAL_ERROR", "m3"],
+        )
+        self.flushLoggedErrors()
+
+    def test_lost_connection_fails_the_batch(self) -> None:
+        """
+        A batch lost with its connection fails whole, at once: trying its
+        publishes one by one against a database that is away would only
+        make them wait longer.
+        """
+        sockets = [self.connect(sid, {"token": token(sid)}) for sid in "abc"]
+        for socket in sockets:
+            self.subscribe(socket, "orders")
+        acks = [Acks() for _ in sockets]
+        for socket, ack in zip(sockets, acks, strict=True):
+            self.publish(socket, ack)
+        self.pool.pop("publish_batch").fail(psycopg2.OperationalError("server closed"))
+        self.pool.pop("publish_batch").fail(psycopg2.OperationalError("server closed"))
+        self.assertEqual([a.values[0]["error"]["code"] for a in acks], ["INTERNAL_ERROR"] * 3)
+        self.assertEqual(self.pool.pending, [])
+        self.flushLoggedErrors()

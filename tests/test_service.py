@@ -12,7 +12,7 @@ from typing import Any
 import psycopg2
 import treq
 from twisted.internet import reactor
-from twisted.internet.defer import fail, inlineCallbacks, succeed
+from twisted.internet.defer import fail, gatherResults, inlineCallbacks, succeed
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
@@ -22,7 +22,7 @@ from twisted.web.server import Site
 from realtimed.config import load
 from realtimed.service import RealtimeService
 from realtimed.store.messages import StoredMessage
-from realtimed.web import Health
+from realtimed.web import Health, HealthProbe
 from tests.support import create_database, run_sql, server_url, wait_for
 
 
@@ -48,6 +48,32 @@ def start_realtimed(test: TestCase, database_url: str | None = None, **settings:
 
 def base_url(service: RealtimeService) -> str:
     return f"http://127.0.0.1:{service.ports[0].getHost().port}"
+
+
+class HealthProbeTests(TestCase):
+    def test_shared_answer(self) -> None:
+        """
+        Checks made while one is under way share its answer: one ping.
+        """
+        pings: list[Any] = []
+
+        class Pool:
+            def ping(self, timeout: float) -> Any:
+                from twisted.internet.defer import Deferred
+
+                d: Any = Deferred()
+                pings.append(d)
+                return d
+
+        probe = HealthProbe(Pool())  # type: ignore[arg-type]
+        first, second = probe.check(), probe.check()
+        self.assertEqual(len(pings), 1)
+        pings[0].callback(True)
+        self.assertEqual((self.successResultOf(first), self.successResultOf(second)), (True, True))
+        third = probe.check()
+        self.assertEqual(len(pings), 2)
+        pings[1].callback(False)
+        self.assertFalse(self.successResultOf(third))
 
 
 class HealthTests(TestCase):
@@ -154,6 +180,7 @@ class ServiceTests(TestCase):
                 "SchemaMigrations",
                 "ConnectionPool",
                 "ConnectionPool",
+                "ConnectionPool",
                 "MessageListener",
                 "WebhookService",
                 "Realtime",
@@ -169,7 +196,7 @@ class ServiceTests(TestCase):
         )
         self.assertEqual(
             {name for (name,) in run_sql(url, connections)},
-            {"realtimed", "realtimed listener", "realtimed webhooks"},
+            {"realtimed", "realtimed health", "realtimed listener", "realtimed webhooks"},
         )
         address = base_url(service)
         yield service.stopService()
@@ -178,6 +205,44 @@ class ServiceTests(TestCase):
         yield self.assertFailure(
             treq.get(address + "/healthz", persistent=False), ConnectionRefusedError
         )
+
+    @inlineCallbacks
+    def test_health_never_queues(self) -> Any:
+        """
+        /healthz answers while every connection of the query pool is busy
+        and more statements wait for one: the probe has a connection of its
+        own.  The pool's statements run with a statement timeout.
+        """
+        url = create_database(self)
+        service = yield start_realtimed(self, url)
+        holder = psycopg2.connect(url)
+        self.addCleanup(holder.close)
+        holder.autocommit = True
+        holder.cursor().execute("SELECT pg_advisory_lock(4242)")
+        blocked = [service.pool.runQuery("SELECT pg_advisory_xact_lock(4242)") for _ in range(6)]
+        answered: list[object] = []
+        for d in blocked:
+            d.addCallback(lambda rows: answered.append(rows) or rows)
+        yield wait_for(
+            lambda: (
+                run_sql(
+                    url,
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                    " AND datname = current_database()",
+                )
+                == [(4,)]
+            ),
+            "the pool's connections to wait for the lock",
+        )
+        response = yield treq.get(base_url(service) + "/healthz", persistent=False)
+        self.assertEqual(response.code, 200)
+        yield response.content()
+        self.assertEqual(answered, [])
+        holder.cursor().execute("SELECT pg_advisory_unlock_all()")
+        holder.close()
+        yield gatherResults(blocked)
+        rows = yield service.pool.runQuery("SHOW statement_timeout")
+        self.assertEqual(rows, [("10s",)])
 
     @inlineCallbacks
     def test_embedded_database(self) -> Any:

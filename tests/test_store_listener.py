@@ -602,11 +602,13 @@ class SilentLinkTests(ListenerMixin, TestCase):
 
 def sleepers(url: str) -> list[int]:
     """
-    The server processes holding the listeners' sleep lock.
+    The server processes holding the listeners' sleep lock in the database
+    at C{url} (advisory locks of other databases show in pg_locks too).
     """
     rows = run_sql(
         url,
         "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted"
+        " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
         " AND (classid::bigint << 32 | objid::bigint) = realtime.sleep_lock_key()"
         " ORDER BY pid",
     )

@@ -10,11 +10,11 @@ from typing import Any
 
 import psycopg2
 from twisted.internet import reactor
-from twisted.internet.defer import gatherResults, inlineCallbacks
+from twisted.internet.defer import CancelledError, gatherResults, inlineCallbacks
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
-from realtimed.store.pool import ConnectionPool, redact_dsn
+from realtimed.store.pool import ConnectionPool, PoolBusy, redact_dsn
 from tests.support import create_database, run_sql, wait_for
 
 
@@ -199,6 +199,32 @@ class ConnectionPoolTests(TestCase):
         self.assertEqual((yield busy), [(7,)])
         yield stopped
         yield wait_for(lambda: run_sql(self.url, named) == [(0,)], "the connection to close")
+
+    @inlineCallbacks
+    def test_waiting_bounded(self) -> Any:
+        """
+        Past the most statements waiting for a connection, a statement
+        fails at once with PoolBusy instead of queueing; the others run.
+        """
+        pool = ConnectionPool(reactor, self.url, size=1, max_waiting=2)
+        self.addCleanup(pool.close)
+        running = pool.runQuery("SELECT 1 FROM pg_sleep(0.2)")
+        waiting = [pool.runQuery("SELECT 2"), pool.runQuery("SELECT 3")]
+        self.failureResultOf(pool.runQuery("SELECT 4"), PoolBusy)
+        self.assertEqual((yield running), [(1,)])
+        self.assertEqual((yield gatherResults(waiting)), [[(2,)], [(3,)]])
+
+    @inlineCallbacks
+    def test_statement_timeout(self) -> Any:
+        """
+        The pool's statements are cancelled by PostgreSQL past the statement
+        timeout (txpostgres reports that as CancelledError); the pool goes
+        on.
+        """
+        pool = ConnectionPool(reactor, self.url, statement_timeout=0.1)
+        self.addCleanup(pool.close)
+        yield self.assertFailure(pool.runQuery("SELECT pg_sleep(30)"), CancelledError)
+        self.assertEqual((yield pool.runQuery("SHOW statement_timeout")), [("100ms",)])
 
     @inlineCallbacks
     def test_service_unreachable(self) -> Any:

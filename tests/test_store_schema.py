@@ -982,3 +982,92 @@ class ChannelAnnouncementTests(SchemaTestCase):
             " SELECT 'c' || g || ':*' FROM generate_series(1, 500) AS g",
         )
         self.assertEqual(self.announcements(listener), [{}])
+
+
+class GrantTests(SchemaTestCase):
+    """
+    Who may do what from SQL: no security-definer function is open to
+    PUBLIC; realtime_publisher may publish; tracked tables publish for
+    every role that writes them.
+    """
+
+    def test_no_definer_open_to_public(self) -> None:
+        """
+        No security-definer function of the realtime schema is executable
+        by PUBLIC (a NULL ACL means the default, which lets PUBLIC execute).
+        """
+        rows = run_sql(
+            self.url,
+            "SELECT p.oid::regprocedure::text FROM pg_proc p"
+            " JOIN pg_namespace n ON n.oid = p.pronamespace"
+            " WHERE n.nspname = 'realtime' AND p.prosecdef AND (p.proacl IS NULL OR EXISTS ("
+            "  SELECT FROM aclexplode(p.proacl) a"
+            "  WHERE a.grantee = 0 AND a.privilege_type = 'EXECUTE'))",
+        )
+        self.assertEqual(rows, [])
+
+    def test_publisher_role(self) -> None:
+        """
+        A role granted realtime_publisher may call realtime.publish; a role
+        without it may not.
+        """
+        self.channel("jobs")
+        role = "app_" + self.url.rsplit("/", 1)[1][-12:]
+        run_sql(self.url, f"CREATE ROLE {role} NOLOGIN")
+        self.addCleanup(run_sql, self.url, f"DROP ROLE {role}")
+        with self.assertRaises(psycopg2.errors.InsufficientPrivilege):
+            self.as_role(role, "SELECT realtime.publish('jobs', 'done', '{}')")
+        run_sql(self.url, f"GRANT realtime_publisher TO {role}")
+        self.addCleanup(run_sql, self.url, f"REVOKE realtime_publisher FROM {role}")
+        connection = self.connect()
+        query(connection, f"SET ROLE {role}")
+        (message_id,) = query(connection, "SELECT realtime.publish('jobs', 'done', '{}')")[0]
+        self.assertIsNotNone(message_id)
+        with self.assertRaises(psycopg2.errors.InvalidParameterValue) as raised:
+            query(connection, "SELECT realtime.publish('not a name', 'done', '{}')")
+        self.assertIn("'not a name' is not a channel name", str(raised.exception))
+
+    def test_tracked_by_any_writer(self) -> None:
+        """
+        A tracked table's changes are published whichever role writes it,
+        though PUBLIC may not execute the trigger function itself.
+        """
+        self.channel("notes")
+        role = "writer_" + self.url.rsplit("/", 1)[1][-12:]
+        run_sql(
+            self.url,
+            f"CREATE ROLE {role} NOLOGIN; CREATE TABLE public.notes (id int, body text);"
+            f" GRANT INSERT ON public.notes TO {role};"
+            " SELECT realtime.track_table('public.notes')",
+        )
+        self.addCleanup(run_sql, self.url, f"DROP TABLE public.notes; DROP ROLE {role}")
+        connection = self.connect()
+        query(connection, f"SET ROLE {role}")
+        query(connection, "INSERT INTO public.notes VALUES (1, 'hi')")
+        self.assertEqual(
+            run_sql(self.url, "SELECT channel_name, event_name FROM realtime.messages"),
+            [("notes", "INSERT")],
+        )
+
+    def test_bad_template_value(self) -> None:
+        """
+        A change whose template gives something that is not a channel name
+        (a NULL column, a space) is written but not published, with a
+        warning; the others are published.
+        """
+        self.channel("order:*")
+        run_sql(
+            self.url,
+            "CREATE TABLE public.orders (id int, code text);"
+            " SELECT realtime.track_table('public.orders', 'order:{code}')",
+        )
+        self.addCleanup(run_sql, self.url, "DROP TABLE public.orders")
+        connection = self.connect()
+        query(connection, "INSERT INTO public.orders VALUES (1, 'a b'), (2, NULL), (3, 'ok')")
+        self.assertEqual(run_sql(self.url, "SELECT count(*) FROM public.orders"), [(3,)])
+        self.assertEqual(
+            run_sql(self.url, "SELECT channel_name FROM realtime.messages"), [("order:ok",)]
+        )
+        warnings = [n for n in connection.notices if "not published" in n]
+        self.assertEqual(len(warnings), 2, connection.notices)
+        self.assertIn("'order:a b'", warnings[0])

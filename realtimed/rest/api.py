@@ -18,7 +18,10 @@ Requests and responses are JSON.  Failures are
   name, or no such route;
 - 405 ``METHOD_NOT_ALLOWED``: a route that exists, with another method;
 - 409 ``ALREADY_EXISTS``: a channel with that pattern exists;
-- 500 ``INTERNAL_ERROR``: anything unexpected (logged, never described).
+- 413 ``PAYLOAD_TOO_LARGE``: a body over ``--max-body`` (answered by the
+  site, `realtimed.web.RealtimeSite`, before the body is read);
+- 500 ``INTERNAL_ERROR``: anything unexpected (logged, never described);
+- 503 ``SERVICE_UNAVAILABLE``: too many statements wait for the database.
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ from realtimed.keys import Keys
 from realtimed.rest import validation
 from realtimed.rest.openapi import openapi_document
 from realtimed.rest.validation import InvalidInput
-from realtimed.store.pool import IQueries
+from realtimed.store.pool import IQueries, PoolBusy
 
 log = Logger()
 
@@ -304,6 +307,9 @@ class AdminAPI:
         error = failure.value
         if isinstance(error, InvalidInput):
             error = APIError(400, "INVALID_INPUT", error.message)
+        elif isinstance(error, PoolBusy):
+            request.setHeader(b"Retry-After", b"1")
+            error = APIError(503, "SERVICE_UNAVAILABLE", "The database is busy; try again")
         if not isinstance(error, APIError):
             log.failure(
                 "Admin API request failed: {method} {path}",

@@ -77,6 +77,13 @@ class IQueries(Interface):
         """
 
 
+class PoolBusy(Exception):
+    """
+    Every connection of the pool is in use and as many statements as it
+    lets wait are waiting: the statement is refused rather than queued.
+    """
+
+
 def redact_dsn(dsn: str) -> str:
     """
     C{dsn} (a URL or a libpq C{key=value} string) with any password replaced
@@ -275,6 +282,10 @@ class ConnectionPool(Service):
         turns this off.
     @ivar application_name: How the pool's connections are named in
         PostgreSQL's ``pg_stat_activity``, unless C{dsn} names them.
+    @ivar statement_timeout: Seconds a statement of the pool may run before
+        PostgreSQL cancels it; C{None} for no limit.
+    @ivar max_waiting: How many statements may wait for a connection;
+        past that they fail at once with L{PoolBusy}.
     """
 
     reactor: Any
@@ -284,6 +295,8 @@ class ConnectionPool(Service):
     setup: Sequence[str] = ()
     warn_connect_failures: bool = True
     application_name: str = "realtimed"
+    statement_timeout: float | None = 10.0
+    max_waiting: int = 1000
     _idle: list[DatabaseConnection] = field(factory=list, init=False)
     _open: int = field(default=0, init=False)
     _waiting: deque[Deferred[DatabaseConnection]] = field(factory=deque, init=False)
@@ -432,7 +445,7 @@ class ConnectionPool(Service):
                 fallback_application_name=self.application_name,
                 **TCP_KEEPALIVES,
             )
-            if self.setup:
+            if self.setup or self.statement_timeout is not None:
                 d.addCallback(self._setUp)
 
             def failed(reason: Failure) -> Failure:
@@ -449,6 +462,8 @@ class ConnectionPool(Service):
 
             d.addErrback(failed)
             return d
+        if len(self._waiting) >= self.max_waiting:
+            return fail(PoolBusy(f"{len(self._waiting)} statements wait for a connection"))
         waiter: Deferred[DatabaseConnection] = Deferred()
         self._waiting.append(waiter)
         return waiter
@@ -458,7 +473,11 @@ class ConnectionPool(Service):
             return connection.runOperation(statement)
 
         d: Deferred[Any] = succeed(None)
-        for statement in self.setup:
+        setup = list(self.setup)
+        if self.statement_timeout is not None:
+            milliseconds = int(self.statement_timeout * 1000)
+            setup.insert(0, f"SET statement_timeout TO {milliseconds}")
+        for statement in setup:
             d.addCallback(run, statement)
 
         def failed(reason: Failure) -> Failure:

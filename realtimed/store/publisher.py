@@ -32,13 +32,13 @@ from enum import Enum
 from typing import Any, Protocol
 
 from attrs import Factory, define, field, frozen
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from realtimed.auth import Principal
 from realtimed.store.messages import StoredMessage
-from realtimed.store.pool import IQueries
+from realtimed.store.pool import IQueries, is_disconnect
 
 log = Logger()
 
@@ -107,6 +107,10 @@ class _Batches:
     one JSON array and answers with one row per item, in order.  One batch
     is in flight at a time; what arrives meanwhile goes in the next, so the
     batches grow with the load and the items are handled in arrival order.
+
+    A batch whose statement fails (rather than its connection) is tried
+    again item by item, in its place in the order: one bad item fails
+    alone, never its neighbours.
     """
 
     pool: IQueries
@@ -120,6 +124,8 @@ class _Batches:
     answered: Callable[[list[tuple[Any, ...]]], object] | None = None
     _queue: list[_Pending] = Factory(list)
     _in_flight: bool = False
+    #: how many items at the head of the queue go one per batch
+    _alone: int = 0
 
     def add(self, item: str, channel: str) -> Deferred[Any]:
         done: Deferred[Any] = Deferred()
@@ -133,7 +139,11 @@ class _Batches:
             self._in_flight = False
             return
         self._in_flight = True
-        batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
+        size = self.max_batch
+        if self._alone:
+            self._alone -= 1
+            size = 1
+        batch, self._queue = self._queue[:size], self._queue[size:]
         try:
             d = self.pool.runQuery(
                 self.query, ("[" + ",".join(p.item for p in batch) + "]", *self.parameters())
@@ -160,6 +170,16 @@ class _Batches:
                 log.failure("Answering one of a batch of {what} failed", what=self.what)
 
     def _failed(self, failure: Failure, batch: list[_Pending]) -> None:
+        if len(batch) > 1 and not is_disconnect(failure) and not failure.check(CancelledError):
+            log.warn(
+                "A batch of {count} {what} failed ({error}); trying them one at a time",
+                count=len(batch),
+                what=self.what,
+                error=failure.getErrorMessage(),
+            )
+            self._queue[:0] = batch
+            self._alone += len(batch)
+            return
         log.failure("A batch of {count} {what} failed", failure, count=len(batch), what=self.what)
         for pending in batch:
             pending.done.errback(Rejected(pending.channel, Rejection.FAILED))

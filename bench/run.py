@@ -410,6 +410,14 @@ class Bench:
                 self.secrets.api_key,
                 "--anon-key",
                 self.secrets.anon_key,
+                # The load generator is one address publishing as fast as
+                # it can: realtimed's per-socket publish rate and per-address
+                # connection limits would measure the limits, not the server
+                # (the peers have none).
+                "--max-publish-rate",
+                "0",
+                "--max-connections-per-ip",
+                "0",
             ]
             cwd = self.workdir
         else:

@@ -55,6 +55,22 @@ class Setting:
     def environment(self) -> str:
         return "REALTIMED_" + self.name.replace("-", "_").upper()
 
+    @property
+    def described(self) -> str:
+        """
+        The help text, with the default when there is one to show.
+        """
+        default = self.default
+        if default is None or default is False or default == ():
+            return self.help
+        if isinstance(default, tuple):
+            shown = " ".join(default)
+        elif isinstance(default, float):
+            shown = f"{default:g}"
+        else:
+            shown = str(default)
+        return f"{self.help} (default: {shown})"
+
 
 SETTINGS: tuple[Setting, ...] = (
     Setting(
@@ -290,12 +306,16 @@ def _pick(
     holding it, not both.
     """
     name = setting.name
+
+    def from_text(value: object) -> Any:
+        return _from_text(setting, value) if isinstance(value, str) else value
+
     sources: list[tuple[str, Callable[[str], object | None], Callable[[object], Any]]] = [
-        ("command line", lambda n: command_line.get(n), lambda v: v),
+        ("command line", lambda n: command_line.get(n), from_text),
         (
             "environment",
             lambda n: environ.get("REALTIMED_" + n.replace("-", "_").upper()),
-            lambda v: _from_text(setting, v) if isinstance(v, str) else v,
+            from_text,
         ),
         ("config file", lambda n: file_values.get(n), lambda v: _from_toml(setting, v)),
     ]

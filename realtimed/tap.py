@@ -40,9 +40,9 @@ class Options(usage.Options):
 
     for _setting in SETTINGS:
         if _setting.kind == "bool":
-            optFlags.append([_setting.name, _setting.short, _setting.help])
+            optFlags.append([_setting.name, _setting.short, _setting.described])
         elif _setting.kind != "list":
-            optParameters.append([_setting.name, _setting.short, None, _setting.help])
+            optParameters.append([_setting.name, _setting.short, None, _setting.described])
         if _setting.secret:
             optParameters.append(
                 [_setting.name + "-file", None, None, f"Read --{_setting.name} from this file"]
@@ -59,13 +59,13 @@ class Options(usage.Options):
     def opt_port(self, endpoint: str) -> None:
         self["port"] = (self["port"] or ()) + (endpoint,)
 
-    opt_port.__doc__ = SETTINGS_BY_NAME["port"].help + " (default: tcp:8080)"
+    opt_port.__doc__ = SETTINGS_BY_NAME["port"].described
     opt_p = opt_port
 
     def opt_cors_origin(self, origin: str) -> None:
         self["cors-origin"] = (self["cors-origin"] or ()) + (origin,)
 
-    opt_cors_origin.__doc__ = SETTINGS_BY_NAME["cors-origin"].help
+    opt_cors_origin.__doc__ = SETTINGS_BY_NAME["cors-origin"].described
 
     def postOptions(self) -> None:
         given = {key: value for key, value in self.items() if value is not None and key != "config"}

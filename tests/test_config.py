@@ -313,3 +313,74 @@ class KeysTests(SynchronousTestCase):
         self.assertEqual(sorted(generated), ["anon_key", "api_key"])
         with open(os.path.join(data_dir, KEYS_FILE)) as f:
             self.assertNotIn("jwt_secret", json.load(f))
+
+
+LIMITS = (
+    "max-body",
+    "connect-timeout",
+    "max-connections",
+    "max-connections-per-ip",
+    "max-subscriptions",
+    "max-publish-rate",
+)
+
+
+class LimitSettingTests(SynchronousTestCase):
+    def test_defaults(self) -> None:
+        """
+        The limits' defaults are the product contract's.
+        """
+        config = load({}, {})
+        self.assertEqual(
+            (
+                config.max_body,
+                config.connect_timeout,
+                config.max_connections,
+                config.max_connections_per_ip,
+                config.max_subscriptions,
+                config.max_publish_rate,
+            ),
+            (1024 * 1024, 45.0, 100_000, 1000, 100, 100.0),
+        )
+
+    def test_sources(self) -> None:
+        """
+        Whole numbers come from the command line, the environment and the
+        file; 0 turns a limit off; bad values name the setting.
+        """
+        config = load(
+            {"max-connections": "0"},
+            {"REALTIMED_MAX_SUBSCRIPTIONS": "7", "REALTIMED_MAX_PUBLISH_RATE": "2.5"},
+        )
+        self.assertEqual(
+            (config.max_connections, config.max_subscriptions, config.max_publish_rate),
+            (0, 7, 2.5),
+        )
+        for settings, environ, message in [
+            ({"max-subscriptions": "many"}, {}, "max-subscriptions: expected a whole number"),
+            ({}, {"REALTIMED_MAX_CONNECTIONS": "1.5"}, "max-connections: expected a whole"),
+            ({"max-connections-per-ip": "-1"}, {}, "max-connections-per-ip: must be 0"),
+            ({"max-body": "10"}, {}, "max-body: must be between 1024"),
+            ({"connect-timeout": "0"}, {}, "connect-timeout: must be more than 0"),
+            ({"max-publish-rate": "-3"}, {}, "max-publish-rate: must be 0"),
+        ]:
+            with self.assertRaises(ConfigError) as raised:
+                load(settings, environ)
+            self.assertIn(message, str(raised.exception))
+
+    def test_documented(self) -> None:
+        """
+        Every limit is listed with its default by ``twistd realtimed
+        --help``, in ``etc/realtimed.toml`` and in ``docs/behaviour.rst``.
+        """
+        top = FilePath(__file__).parent().parent()
+        toml = top.child("etc").child("realtimed.toml").getContent().decode()
+        behaviour = top.child("docs").child("behaviour.rst").getContent().decode()
+        help_text = str(Options())
+        by_name = {s.name: s for s in SETTINGS}
+        for name in LIMITS:
+            default = by_name[name].default
+            shown = f"{default:g}" if isinstance(default, float) else str(default)
+            self.assertIn(f"(default: {shown})", " ".join(help_text.split()), name)
+            self.assertRegex(toml, rf"# {name} = {shown}(\.0)?\n", name)
+            self.assertIn(f"``--{name}``", behaviour, name)

@@ -846,3 +846,67 @@ class PresenceTests(RealtimeTestCase):
         )
         self.assertEqual(realtime.subscriptions.audience("orders", None), set())
         self.assertEqual(realtime.subscriptions.audience("chat:a", None), set())
+
+
+class ChannelChangeTests(RealtimeTestCase):
+    @inlineCallbacks
+    def test_ended_on_every_process(self) -> Any:
+        """
+        When a channel row is disabled, the subscriptions it granted end on
+        every process: each socket gets realtime:error REALTIME_UNAUTHORIZED
+        and no longer receives the channel's messages; subscribing again is
+        refused while the row stays disabled.
+        """
+        second = yield self.start_daemon()
+        here = yield self.client("alice")
+        there = yield self.client("bob", daemon=second)
+        for client in (here, there):
+            ack = yield self.call(client.request, "REALTIME_SUBSCRIBE", {"channel": "orders"})
+            self.assertTrue(ack["ok"])
+        self.sql("UPDATE realtime.channels SET enabled = false WHERE pattern = 'orders'")
+        for client in (here, there):
+            _event, error = yield self.call(client.next_event, "realtime:error")
+            self.assertEqual((error["channel"], error["code"]), ("orders", "REALTIME_UNAUTHORIZED"))
+        self.sql("UPDATE realtime.channels SET enabled = true WHERE pattern = 'orders'")
+        self.sql("SELECT realtime.publish('orders', 'after', '{}')")
+        for client in (here, there):
+            self.assertEqual((yield self.call(client.no_event, "after")), [])
+        self.sql("UPDATE realtime.channels SET enabled = false WHERE pattern = 'orders'")
+        ack = yield self.call(here.request, "REALTIME_SUBSCRIBE", {"channel": "orders"})
+        self.assertEqual(ack["error"]["code"], "REALTIME_UNAUTHORIZED")
+
+    @inlineCallbacks
+    def test_taken_over_name(self) -> Any:
+        """
+        A name subscription ends when a newer, more specific row takes the
+        name over; a subscription to another name of the old row stays.
+        """
+        self.sql("INSERT INTO realtime.channels (pattern) VALUES ('shop:*')")
+        alice = yield self.client("alice")
+        for channel in ("shop:vip1", "shop:other"):
+            ack = yield self.call(alice.request, "REALTIME_SUBSCRIBE", {"channel": channel})
+            self.assertTrue(ack["ok"])
+        self.sql("INSERT INTO realtime.channels (pattern) VALUES ('shop:vip*')")
+        _event, error = yield self.call(alice.next_event, "realtime:error")
+        self.assertEqual(error["channel"], "shop:vip1")
+        self.sql("SELECT realtime.publish('shop:other', 'still', '{}')")
+        _event, message = yield self.call(alice.next_event, "still")
+        self.assertEqual(message["channel"], "shop:other")
+
+
+class TokenRefreshTests(RealtimeTestCase):
+    @inlineCallbacks
+    def test_refresh(self) -> Any:
+        """
+        A socket refreshes its token with REALTIME_AUTH and gets the new
+        expiry; a token of another user is refused.
+        """
+        alice = yield self.client("alice")
+        expires = int(time.time()) + 7200
+        ack = yield self.call(
+            alice.request, "REALTIME_AUTH", {"token": token("alice", exp=expires)}
+        )
+        self.assertTrue(ack["ok"])
+        self.assertTrue(ack["expiresAt"].endswith("Z"))
+        ack = yield self.call(alice.request, "realtime:auth", {"token": token("bob")})
+        self.assertEqual(ack["error"]["code"], "REALTIME_UNAUTHORIZED")

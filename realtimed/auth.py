@@ -19,12 +19,26 @@ from typing import Any
 import jwt
 from attrs import field, frozen
 
-from realtimed.keys import Keys
-
 ANON = "anon"
 AUTHENTICATED = "authenticated"
 PROJECT_ADMIN = "project_admin"
 ROLES = (ANON, AUTHENTICATED, PROJECT_ADMIN)
+
+
+@frozen
+class Keys:
+    """
+    The secrets credentials are checked against (and webhooks signed
+    with).
+    """
+
+    jwt_secret: str
+    api_key: str
+    anon_key: str
+    webhook_secret: str
+
+    def __repr__(self) -> str:
+        return "<Keys (secret)>"
 
 
 class AuthenticationError(Exception):
@@ -123,8 +137,7 @@ def _principal_from_token(token: str, secret: str, now: float) -> Principal:
     # The claims live as long as the socket does; their names are the same
     # few strings on every token, so one copy of each is shared.
     claims = {
-        sys.intern(name) if isinstance(name, str) else name: value
-        for name, value in claims.items()
+        sys.intern(name) if isinstance(name, str) else name: value for name, value in claims.items()
     }
     role = claims.get("role", AUTHENTICATED)
     if role == AUTHENTICATED:

@@ -11,23 +11,11 @@ import os
 import secrets
 from collections.abc import Callable
 
-from attrs import frozen
-
+from realtimed.auth import Keys
 from realtimed.config import Config
 from realtimed.webhooks.signing import encode_webhook_secret
 
 KEYS_FILE = "secrets.json"
-
-
-@frozen
-class Keys:
-    jwt_secret: str
-    api_key: str
-    anon_key: str
-    webhook_secret: str
-
-    def __repr__(self) -> str:
-        return "<Keys (secret)>"
 
 
 GENERATORS: dict[str, Callable[[], str]] = {

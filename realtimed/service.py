@@ -33,10 +33,11 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from realtimed.auth import Keys
 from realtimed.config import Config
 from realtimed.engineio.engine import EngineConfig
 from realtimed.engineio.socketio import SocketIOServer
-from realtimed.keys import KEYS_FILE, Keys, resolve_keys
+from realtimed.keys import KEYS_FILE, resolve_keys
 from realtimed.lifecycle import StartInOrder
 from realtimed.realtime.limits import Limits
 from realtimed.realtime.service import Realtime
@@ -44,9 +45,10 @@ from realtimed.rest.api import AdminAPI
 from realtimed.store.listener import MessageListener
 from realtimed.store.messages import StoredMessage
 from realtimed.store.migrations import SchemaMigrations
-from realtimed.store.pool import ConnectionPool
+from realtimed.store.pool import ConnectionPool, IQueries
 from realtimed.web import HealthProbe, ListeningPort, RealtimeSite, root_resource
 from realtimed.webhooks.outbox import outbox_pool
+from realtimed.webhooks.policy import RetryPolicy
 from realtimed.webhooks.service import WebhookService
 
 log = Logger()
@@ -171,9 +173,7 @@ class RealtimeService(StartInOrder):
             after_messages=socketio.engine.flush,
         )
         self.addService(listener)
-        webhooks = self.webhooks = WebhookService.from_config(
-            reactor, config, outbox, keys.webhook_secret
-        )
+        webhooks = self.webhooks = webhook_service(reactor, config, outbox, keys.webhook_secret)
         self.addService(webhooks)
         realtime = self.realtime = Realtime(
             namespace=socketio.namespace("/"),
@@ -263,6 +263,22 @@ class RealtimeService(StartInOrder):
             lines.append(f"Generated secrets were written to {path} (mode 0600).")
         self._out.write("\n".join(lines) + "\n")
         self._out.flush()
+
+
+def webhook_service(reactor: Any, config: Config, pool: IQueries, secret: str) -> WebhookService:
+    """
+    The webhook service as the configuration asks for it.
+
+    @param pool: The outbox's connections.
+    @param secret: The webhook secret in use (configured or generated).
+    """
+    return WebhookService(
+        reactor,
+        pool,
+        secret,
+        allow_private=config.webhook_allow_private,
+        policy=RetryPolicy(horizon=config.webhook_retry_hours * 3600.0),
+    )
 
 
 def _url_of(port: IListeningPort) -> str:

@@ -24,7 +24,7 @@ from twisted.trial.unittest import TestCase
 from twisted.web.client import HTTPConnectionPool
 from twisted.web.resource import Resource
 
-from realtimed.keys import Keys
+from realtimed.auth import Keys
 from realtimed.rest.api import AdminAPI
 from realtimed.store.listener import MessageListener
 from realtimed.store.migrations import migrate

@@ -16,7 +16,7 @@ from twisted.internet.task import deferLater
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.server import Site
 
-from realtimed.keys import Keys
+from realtimed.auth import Keys
 from realtimed.rest.api import AdminAPI, APIError, strip_outer_parentheses
 from realtimed.store.pool import PoolBusy
 from realtimed.testing import FakePool

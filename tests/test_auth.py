@@ -16,10 +16,10 @@ from realtimed.auth import (
     ADMIN_PRINCIPAL,
     ANON_PRINCIPAL,
     AuthenticationError,
+    Keys,
     authenticate,
     bearer_credential,
 )
-from realtimed.keys import Keys
 
 KEYS = Keys(
     jwt_secret="s" * 40,

@@ -23,8 +23,8 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
+from realtimed.auth import Keys
 from realtimed.config import load
-from realtimed.keys import Keys
 from realtimed.realtime.service import Realtime
 from realtimed.service import RealtimeService
 from tests.support import create_database, run_sql

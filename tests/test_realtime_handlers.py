@@ -16,8 +16,8 @@ from twisted.internet.defer import Deferred
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
+from realtimed.auth import Keys
 from realtimed.engineio.socketio import ConnectRefused
-from realtimed.keys import Keys
 from realtimed.realtime.service import Realtime, credential_of, rfc3339
 from realtimed.store.messages import StoredMessage
 from realtimed.testing import FakeClock, FakePool

@@ -50,6 +50,25 @@ def base_url(service: RealtimeService) -> str:
     return f"http://127.0.0.1:{service.ports[0].getHost().port}"
 
 
+class WebhookServiceTests(TestCase):
+    def test_from_config(self) -> None:
+        """
+        The daemon's settings give the webhook service its private-address
+        rule and its retry horizon.
+        """
+        from twisted.internet.testing import MemoryReactorClock
+
+        from realtimed.service import webhook_service
+        from realtimed.testing import FakePool
+
+        secret = "whsec_" + "a" * 40
+        config = load({"webhook-allow-private": True, "webhook-retry-hours": 2.0}, environ={})
+        service = webhook_service(MemoryReactorClock(), config, FakePool(), secret)
+        self.assertTrue(service.allow_private)
+        self.assertEqual(service.policy.horizon, 7200.0)
+        self.assertEqual(service.secret, secret)
+
+
 class HealthProbeTests(TestCase):
     def test_shared_answer(self) -> None:
         """
@@ -395,16 +414,17 @@ class MountTests(TestCase):
         from twisted.internet.defer import Deferred
         from twisted.web.resource import Resource as WebResource
 
+        import realtimed.service
         from realtimed.webhooks.service import WebhookService
 
-        original = WebhookService.from_config
+        original = realtimed.service.webhook_service
 
-        def hourly(reactor: Any, config: Any, url: str, secret: str) -> WebhookService:
-            webhooks = original(reactor, config, url, secret)
+        def hourly(reactor: Any, config: Any, pool: Any, secret: str) -> WebhookService:
+            webhooks = original(reactor, config, pool, secret)
             webhooks.poll_interval = 3600.0
             return webhooks
 
-        self.patch(WebhookService, "from_config", hourly)
+        self.patch(realtimed.service, "webhook_service", hourly)
         received: Deferred[str] = Deferred()
 
         class Receiver(WebResource):

@@ -21,7 +21,6 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.client import URI
 from twisted.web.error import SchemeNotSupported
 
-from realtimed.config import load
 from realtimed.testing import FakeClock, FakePool
 from realtimed.webhooks.answers import Answer
 from realtimed.webhooks.endpoint import CheckedEndpoint, CheckedEndpointFactory, UnsafeAddress
@@ -149,18 +148,7 @@ class CheckedEndpointTests(SynchronousTestCase):
             factory.endpointForURI(URI.fromBytes(b"ftp://hooks.example/x"))
 
 
-class FromConfigTests(SynchronousTestCase):
-    def test_from_config(self) -> None:
-        """
-        The daemon's settings give the service its private-address rule and
-        its retry horizon.
-        """
-        config = load({"webhook-allow-private": True, "webhook-retry-hours": 2.0}, environ={})
-        service = WebhookService.from_config(MemoryReactorClock(), config, FakePool(), SECRET)
-        self.assertTrue(service.allow_private)
-        self.assertEqual(service.policy.horizon, 7200.0)
-        self.assertEqual(service.secret, SECRET)
-
+class ServiceTests(SynchronousTestCase):
     def test_repr_hides_secrets(self) -> None:
         """
         The service's repr does not show the signing secret.

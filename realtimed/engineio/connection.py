@@ -22,12 +22,12 @@ the same way.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from attrs import define, field
 from autobahn.twisted.websocket import WebSocketServerProtocol
 from twisted.internet import tcp
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.server import NOT_DONE_YET, Request
@@ -42,12 +42,69 @@ from realtimed.engineio.engine_packets import (
     websocket_frame,
 )
 from realtimed.engineio.session import POLLING, EngineSession
-
-if TYPE_CHECKING:
-    from realtimed.engineio.engine import EngineIOServer
-    from realtimed.engineio.websocket import EngineWebSocketProtocol
+from realtimed.engineio.websocket import EngineWebSocketProtocol
 
 log = Logger()
+
+
+@define(frozen=True)
+class EngineConfig:
+    """
+    Settings shared by every session of a server (times in seconds).
+
+    @ivar cors_origins: The browser origins allowed besides the server's
+        own, with credentials; ``"*"`` allows every origin, without
+        credentials.  When there are any, a request (WebSocket upgrades
+        included) from an origin that is not allowed is refused with 403;
+        requests without ``Origin`` (non-browser clients) are served.
+    @ivar max_sessions: The most sessions open at once; 0: no limit.
+    @ivar max_sessions_per_address: The most sessions open at once from
+        one client address; 0: no limit.
+    """
+
+    ping_interval: float = 25.0
+    ping_timeout: float = 20.0
+    max_payload: int = 1_000_000
+    max_buffer: int = 4_000_000
+    cors_origins: tuple[str, ...] = ()
+    max_sessions: int = 0
+    max_sessions_per_address: int = 0
+
+
+class SessionHost(Protocol):
+    """
+    What a connection needs of the server that holds its session
+    (`realtimed.engineio.engine.EngineIOServer`).
+    """
+
+    reactor: IReactorTime
+    config: EngineConfig
+    sessions: dict[str, EngineConnection]
+
+    def hold(self, connection: EngineConnection) -> None:
+        """
+        ``connection`` holds frames to write at the start of the next turn.
+        """
+
+    def forget(self, connection: EngineConnection) -> None:
+        """
+        ``connection``'s session is closed and no longer known.
+        """
+
+    def linger(self, connection: EngineConnection) -> None:
+        """
+        Keep ``connection``, closed, for its client's next poll.
+        """
+
+    def bad_request(self, request: Request) -> bytes:
+        """
+        Refuse ``request`` as a bad request.
+        """
+
+    def unknown_session(self, request: Request) -> bytes:
+        """
+        Refuse ``request`` for a session that is not known.
+        """
 
 
 class EngineHandler(Protocol):
@@ -73,7 +130,7 @@ class EngineConnection:
     One Engine.IO session and its transports.
     """
 
-    server: EngineIOServer
+    server: SessionHost
     session: EngineSession
     headers: Mapping[str, str]
     query: Mapping[str, str]

@@ -28,7 +28,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from realtimed.engineio.connection import EngineConnection, EngineHandler
+from realtimed.engineio.connection import EngineConfig, EngineConnection, EngineHandler
 from realtimed.engineio.engine_packets import open_packet
 from realtimed.engineio.session import POLLING, WEBSOCKET, EngineSession
 from realtimed.engineio.websocket import EngineWebSocketProtocol, websocket_factory
@@ -40,30 +40,6 @@ BAD_HANDSHAKE_METHOD = (2, "Bad handshake method")
 BAD_REQUEST = (3, "Bad request")
 FORBIDDEN = (4, "Forbidden")
 UNSUPPORTED_VERSION = (5, "Unsupported protocol version")
-
-
-@define(frozen=True)
-class EngineConfig:
-    """
-    Settings shared by every session of a server (times in seconds).
-
-    @ivar cors_origins: The browser origins allowed besides the server's
-        own, with credentials; ``"*"`` allows every origin, without
-        credentials.  When there are any, a request (WebSocket upgrades
-        included) from an origin that is not allowed is refused with 403;
-        requests without ``Origin`` (non-browser clients) are served.
-    @ivar max_sessions: The most sessions open at once; 0: no limit.
-    @ivar max_sessions_per_address: The most sessions open at once from
-        one client address; 0: no limit.
-    """
-
-    ping_interval: float = 25.0
-    ping_timeout: float = 20.0
-    max_payload: int = 1_000_000
-    max_buffer: int = 4_000_000
-    cors_origins: tuple[str, ...] = ()
-    max_sessions: int = 0
-    max_sessions_per_address: int = 0
 
 
 def origin_allowed(origins: tuple[str, ...], origin: str | None, host: str | None) -> bool:
@@ -119,7 +95,7 @@ class EngineIOServer:
     _per_address: dict[str, int] = field(factory=dict, init=False)
 
     def __attrs_post_init__(self) -> None:
-        self.websocket_factory = websocket_factory(self)
+        self.websocket_factory = websocket_factory(self, self.reactor, self.config.max_payload)
         self._websocket_resource = WebSocketResource(self.websocket_factory)
 
     def resource(self) -> Resource:

@@ -24,14 +24,39 @@ import sys
 from collections import deque
 from collections.abc import Mapping
 from types import FunctionType
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 
-if TYPE_CHECKING:
-    from realtimed.engineio.connection import EngineConnection
-    from realtimed.engineio.engine import EngineIOServer
+
+class WebSocketHost(Protocol):
+    """
+    What a WebSocket needs of the Engine.IO server it belongs to.
+    """
+
+    def websocket_opened(
+        self,
+        ws: EngineWebSocketProtocol,
+        sid: str | None,
+        headers: Mapping[str, str],
+        query: Mapping[str, str],
+    ) -> None:
+        """
+        ``ws`` finished its opening handshake.
+        """
+
+
+class WebSocketSession(Protocol):
+    """
+    What a WebSocket tells the Engine.IO session it carries.
+    """
+
+    def ws_message(self, ws: EngineWebSocketProtocol, data: str | bytes) -> None: ...
+
+    def ws_closing(self, ws: EngineWebSocketProtocol) -> None: ...
+
+    def ws_lost(self, ws: EngineWebSocketProtocol) -> None: ...
 
 
 #: what Autobahn stores on a server protocol only for its opening handshake
@@ -141,8 +166,8 @@ class EngineWebSocketProtocol(WebSocketServerProtocol):
     or as the target of an upgrade from polling.
     """
 
-    server: EngineIOServer
-    connection: EngineConnection | None = None
+    server: WebSocketHost
+    connection: WebSocketSession | None = None
     _sid: str | None = None
     _headers: dict[str, str]
     _query: dict[str, str]
@@ -215,21 +240,24 @@ del _name, _value
 EngineWebSocketProtocol.send_queue = _QueueOnDemand()  # type: ignore[assignment]
 
 
-def websocket_factory(server: EngineIOServer) -> WebSocketServerFactory:
+def websocket_factory(
+    server: WebSocketHost, reactor: Any, max_payload: int
+) -> WebSocketServerFactory:
     """
     The Autobahn factory of ``server``'s WebSockets, with a protocol class of
-    its own that holds the server's options.
+    its own that holds the server's options; a message over ``max_payload``
+    bytes closes its WebSocket with code 1009.
     """
 
-    class Protocol(EngineWebSocketProtocol):
+    class ServerProtocol(EngineWebSocketProtocol):
         pass
 
-    Protocol.server = server
+    ServerProtocol.server = server
     factory = WebSocketServerFactory()
-    factory.protocol = Protocol
+    factory.protocol = ServerProtocol
     factory.setProtocolOptions(
-        maxFramePayloadSize=server.config.max_payload,
-        maxMessagePayloadSize=server.config.max_payload,
+        maxFramePayloadSize=max_payload,
+        maxMessagePayloadSize=max_payload,
         autoPingInterval=0,
         openHandshakeTimeout=10,
         closeHandshakeTimeout=2,
@@ -248,7 +276,7 @@ def websocket_factory(server: EngineIOServer) -> WebSocketServerFactory:
             # a plain function (a callback option) must not become a
             # method of the class
             value = staticmethod(value)
-        setattr(Protocol, name, value)
-    Protocol.CONFIG_ATTRS = []
-    factory.reactor = server.reactor
+        setattr(ServerProtocol, name, value)
+    ServerProtocol.CONFIG_ATTRS = []
+    factory.reactor = reactor
     return factory

@@ -49,12 +49,12 @@ from twisted.python.failure import Failure
 
 from realtimed.auth import (
     AuthenticationError,
+    Keys,
     Principal,
     authenticate,
     bearer_credential,
 )
 from realtimed.engineio.socketio import ConnectRefused, Namespace, Socket
-from realtimed.keys import Keys
 from realtimed.realtime.channels import is_wildcard, takes_names_from
 from realtimed.realtime.client_events import (
     ERROR_EVENT,

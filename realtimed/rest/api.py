@@ -44,11 +44,11 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from realtimed.auth import (
     AuthenticationError,
+    Keys,
     Principal,
     authenticate,
     bearer_credential,
 )
-from realtimed.keys import Keys
 from realtimed.rest import validation
 from realtimed.rest.openapi import openapi_document
 from realtimed.rest.validation import InvalidInput

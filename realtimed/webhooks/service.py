@@ -46,7 +46,6 @@ from twisted.python.failure import Failure
 from twisted.web.client import HTTPConnectionPool
 from twisted.web.http_headers import Headers
 
-from realtimed.config import Config
 from realtimed.store.pool import IQueries
 from realtimed.webhooks.answers import read_answer
 from realtimed.webhooks.endpoint import webhook_http_client
@@ -160,23 +159,6 @@ class WebhookService(Service):
     _poll: LoopingCall | None = field(default=None, init=False)
     _prune: LoopingCall | None = field(default=None, init=False)
     _pruning: Deferred[Any] | None = field(default=None, init=False)
-
-    @classmethod
-    def from_config(
-        cls, reactor: Any, config: Config, pool: IQueries, secret: str
-    ) -> WebhookService:
-        """
-        The service as the daemon's configuration asks for it.
-
-        @param secret: The webhook secret in use (configured or generated).
-        """
-        return cls(
-            reactor,
-            pool,
-            secret,
-            allow_private=config.webhook_allow_private,
-            policy=RetryPolicy(horizon=config.webhook_retry_hours * 3600.0),
-        )
 
     def __attrs_post_init__(self) -> None:
         self._key = decode_webhook_secret(self.secret)

@@ -300,6 +300,25 @@ class ChannelTests(APIServerMixin):
         )
 
     @inlineCallbacks
+    def test_percent_wildcard(self) -> Any:
+        """
+        ``%`` is the same wildcard as ``*``: a pattern written with it is
+        stored and shown with ``*``, and ``order:%`` and ``order:*`` are one
+        pattern, whichever comes first and whether created or updated.
+        """
+        status, created = yield self.request("POST", "/channels", {"pattern": "order:%"})
+        self.assertEqual((status, created["pattern"]), (201, "order:*"))
+        duplicate = error(409, "ALREADY_EXISTS", "A channel with pattern order:* already exists")
+        for pattern in ("order:*", "order:%"):
+            status, body = yield self.request("POST", "/channels", {"pattern": pattern})
+            self.assertEqual((status, body), (409, duplicate))
+        other = yield self.channel(pattern="chat:*")
+        status, body = yield self.request("PUT", f"/channels/{other['id']}", {"pattern": "order:%"})
+        self.assertEqual((status, body), (409, duplicate))
+        status, body = yield self.request("PUT", f"/channels/{other['id']}", {"pattern": "%:room"})
+        self.assertEqual((status, body["pattern"]), (200, "*:room"))
+
+    @inlineCallbacks
     def test_list(self) -> Any:
         """
         ``GET /channels`` lists every channel, newest first, each in the
@@ -525,7 +544,7 @@ class ChannelValidationTests(APIServerMixin):
         return self.assertInvalid(
             "POST",
             "/channels",
-            "pattern: Invalid channel pattern (1-255 characters from A-Z a-z 0-9 _ - : . @ *)",
+            "pattern: Invalid channel pattern (1-255 characters from A-Z a-z 0-9 _ - : . @ * %)",
             {"pattern": "order #1"},
         )
 

@@ -185,7 +185,10 @@ def _channel_fields() -> dict[str, Any]:
             "pattern": CHANNEL_PATTERN_REGEX,
             "minLength": 1,
             "maxLength": 255,
-            "description": "Channel names this channel owns; `*` matches any run of characters.",
+            "description": (
+                "Channel names this channel owns; `*` matches any run of characters, "
+                "and `%` means the same (stored as `*`)."
+            ),
         },
         "description": {
             "type": ["string", "null"],

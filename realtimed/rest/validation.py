@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 
 from attrs import frozen
 
-from realtimed.realtime.channels import is_valid_pattern
+from realtimed.realtime.channels import canonical_pattern, is_valid_pattern
 from realtimed.realtime.publication import (
     MAX_EVENT_LENGTH,
     InvalidInput,
@@ -203,10 +203,10 @@ def _pattern(value: Any, problems: list[str]) -> str | None:
         return None
     if not is_valid_pattern(value):
         problems.append(
-            "pattern: Invalid channel pattern (1-255 characters from A-Z a-z 0-9 _ - : . @ *)"
+            "pattern: Invalid channel pattern (1-255 characters from A-Z a-z 0-9 _ - : . @ * %)"
         )
         return None
-    return value
+    return canonical_pattern(value)
 
 
 def _description(value: Any, problems: list[str]) -> str | None:

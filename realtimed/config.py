@@ -114,6 +114,13 @@ SETTINGS: tuple[Setting, ...] = (
         kind="list",
         default=(),
     ),
+    Setting(
+        "retention-interval",
+        "Seconds between passes that delete messages older than the retention "
+        "(set with PATCH /api/realtime/config)",
+        kind="float",
+        default=60.0,
+    ),
 )
 
 SETTINGS_BY_NAME: Mapping[str, Setting] = {s.name: s for s in SETTINGS}
@@ -141,6 +148,7 @@ class Config:
     webhook_allow_private: bool
     webhook_retry_hours: float
     cors_origin: tuple[str, ...]
+    retention_interval: float
 
 
 def _from_text(setting: Setting, text: str) -> Any:
@@ -280,6 +288,8 @@ def _check(config: Config) -> None:
             raise ConfigError(f"webhook-secret: {e}") from None
     if not 0 < config.webhook_retry_hours <= 24 * 30:
         raise ConfigError("webhook-retry-hours: must be more than 0 and at most 720")
+    if not 0 < config.retention_interval <= 24 * 3600:
+        raise ConfigError("retention-interval: must be more than 0 and at most 86400")
 
 
 def load(

@@ -13,7 +13,8 @@ and once its URL is known, the secrets are resolved and
 3. the query pool and the webhook outbox's pool open their first
    connection;
 4. the listener connects and reads what was stored meanwhile;
-5. the webhook service, then the realtime channels on Socket.IO, start;
+5. the webhook service, message retention, then the realtime channels on
+   Socket.IO, start;
 6. every endpoint listens.
 
 They stop in the reverse order: the ports close first, the database last.
@@ -45,6 +46,7 @@ from realtimed.store.listener import MessageListener
 from realtimed.store.messages import StoredMessage
 from realtimed.store.migrations import SchemaMigrations
 from realtimed.store.pool import ConnectionPool
+from realtimed.store.retention import MessageRetention
 from realtimed.web import ListeningPort, root_resource
 from realtimed.webhooks.outbox import outbox_pool
 from realtimed.webhooks.service import WebhookService
@@ -165,6 +167,7 @@ class RealtimeService(StartInOrder):
             reactor, config, outbox, keys.webhook_secret
         )
         self.addService(webhooks)
+        self.addService(MessageRetention(pool, reactor, interval=config.retention_interval))
         realtime = self.realtime = Realtime(
             namespace=socketio.namespace("/"),
             pool=pool,

@@ -42,6 +42,7 @@ class LoadTests(SynchronousTestCase):
         self.assertIsNone(config.jwt_secret)
         self.assertFalse(config.webhook_allow_private)
         self.assertEqual(config.webhook_retry_hours, 24.0)
+        self.assertEqual(config.retention_interval, 60.0)
 
     def test_precedence(self) -> None:
         """
@@ -147,6 +148,11 @@ class LoadTests(SynchronousTestCase):
             "webhook-retry-hours: must be more than 0 and at most 720",
             {},
             {"REALTIMED_WEBHOOK_RETRY_HOURS": "0"},
+        )
+        self.assertError(
+            "retention-interval: must be more than 0 and at most 86400",
+            {},
+            {"REALTIMED_RETENTION_INTERVAL": "0"},
         )
         missing = self.mktemp()
         self.assertError(

@@ -156,6 +156,7 @@ class ServiceTests(TestCase):
                 "ConnectionPool",
                 "MessageListener",
                 "WebhookService",
+                "MessageRetention",
                 "Realtime",
                 "SocketIOService",
                 "ListeningPort",

@@ -1,7 +1,7 @@
 """
 The admin REST API: channels, message history and statistics, publishing
-from backends, and the row-level security policies that govern subscribing
-and publishing.
+from backends, message retention, and the row-level security policies that
+govern subscribing and publishing.
 
 `AdminAPI.resource` is mounted at ``/api/realtime/``; the routes below are
 relative to it.  Every route, the OpenAPI document included, takes an admin
@@ -486,15 +486,39 @@ class AdminAPI:
             " (SELECT coalesce(sum(wh_audience_count), 0) FROM m),"
             " (SELECT coalesce(sum(wh_delivered_count), 0) FROM m),"
             " (SELECT coalesce(json_agg(json_build_array(event_name, n)"
-            "  ORDER BY n DESC, event_name), '[]') FROM top)",
+            "  ORDER BY n DESC, event_name), '[]') FROM top),"
+            " (SELECT retention_days FROM realtime.config)",
             params,
         )
-        total, audience, delivered, top = rows[0]
+        total, audience, delivered, top, retention_days = rows[0]
         return 200, {
             "totalMessages": int(total),
             "whDeliveryRate": float(delivered) / float(audience) if audience else 0,
             "topEvents": [{"eventName": name, "count": int(n)} for name, n in top],
+            "retentionDays": retention_days,
         }
+
+    # -- retention -----------------------------------------------------------
+
+    @app.route("/config", methods=["GET"])
+    @_admin_route
+    async def get_config(self, request: Request) -> tuple[int, Any]:
+        rows = await self._pool.runQuery("SELECT retention_days FROM realtime.config")
+        return 200, {"retentionDays": rows[0][0] if rows else None}
+
+    @app.route("/config", methods=["PATCH"])
+    @_admin_route
+    async def update_config(self, request: Request) -> tuple[int, Any]:
+        config = validation.retention_config(_body(request))
+        await self._pool.runOperation(
+            "UPDATE realtime.config SET retention_days = %s, updated_at = now()",
+            (config.retention_days,),
+        )
+        log.info(
+            "Message retention set to {days} days",
+            days="unlimited" if config.retention_days is None else config.retention_days,
+        )
+        return 200, {"message": "Retention config updated successfully"}
 
     # -- permissions -------------------------------------------------------
 

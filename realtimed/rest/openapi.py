@@ -109,6 +109,8 @@ PERMISSIONS_EXAMPLE: Final = {
         ]
     },
 }
+RETENTION_EXAMPLE: Final = {"retentionDays": 30}
+RETENTION_UPDATED: Final = {"message": "Retention config updated successfully"}
 _NO_EXAMPLE: Final = object()
 
 
@@ -116,9 +118,7 @@ def _ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
-def _json(
-    schema: dict[str, Any], description: str, example: Any = _NO_EXAMPLE
-) -> dict[str, Any]:
+def _json(schema: dict[str, Any], description: str, example: Any = _NO_EXAMPLE) -> dict[str, Any]:
     media: dict[str, Any] = {"schema": schema}
     if example is not _NO_EXAMPLE:
         media["example"] = example
@@ -344,6 +344,11 @@ def _schemas() -> dict[str, Any]:
                         "Webhook deliveries made over deliveries due; 0 when none were due."
                     ),
                 },
+                "retentionDays": {
+                    "type": ["integer", "null"],
+                    "minimum": 1,
+                    "description": "Days messages are kept; null keeps them forever.",
+                },
                 "topEvents": {
                     "type": "array",
                     "maxItems": 10,
@@ -358,6 +363,29 @@ def _schemas() -> dict[str, Any]:
                     },
                 },
             },
+        },
+        "RetentionConfig": {
+            "type": "object",
+            "required": ["retentionDays"],
+            "additionalProperties": False,
+            "properties": {
+                "retentionDays": {
+                    "type": ["integer", "null"],
+                    "minimum": 1,
+                    "maximum": validation.MAX_RETENTION_DAYS,
+                    "description": (
+                        "Messages older than this many days are deleted (those with"
+                        " webhook deliveries still pending once these end); null keeps"
+                        " them forever."
+                    ),
+                },
+            },
+        },
+        "Updated": {
+            "type": "object",
+            "required": ["message"],
+            "additionalProperties": False,
+            "properties": {"message": {"type": "string"}},
         },
         "Policy": {
             "type": "object",
@@ -394,9 +422,7 @@ def _schemas() -> dict[str, Any]:
                     "type": "object",
                     "required": ["policies"],
                     "additionalProperties": False,
-                    "properties": {
-                        "policies": {"type": "array", "items": _ref("Policy")}
-                    },
+                    "properties": {"policies": {"type": "array", "items": _ref("Policy")}},
                 }
                 for action in ("subscribe", "publish")
             },
@@ -467,9 +493,7 @@ def _paths() -> dict[str, Any]:
                 "responses": _responses(
                     (
                         "200",
-                        _json(
-                            _ref("Deleted"), "Deleted", {"message": "Channel deleted"}
-                        ),
+                        _json(_ref("Deleted"), "Deleted", {"message": "Channel deleted"}),
                     ),
                     "400",
                     "404",
@@ -568,6 +592,24 @@ def _paths() -> dict[str, Any]:
                 ),
             },
         },
+        "/config": {
+            "get": {
+                "operationId": "getConfig",
+                "summary": "Message retention, shared by every process of the database",
+                "responses": _responses(
+                    ("200", _json(_ref("RetentionConfig"), "The retention", RETENTION_EXAMPLE))
+                ),
+            },
+            "patch": {
+                "operationId": "updateConfig",
+                "summary": "Set the message retention",
+                "requestBody": _request("RetentionConfig", RETENTION_EXAMPLE),
+                "responses": _responses(
+                    ("200", _json(_ref("Updated"), "Updated", RETENTION_UPDATED)),
+                    "400",
+                ),
+            },
+        },
         "/permissions": {
             "get": {
                 "operationId": "permissions",
@@ -584,9 +626,7 @@ def _paths() -> dict[str, Any]:
             "get": {
                 "operationId": "openapi",
                 "summary": "This document",
-                "responses": _responses(
-                    ("200", _json({"type": "object"}, "The OpenAPI document"))
-                ),
+                "responses": _responses(("200", _json({"type": "object"}, "The OpenAPI document"))),
             },
         },
     }

@@ -48,6 +48,8 @@ MIN_LIMIT: Final = 1
 MAX_LIMIT: Final = 1000
 DEFAULT_LIMIT: Final = 100
 MAX_OFFSET: Final = 2**31 - 1
+#: The longest retention that may be set, in days (a hundred years).
+MAX_RETENTION_DAYS: Final = 36_500
 
 _UUID: Final = re.compile(
     r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
@@ -353,6 +355,50 @@ def _ordered(problems: list[str]) -> list[str]:
     known = [p for p in problems if not p.endswith(": Unknown field")]
     unknown = [p for p in problems if p.endswith(": Unknown field")]
     return known + unknown
+
+
+@frozen
+class RetentionConfig:
+    """
+    What ``PATCH /config`` sets.
+
+    @ivar retention_days: Days messages are kept, or C{None} for ever.
+    """
+
+    retention_days: int | None
+
+
+def retention_config(body: Any) -> RetentionConfig:
+    """
+    The retention a ``PATCH /config`` body sets: ``retentionDays``, a
+    positive integer or C{null}.
+
+    @param body: The parsed JSON body.
+    @raise InvalidInput: Naming every problem.
+    """
+    fields, problems = _object(body, ("retentionDays",))
+    days: int | None = None
+    if "retentionDays" not in fields:
+        problems.insert(0, "retentionDays: Required")
+    else:
+        value = fields["retentionDays"]
+        if value is None:
+            pass
+        elif isinstance(value, bool) or not isinstance(value, (int, float)):
+            problems.insert(0, expected("retentionDays", "number", value))
+        elif isinstance(value, float) and not value.is_integer():
+            problems.insert(0, "retentionDays: Expected integer, received float")
+        elif value <= 0:
+            problems.insert(0, "retentionDays: Number must be greater than 0")
+        elif value > MAX_RETENTION_DAYS:
+            problems.insert(
+                0, f"retentionDays: Number must be less than or equal to {MAX_RETENTION_DAYS}"
+            )
+        else:
+            days = int(value)
+    if problems:
+        raise InvalidInput(_ordered(problems))
+    return RetentionConfig(days)
 
 
 # -- parameters ------------------------------------------------------------

@@ -115,6 +115,12 @@ SETTINGS: tuple[Setting, ...] = (
         default=(),
     ),
     Setting(
+        "metrics-port",
+        "Twisted endpoint string serving only /metrics, without a credential "
+        "(tcp:9464:interface=127.0.0.1); unset: /metrics only on --port, for "
+        "the admin credential",
+    ),
+    Setting(
         "retention-interval",
         "Seconds between passes that delete messages older than the retention "
         "(set with PATCH /api/realtime/config)",
@@ -148,6 +154,7 @@ class Config:
     webhook_allow_private: bool
     webhook_retry_hours: float
     cors_origin: tuple[str, ...]
+    metrics_port: str | None
     retention_interval: float
 
 

@@ -15,7 +15,7 @@ and once its URL is known, the secrets are resolved and
 4. the listener connects and reads what was stored meanwhile;
 5. the webhook service, message retention, then the realtime channels on
    Socket.IO, start;
-6. every endpoint listens.
+6. every endpoint listens (the metrics endpoint last).
 
 They stop in the reverse order: the ports close first, the database last.
 A failure during start-up is logged and stops the process.
@@ -40,14 +40,15 @@ from realtimed.engineio.engine import EngineConfig
 from realtimed.engineio.socketio import SocketIOServer
 from realtimed.keys import KEYS_FILE, Keys, resolve_keys
 from realtimed.lifecycle import StartInOrder
+from realtimed.metrics import Metrics
 from realtimed.realtime.service import Realtime
-from realtimed.rest.api import AdminAPI
+from realtimed.rest.api import AdminAPI, require_admin
 from realtimed.store.listener import MessageListener
 from realtimed.store.messages import StoredMessage
 from realtimed.store.migrations import SchemaMigrations
 from realtimed.store.pool import ConnectionPool
 from realtimed.store.retention import MessageRetention
-from realtimed.web import ListeningPort, root_resource
+from realtimed.web import ListeningPort, MetricsPage, metrics_resource, root_resource
 from realtimed.webhooks.outbox import outbox_pool
 from realtimed.webhooks.service import WebhookService
 
@@ -89,6 +90,7 @@ class RealtimeService(StartInOrder):
     @ivar ports: The listening ports, in the order of C{config.port}.
     @ivar database_url: The database in use, once known.
     @ivar keys: The secrets in use, once known.
+    @ivar metrics: The daemon's Prometheus metrics.
     """
 
     def __init__(
@@ -109,6 +111,8 @@ class RealtimeService(StartInOrder):
         self.realtime: Realtime | None = None
         self.listener: MessageListener | None = None
         self.webhooks: WebhookService | None = None
+        self.metrics = Metrics(reactor)
+        self.metrics_port: ListeningPort | None = None
         self._ports: list[ListeningPort] = []
         self._generated: list[str] = []
         self._out = sys.stdout if out is None else out
@@ -148,14 +152,23 @@ class RealtimeService(StartInOrder):
         self.database_url = url
         keys, self._generated = resolve_keys(config)
         self.keys = keys
+        metrics = self.metrics
         self.addService(SchemaMigrations(reactor, url))
-        pool = self.pool = ConnectionPool(reactor, url)
+        pool = self.pool = ConnectionPool(reactor, url, on_wait=metrics.pool_wait("queries"))
         self.addService(pool)
         outbox = outbox_pool(reactor, url)
+        outbox.on_wait = metrics.pool_wait("webhooks")
         self.addService(outbox)
+        metrics.pool_waiting.update(queries=lambda: pool.waiting, webhooks=lambda: outbox.waiting)
         socketio = self.socketio = SocketIOServer(
             reactor, EngineConfig(cors_origins=config.cors_origin)
         )
+        sessions = socketio.engine.sessions
+        metrics.transports = lambda: [
+            connection.session.transport
+            for connection in list(sessions.values())
+            if not connection.closed
+        ]
         listener = self.listener = MessageListener(
             reactor=reactor,
             dsn=url,
@@ -166,6 +179,7 @@ class RealtimeService(StartInOrder):
         webhooks = self.webhooks = WebhookService.from_config(
             reactor, config, outbox, keys.webhook_secret
         )
+        webhooks.metrics = metrics
         self.addService(webhooks)
         self.addService(MessageRetention(pool, reactor, interval=config.retention_interval))
         realtime = self.realtime = Realtime(
@@ -174,7 +188,9 @@ class RealtimeService(StartInOrder):
             keys=keys,
             clock=reactor,
             local=listener,
+            metrics=metrics,
         )
+        metrics.subscriptions = realtime.subscriptions.count
         self.addService(realtime)
         self.addService(SocketIOService(socketio))
         site = Site(
@@ -182,6 +198,9 @@ class RealtimeService(StartInOrder):
                 health=pool.ping,
                 socketio=socketio.resource(),
                 api=AdminAPI(pool, keys, reactor).resource(),
+                metrics=MetricsPage(
+                    metrics, lambda request: require_admin(request, keys, reactor.seconds())
+                ),
             )
         )
         site.displayTracebacks = False
@@ -189,6 +208,11 @@ class RealtimeService(StartInOrder):
             port = ListeningPort(reactor, description, site)
             self._ports.append(port)
             self.addService(port)
+        if config.metrics_port is not None:
+            scrape = Site(metrics_resource(metrics))
+            scrape.displayTracebacks = False
+            self.metrics_port = ListeningPort(reactor, config.metrics_port, scrape)
+            self.addService(self.metrics_port)
 
     def _started(self, _: object) -> None:
         self._announce()
@@ -214,7 +238,10 @@ class RealtimeService(StartInOrder):
         """
         assert self.realtime is not None and self.webhooks is not None
         try:
-            self.realtime.deliver(message)
+            sockets = self.realtime.deliver(message)
+            self.metrics.delivered(
+                message.message_id, str(message.body.get("createdAt", "")), sockets
+            )
         finally:
             if message.webhooks:
                 self.webhooks.wake()
@@ -227,6 +254,11 @@ class RealtimeService(StartInOrder):
         """
         for port in self.ports:
             log.info("realtimed listening on {url}", url=_url_of(port))
+        if self.metrics_port is not None and self.metrics_port.port is not None:
+            log.info(
+                "realtimed serving metrics on {url}metrics",
+                url=_url_of(self.metrics_port.port),
+            )
         if not self._generated:
             return
         assert self.keys is not None

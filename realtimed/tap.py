@@ -94,7 +94,8 @@ def _check_endpoints(config: Config) -> None:
     """
     from twisted.internet.endpoints import serverFromString
 
-    for description in config.port:
+    endpoints = config.port if config.metrics_port is None else (*config.port, config.metrics_port)
+    for description in endpoints:
         if description.partition(":")[0].strip().lower() == "systemd":
             continue
         try:

@@ -384,7 +384,7 @@ class MountTests(TestCase):
         )
         seen: list[StoredMessage] = []
         original = service.realtime.deliver
-        self.patch(service.realtime, "deliver", lambda n: (seen.append(n), original(n)))
+        self.patch(service.realtime, "deliver", lambda n: (seen.append(n), original(n))[1])
         run_sql(url, "SELECT realtime.publish('quiet', 'a', '{}')")
         run_sql(url, "SELECT realtime.publish('hooked', 'b', '{}')")
         deadline = reactor.seconds() + 10

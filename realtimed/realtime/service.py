@@ -54,10 +54,12 @@ from realtimed.auth import (
 )
 from realtimed.engineio.socketio import ConnectRefused, Namespace, Socket
 from realtimed.keys import Keys
+from realtimed.metrics import Metrics
 from realtimed.realtime.client_events import (
     ERROR_EVENT,
     EVENTS,
     INTERNAL_ERROR,
+    PUBLISH,
     REALTIME_NOT_SUBSCRIBED,
     REALTIME_UNAUTHORIZED,
     Publish,
@@ -145,6 +147,7 @@ class Realtime(Service):
     @ivar local: Gets the publishes this process stored, before they are
         acknowledged (the listener).
     @ivar audience_interval: Seconds between writes of audience counts.
+    @ivar metrics: Counts publishes (the daemon's metrics), if given.
     """
 
     namespace: Namespace
@@ -153,6 +156,7 @@ class Realtime(Service):
     clock: Any
     local: LocalDelivery | None = None
     audience_interval: float = 1.0
+    metrics: Metrics | None = None
     subscriptions: Subscriptions[Socket] = field(init=False, factory=Subscriptions)
     presence: Presence[Socket] = field(init=False, factory=Presence)
     publisher: Publisher = field(init=False)
@@ -160,7 +164,7 @@ class Realtime(Service):
     audience: AudienceCounter = field(init=False)
 
     def __attrs_post_init__(self) -> None:
-        self.publisher = Publisher(self.pool, self.local)
+        self.publisher = Publisher(self.pool, self.local, metrics=self.metrics)
         self.authorizer = Authorizer(self.pool)
         self.audience = AudienceCounter(self.pool, self.clock, self.audience_interval)
         self.namespace.on_connect(self._connect)
@@ -178,16 +182,19 @@ class Realtime(Service):
 
     # Delivery
 
-    def deliver(self, message: StoredMessage) -> None:
+    def deliver(self, message: StoredMessage) -> int:
         """
         Send a stored message to this process's sockets subscribed to its
         channel, or to the pattern of the channel row that owns it.
+
+        @return: How many sockets it was sent to.
         """
         audience = self.subscriptions.audience(message.channel, message.channel_id)
         if not audience:
-            return
+            return 0
         self.namespace.emit_many(audience, message.event, message.body)
         self.audience.add(message.message_id, len(audience))
+        return len(audience)
 
     # Connecting
 
@@ -237,6 +244,8 @@ class Realtime(Service):
                 return
             request = parse(operation, args)
             if isinstance(request, Refusal):
+                if operation == PUBLISH and self.metrics is not None:
+                    self.metrics.publishes("invalid")
                 self._answer_refusal(socket, ack, request)
                 return
             client.requests.append(partial(self._perform, socket, client, request, ack))
@@ -322,6 +331,8 @@ class Realtime(Service):
     def _publish(self, socket: Socket, client: _Client, request: Publish, ack: Ack | None) -> None:
         channel = request.channel
         if not self.subscriptions.receives(socket, channel):
+            if self.metrics is not None:
+                self.metrics.publishes("not_subscribed")
             self._answer_refusal(
                 socket,
                 ack,

@@ -52,6 +52,12 @@ class Subscriptions(Generic[S]):
     _by_channel_id: dict[str, set[S]] = Factory(dict)
     _of_socket: dict[S, dict[str, Subscription]] = Factory(dict)
 
+    def count(self) -> int:
+        """
+        How many subscriptions there are, over every socket.
+        """
+        return sum(map(len, self._of_socket.values()))
+
     def add(self, socket: S, subscription: Subscription) -> bool:
         """
         Subscribe C{socket}.

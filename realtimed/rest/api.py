@@ -266,36 +266,7 @@ class AdminAPI:
     # -- plumbing ----------------------------------------------------------
 
     def _require_admin(self, request: Request) -> Principal:
-        """
-        The admin making C{request}.  Every credential presented must be
-        valid: a request with a bad ``Authorization`` header is refused even
-        if its ``x-api-key`` is right, and the other way round.
-
-        @raise APIError: 401 without a valid credential, 403 for a valid
-            one that is not an admin's.
-        """
-        authorization = _header(request, b"authorization")
-        api_key = _header(request, b"x-api-key")
-        try:
-            if api_key is not None and not hmac.compare_digest(
-                api_key.encode("utf-8", "replace"), self._keys.api_key.encode("utf-8")
-            ):
-                raise AuthenticationError("Invalid API key")
-            if authorization is not None:
-                credential = bearer_credential(authorization)
-                if credential is None:
-                    raise AuthenticationError(
-                        "Invalid Authorization header: expected Bearer <credential>"
-                    )
-            else:
-                credential = api_key
-            principal = authenticate(credential, self._keys, self._clock.seconds())
-        except AuthenticationError as e:
-            request.setHeader(b"WWW-Authenticate", b'Bearer realm="realtime"')
-            raise APIError(401, "UNAUTHORIZED", str(e)) from None
-        if not principal.is_admin:
-            raise APIError(403, "FORBIDDEN", "Admin access required")
-        return principal
+        return require_admin(request, self._keys, self._clock.seconds())
 
     def _failed(self, failure: Failure, request: Request, gone: Callable[[], bool]) -> bytes:
         if failure.check(CancelledError) and gone():
@@ -552,6 +523,46 @@ class AdminAPI:
                 }
             )
         return 200, result
+
+
+def require_admin(request: Request, keys: Keys, now: float) -> Principal:
+    """
+    The admin making C{request}.  Every credential presented must be
+    valid: a request with a bad ``Authorization`` header is refused even if
+    its ``x-api-key`` is right, and the other way round.
+
+    @raise APIError: 401 without a valid credential, 403 for a valid one
+        that is not an admin's.
+    """
+    authorization = _header(request, b"authorization")
+    api_key = _header(request, b"x-api-key")
+    try:
+        if api_key is not None and not hmac.compare_digest(
+            api_key.encode("utf-8", "replace"), keys.api_key.encode("utf-8")
+        ):
+            raise AuthenticationError("Invalid API key")
+        if authorization is not None:
+            credential = bearer_credential(authorization)
+            if credential is None:
+                raise AuthenticationError(
+                    "Invalid Authorization header: expected Bearer <credential>"
+                )
+        else:
+            credential = api_key
+        principal = authenticate(credential, keys, now)
+    except AuthenticationError as e:
+        request.setHeader(b"WWW-Authenticate", b'Bearer realm="realtime"')
+        raise APIError(401, "UNAUTHORIZED", str(e)) from None
+    if not principal.is_admin:
+        raise APIError(403, "FORBIDDEN", "Admin access required")
+    return principal
+
+
+def write_error(request: Request, error: APIError) -> bytes:
+    """
+    Answer C{request} with C{error}; returns the body.
+    """
+    return _write_json(request, error.status, error.body())
 
 
 def _header(request: Request, name: bytes) -> str | None:

@@ -275,6 +275,8 @@ class ConnectionPool(Service):
         turns this off.
     @ivar application_name: How the pool's connections are named in
         PostgreSQL's ``pg_stat_activity``, unless C{dsn} names them.
+    @ivar on_wait: Called with the seconds each statement waited for its
+        connection (opening one included), if set.
     """
 
     reactor: Any
@@ -284,6 +286,7 @@ class ConnectionPool(Service):
     setup: Sequence[str] = ()
     warn_connect_failures: bool = True
     application_name: str = "realtimed"
+    on_wait: Callable[[float], object] | None = None
     _idle: list[DatabaseConnection] = field(factory=list, init=False)
     _open: int = field(default=0, init=False)
     _waiting: deque[Deferred[DatabaseConnection]] = field(factory=deque, init=False)
@@ -387,10 +390,21 @@ class ConnectionPool(Service):
         query.addErrback(lambda f: log.failure("Pinging the database failed", f))
         return answer
 
+    @property
+    def waiting(self) -> int:
+        """
+        How many statements wait for a connection now.
+        """
+        return len(self._waiting)
+
     def _using(self, work: Callable[[DatabaseConnection], Deferred[T]]) -> Deferred[T]:
+        on_wait = self.on_wait
+        asked = self.reactor.seconds() if on_wait is not None else 0.0
         d: Deferred[Any] = self._checkout()
 
         def run(connection: DatabaseConnection) -> Deferred[T]:
+            if on_wait is not None:
+                on_wait(self.reactor.seconds() - asked)
             result = work(connection)
 
             def done(outcome: object) -> object:

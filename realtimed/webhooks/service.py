@@ -47,6 +47,7 @@ from twisted.web.client import HTTPConnectionPool
 from twisted.web.http_headers import Headers
 
 from realtimed.config import Config
+from realtimed.metrics import Metrics
 from realtimed.store.pool import IQueries
 from realtimed.webhooks.answers import read_answer
 from realtimed.webhooks.endpoint import webhook_http_client
@@ -122,6 +123,7 @@ class WebhookService(Service):
     @ivar retention: Seconds delivered and failed rows are kept.
     @ivar prune_interval: Seconds between prunings.
     @ivar jitter: Source of random numbers in [0, 1) for the backoff.
+    @ivar metrics: Counts the attempts by outcome, if given.
     """
 
     reactor: Any
@@ -139,6 +141,7 @@ class WebhookService(Service):
     retention: float = 7 * 24 * 3600.0
     prune_interval: float = 3600.0
     jitter: Callable[[], float] = random.random
+    metrics: Metrics | None = None
 
     _key: bytes = field(init=False, repr=False)
     outcomes: Outcomes = field(init=False)
@@ -440,6 +443,8 @@ class WebhookService(Service):
     # -- recording -------------------------------------------------------------
 
     def _finished(self, outcome: Outcome) -> None:
+        if self.metrics is not None:
+            self.metrics.webhook_attempt(_attempt_outcome(outcome))
         self._outcomes.append(outcome)
         if not self.running:
             return  # stopService records what is left
@@ -515,6 +520,17 @@ class WebhookService(Service):
             self._pruning = None
 
         d.addCallback(finished)
+
+
+def _attempt_outcome(outcome: Outcome) -> str:
+    """
+    How an attempt ended, as the metrics count it.
+    """
+    if outcome.status == "pending":
+        return "retry"
+    if outcome.status == "failed" and (outcome.error or "").startswith("refused"):
+        return "refused"
+    return outcome.status
 
 
 def _timed_out(result: object, timeout: float) -> Failure:

@@ -19,6 +19,10 @@ and once its URL is known, the secrets are resolved and
 
 They stop in the reverse order: the ports close first, the database last.
 A failure during start-up is logged and stops the process.
+
+Before them all starts `realtimed.notify.SystemdNotify`, which tells
+systemd each step, that the daemon is ready once the last endpoint
+listens, and that it is stopping as soon as a stop begins; it stops last.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from realtimed.engineio.socketio import SocketIOServer
 from realtimed.keys import KEYS_FILE, Keys, resolve_keys
 from realtimed.lifecycle import StartInOrder
 from realtimed.metrics import Metrics
+from realtimed.notify import SystemdNotify
 from realtimed.realtime.service import Realtime
 from realtimed.rest.api import AdminAPI, require_admin
 from realtimed.store.listener import MessageListener
@@ -91,6 +96,7 @@ class RealtimeService(StartInOrder):
     @ivar database_url: The database in use, once known.
     @ivar keys: The secrets in use, once known.
     @ivar metrics: The daemon's Prometheus metrics.
+    @ivar notify: Tells systemd how start-up and stopping go.
     """
 
     def __init__(
@@ -99,8 +105,11 @@ class RealtimeService(StartInOrder):
         reactor: Any,
         out: TextIO | None = None,
         stop_on_failure: bool = True,
+        notify: SystemdNotify | None = None,
     ) -> None:
         super().__init__()
+        self.notify = SystemdNotify(None, reactor) if notify is None else notify
+        self.addService(self.notify)
         self.config = config
         self.reactor = reactor
         self.ready: Deferred[RealtimeService] = Deferred()
@@ -138,10 +147,17 @@ class RealtimeService(StartInOrder):
         d = self.whenReady()
         d.addCallbacks(self._started, self._failed)
 
+    def stopService(self) -> Any:
+        self.notify.stopping()
+        return super().stopService()
+
     def child_ready(self, child: object, result: object) -> None:
         if child is self.database:
             assert isinstance(result, str)
             self._serve(result)
+        following = self.services.index(child) + 1  # type: ignore[arg-type]
+        if following < len(self.services):
+            self.notify.status("Starting: " + _step(self.services[following]))
 
     def _serve(self, url: str) -> None:
         """
@@ -216,7 +232,21 @@ class RealtimeService(StartInOrder):
 
     def _started(self, _: object) -> None:
         self._announce()
+        self.notify.serving = self._serving
+        self.notify.ready()
         self.ready.callback(self)
+
+    def _serving(self) -> str:
+        """
+        What the daemon serves now, for systemd's status line.
+        """
+        assert self.socketio is not None and self.realtime is not None
+        sessions = self.socketio.engine.sessions
+        connections = sum(1 for connection in list(sessions.values()) if not connection.closed)
+        return (
+            f"Serving {connections} connections, "
+            f"{self.realtime.subscriptions.count()} subscriptions"
+        )
 
     def _failed(self, reason: Failure) -> None:
         if not self.running:
@@ -278,6 +308,25 @@ class RealtimeService(StartInOrder):
             lines.append(f"Generated secrets were written to {path} (mode 0600).")
         self._out.write("\n".join(lines) + "\n")
         self._out.flush()
+
+
+def _step(child: object) -> str:
+    """
+    What starting C{child} does, for systemd's status line.
+    """
+    if isinstance(child, ListeningPort):
+        return f"listening on {child.description}"
+    return {
+        "EmbeddedPostgres": "the embedded PostgreSQL",
+        "GivenDatabase": "the database",
+        "SchemaMigrations": "applying the schema migrations",
+        "ConnectionPool": "connecting to the database",
+        "MessageListener": "the listener, reading what was stored meanwhile",
+        "WebhookService": "webhook deliveries",
+        "MessageRetention": "message retention",
+        "Realtime": "realtime channels",
+        "SocketIOService": "Socket.IO",
+    }.get(type(child).__name__, type(child).__name__)
 
 
 def _url_of(port: IListeningPort) -> str:

@@ -114,6 +114,7 @@ def makeService(options: Options, reactor: IReactorCore | None = None) -> IServi
     """
     The realtimed service for the parsed options.
     """
+    from realtimed.notify import SystemdNotify
     from realtimed.service import RealtimeService
 
     if reactor is None:
@@ -122,7 +123,8 @@ def makeService(options: Options, reactor: IReactorCore | None = None) -> IServi
         reactor = _reactor  # type: ignore[assignment]
     assert options.config is not None
     _tune_collector()
-    return RealtimeService(config=options.config, reactor=reactor)
+    notify = SystemdNotify.from_environment(os.environ, reactor)
+    return RealtimeService(config=options.config, reactor=reactor, notify=notify)
 
 
 def _tune_collector() -> None:

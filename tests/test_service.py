@@ -150,6 +150,7 @@ class ServiceTests(TestCase):
         self.assertEqual(
             [type(child).__name__ for child in service],
             [
+                "SystemdNotify",
                 "GivenDatabase",
                 "SchemaMigrations",
                 "ConnectionPool",

@@ -121,6 +121,11 @@ SETTINGS: tuple[Setting, ...] = (
         "the admin credential",
     ),
     Setting(
+        "log-format",
+        "How log lines are written: text, or json (one JSON object per line)",
+        default="text",
+    ),
+    Setting(
         "retention-interval",
         "Seconds between passes that delete messages older than the retention "
         "(set with PATCH /api/realtime/config)",
@@ -155,6 +160,7 @@ class Config:
     webhook_retry_hours: float
     cors_origin: tuple[str, ...]
     metrics_port: str | None
+    log_format: str
     retention_interval: float
 
 
@@ -295,6 +301,8 @@ def _check(config: Config) -> None:
             raise ConfigError(f"webhook-secret: {e}") from None
     if not 0 < config.webhook_retry_hours <= 24 * 30:
         raise ConfigError("webhook-retry-hours: must be more than 0 and at most 720")
+    if config.log_format not in ("text", "json"):
+        raise ConfigError(f"log-format: expected text or json, not {config.log_format!r}")
     if not 0 < config.retention_interval <= 24 * 3600:
         raise ConfigError("retention-interval: must be more than 0 and at most 86400")
 

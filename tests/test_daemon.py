@@ -245,3 +245,107 @@ class NotifyTests(TestCase):
             if line.strip() and "/opt/realtimed/bin/twistd" not in line
         ]
         self.assertEqual(complaints, [])
+
+
+class JSONLogTests(TestCase):
+    timeout = 120
+
+    def test_json_lines_without_secrets(self) -> None:
+        """
+        With C{--log-format json}, every line realtimed writes is one JSON
+        object with time, level, namespace and message: among them its
+        start, a socket refused for a bad token, and a webhook delivery
+        refused for a private address; no secret appears in any line.
+        """
+        import socketio
+
+        url = create_database(self)
+        directory = Path(tempfile.mkdtemp(prefix="realtimed-json-"))
+        self.addCleanup(shutil.rmtree, directory, ignore_errors=True)
+        port = free_port()
+        log = directory / "out.log"
+        with open(log, "wb") as out:
+            process = subprocess.Popen(
+                [
+                    str(TWISTD),
+                    "--nodaemon",
+                    "--pidfile=",
+                    "realtimed",
+                    "--log-format",
+                    "json",
+                    "--port",
+                    f"tcp:{port}:interface=127.0.0.1",
+                    "--database-url",
+                    url,
+                    "--data-dir",
+                    str(directory / "data"),
+                    "--jwt-secret",
+                    KEYS.jwt_secret,
+                    "--api-key",
+                    KEYS.api_key,
+                    "--anon-key",
+                    KEYS.anon_key,
+                    "--webhook-secret",
+                    KEYS.webhook_secret,
+                ],
+                cwd=directory,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+        self.addCleanup(lambda: process.poll() is None and process.kill())
+
+        def records() -> list[dict[str, object]]:
+            found = []
+            for line in log.read_text(errors="replace").splitlines():
+                try:
+                    found.append(json.loads(line))
+                except ValueError:
+                    self.fail(f"not a JSON line: {line!r}")
+            return found
+
+        def wait_for_line(text: str) -> dict[str, object]:
+            deadline = time.monotonic() + PATIENCE
+            while True:
+                for record in records():
+                    if text in str(record["message"]):
+                        return record
+                if time.monotonic() > deadline or process.poll() is not None:
+                    self.fail(f"no line with {text!r}:\n" + log.read_text(errors="replace"))
+                time.sleep(0.1)
+
+        started = wait_for_line("realtimed listening on")
+        client = socketio.Client(reconnection=False)
+        with self.assertRaises(socketio.exceptions.ConnectionError):
+            client.connect(
+                f"http://127.0.0.1:{port}",
+                auth={"token": "not-a-token"},
+                transports=["websocket"],
+                wait_timeout=PATIENCE,
+            )
+        client.disconnect()
+        refused = wait_for_line("Refused socket")
+        run_sql(
+            url,
+            "INSERT INTO realtime.channels (pattern, webhook_urls)"
+            " VALUES ('orders', ARRAY['http://127.0.0.1:9/hook'])",
+        )
+        run_sql(url, "SELECT realtime.publish('orders', 'created', '{}')")
+        webhook = wait_for_line("refused")
+        while "Webhook delivery" not in str(webhook["message"]):
+            webhook = wait_for_line("Webhook delivery")
+        process.send_signal(signal.SIGTERM)
+        self.assertIn(process.wait(timeout=PATIENCE), (0, -signal.SIGTERM))
+
+        self.assertEqual(started["level"], "info")
+        self.assertEqual(started["namespace"], "realtimed.service")
+        self.assertEqual(refused["reason"], "Invalid token")
+        self.assertEqual(webhook["level"], "warn")
+        self.assertIn("private", str(webhook["message"]))
+        for record in records():
+            self.assertTrue({"time", "level", "namespace", "message"} <= set(record), record)
+            self.assertRegex(str(record["time"]), r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+        text = log.read_text(errors="replace")
+        for secret in (KEYS.jwt_secret, KEYS.api_key, KEYS.anon_key, KEYS.webhook_secret):
+            self.assertNotIn(secret, text)
+        self.assertNotIn(KEYS.webhook_secret.removeprefix("whsec_"), text)

@@ -203,6 +203,7 @@ class Realtime(Service):
             credential = credential_of(auth, socket.headers)
             principal = authenticate(credential, self.keys, self._now())
         except AuthenticationError as e:
+            log.info("Refused socket {sid}: {reason}", sid=socket.sid, reason=str(e))
             raise ConnectRefused(str(e)) from None
         if principal.sender_type == "user" and principal.sender_id is not None:
             identity = Identity(principal.sender_id, USER)

@@ -13,12 +13,19 @@ and once its URL is known, the secrets are resolved and
 3. the query pool and the webhook outbox's pool open their first
    connection;
 4. the listener connects and reads what was stored meanwhile;
-5. the webhook service, message retention, then the realtime channels on
-   Socket.IO, start;
+5. the webhook service, message retention, Socket.IO, then the realtime
+   channels, start;
 6. every endpoint listens (the metrics endpoint last).
 
-They stop in the reverse order: the ports close first, the database last.
-A failure during start-up is logged and stops the process.
+They stop in the reverse order, which is the graceful stop (SIGTERM): the
+ports stop accepting connections; realtime refuses new requests and waits
+until every request already received is answered (every publish stored and
+acknowledged, or refused); Socket.IO closes every session, so clients
+reconnect elsewhere; the webhook service stops claiming, and hands the
+attempts still in flight after its grace period back to the database as
+pending; then the listener and the database connections close.  The whole
+stop is bounded by ``STOP_TIMEOUT``.  A failure during start-up is logged
+and stops the process.
 
 Before them all starts `realtimed.notify.SystemdNotify`, which tells
 systemd each step, that the daemon is ready once the last endpoint
@@ -58,6 +65,10 @@ from realtimed.webhooks.outbox import outbox_pool
 from realtimed.webhooks.service import WebhookService
 
 log = Logger()
+
+#: The longest a stop may take, in seconds; systemd's TimeoutStopSec= is
+#: longer.
+STOP_TIMEOUT = 19.0
 
 
 @define(eq=False)
@@ -147,9 +158,41 @@ class RealtimeService(StartInOrder):
         d = self.whenReady()
         d.addCallbacks(self._started, self._failed)
 
-    def stopService(self) -> Any:
+    def stopService(self) -> Deferred[None]:
+        """
+        Stop every piece in turn; the Deferred fires once they have
+        stopped, or after L{STOP_TIMEOUT} seconds with those still
+        stopping logged, so that the process always exits in time.
+        """
         self.notify.stopping()
-        return super().stopService()
+        started = self.reactor.seconds()
+        log.info("realtimed is stopping")
+        stopped: Deferred[None] = super().stopService()
+        done: Deferred[None] = Deferred()
+
+        def finished(_: object) -> None:
+            if timer.active():
+                timer.cancel()
+            if not done.called:
+                log.info(
+                    "realtimed stopped in {seconds:.2f} s",
+                    seconds=self.reactor.seconds() - started,
+                )
+                done.callback(None)
+
+        def too_long() -> None:
+            still = [type(child).__name__ for child in self if child.running]
+            log.warn(
+                "Stopping took over {timeout:g} s; exiting with {pieces} still stopping",
+                timeout=STOP_TIMEOUT,
+                pieces=still,
+            )
+            if not done.called:
+                done.callback(None)
+
+        timer = self.reactor.callLater(STOP_TIMEOUT, too_long)
+        stopped.addBoth(finished)
+        return done
 
     def child_ready(self, child: object, result: object) -> None:
         if child is self.database:
@@ -207,8 +250,11 @@ class RealtimeService(StartInOrder):
             metrics=metrics,
         )
         metrics.subscriptions = realtime.subscriptions.count
-        self.addService(realtime)
+        # Socket.IO before realtime, so that on the way down realtime first
+        # answers every request it received, and only then are the sockets
+        # closed.
         self.addService(SocketIOService(socketio))
+        self.addService(realtime)
         site = Site(
             root_resource(
                 health=pool.ping,

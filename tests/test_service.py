@@ -158,8 +158,8 @@ class ServiceTests(TestCase):
                 "MessageListener",
                 "WebhookService",
                 "MessageRetention",
-                "Realtime",
                 "SocketIOService",
+                "Realtime",
                 "ListeningPort",
             ],
         )

@@ -31,6 +31,12 @@ Messages reach sockets only through PostgreSQL: a publish is stored, every
 realtimed process's listener reads every stored message from the database
 and calls `Realtime.deliver`, which sends it to this process's subscribed
 sockets.
+
+Stopping: from the moment `Realtime.stopService` is called, requests that
+arrive are refused (``INTERNAL_ERROR``, "realtimed is stopping"); every
+request received before is still handled, and the stop waits (up to
+``drain_timeout``) until each has been answered, so that a publish is never
+stored without its ack being sent, nor acknowledged without being stored.
 """
 
 from __future__ import annotations
@@ -148,6 +154,8 @@ class Realtime(Service):
         acknowledged (the listener).
     @ivar audience_interval: Seconds between writes of audience counts.
     @ivar metrics: Counts publishes (the daemon's metrics), if given.
+    @ivar drain_timeout: When stopping, the longest wait for the requests
+        received before the stop to be answered.
     """
 
     namespace: Namespace
@@ -157,11 +165,14 @@ class Realtime(Service):
     local: LocalDelivery | None = None
     audience_interval: float = 1.0
     metrics: Metrics | None = None
+    drain_timeout: float = 10.0
     subscriptions: Subscriptions[Socket] = field(init=False, factory=Subscriptions)
     presence: Presence[Socket] = field(init=False, factory=Presence)
     publisher: Publisher = field(init=False)
     authorizer: Authorizer = field(init=False)
     audience: AudienceCounter = field(init=False)
+    _stopping: bool = field(default=False, init=False)
+    _publishing: int = field(default=0, init=False)
 
     def __attrs_post_init__(self) -> None:
         self.publisher = Publisher(self.pool, self.local, metrics=self.metrics)
@@ -175,10 +186,56 @@ class Realtime(Service):
     # Service
 
     def stopService(self) -> Deferred[None]:
+        """
+        Refuse new requests, wait until those received are answered, then
+        write the last audience counts.
+        """
         Service.stopService(self)
-        d = self.audience.stop()
+        self._stopping = True
+        d = self.drained()
+        d.addCallback(lambda _: self.audience.stop())
         d.addErrback(lambda f: log.failure("Writing the last audience counts failed", f))
         return d
+
+    def startService(self) -> None:
+        Service.startService(self)
+        self._stopping = False
+
+    def _answering(self) -> bool:
+        """
+        Is a request received still waiting for its answer?
+        """
+        if self._publishing:
+            return True
+        for socket in list(self.namespace.sockets.values()):
+            client = self._client(socket)
+            if client is not None and (client.busy or client.requests):
+                return True
+        return False
+
+    def drained(self) -> Deferred[None]:
+        """
+        A Deferred firing once every request received has been answered,
+        or after C{drain_timeout} seconds (with those left logged).
+        """
+        done: Deferred[None] = Deferred()
+        deadline = self._now() + self.drain_timeout
+
+        def check() -> None:
+            if not self._answering():
+                done.callback(None)
+            elif self._now() >= deadline:
+                log.warn(
+                    "Stopping with {count} publishes still unanswered after {timeout:g} s",
+                    count=self._publishing,
+                    timeout=self.drain_timeout,
+                )
+                done.callback(None)
+            else:
+                self.clock.callLater(0.01, check)
+
+        check()
+        return done
 
     # Delivery
 
@@ -242,6 +299,9 @@ class Realtime(Service):
         def handle(socket: Socket, args: list[Any], ack: Ack | None) -> None:
             client = self._client(socket)
             if client is None:
+                return
+            if self._stopping:
+                self._answer_refusal(socket, ack, _stopping_refusal(args))
                 return
             request = parse(operation, args)
             if isinstance(request, Refusal):
@@ -344,12 +404,17 @@ class Realtime(Service):
                 ),
             )
             return
+        self._publishing += 1
         d = self.publisher.publish(client.principal, channel, request.event, request.payload_json)
         d.addCallback(
             lambda message_id: self._answer(socket, ack, published_ack(channel, message_id))
         )
         d.addErrback(self._failed, socket, ack, channel, "publish")
         d.addErrback(lambda f: log.failure("Answering a publish failed", f))
+        d.addBoth(self._published)
+
+    def _published(self, _: object) -> None:
+        self._publishing -= 1
 
     # Answers
 
@@ -388,6 +453,19 @@ class Realtime(Service):
 
     def _now(self) -> float:
         return float(self.clock.seconds())
+
+
+def _stopping_refusal(args: list[Any]) -> Refusal:
+    """
+    How a request that arrives once realtimed is stopping is refused.
+    """
+    data = args[0] if args else None
+    channel = data.get("channel") if isinstance(data, dict) else None
+    return Refusal(
+        channel if isinstance(channel, str) else None,
+        INTERNAL_ERROR,
+        "realtimed is stopping; reconnect and try again",
+    )
 
 
 def _refusal(rejected: Rejected, what: str) -> Refusal:

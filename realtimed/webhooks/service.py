@@ -124,6 +124,10 @@ class WebhookService(Service):
     @ivar prune_interval: Seconds between prunings.
     @ivar jitter: Source of random numbers in [0, 1) for the backoff.
     @ivar metrics: Counts the attempts by outcome, if given.
+    @ivar stop_grace: When stopping, how long attempts in flight may still
+        take; those still unanswered then are cancelled and handed back to
+        the database as pending, due at once (another process, or this one
+        restarted, makes them).
     """
 
     reactor: Any
@@ -142,6 +146,7 @@ class WebhookService(Service):
     prune_interval: float = 3600.0
     jitter: Callable[[], float] = random.random
     metrics: Metrics | None = None
+    stop_grace: float = 5.0
 
     _key: bytes = field(init=False, repr=False)
     outcomes: Outcomes = field(init=False)
@@ -149,6 +154,8 @@ class WebhookService(Service):
     _outbox: Outbox = field(init=False)
     _connections: HTTPConnectionPool | None = field(default=None, init=False)
     _in_flight: dict[int, Deferred[None]] = field(factory=dict, init=False)
+    _requests: dict[int, Deferred[Any]] = field(factory=dict, init=False)
+    _handed_back: set[int] = field(factory=set, init=False)
     _per_host_busy: dict[str, int] = field(factory=dict, init=False)
     _claiming: Deferred[Any] | None = field(default=None, init=False)
     _claim_again: bool = field(default=False, init=False)
@@ -212,8 +219,9 @@ class WebhookService(Service):
 
     def stopService(self) -> Deferred[None]:
         """
-        Stop claiming; let the attempts in flight finish (each is bounded
-        by the timeout) and record their outcomes; close connections.
+        Stop claiming; let the attempts in flight finish for up to
+        C{stop_grace} seconds, then hand those left back as pending; record
+        every outcome; close connections.
         """
         super().stopService()
         for loop in (self._poll, self._prune):
@@ -225,12 +233,42 @@ class WebhookService(Service):
         self._wake_call = self._wake_later = self._flush_call = None
         waiting = [d for d in (self._claiming, self._pruning) if d is not None]
         d: Deferred[Any] = DeferredList(waiting)
-        d.addCallback(lambda _: DeferredList(list(self._in_flight.values())))
+        d.addCallback(lambda _: self._finish_in_flight())
         d.addCallback(lambda _: self._flush_all())
         d.addErrback(lambda f: log.failure("Stopping webhook deliveries", f))
         d.addCallback(lambda _: self._close())
         d.addErrback(lambda f: log.failure("Closing webhook connections", f))
         return d
+
+    def _finish_in_flight(self) -> Deferred[Any]:
+        """
+        A Deferred firing once no attempt is in flight: each ends by
+        itself within C{stop_grace} seconds, or is cancelled then and
+        handed back.
+        """
+        if not self._in_flight:
+            return succeed(None)
+        d: Deferred[Any] = DeferredList(list(self._in_flight.values()))
+
+        def hand_back() -> None:
+            left = list(self._requests.items())
+            if left:
+                log.info(
+                    "Handing {count} webhook deliveries in flight back to the database",
+                    count=len(left),
+                )
+            for delivery_id, request in left:
+                self._handed_back.add(delivery_id)
+                request.cancel()
+
+        timer = self.clock.callLater(self.stop_grace, hand_back)
+
+        def ended(result: object) -> object:
+            if timer.active():
+                timer.cancel()
+            return result
+
+        return d.addBoth(ended)
 
     def _flush_all(self) -> Deferred[None]:
         """
@@ -380,6 +418,7 @@ class WebhookService(Service):
             d = succeed(self.outcomes.refused(delivery, refusal))
         else:
             d = self._send(delivery)
+        d.addCallback(self._unless_handed_back, delivery)
         d.addCallback(self._finished)
         d.addErrback(
             lambda f: log.failure(
@@ -389,6 +428,7 @@ class WebhookService(Service):
 
         def release(_: object) -> None:
             del self._in_flight[delivery.id]
+            self._requests.pop(delivery.id, None)
             tracker.callback(None)
             left = self._per_host_busy[delivery.host] - 1
             if left:
@@ -402,6 +442,16 @@ class WebhookService(Service):
 
         d.addCallback(release)
         d.addErrback(lambda f: log.failure("Releasing a webhook delivery", f))
+
+    def _unless_handed_back(self, outcome: Outcome, delivery: Delivery) -> Outcome:
+        """
+        C{outcome}, unless the attempt was cancelled by a stop: then the
+        delivery is pending again, due at once.
+        """
+        if delivery.id not in self._handed_back:
+            return outcome
+        self._handed_back.discard(delivery.id)
+        return Outcome(delivery, "pending", error="handed back: realtimed stopped", delay=0.0)
 
     def _send(self, delivery: Delivery) -> Deferred[Outcome]:
         timestamp = int(self.clock.seconds())
@@ -432,6 +482,7 @@ class WebhookService(Service):
                     delivery, f"the URL cannot be requested ({type(e).__name__}: {e})"
                 )
             )
+        self._requests[delivery.id] = d
         d.addCallback(read_answer)
         d.addTimeout(self.timeout, self.clock, onTimeoutCancel=_timed_out)
         d.addCallbacks(

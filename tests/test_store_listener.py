@@ -602,12 +602,15 @@ class SilentLinkTests(ListenerMixin, TestCase):
 
 def sleepers(url: str) -> list[int]:
     """
-    The server processes holding the listeners' sleep lock.
+    The server processes holding the listeners' sleep lock on the database
+    at C{url} (advisory locks of every database of the server share
+    ``pg_locks``).
     """
     rows = run_sql(
         url,
         "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted"
         " AND (classid::bigint << 32 | objid::bigint) = realtime.sleep_lock_key()"
+        " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
         " ORDER BY pid",
     )
     return [pid for (pid,) in rows]

@@ -47,6 +47,7 @@ from twisted.python.failure import Failure
 from twisted.web.server import Site
 
 from realtimed.config import Config
+from realtimed.control import CONTROL_CHANNEL, AdminControl, DisconnectTarget
 from realtimed.engineio.engine import EngineConfig
 from realtimed.engineio.socketio import SocketIOServer
 from realtimed.keys import KEYS_FILE, Keys, resolve_keys
@@ -228,11 +229,14 @@ class RealtimeService(StartInOrder):
             for connection in list(sessions.values())
             if not connection.closed
         ]
+        control = AdminControl(pool, reactor)
         listener = self.listener = MessageListener(
             reactor=reactor,
             dsn=url,
             on_message=self._message_stored,
             after_messages=socketio.engine.flush,
+            also_listen=(CONTROL_CHANNEL,),
+            on_notify=control.notified,
         )
         self.addService(listener)
         webhooks = self.webhooks = WebhookService.from_config(
@@ -250,6 +254,12 @@ class RealtimeService(StartInOrder):
             metrics=metrics,
         )
         metrics.subscriptions = realtime.subscriptions.count
+        control.presence = realtime.members
+
+        def disconnect_local(target: DisconnectTarget) -> int:
+            return realtime.disconnect_sockets(target.user_id, target.socket_id)
+
+        control.disconnect_local = disconnect_local
         # Socket.IO before realtime, so that on the way down realtime first
         # answers every request it received, and only then are the sockets
         # closed.
@@ -259,7 +269,7 @@ class RealtimeService(StartInOrder):
             root_resource(
                 health=pool.ping,
                 socketio=socketio.resource(),
-                api=AdminAPI(pool, keys, reactor).resource(),
+                api=AdminAPI(pool, keys, reactor, control).resource(),
                 metrics=MetricsPage(
                     metrics, lambda request: require_admin(request, keys, reactor.seconds())
                 ),

@@ -253,6 +253,37 @@ class Realtime(Service):
         self.audience.add(message.message_id, len(audience))
         return len(audience)
 
+    # Admin control
+
+    def disconnect_sockets(self, user_id: str | None = None, socket_id: str | None = None) -> int:
+        """
+        Disconnect (a Socket.IO DISCONNECT: clients do not reconnect by
+        themselves) every socket of this process of the user C{user_id}
+        (its JWT ``sub``), or the socket C{socket_id}.
+
+        @return: How many sockets were disconnected.
+        """
+        chosen = []
+        for socket in list(self.namespace.sockets.values()):
+            client = self._client(socket)
+            if client is None:
+                continue
+            if socket.sid == socket_id or (
+                user_id is not None
+                and client.identity.type == USER
+                and client.identity.presence_id == user_id
+            ):
+                chosen.append(socket)
+        for socket in chosen:
+            socket.disconnect()
+        return len(chosen)
+
+    def members(self, channel: str) -> list[dict[str, Any]]:
+        """
+        The members present in C{channel} on this process, oldest first.
+        """
+        return [member.to_json() for member in self.presence.members(channel)]
+
     # Connecting
 
     def _connect(self, socket: Socket, auth: object) -> None:

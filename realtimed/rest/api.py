@@ -1,7 +1,7 @@
 """
 The admin REST API: channels, message history and statistics, publishing
-from backends, message retention, and the row-level security policies that
-govern subscribing and publishing.
+from backends, message retention, presence and disconnecting sockets, and
+the row-level security policies that govern subscribing and publishing.
 
 `AdminAPI.resource` is mounted at ``/api/realtime/``; the routes below are
 relative to it.  Every route, the OpenAPI document included, takes an admin
@@ -45,6 +45,7 @@ from realtimed.auth import (
     authenticate,
     bearer_credential,
 )
+from realtimed.control import AdminControl, DisconnectTarget
 from realtimed.keys import Keys
 from realtimed.rest import validation
 from realtimed.rest.openapi import openapi_document
@@ -249,6 +250,8 @@ class AdminAPI:
     @ivar _pool: Where queries run.
     @ivar _keys: What admin credentials are checked against.
     @ivar _clock: The time, for token expiry.
+    @ivar _control: Presence and disconnects on this process and the
+        others; by default, with no sockets of its own.
     """
 
     app: ClassVar[Klein] = Klein()
@@ -256,6 +259,11 @@ class AdminAPI:
     _pool: IQueries
     _keys: Keys
     _clock: IReactorTime
+    _control: AdminControl | None = None
+
+    def __attrs_post_init__(self) -> None:
+        if self._control is None:
+            self._control = AdminControl(self._pool, self._clock)
 
     def resource(self) -> IResource:
         """
@@ -490,6 +498,29 @@ class AdminAPI:
             days="unlimited" if config.retention_days is None else config.retention_days,
         )
         return 200, {"message": "Retention config updated successfully"}
+
+    # -- admin control -----------------------------------------------------
+
+    @app.route("/presence", methods=["GET"])
+    @_admin_route
+    async def presence(self, request: Request) -> tuple[int, Any]:
+        channel = validation.presence_query(_query(request))
+        assert self._control is not None
+        return 200, {"channel": channel, "members": self._control.presence(channel)}
+
+    @app.route("/disconnect", methods=["POST"])
+    @_admin_route
+    async def disconnect(self, request: Request) -> tuple[int, Any]:
+        user_id, socket_id = validation.disconnect_target(_body(request))
+        assert self._control is not None
+        target = DisconnectTarget(user_id, socket_id)
+        count = await self._control.disconnect(target)
+        log.info(
+            "Disconnected {count} sockets of {target} at an admin's request",
+            count=count,
+            target=target.to_json(),
+        )
+        return 200, {"disconnected": count}
 
     # -- permissions -------------------------------------------------------
 

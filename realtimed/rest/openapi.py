@@ -27,6 +27,12 @@ _TIME: Final = {"type": "string", "format": "date-time"}
 _COUNT: Final = {"type": "integer", "minimum": 0}
 
 CHANNEL_PATTERN_REGEX: Final = f"^{channels.PATTERN_REGEX}$"
+_ID_FIELD: Final = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": validation.MAX_ID_LENGTH,
+    "pattern": "^[^\\x00]*$",
+}
 CHANNEL_NAME_REGEX: Final = f"^{channels.NAME_REGEX}$"
 # What the schema promises is accepted; the API accepts more (any absolute
 # http or https URL with a host), and refuses anything else.
@@ -111,6 +117,12 @@ PERMISSIONS_EXAMPLE: Final = {
 }
 RETENTION_EXAMPLE: Final = {"retentionDays": 30}
 RETENTION_UPDATED: Final = {"message": "Retention config updated successfully"}
+PRESENCE_EXAMPLE: Final = {
+    "channel": "chat:room1",
+    "members": [
+        {"presenceId": "user-123", "type": "user", "joinedAt": "2024-01-15T10:30:00.000Z"}
+    ],
+}
 _NO_EXAMPLE: Final = object()
 
 
@@ -387,6 +399,54 @@ def _schemas() -> dict[str, Any]:
             "additionalProperties": False,
             "properties": {"message": {"type": "string"}},
         },
+        "Presence": {
+            "type": "object",
+            "required": ["channel", "members"],
+            "additionalProperties": False,
+            "properties": {
+                "channel": {"type": "string"},
+                "members": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["presenceId", "type", "joinedAt"],
+                        "additionalProperties": False,
+                        "properties": {
+                            "presenceId": {"type": "string"},
+                            "type": {"type": "string", "enum": ["user", "anonymous"]},
+                            "joinedAt": _TIME,
+                        },
+                    },
+                },
+            },
+        },
+        "DisconnectRequest": {
+            "oneOf": [
+                {
+                    "type": "object",
+                    "required": ["userId"],
+                    "additionalProperties": False,
+                    "properties": {"userId": _ID_FIELD},
+                },
+                {
+                    "type": "object",
+                    "required": ["socketId"],
+                    "additionalProperties": False,
+                    "properties": {"socketId": _ID_FIELD},
+                },
+            ],
+        },
+        "Disconnected": {
+            "type": "object",
+            "required": ["disconnected"],
+            "additionalProperties": False,
+            "properties": {
+                "disconnected": {
+                    **_COUNT,
+                    "description": "Sockets disconnected, over every process that answered.",
+                }
+            },
+        },
         "Policy": {
             "type": "object",
             "required": [
@@ -606,6 +666,45 @@ def _paths() -> dict[str, Any]:
                 "requestBody": _request("RetentionConfig", RETENTION_EXAMPLE),
                 "responses": _responses(
                     ("200", _json(_ref("Updated"), "Updated", RETENTION_UPDATED)),
+                    "400",
+                ),
+            },
+        },
+        "/presence": {
+            "get": {
+                "operationId": "presence",
+                "summary": "The members present in a channel (on the process answering)",
+                "parameters": [
+                    {
+                        "name": "channel",
+                        "in": "query",
+                        "required": True,
+                        "description": "A channel name, or a channel's pattern.",
+                        "schema": {
+                            "type": "string",
+                            "pattern": CHANNEL_PATTERN_REGEX,
+                            "minLength": 1,
+                            "maxLength": 255,
+                        },
+                    }
+                ],
+                "responses": _responses(
+                    ("200", _json(_ref("Presence"), "The members", PRESENCE_EXAMPLE)),
+                    "400",
+                ),
+            },
+        },
+        "/disconnect": {
+            "post": {
+                "operationId": "disconnect",
+                "summary": "Disconnect a user's sockets, or one socket, on every process",
+                "description": (
+                    "Each socket gets a Socket.IO DISCONNECT, after which clients do not"
+                    " reconnect by themselves."
+                ),
+                "requestBody": _request("DisconnectRequest", {"userId": "user-123"}),
+                "responses": _responses(
+                    ("200", _json(_ref("Disconnected"), "Done", {"disconnected": 2})),
                     "400",
                 ),
             },

@@ -401,6 +401,40 @@ def retention_config(body: Any) -> RetentionConfig:
     return RetentionConfig(days)
 
 
+#: The longest user or socket id a disconnect request may name.
+MAX_ID_LENGTH: Final = 255
+
+
+def disconnect_target(body: Any) -> tuple[str | None, str | None]:
+    """
+    Whose sockets a ``POST /disconnect`` body names: C{(userId, None)} or
+    C{(None, socketId)}.
+
+    @param body: The parsed JSON body.
+    @raise InvalidInput: Naming every problem.
+    """
+    fields, problems = _object(body, ("userId", "socketId"))
+    found: dict[str, str] = {}
+    for name in ("userId", "socketId"):
+        if name not in fields:
+            continue
+        value = fields[name]
+        if not isinstance(value, str):
+            problems.append(expected(name, "string", value))
+        elif not 1 <= len(value) <= MAX_ID_LENGTH:
+            problems.append(f"{name}: Must be 1-{MAX_ID_LENGTH} characters")
+        elif storable_problem(value):
+            problems.append(f"{name}: {storable_problem(value)}")
+        else:
+            found[name] = value
+    if not problems and len(found) != 1:
+        both = ", not both" if found else ""
+        problems.append(f"body: Give userId or socketId{both}")
+    if problems:
+        raise InvalidInput(_ordered(problems))
+    return found.get("userId"), found.get("socketId")
+
+
 # -- parameters ------------------------------------------------------------
 
 
@@ -525,6 +559,30 @@ def parse_datetime(text: str) -> datetime | None:
         return value.astimezone(UTC)
     except (OverflowError, ValueError):
         return None
+
+
+def presence_query(args: Mapping[str, Sequence[str]]) -> str:
+    """
+    The channel of ``GET /presence``: a name, or a channel row's pattern
+    (in its canonical form).
+
+    @param args: Each query parameter's values, decoded.
+    @raise InvalidInput: Naming the problem.
+    """
+    problems: list[str] = []
+    channel = _single(args, "channel", problems)
+    if problems:
+        raise InvalidInput(problems)
+    if channel is None:
+        raise InvalidInput(["channel: Channel name is required"])
+    if not is_valid_pattern(channel):
+        raise InvalidInput(
+            [
+                "channel: Invalid channel (1-255 characters from A-Z a-z 0-9 _ - : . @,"
+                " or a channel pattern with * or %)"
+            ]
+        )
+    return canonical_pattern(channel)
 
 
 def stats_query(args: Mapping[str, Sequence[str]]) -> StatsQuery:

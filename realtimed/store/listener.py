@@ -28,6 +28,10 @@ migration ``0004_wakeup.sql``):
 
 Whatever a poll finds wakes the listener up.
 
+The same connection LISTENs on the channels named in ``also_listen`` (the
+daemon's ``realtime_control``, see migration 0009), and hands what arrives
+there to ``on_notify``.
+
 Publishes this process stores come back by polling like any message, but
 they need not wait for it: the publisher hands each stored batch over
 (`stored_here`) together with whether every message committed before it was
@@ -134,6 +138,9 @@ class MessageListener(Service):
     @ivar query_timeout: A query unanswered for this long drops the
         connection.
     @ivar page_size: How many messages one query reads at most.
+    @ivar also_listen: More channels to LISTEN on.
+    @ivar on_notify: Called with the channel and payload of each
+        notification on those channels.  Exceptions are logged.
     @ivar phase: Awake, dozing or asleep.
     """
 
@@ -152,6 +159,8 @@ class MessageListener(Service):
     query_timeout: float = 10.0
     connect_timeout: float = 10.0
     page_size: int = 500
+    also_listen: tuple[str, ...] = ()
+    on_notify: Callable[[str, str], object] | None = None
     phase: Phase = field(default=Phase.AWAKE, init=False)
     _connection: DatabaseConnection | None = field(default=None, init=False)
     _generation: int = field(default=0, init=False)
@@ -326,7 +335,10 @@ class MessageListener(Service):
         # A new session holds no lock: the listener starts awake.
         self.phase = Phase.AWAKE
         self._idle = 0
-        yield self._query(generation, f"LISTEN {CHANNEL}", timeout=self.connect_timeout, rows=False)
+        for channel in (CHANNEL, *self.also_listen):
+            yield self._query(
+                generation, f"LISTEN {channel}", timeout=self.connect_timeout, rows=False
+            )
         reconnected = self._since is not None
         found = yield self._poll(generation)
         if reconnected:
@@ -478,8 +490,15 @@ class MessageListener(Service):
                 log.failure("Finishing a batch of messages failed")
 
     def _notified(self, generation: int, notify: Any) -> None:
-        if generation == self._generation and notify.channel == CHANNEL:
+        if generation != self._generation:
+            return
+        if notify.channel == CHANNEL:
             self.poll_soon()
+        elif notify.channel in self.also_listen and self.on_notify is not None:
+            try:
+                self.on_notify(notify.channel, notify.payload)
+            except Exception:
+                log.failure("Handling a notification on {channel} failed", channel=notify.channel)
 
     def _deliver(self, message: StoredMessage) -> None:
         try:

@@ -22,6 +22,7 @@ setup(
         "pyjwt >= 2.8, < 3",
         "attrs >= 23.2",
         "pgserver >= 0.1.4, < 0.2",
+        "prometheus_client >= 0.20, < 1",
     ],
     extras_require={
         "test": [

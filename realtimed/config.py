@@ -170,6 +170,24 @@ SETTINGS: tuple[Setting, ...] = (
         kind="float",
         default=100.0,
     ),
+    Setting(
+        "metrics-port",
+        "Twisted endpoint string serving only /metrics, without a credential "
+        "(tcp:9464:interface=127.0.0.1); unset: /metrics only on --port, for "
+        "the admin credential",
+    ),
+    Setting(
+        "log-format",
+        "How log lines are written: text, or json (one JSON object per line)",
+        default="text",
+    ),
+    Setting(
+        "retention-interval",
+        "Seconds between passes that delete messages older than the retention "
+        "(set with PATCH /api/realtime/config)",
+        kind="float",
+        default=60.0,
+    ),
 )
 
 SETTINGS_BY_NAME: Mapping[str, Setting] = {s.name: s for s in SETTINGS}
@@ -203,6 +221,9 @@ class Config:
     max_connections_per_ip: int
     max_subscriptions: int
     max_publish_rate: float
+    metrics_port: str | None
+    log_format: str
+    retention_interval: float
 
 
 def _from_text(setting: Setting, text: str) -> Any:
@@ -364,6 +385,10 @@ def _check(config: Config) -> None:
             raise ConfigError(f"{name}: must be 0 (no limit) or more")
     if not (config.max_publish_rate >= 0 and math.isfinite(config.max_publish_rate)):
         raise ConfigError("max-publish-rate: must be 0 (no limit) or more")
+    if config.log_format not in ("text", "json"):
+        raise ConfigError(f"log-format: expected text or json, not {config.log_format!r}")
+    if not 0 < config.retention_interval <= 24 * 3600:
+        raise ConfigError("retention-interval: must be more than 0 and at most 86400")
 
 
 def load(

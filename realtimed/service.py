@@ -13,11 +13,23 @@ and once its URL is known, the secrets are resolved and
 3. the query pool, the health probe's connection and the webhook
    outbox's pool open their first connection;
 4. the listener connects and reads what was stored meanwhile;
-5. the webhook service, then the realtime channels on Socket.IO, start;
-6. every endpoint listens.
+5. the webhook service, message retention, Socket.IO, then the realtime
+   channels, start;
+6. every endpoint listens (the metrics endpoint last).
 
-They stop in the reverse order: the ports close first, the database last.
-A failure during start-up is logged and stops the process.
+They stop in the reverse order, which is the graceful stop (SIGTERM): the
+ports stop accepting connections; realtime refuses new requests and waits
+until every request already received is answered (every publish stored and
+acknowledged, or refused); Socket.IO closes every session, so clients
+reconnect elsewhere; the webhook service stops claiming, and hands the
+attempts still in flight after its grace period back to the database as
+pending; then the listener and the database connections close.  The whole
+stop is bounded by ``STOP_TIMEOUT``.  A failure during start-up is logged
+and stops the process.
+
+Before them all starts `realtimed.notify.SystemdNotify`, which tells
+systemd each step, that the daemon is ready once the last endpoint
+listens, and that it is stopping as soon as a stop begins; it stops last.
 """
 
 from __future__ import annotations
@@ -35,23 +47,38 @@ from twisted.python.failure import Failure
 
 from realtimed.auth import Keys
 from realtimed.config import Config
+from realtimed.control import CONTROL_CHANNEL, AdminControl, DisconnectTarget
 from realtimed.engineio.engine import EngineConfig
 from realtimed.engineio.socketio import SocketIOServer
 from realtimed.keys import KEYS_FILE, resolve_keys
 from realtimed.lifecycle import StartInOrder
+from realtimed.metrics import Metrics
+from realtimed.notify import SystemdNotify
 from realtimed.realtime.limits import Limits
 from realtimed.realtime.service import Realtime
-from realtimed.rest.api import AdminAPI
-from realtimed.store.listener import MessageListener
+from realtimed.rest.api import AdminAPI, require_admin
+from realtimed.store.listener import CHANNELS_CHANNEL, MessageListener
 from realtimed.store.messages import StoredMessage
 from realtimed.store.migrations import SchemaMigrations
 from realtimed.store.pool import ConnectionPool, IQueries
-from realtimed.web import HealthProbe, ListeningPort, RealtimeSite, root_resource
+from realtimed.store.retention import MessageRetention
+from realtimed.web import (
+    HealthProbe,
+    ListeningPort,
+    MetricsPage,
+    RealtimeSite,
+    metrics_resource,
+    root_resource,
+)
 from realtimed.webhooks.outbox import outbox_pool
 from realtimed.webhooks.policy import RetryPolicy
 from realtimed.webhooks.service import WebhookService
 
 log = Logger()
+
+#: The longest a stop may take, in seconds; systemd's TimeoutStopSec= is
+#: longer.
+STOP_TIMEOUT = 19.0
 
 
 @define(eq=False)
@@ -89,6 +116,8 @@ class RealtimeService(StartInOrder):
     @ivar ports: The listening ports, in the order of C{config.port}.
     @ivar database_url: The database in use, once known.
     @ivar keys: The secrets in use, once known.
+    @ivar metrics: The daemon's Prometheus metrics.
+    @ivar notify: Tells systemd how start-up and stopping go.
     """
 
     def __init__(
@@ -97,8 +126,11 @@ class RealtimeService(StartInOrder):
         reactor: Any,
         out: TextIO | None = None,
         stop_on_failure: bool = True,
+        notify: SystemdNotify | None = None,
     ) -> None:
         super().__init__()
+        self.notify = SystemdNotify(None, reactor) if notify is None else notify
+        self.addService(self.notify)
         self.config = config
         self.reactor = reactor
         self.ready: Deferred[RealtimeService] = Deferred()
@@ -109,6 +141,9 @@ class RealtimeService(StartInOrder):
         self.realtime: Realtime | None = None
         self.listener: MessageListener | None = None
         self.webhooks: WebhookService | None = None
+        self.control: AdminControl | None = None
+        self.metrics = Metrics(reactor)
+        self.metrics_port: ListeningPort | None = None
         self._ports: list[ListeningPort] = []
         self._generated: list[str] = []
         self._out = sys.stdout if out is None else out
@@ -134,10 +169,49 @@ class RealtimeService(StartInOrder):
         d = self.whenReady()
         d.addCallbacks(self._started, self._failed)
 
+    def stopService(self) -> Deferred[None]:
+        """
+        Stop every piece in turn; the Deferred fires once they have
+        stopped, or after L{STOP_TIMEOUT} seconds with those still
+        stopping logged, so that the process always exits in time.
+        """
+        self.notify.stopping()
+        started = self.reactor.seconds()
+        log.info("realtimed is stopping")
+        stopped: Deferred[None] = super().stopService()
+        done: Deferred[None] = Deferred()
+
+        def finished(_: object) -> None:
+            if timer.active():
+                timer.cancel()
+            if not done.called:
+                log.info(
+                    "realtimed stopped in {seconds:.2f} s",
+                    seconds=self.reactor.seconds() - started,
+                )
+                done.callback(None)
+
+        def too_long() -> None:
+            still = [type(child).__name__ for child in self if child.running]
+            log.warn(
+                "Stopping took over {timeout:g} s; exiting with {pieces} still stopping",
+                timeout=STOP_TIMEOUT,
+                pieces=still,
+            )
+            if not done.called:
+                done.callback(None)
+
+        timer = self.reactor.callLater(STOP_TIMEOUT, too_long)
+        stopped.addBoth(finished)
+        return done
+
     def child_ready(self, child: object, result: object) -> None:
         if child is self.database:
             assert isinstance(result, str)
             self._serve(result)
+        following = self.services.index(child) + 1  # type: ignore[arg-type]
+        if following < len(self.services):
+            self.notify.status("Starting: " + _step(self.services[following]))
 
     def _serve(self, url: str) -> None:
         """
@@ -148,13 +222,16 @@ class RealtimeService(StartInOrder):
         self.database_url = url
         keys, self._generated = resolve_keys(config)
         self.keys = keys
+        metrics = self.metrics
         self.addService(SchemaMigrations(reactor, url))
-        pool = self.pool = ConnectionPool(reactor, url)
+        pool = self.pool = ConnectionPool(reactor, url, on_wait=metrics.pool_wait("queries"))
         self.addService(pool)
         health = ConnectionPool(reactor, url, size=1, application_name="realtimed health")
         self.addService(health)
         outbox = outbox_pool(reactor, url)
+        outbox.on_wait = metrics.pool_wait("webhooks")
         self.addService(outbox)
+        metrics.pool_waiting.update(queries=lambda: pool.waiting, webhooks=lambda: outbox.waiting)
         socketio = self.socketio = SocketIOServer(
             reactor,
             EngineConfig(
@@ -165,16 +242,26 @@ class RealtimeService(StartInOrder):
             ),
             connect_timeout=config.connect_timeout,
         )
+        sessions = socketio.engine.sessions
+        metrics.transports = lambda: [
+            connection.session.transport
+            for connection in list(sessions.values())
+            if not connection.closed
+        ]
+        control = self.control = AdminControl(pool, reactor)
         listener = self.listener = MessageListener(
             reactor=reactor,
             dsn=url,
             on_message=self._message_stored,
-            on_channels_changed=self._channels_changed,
             after_messages=socketio.engine.flush,
+            also_listen=(CHANNELS_CHANNEL, CONTROL_CHANNEL),
+            on_notify=self._notified,
         )
         self.addService(listener)
         webhooks = self.webhooks = webhook_service(reactor, config, outbox, keys.webhook_secret)
+        webhooks.metrics = metrics
         self.addService(webhooks)
+        self.addService(MessageRetention(pool, reactor, interval=config.retention_interval))
         realtime = self.realtime = Realtime(
             namespace=socketio.namespace("/"),
             pool=pool,
@@ -182,14 +269,28 @@ class RealtimeService(StartInOrder):
             clock=reactor,
             local=listener,
             limits=Limits(config.max_subscriptions, config.max_publish_rate),
+            metrics=metrics,
         )
-        self.addService(realtime)
+        metrics.subscriptions = realtime.subscriptions.count
+        control.presence = realtime.members
+
+        def disconnect_local(target: DisconnectTarget) -> int:
+            return realtime.disconnect_sockets(target.user_id, target.socket_id)
+
+        control.disconnect_local = disconnect_local
+        # Socket.IO before realtime, so that on the way down realtime first
+        # answers every request it received, and only then are the sockets
+        # closed.
         self.addService(SocketIOService(socketio))
+        self.addService(realtime)
         site = RealtimeSite(
             root_resource(
                 health=HealthProbe(health).check,
                 socketio=socketio.resource(),
-                api=AdminAPI(pool, keys, reactor).resource(),
+                api=AdminAPI(pool, keys, reactor, control).resource(),
+                metrics=MetricsPage(
+                    metrics, lambda request: require_admin(request, keys, reactor.seconds())
+                ),
             ),
             max_body=config.max_body,
             reactor=reactor,
@@ -198,10 +299,28 @@ class RealtimeService(StartInOrder):
             port = ListeningPort(reactor, description, site)
             self._ports.append(port)
             self.addService(port)
+        if config.metrics_port is not None:
+            scrape = RealtimeSite(metrics_resource(metrics), max_body=config.max_body)
+            self.metrics_port = ListeningPort(reactor, config.metrics_port, scrape)
+            self.addService(self.metrics_port)
 
     def _started(self, _: object) -> None:
         self._announce()
+        self.notify.serving = self._serving
+        self.notify.ready()
         self.ready.callback(self)
+
+    def _serving(self) -> str:
+        """
+        What the daemon serves now, for systemd's status line.
+        """
+        assert self.socketio is not None and self.realtime is not None
+        sessions = self.socketio.engine.sessions
+        connections = sum(1 for connection in list(sessions.values()) if not connection.closed)
+        return (
+            f"Serving {connections} connections, "
+            f"{self.realtime.subscriptions.count()} subscriptions"
+        )
 
     def _failed(self, reason: Failure) -> None:
         if not self.running:
@@ -223,18 +342,26 @@ class RealtimeService(StartInOrder):
         """
         assert self.realtime is not None and self.webhooks is not None
         try:
-            self.realtime.deliver(message)
+            sockets = self.realtime.deliver(message)
+            self.metrics.delivered(
+                message.message_id, str(message.body.get("createdAt", "")), sockets
+            )
         finally:
             if message.webhooks:
                 self.webhooks.wake()
 
-    def _channels_changed(self, changes: str | None) -> None:
+    def _notified(self, channel: str, payload: str | None) -> None:
         """
-        Channel rows changed (or may have): the realtime channels check
-        their subscriptions.
+        A notification came on a channel the listener LISTENs to besides
+        its own (or may have, while it was away: C{payload} is C{None}):
+        channel rows changed, and the realtime channels check their
+        subscriptions; or an admin command for every process.
         """
-        assert self.realtime is not None
-        self.realtime.channels_changed(changes)
+        assert self.realtime is not None and self.control is not None
+        if channel == CHANNELS_CHANNEL:
+            self.realtime.channels_changed(payload)
+        elif channel == CONTROL_CHANNEL:
+            self.control.notified(channel, payload)
 
     def _announce(self) -> None:
         """
@@ -244,6 +371,11 @@ class RealtimeService(StartInOrder):
         """
         for port in self.ports:
             log.info("realtimed listening on {url}", url=_url_of(port))
+        if self.metrics_port is not None and self.metrics_port.port is not None:
+            log.info(
+                "realtimed serving metrics on {url}metrics",
+                url=_url_of(self.metrics_port.port),
+            )
         if not self._generated:
             return
         assert self.keys is not None
@@ -279,6 +411,25 @@ def webhook_service(reactor: Any, config: Config, pool: IQueries, secret: str) -
         allow_private=config.webhook_allow_private,
         policy=RetryPolicy(horizon=config.webhook_retry_hours * 3600.0),
     )
+
+
+def _step(child: object) -> str:
+    """
+    What starting C{child} does, for systemd's status line.
+    """
+    if isinstance(child, ListeningPort):
+        return f"listening on {child.description}"
+    return {
+        "EmbeddedPostgres": "the embedded PostgreSQL",
+        "GivenDatabase": "the database",
+        "SchemaMigrations": "applying the schema migrations",
+        "ConnectionPool": "connecting to the database",
+        "MessageListener": "the listener, reading what was stored meanwhile",
+        "WebhookService": "webhook deliveries",
+        "MessageRetention": "message retention",
+        "Realtime": "realtime channels",
+        "SocketIOService": "Socket.IO",
+    }.get(type(child).__name__, type(child).__name__)
 
 
 def _url_of(port: IListeningPort) -> str:

@@ -7,15 +7,20 @@ file named by ``--config``; see `realtimed.config`.
 from __future__ import annotations
 
 import gc
+import io
 import os
+import sys
 from collections.abc import Mapping
-from typing import Any
+from typing import IO, Any
 
-from twisted.application.service import IService
+from twisted.application.service import IService, MultiService
 from twisted.internet.interfaces import IReactorCore
+from twisted.logger import ILogObserver, Logger
 from twisted.python import usage
 
 from realtimed.config import SETTINGS, SETTINGS_BY_NAME, Config, ConfigError, load
+
+log = Logger()
 
 
 class Options(usage.Options):
@@ -94,7 +99,8 @@ def _check_endpoints(config: Config) -> None:
     """
     from twisted.internet.endpoints import serverFromString
 
-    for description in config.port:
+    endpoints = config.port if config.metrics_port is None else (*config.port, config.metrics_port)
+    for description in endpoints:
         if description.partition(":")[0].strip().lower() == "systemd":
             continue
         try:
@@ -113,6 +119,7 @@ def makeService(options: Options, reactor: IReactorCore | None = None) -> IServi
     """
     The realtimed service for the parsed options.
     """
+    from realtimed.notify import SystemdNotify
     from realtimed.service import RealtimeService
 
     if reactor is None:
@@ -121,7 +128,89 @@ def makeService(options: Options, reactor: IReactorCore | None = None) -> IServi
         reactor = _reactor  # type: ignore[assignment]
     assert options.config is not None
     _tune_collector()
-    return RealtimeService(config=options.config, reactor=reactor)
+    notify = SystemdNotify.from_environment(os.environ, reactor)
+    if options.config.log_format != "json":
+        return RealtimeService(config=options.config, reactor=reactor, notify=notify)
+    # What start-up says to a person goes through the log, as JSON too
+    # (and, not being a terminal, never with generated secrets).
+    service = RealtimeService(
+        config=options.config, reactor=reactor, notify=notify, out=_LogLines()
+    )
+    return LogsAsJSON(service, _log_file(options))
+
+
+class _LogLines(io.StringIO):
+    """
+    A text stream whose every line is logged.
+    """
+
+    def write(self, text: str) -> int:
+        for line in text.splitlines():
+            if line.strip():
+                log.info("{line}", line=line)
+        return len(text)
+
+    def isatty(self) -> bool:
+        return False
+
+
+class LogsAsJSON(MultiService):
+    """
+    Holds the daemon, and has twistd log as JSON lines (`realtimed.logs`)
+    where it would have written text.
+
+    twistd takes the log observer of the application it puts the plugin's
+    service in, when the application has one, before the service starts:
+    this service gives the application its observer as it is put there.
+    """
+
+    def __init__(self, service: Any, out: IO[str]) -> None:
+        from realtimed.logs import json_log_observer
+
+        super().__init__()
+        self.daemon = service
+        service.setServiceParent(self)
+        self.observer = json_log_observer(out, lambda: _secrets(service))
+
+    def setServiceParent(self, parent: Any) -> None:
+        set_component = getattr(parent, "setComponent", None)
+        if set_component is not None:
+            set_component(ILogObserver, self.observer)
+        super().setServiceParent(parent)
+
+
+def _secrets(service: Any) -> list[str]:
+    """
+    Every secret the daemon knows: those configured, and those in use once
+    resolved (generated ones included).
+    """
+    config = service.config
+    values = [getattr(config, s.attribute) for s in SETTINGS if s.secret]
+    keys = service.keys
+    if keys is not None:
+        values += [keys.jwt_secret, keys.api_key, keys.anon_key, keys.webhook_secret]
+    found = set()
+    for value in values:
+        if value:
+            found.add(value)
+            if value.startswith("whsec_"):
+                found.add(value.removeprefix("whsec_"))
+    return sorted(found, key=len, reverse=True)
+
+
+def _log_file(options: Options) -> IO[str]:
+    """
+    Where twistd would write its text log: standard output (as it is now,
+    before logging redirects it) under ``--nodaemon`` or with
+    ``--logfile=-``, else the ``--logfile`` (``twistd.log`` by default).
+    """
+    parent: Any = getattr(options, "parent", None) or {}
+    name = parent.get("logfile") or None
+    if name == "-" or (name is None and parent.get("nodaemon", True)):
+        return sys.stdout
+    from twisted.python.logfile import LogFile
+
+    return LogFile.fromFullPath(name or "twistd.log")  # type: ignore[return-value]
 
 
 def _tune_collector() -> None:

@@ -4,7 +4,11 @@ serves, the site that bounds what a client may send, and the endpoints.
 
 - ``/socket.io/``: Engine.IO / Socket.IO (polling and WebSocket);
 - ``/api/realtime/``: the admin REST API;
-- ``/healthz``: 200 while the database answers, 503 otherwise.
+- ``/healthz``: 200 while the database answers, 503 otherwise;
+- ``/metrics``: Prometheus metrics, for the admin credential.
+
+With ``--metrics-port``, another endpoint serves only ``/metrics``, without
+a credential (`metrics_resource`), for a scraper on a private network.
 
 `RealtimeSite` bounds every request before any resource sees it: a body
 over ``max_body`` bytes is answered 413 from its ``Content-Length``, before
@@ -35,7 +39,8 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from realtimed.lifecycle import Readiness
-from realtimed.rest.api import went_away
+from realtimed.metrics import Metrics
+from realtimed.rest.api import APIError, went_away, write_error
 from realtimed.store.pool import ConnectionPool
 
 log = Logger()
@@ -239,16 +244,57 @@ class Health(Resource):
     render_HEAD = render_GET
 
 
+class MetricsPage(Resource):
+    """
+    ``GET /metrics``: the metrics in Prometheus's text format.  When
+    C{authorize} is given, it is called with each request first, and the
+    L{APIError} it raises (401, 403) is the answer.
+    """
+
+    isLeaf = True
+
+    def __init__(
+        self, metrics: Metrics, authorize: Callable[[Request], object] | None = None
+    ) -> None:
+        super().__init__()
+        self._metrics = metrics
+        self._authorize = authorize
+
+    def render_GET(self, request: Request) -> bytes:
+        if self._authorize is not None:
+            try:
+                self._authorize(request)
+            except APIError as e:
+                return write_error(request, e)
+        body, content_type = self._metrics.exposition()
+        request.setHeader(b"content-type", content_type.encode("ascii"))
+        request.setHeader(b"cache-control", b"no-store")
+        return body
+
+
+def metrics_resource(metrics: Metrics) -> Resource:
+    """
+    The resource tree of the metrics endpoint: ``/metrics`` only, without
+    a credential.
+    """
+    root = Resource()
+    root.putChild(b"metrics", MetricsPage(metrics))
+    return root
+
+
 def root_resource(
     health: Callable[[], Deferred[bool]],
     socketio: IResource | None = None,
     api: IResource | None = None,
+    metrics: IResource | None = None,
 ) -> Resource:
     """
     The resource tree served on every endpoint.
     """
     root = Resource()
     root.putChild(b"healthz", Health(health))
+    if metrics is not None:
+        root.putChild(b"metrics", metrics)
     if socketio is not None:
         root.putChild(b"socket.io", socketio)
     if api is not None:

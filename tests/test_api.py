@@ -299,6 +299,25 @@ class ChannelTests(APIServerMixin):
         )
 
     @inlineCallbacks
+    def test_percent_wildcard(self) -> Any:
+        """
+        ``%`` is the same wildcard as ``*``: a pattern written with it is
+        stored and shown with ``*``, and ``order:%`` and ``order:*`` are one
+        pattern, whichever comes first and whether created or updated.
+        """
+        status, created = yield self.request("POST", "/channels", {"pattern": "order:%"})
+        self.assertEqual((status, created["pattern"]), (201, "order:*"))
+        duplicate = error(409, "ALREADY_EXISTS", "A channel with pattern order:* already exists")
+        for pattern in ("order:*", "order:%"):
+            status, body = yield self.request("POST", "/channels", {"pattern": pattern})
+            self.assertEqual((status, body), (409, duplicate))
+        other = yield self.channel(pattern="chat:*")
+        status, body = yield self.request("PUT", f"/channels/{other['id']}", {"pattern": "order:%"})
+        self.assertEqual((status, body), (409, duplicate))
+        status, body = yield self.request("PUT", f"/channels/{other['id']}", {"pattern": "%:room"})
+        self.assertEqual((status, body["pattern"]), (200, "*:room"))
+
+    @inlineCallbacks
     def test_list(self) -> Any:
         """
         ``GET /channels`` lists every channel, newest first, each in the
@@ -524,7 +543,7 @@ class ChannelValidationTests(APIServerMixin):
         return self.assertInvalid(
             "POST",
             "/channels",
-            "pattern: Invalid channel pattern (1-255 characters from A-Z a-z 0-9 _ - : . @ *)",
+            "pattern: Invalid channel pattern (1-255 characters from A-Z a-z 0-9 _ - : . @ * %)",
             {"pattern": "order #1"},
         )
 
@@ -913,7 +932,15 @@ class StatsTests(APIServerMixin):
         status, body = yield self.request("GET", "/messages/stats")
         self.assertEqual(
             (status, body),
-            (200, {"totalMessages": 0, "whDeliveryRate": 0, "topEvents": []}),
+            (
+                200,
+                {
+                    "totalMessages": 0,
+                    "whDeliveryRate": 0,
+                    "topEvents": [],
+                    "retentionDays": None,
+                },
+            ),
         )
 
     @inlineCallbacks
@@ -943,6 +970,7 @@ class StatsTests(APIServerMixin):
                     {"eventName": "order.created", "count": 3},
                     {"eventName": "order.updated", "count": 2},
                 ],
+                "retentionDays": None,
             },
         )
 
@@ -1001,6 +1029,7 @@ class StatsTests(APIServerMixin):
                     {"eventName": "message", "count": 1},
                     {"eventName": "order.created", "count": 1},
                 ],
+                "retentionDays": None,
             },
         )
         offset = yield stats(since="2024-01-01T01:00:00+01:00")
@@ -1012,10 +1041,14 @@ class StatsTests(APIServerMixin):
                 "totalMessages": 2,
                 "whDeliveryRate": 2 / 3,
                 "topEvents": [{"eventName": "order.created", "count": 2}],
+                "retentionDays": None,
             },
         )
         both = yield stats(channelId=chat["id"], since="2024-03-01T00:00:00Z")
-        self.assertEqual(both, {"totalMessages": 0, "whDeliveryRate": 0, "topEvents": []})
+        self.assertEqual(
+            both,
+            {"totalMessages": 0, "whDeliveryRate": 0, "topEvents": [], "retentionDays": None},
+        )
 
     @inlineCallbacks
     def test_invalid(self) -> Any:
@@ -1037,6 +1070,68 @@ class StatsTests(APIServerMixin):
                 ),
             ),
         )
+
+
+class RetentionConfigTests(APIServerMixin):
+    """
+    ``GET`` and ``PATCH /config``: message retention, as upstream has it.
+    """
+
+    @inlineCallbacks
+    def test_default(self) -> Any:
+        """
+        Messages are kept forever until a retention is set.
+        """
+        status, body = yield self.request("GET", "/config")
+        self.assertEqual((status, body), (200, {"retentionDays": None}))
+
+    @inlineCallbacks
+    def test_update(self) -> Any:
+        """
+        ``PATCH`` sets the retention in the database (where every process
+        reads it), ``GET`` and the statistics show it, and C{null} turns it
+        off again.
+        """
+        status, body = yield self.request("PATCH", "/config", {"retentionDays": 7})
+        self.assertEqual(
+            (status, body), (200, {"message": "Retention config updated successfully"})
+        )
+        stored = run_sql(self.database, "SELECT retention_days FROM realtime.config")
+        self.assertEqual(stored, [(7,)])
+        _, body = yield self.request("GET", "/config")
+        self.assertEqual(body, {"retentionDays": 7})
+        _, stats = yield self.request("GET", "/messages/stats")
+        self.assertEqual(stats["retentionDays"], 7)
+        status, _ = yield self.request("PATCH", "/config", {"retentionDays": None})
+        self.assertEqual(status, 200)
+        _, body = yield self.request("GET", "/config")
+        self.assertEqual(body, {"retentionDays": None})
+
+    @inlineCallbacks
+    def test_invalid(self) -> Any:
+        """
+        Anything but a positive integer or C{null} is a 400 naming the
+        problem as ``retentionDays: <reason>``; the setting is unchanged.
+        """
+        yield self.request("PATCH", "/config", {"retentionDays": 30})
+        for body, message in (
+            ({"retentionDays": 0}, "retentionDays: Number must be greater than 0"),
+            ({"retentionDays": -3}, "retentionDays: Number must be greater than 0"),
+            ({"retentionDays": "7"}, "retentionDays: Expected number, received string"),
+            ({"retentionDays": True}, "retentionDays: Expected number, received boolean"),
+            ({"retentionDays": 1.5}, "retentionDays: Expected integer, received float"),
+            (
+                {"retentionDays": 10**9},
+                "retentionDays: Number must be less than or equal to 36500",
+            ),
+            ({}, "retentionDays: Required"),
+            ({"retentionDays": 3, "days": 3}, "days: Unknown field"),
+            ([], "body: Expected object, received array"),
+        ):
+            status, answer = yield self.request("PATCH", "/config", body)
+            self.assertEqual((status, answer), (400, error(400, "INVALID_INPUT", message)))
+        _, answer = yield self.request("GET", "/config")
+        self.assertEqual(answer, {"retentionDays": 30})
 
 
 class PermissionTests(APIServerMixin):

@@ -109,6 +109,9 @@ class DocumentTests(SynchronousTestCase):
             ("Channel", {**REFERENCE_CHANNEL, "webhookUrls": None}),
             ("Message", REFERENCE_MESSAGE),
             ("MessageStats", REFERENCE_STATS),
+            ("MessageStats", {**REFERENCE_STATS, "retentionDays": None}),
+            ("RetentionConfig", {"retentionDays": 30}),
+            ("RetentionConfig", {"retentionDays": None}),
             ("Permissions", REFERENCE_PERMISSIONS),
             ("Deleted", {"message": "Channel deleted"}),
             (
@@ -146,6 +149,8 @@ class DocumentTests(SynchronousTestCase):
             ("ChannelCreation", {"pattern": "a b"}),
             ("ChannelCreation", {"pattern": "a", "webhookUrls": ["ftp://example.com"]}),
             ("ChannelUpdate", {}),
+            ("RetentionConfig", {}),
+            ("RetentionConfig", {"retentionDays": 0}),
             ("Publication", {"channel": "order:123", "event": "connect"}),
             ("Publication", {"channel": "order:*", "event": "e"}),
         ]

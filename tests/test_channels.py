@@ -8,6 +8,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import psycopg2
+import psycopg2.errors
 from attrs import frozen
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -15,6 +16,7 @@ from twisted.internet import reactor
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from realtimed.realtime.channels import (
+    canonical_pattern,
     is_valid_name,
     is_valid_pattern,
     is_wildcard,
@@ -33,6 +35,8 @@ SMALL = "ab:_."
 names = st.text(alphabet=NAME_CHARACTERS, min_size=1, max_size=255)
 small_names = st.text(alphabet=SMALL, min_size=1, max_size=8)
 small_patterns = st.text(alphabet=SMALL + "*", min_size=1, max_size=8)
+#: Patterns written with either spelling of the wildcard.
+either_patterns = st.text(alphabet=SMALL + "*%", min_size=1, max_size=8)
 
 EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -88,11 +92,11 @@ class NameTests(SynchronousTestCase):
 
     def test_patterns(self) -> None:
         """
-        A pattern may hold C{*} anywhere, but is otherwise a name.
+        A pattern may hold C{*} (or C{%}) anywhere, but is otherwise a name.
         """
-        for good in ["*", "order:*", "*:x", "a*b*c", "x" * 254 + "*"]:
+        for good in ["*", "order:*", "*:x", "a*b*c", "x" * 254 + "*", "order:%"]:
             self.assertTrue(is_valid_pattern(good), good)
-        for bad in ["", "order:%", "a b*", "x" * 256, 1]:
+        for bad in ["", "order:?", "a b*", "x" * 256, 1]:
             self.assertFalse(is_valid_pattern(bad), bad)
 
 
@@ -209,6 +213,35 @@ class OverlapTests(SynchronousTestCase):
         )
 
 
+class PercentWildcardTests(SynchronousTestCase):
+    """
+    ``%``, upstream's spelling of the wildcard, means the same as ``*``.
+    """
+
+    def test_canonical_form(self) -> None:
+        """
+        The canonical form of a pattern writes every wildcard as ``*``.
+        """
+        self.assertEqual(canonical_pattern("order:%"), "order:*")
+        self.assertEqual(canonical_pattern("%a%b*"), "*a*b*")
+        self.assertEqual(canonical_pattern("orders"), "orders")
+
+    def test_valid_pattern(self) -> None:
+        """
+        A pattern may hold ``%``; a name may not.
+        """
+        self.assertTrue(is_valid_pattern("order:%"))
+        self.assertFalse(is_valid_name("order:%"))
+        self.assertTrue(is_wildcard("order:%"))
+
+    @given(either_patterns, small_names)
+    def test_same_as_star(self, pattern: str, name: str) -> None:
+        """
+        A pattern matches what its canonical form matches.
+        """
+        self.assertEqual(matches(pattern, name), matches(canonical_pattern(pattern), name))
+
+
 class SQLAgreementTests(TestCase):
     """
     The pure matcher and ownership rule agree with PostgreSQL's on random
@@ -233,10 +266,11 @@ class SQLAgreementTests(TestCase):
             return list(cursor.fetchall()) if cursor.description else []
 
     @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
-    @given(small_patterns, small_names)
+    @given(either_patterns, small_names)
     def test_pattern_matches(self, pattern: str, name: str) -> None:
         """
-        C{matches} and C{realtime.pattern_matches} give the same answer.
+        C{matches} and C{realtime.pattern_matches} give the same answer,
+        for patterns written with ``*`` or ``%``.
         """
         [(answer,)] = self.sql("SELECT realtime.pattern_matches(%s, %s)", (pattern, name))
         self.assertEqual(matches(pattern, name), answer)
@@ -268,3 +302,27 @@ class SQLAgreementTests(TestCase):
         [(chosen,)] = self.sql("SELECT (realtime.owning_channel(%s)).pattern", (name,))
         expected = owner(rows, name)
         self.assertEqual(expected.pattern if expected else None, chosen)
+
+    def test_percent_stored_as_star(self) -> None:
+        """
+        A channel row written with ``%`` by any SQL is stored with ``*``, so
+        ``order:%`` and ``order:*`` collide on the unique pattern; a
+        subscription to ``order:%`` refers to the row ``order:*``.
+        """
+        [(channel_id,)] = self.sql(
+            "INSERT INTO realtime.channels (pattern) VALUES ('order:%') RETURNING id::text"
+        )
+        self.assertEqual(
+            self.sql("SELECT pattern::text FROM realtime.channels"), [("order:*",)]
+        )
+        with self.assertRaises(psycopg2.errors.UniqueViolation):
+            self.sql("INSERT INTO realtime.channels (pattern) VALUES ('order:*')")
+        self.sql("INSERT INTO realtime.channels (pattern) VALUES ('chat:*')")
+        self.sql("UPDATE realtime.channels SET pattern = '%:room' WHERE pattern = 'chat:*'")
+        self.assertEqual(
+            self.sql("SELECT pattern::text FROM realtime.channels ORDER BY pattern"),
+            [("*:room",), ("order:*",)],
+        )
+        self.assertEqual(
+            self.sql("SELECT realtime.subscribed_channel('order:%')::text"), [(channel_id,)]
+        )

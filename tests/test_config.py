@@ -42,6 +42,9 @@ class LoadTests(SynchronousTestCase):
         self.assertIsNone(config.jwt_secret)
         self.assertFalse(config.webhook_allow_private)
         self.assertEqual(config.webhook_retry_hours, 24.0)
+        self.assertEqual(config.retention_interval, 60.0)
+        self.assertEqual(config.log_format, "text")
+        self.assertIsNone(config.metrics_port)
 
     def test_precedence(self) -> None:
         """
@@ -87,6 +90,22 @@ class LoadTests(SynchronousTestCase):
         """
         path = self.write('data-dir = "/from/file"\n')
         self.assertEqual(load({}, {"REALTIMED_CONFIG": path}).data_dir, "/from/file")
+
+    def test_operations_settings(self) -> None:
+        """
+        The log format, metrics endpoint and retention interval come from
+        the file, the environment or the command line like every setting.
+        """
+        path = self.write(
+            'log-format = "json"\nmetrics-port = "tcp:9464"\nretention-interval = 5\n'
+        )
+        config = load({}, {}, path)
+        self.assertEqual(
+            (config.log_format, config.metrics_port, config.retention_interval),
+            ("json", "tcp:9464", 5.0),
+        )
+        config = load({"log-format": "text"}, {"REALTIMED_METRICS_PORT": "tcp:1"}, path)
+        self.assertEqual((config.log_format, config.metrics_port), ("text", "tcp:1"))
 
     def test_secret_file(self) -> None:
         """
@@ -147,6 +166,16 @@ class LoadTests(SynchronousTestCase):
             "webhook-retry-hours: must be more than 0 and at most 720",
             {},
             {"REALTIMED_WEBHOOK_RETRY_HOURS": "0"},
+        )
+        self.assertError(
+            "log-format: expected text or json, not 'xml'",
+            {},
+            {"REALTIMED_LOG_FORMAT": "xml"},
+        )
+        self.assertError(
+            "retention-interval: must be more than 0 and at most 86400",
+            {},
+            {"REALTIMED_RETENTION_INTERVAL": "0"},
         )
         missing = self.mktemp()
         self.assertError(
@@ -246,6 +275,18 @@ class OptionsTests(SynchronousTestCase):
         with self.assertRaises(usage.UsageError) as raised:
             self.parse(["-p", "bogus:1"])
         self.assertIn("port: cannot use 'bogus:1'", str(raised.exception))
+        with self.assertRaises(usage.UsageError) as raised:
+            self.parse(["--metrics-port", "bogus:2"])
+        self.assertIn("port: cannot use 'bogus:2'", str(raised.exception))
+
+    def test_log_format(self) -> None:
+        """
+        --log-format is a realtimed option, checked at parse time.
+        """
+        self.assertEqual(self.parse(["--log-format", "json"]).config.log_format, "json")  # type: ignore[union-attr]
+        with self.assertRaises(usage.UsageError) as raised:
+            self.parse(["--log-format", "yaml"])
+        self.assertIn("log-format: expected text or json", str(raised.exception))
 
     def test_systemd_endpoint_left_for_start_up(self) -> None:
         """

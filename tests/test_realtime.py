@@ -561,6 +561,27 @@ class UseCaseTests(RealtimeTestCase):
         self.assertEqual((yield self.call(client.no_event, "m")), [])
 
 
+    @inlineCallbacks
+    def test_subscribe_percent_pattern(self) -> Any:
+        """
+        Subscribing to C{chat:%} is subscribing to the row C{chat:*}: the
+        ack names the pattern as realtimed keeps it, the socket receives the
+        names the row owns, and subscribing again with C{chat:*} is the same
+        subscription (the message arrives once).
+        """
+        client = yield self.client("alice")
+        ack = yield self.call(client.request, "REALTIME_SUBSCRIBE", {"channel": "chat:%"})
+        self.assertEqual((ack["ok"], ack["channel"]), (True, "chat:*"))
+        again = yield self.call(client.request, "REALTIME_SUBSCRIBE", {"channel": "chat:*"})
+        self.assertTrue(again["ok"], again)
+        ack = yield self.call(
+            client.request, "REALTIME_PUBLISH", {"channel": "chat:4", "event": "m", "payload": {}}
+        )
+        self.assertTrue(ack["ok"], ack)
+        _event, message = yield self.call(client.next_event, "m")
+        self.assertEqual(message["channel"], "chat:4")
+        self.assertEqual((yield self.call(client.no_event, "m")), [])
+
 class RefusalTests(RealtimeTestCase):
     @inlineCallbacks
     def test_subscribe_refusals(self) -> Any:

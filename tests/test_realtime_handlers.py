@@ -56,6 +56,7 @@ class FakeNamespace:
         self.connect: Any = None
         self.disconnect: Any = None
         self.fanouts: list[tuple[set[str], str, tuple[Any, ...]]] = []
+        self.sockets: dict[str, FakeSocket] = {}
 
     def on_connect(self, handler: Any) -> None:
         self.connect = handler
@@ -93,6 +94,7 @@ class HandlerTests(SynchronousTestCase):
     def connect(self, sid: str, auth: Any) -> FakeSocket:
         socket = FakeSocket(sid)
         self.namespace.connect(socket, auth)
+        self.namespace.sockets[sid] = socket
         return socket
 
     def emit(self, socket: FakeSocket, event: str, data: Any, ack: Any = None) -> None:
@@ -212,6 +214,62 @@ class HandlerTests(SynchronousTestCase):
         d.callback([("m1", "stored", None), ("m2", "denied", "no"), ("m3", "stored", None)])
         self.assertEqual([a["ok"] for a in acks.values], [True, True, False, True])
         self.assertEqual(acks.values[2]["error"]["code"], "REALTIME_UNAUTHORIZED")
+
+    def test_stop_answers_what_was_received(self) -> None:
+        """
+        A stop refuses requests that arrive from then on, and finishes only
+        once the publishes received before it are stored and acknowledged.
+        """
+        socket = self.connect("s", {"token": token("alice")})
+        self.emit(socket, "REALTIME_SUBSCRIBE", {"channel": "orders"}, Acks())
+        self.allow_subscribe()
+        acks = Acks()
+        for i in range(2):
+            self.emit(
+                socket, "REALTIME_PUBLISH", {"channel": "orders", "event": "e", "payload": i}, acks
+            )
+        self.realtime.startService()
+        stopped = self.realtime.stopService()
+        late = Acks()
+        self.emit(socket, "REALTIME_PUBLISH", {"channel": "orders", "event": "e"}, late)
+        self.assertEqual(
+            late.values,
+            [
+                {
+                    "ok": False,
+                    "channel": "orders",
+                    "error": {
+                        "code": "INTERNAL_ERROR",
+                        "message": "realtimed is stopping; reconnect and try again",
+                    },
+                }
+            ],
+        )
+        self.clock.advance(1)
+        self.assertNoResult(stopped)
+        self.pool.pop("publish_batch").done.callback([("m0", "stored", None)])
+        self.clock.advance(1)
+        self.assertNoResult(stopped)
+        self.pool.pop("publish_batch").done.callback([("m1", "stored", None)])
+        self.clock.advance(0.01)
+        self.successResultOf(stopped)
+        self.assertEqual([a["messageId"] for a in acks.values], ["m0", "m1"])
+
+    def test_stop_bounded(self) -> None:
+        """
+        A publish the database never answers holds a stop for
+        C{drain_timeout} seconds at most.
+        """
+        socket = self.connect("s", {"token": token("alice")})
+        self.emit(socket, "REALTIME_SUBSCRIBE", {"channel": "orders"}, Acks())
+        self.allow_subscribe()
+        self.emit(socket, "REALTIME_PUBLISH", {"channel": "orders", "event": "e"}, Acks())
+        self.realtime.startService()
+        stopped = self.realtime.stopService()
+        self.clock.advance(self.realtime.drain_timeout - 0.5)
+        self.assertNoResult(stopped)
+        self.clock.advance(1)
+        self.successResultOf(stopped)
 
     def test_disconnect_while_deciding(self) -> None:
         """

@@ -195,6 +195,7 @@ class ServiceTests(TestCase):
         self.assertEqual(
             [type(child).__name__ for child in service],
             [
+                "SystemdNotify",
                 "GivenDatabase",
                 "SchemaMigrations",
                 "ConnectionPool",
@@ -202,8 +203,9 @@ class ServiceTests(TestCase):
                 "ConnectionPool",
                 "MessageListener",
                 "WebhookService",
-                "Realtime",
+                "MessageRetention",
                 "SocketIOService",
+                "Realtime",
                 "ListeningPort",
             ],
         )
@@ -468,7 +470,7 @@ class MountTests(TestCase):
         )
         seen: list[StoredMessage] = []
         original = service.realtime.deliver
-        self.patch(service.realtime, "deliver", lambda n: (seen.append(n), original(n)))
+        self.patch(service.realtime, "deliver", lambda n: (seen.append(n), original(n))[1])
         run_sql(url, "SELECT realtime.publish('quiet', 'a', '{}')")
         run_sql(url, "SELECT realtime.publish('hooked', 'b', '{}')")
         deadline = reactor.seconds() + 10

@@ -265,7 +265,8 @@ class ChannelBodyTests(SynchronousTestCase):
                 },
             ),
             [
-                "pattern: Invalid channel pattern (1-255 characters from A-Z a-z 0-9 _ - : . @ *)",
+                "pattern: Invalid channel pattern"
+                " (1-255 characters from A-Z a-z 0-9 _ - : . @ * %)",
                 "description: Expected string, received array",
                 "webhookUrls: Expected array, received object",
                 "enabled: Expected boolean, received null",

@@ -906,6 +906,33 @@ class DurabilityTests(WebhookTestCase):
         )
 
     @inlineCallbacks
+    def test_stop_hands_back_in_flight(self) -> Any:
+        """
+        A stop waits for attempts in flight for the grace period only; those
+        still unanswered are cancelled and left pending, due at once, so
+        another process sends them without waiting for a lease to end.
+        """
+        receiver = Receiver(holding=True)
+        port = self.listen(receiver)
+        self.channel("room:*", f"http://127.0.0.1:{port}/")
+        self.publish("room:1")
+        service = self.service(stop_grace=0.2)
+        yield self.wait_for(lambda: receiver.requests, what="the attempt")
+        started = reactor.seconds()
+        yield service.stopService()
+        self.assertLess(reactor.seconds() - started, 5.0)
+        rows = run_sql(
+            self.database,
+            "SELECT status, attempts, last_error, next_attempt_at <= now()"
+            " FROM realtime.webhook_deliveries",
+        )
+        self.assertEqual(rows, [("pending", 1, "handed back: realtimed stopped", True)])
+        receiver.release()
+        self.service()
+        yield self.wait_for(self.settled)
+        self.assertEqual(self.deliveries()[0][2:4], ("delivered", 2))
+
+    @inlineCallbacks
     def test_crashed_lease(self) -> Any:
         """
         A delivery claimed by a process that died is retried once its lease

@@ -6,6 +6,13 @@ name in which ``*`` may stand anywhere; ``*`` matches any run of characters,
 ``:`` and the empty run included, so ``order:*`` matches ``order:123`` and
 ``order:a:b``.  A pattern without ``*`` matches only itself.
 
+``%`` (the wildcard as upstream InsForge writes it, ``order:%``) means the
+same as ``*``.  Patterns are kept in one canonical form, with ``*``
+(`canonical_pattern`): the REST API and the socket events turn ``%`` into
+``*`` as they read a pattern, and PostgreSQL does the same for every row
+written to ``realtime.channels`` (migration 0009), so ``order:%`` and
+``order:*`` are one pattern however they arrive.
+
 A name belongs to the enabled channel whose pattern matches it; when several
 match, the exact pattern wins, then the one with the most literal characters,
 then the oldest.  PostgreSQL decides it (``realtime.owning_channel()``), with
@@ -22,10 +29,12 @@ from functools import cache, lru_cache
 
 MAX_LENGTH = 255
 WILDCARD = "*"
+#: Upstream's spelling of the wildcard; the same as `WILDCARD`.
+UPSTREAM_WILDCARD = "%"
 #: What a channel name is, and a pattern, as regular expressions (also
 #: written into the OpenAPI document).
 NAME_REGEX = rf"[A-Za-z0-9_\-:.@]{{1,{MAX_LENGTH}}}"
-PATTERN_REGEX = rf"[A-Za-z0-9_\-:.@*]{{1,{MAX_LENGTH}}}"
+PATTERN_REGEX = rf"[A-Za-z0-9_\-:.@*%]{{1,{MAX_LENGTH}}}"
 NAME = re.compile(NAME_REGEX)
 PATTERN = re.compile(PATTERN_REGEX)
 
@@ -39,25 +48,34 @@ def is_valid_name(name: object) -> bool:
 
 def is_valid_pattern(pattern: object) -> bool:
     """
-    Is C{pattern} a channel pattern (a name in which ``*`` may appear)?
+    Is C{pattern} a channel pattern (a name in which ``*`` or ``%`` may
+    appear)?
     """
     return isinstance(pattern, str) and PATTERN.fullmatch(pattern) is not None
 
 
+def canonical_pattern(pattern: str) -> str:
+    """
+    C{pattern} in the form realtimed keeps: every ``%`` written as ``*``.
+    """
+    return pattern.replace(UPSTREAM_WILDCARD, WILDCARD)
+
+
 def is_wildcard(pattern: str) -> bool:
-    return WILDCARD in pattern
+    return WILDCARD in pattern or UPSTREAM_WILDCARD in pattern
 
 
 @lru_cache(maxsize=4096)
 def _compiled(pattern: str) -> re.Pattern[str]:
-    return re.compile(".*".join(re.escape(part) for part in pattern.split(WILDCARD)), re.S)
+    parts = canonical_pattern(pattern).split(WILDCARD)
+    return re.compile(".*".join(re.escape(part) for part in parts), re.S)
 
 
 def matches(pattern: str, name: str) -> bool:
     """
     Does C{pattern} match the channel name C{name}?
     """
-    if WILDCARD not in pattern:
+    if WILDCARD not in pattern and UPSTREAM_WILDCARD not in pattern:
         return pattern == name
     return _compiled(pattern).fullmatch(name) is not None
 

@@ -22,7 +22,7 @@ from typing import Any
 
 from attrs import frozen
 
-from realtimed.realtime.channels import is_valid_pattern
+from realtimed.realtime.channels import canonical_pattern, is_valid_pattern
 from realtimed.realtime.publication import Sender, expected, publication_problems
 
 SUBSCRIBE = "subscribe"
@@ -53,7 +53,7 @@ INTERNAL_ERROR = "INTERNAL_ERROR"
 
 CHANNEL_RULE = (
     "channel: Invalid channel (1-255 characters from A-Z a-z 0-9 _ - : . @,"
-    " or a channel pattern with *)"
+    " or a channel pattern with * or %)"
 )
 
 
@@ -157,6 +157,9 @@ def parse(operation: str, args: list[Any]) -> Request | Refusal:
             return invalid(None, expected("channel", "string", channel))
         if not is_valid_pattern(named):
             return invalid(named, CHANNEL_RULE)
+        # order:% and order:* are one subscription, named as realtimed
+        # keeps patterns.
+        named = canonical_pattern(named)
         return Subscribe(named) if operation == SUBSCRIBE else Unsubscribe(named)
     if operation != PUBLISH:
         raise ValueError(f"unknown operation {operation!r}")

@@ -31,6 +31,12 @@ Messages reach sockets only through PostgreSQL: a publish is stored, every
 realtimed process's listener reads every stored message from the database
 and calls `Realtime.deliver`, which sends it to this process's subscribed
 sockets.
+
+Stopping: from the moment `Realtime.stopService` is called, requests that
+arrive are refused (``INTERNAL_ERROR``, "realtimed is stopping"); every
+request received before is still handled, and the stop waits (up to
+``drain_timeout``) until each has been answered, so that a publish is never
+stored without its ack being sent, nor acknowledged without being stored.
 """
 
 from __future__ import annotations
@@ -55,11 +61,14 @@ from realtimed.auth import (
     bearer_credential,
 )
 from realtimed.engineio.socketio import ConnectRefused, Namespace, Socket
+from realtimed.lifecycle import Readiness
+from realtimed.metrics import Metrics
 from realtimed.realtime.channels import is_wildcard, takes_names_from
 from realtimed.realtime.client_events import (
     ERROR_EVENT,
     EVENTS,
     INTERNAL_ERROR,
+    PUBLISH,
     REALTIME_LIMIT_EXCEEDED,
     REALTIME_NOT_SUBSCRIBED,
     REALTIME_RATE_LIMITED,
@@ -145,6 +154,33 @@ class _Client:
 
 
 @define(eq=False)
+class _Unanswered:
+    """
+    How many requests of this process's sockets wait for an answer, and a
+    way to learn when none does.
+    """
+
+    count: int = 0
+    _none: Readiness = field(factory=Readiness, init=False)
+
+    def add(self) -> None:
+        if not self.count:
+            self._none.reset()
+        self.count += 1
+
+    def done(self) -> None:
+        self.count -= 1
+        if not self.count:
+            self._none.succeed(None)
+
+    def when_none(self) -> Deferred[None]:
+        if not self.count:
+            self._none.succeed(None)
+        waiting: Deferred[None] = self._none.wait()
+        return waiting
+
+
+@define(eq=False)
 class _Reply:
     """
     The one answer a request gets: to its acknowledgement callback, or,
@@ -154,6 +190,7 @@ class _Reply:
     socket: Socket
     client: _Client
     ack: Ack | None
+    unanswered: _Unanswered
     answered: bool = False
 
     def ok(self, value: dict[str, Any]) -> None:
@@ -173,6 +210,7 @@ class _Reply:
             return False
         self.answered = True
         self.client.pending -= 1
+        self.unanswered.done()
         return True
 
 
@@ -192,6 +230,9 @@ class Realtime(Service):
         acknowledged (the listener).
     @ivar limits: What one socket may ask.
     @ivar audience_interval: Seconds between writes of audience counts.
+    @ivar metrics: Counts publishes (the daemon's metrics), if given.
+    @ivar drain_timeout: When stopping, the longest wait for the requests
+        received before the stop to be answered.
     """
 
     namespace: Namespace
@@ -201,17 +242,21 @@ class Realtime(Service):
     local: LocalDelivery | None = None
     limits: Limits = field(factory=Limits)
     audience_interval: float = 1.0
+    metrics: Metrics | None = None
+    drain_timeout: float = 10.0
     subscriptions: Subscriptions[Socket] = field(init=False, factory=Subscriptions)
     presence: Presence[Socket] = field(init=False, factory=Presence)
     publisher: Publisher = field(init=False)
     authorizer: Authorizer = field(init=False)
     audience: AudienceCounter = field(init=False)
+    _stopping: bool = field(default=False, init=False)
+    _unanswered: _Unanswered = field(factory=_Unanswered, init=False)
     _channels_version: int = field(default=0, init=False)
     _checking: Deferred[Any] | None = field(default=None, init=False)
     _check_again: bool = field(default=False, init=False)
 
     def __attrs_post_init__(self) -> None:
-        self.publisher = Publisher(self.pool, self.local)
+        self.publisher = Publisher(self.pool, self.local, metrics=self.metrics)
         self.authorizer = Authorizer(self.pool)
         self.audience = AudienceCounter(self.pool, self.clock, self.audience_interval)
         self.namespace.on_connect(self._connect)
@@ -222,23 +267,92 @@ class Realtime(Service):
     # Service
 
     def stopService(self) -> Deferred[None]:
+        """
+        Refuse new requests, wait until those received are answered, then
+        write the last audience counts.
+        """
         Service.stopService(self)
-        d = self.audience.stop()
+        self._stopping = True
+        d = self.drained()
+        d.addCallback(lambda _: self.audience.stop())
         d.addErrback(lambda f: log.failure("Writing the last audience counts failed", f))
         return d
 
+    def startService(self) -> None:
+        Service.startService(self)
+        self._stopping = False
+
+    def drained(self) -> Deferred[None]:
+        """
+        A Deferred firing once every request received has been answered,
+        or after C{drain_timeout} seconds (with those left logged).
+        """
+        done: Deferred[None] = Deferred()
+
+        def answered(_: object) -> None:
+            if timer.active():
+                timer.cancel()
+            if not done.called:
+                done.callback(None)
+
+        def too_long() -> None:
+            log.warn(
+                "Stopping with {count} requests still unanswered after {timeout:g} s",
+                count=self._unanswered.count,
+                timeout=self.drain_timeout,
+            )
+            done.callback(None)
+
+        timer = self.clock.callLater(self.drain_timeout, too_long)
+        self._unanswered.when_none().addCallback(answered)
+        return done
+
     # Delivery
 
-    def deliver(self, message: StoredMessage) -> None:
+    def deliver(self, message: StoredMessage) -> int:
         """
         Send a stored message to this process's sockets subscribed to its
         channel, or to the pattern of the channel row that owns it.
+
+        @return: How many sockets it was sent to.
         """
         audience = self.subscriptions.audience(message.channel, message.channel_id)
         if not audience:
-            return
+            return 0
         self.namespace.emit_many(audience, message.event, message.body)
         self.audience.add(message.message_id, len(audience))
+        return len(audience)
+
+    # Admin control
+
+    def disconnect_sockets(self, user_id: str | None = None, socket_id: str | None = None) -> int:
+        """
+        Disconnect (a Socket.IO DISCONNECT: clients do not reconnect by
+        themselves) every socket of this process of the user C{user_id}
+        (its JWT ``sub``), or the socket C{socket_id}.
+
+        @return: How many sockets were disconnected.
+        """
+        chosen = []
+        for socket in list(self.namespace.sockets.values()):
+            client = self._client(socket)
+            if client is None:
+                continue
+            if socket.sid == socket_id or (
+                user_id is not None
+                and client.identity.type == USER
+                and client.identity.presence_id == user_id
+            ):
+                chosen.append(socket)
+        for socket in chosen:
+            socket.disconnect()
+        return len(chosen)
+
+    def members(self, channel: str) -> list[dict[str, Any]]:
+        """
+        The members present in C{channel} on this process, oldest first.
+        """
+        return [member.to_json() for member in self.presence.members(channel)]
 
     # Channel changes
 
@@ -317,6 +431,7 @@ class Realtime(Service):
             credential = credential_of(auth, socket.headers)
             principal = authenticate(credential, self.keys, self._now())
         except AuthenticationError as e:
+            log.info("Refused socket {sid}: {reason}", sid=socket.sid, reason=str(e))
             raise ConnectRefused(str(e)) from None
         if principal.sender_type == "user" and principal.sender_id is not None:
             identity = Identity(principal.sender_id, USER)
@@ -370,9 +485,15 @@ class Realtime(Service):
             if client is None:
                 return
             client.pending += 1
-            reply = _Reply(socket, client, ack)
+            self._unanswered.add()
+            reply = _Reply(socket, client, ack, self._unanswered)
+            if self._stopping:
+                reply.refuse(_stopping_refusal(args))
+                return
             request = parse(operation, args)
             if isinstance(request, Refusal):
+                if operation == PUBLISH and self.metrics is not None:
+                    self.metrics.publishes("invalid")
                 reply.refuse(request)
                 return
             refusal = self._over_limit(client, request)
@@ -457,7 +578,7 @@ class Realtime(Service):
             reply.ok(subscribed_ack(channel, [m.to_json() for m in members]))
             return None
         most = self.limits.max_subscriptions
-        if most and self.subscriptions.count(socket) >= most:
+        if most and self.subscriptions.count_of(socket) >= most:
             reply.refuse(
                 Refusal(
                     channel,
@@ -499,6 +620,8 @@ class Realtime(Service):
     def _publish(self, socket: Socket, client: _Client, request: Publish, reply: _Reply) -> None:
         channel = request.channel
         if not self.subscriptions.receives(socket, channel):
+            if self.metrics is not None:
+                self.metrics.publishes("not_subscribed")
             reply.refuse(
                 Refusal(
                     channel,
@@ -565,6 +688,19 @@ class Realtime(Service):
 
     def _now(self) -> float:
         return float(self.clock.seconds())
+
+
+def _stopping_refusal(args: list[Any]) -> Refusal:
+    """
+    How a request that arrives once realtimed is stopping is refused.
+    """
+    data = args[0] if args else None
+    channel = data.get("channel") if isinstance(data, dict) else None
+    return Refusal(
+        channel if isinstance(channel, str) else None,
+        INTERNAL_ERROR,
+        "realtimed is stopping; reconnect and try again",
+    )
 
 
 def _refusal(rejected: Rejected, what: str) -> Refusal:

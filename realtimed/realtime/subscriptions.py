@@ -52,6 +52,12 @@ class Subscriptions(Generic[S]):
     _by_channel_id: dict[str, set[S]] = Factory(dict)
     _of_socket: dict[S, dict[str, Subscription]] = Factory(dict)
 
+    def count(self) -> int:
+        """
+        How many subscriptions there are, over every socket.
+        """
+        return sum(map(len, self._of_socket.values()))
+
     def add(self, socket: S, subscription: Subscription) -> bool:
         """
         Subscribe C{socket}.
@@ -101,7 +107,7 @@ class Subscriptions(Generic[S]):
                 removed.append(subscription)
         return removed
 
-    def count(self, socket: S) -> int:
+    def count_of(self, socket: S) -> int:
         """
         How many subscriptions C{socket} holds.
         """

@@ -1,7 +1,7 @@
 """
 The admin REST API: channels, message history and statistics, publishing
-from backends, and the row-level security policies that govern subscribing
-and publishing.
+from backends, message retention, presence and disconnecting sockets, and
+the row-level security policies that govern subscribing and publishing.
 
 `AdminAPI.resource` is mounted at ``/api/realtime/``; the routes below are
 relative to it.  Every route, the OpenAPI document included, takes an admin
@@ -49,6 +49,7 @@ from realtimed.auth import (
     authenticate,
     bearer_credential,
 )
+from realtimed.control import AdminControl, DisconnectTarget
 from realtimed.rest import validation
 from realtimed.rest.openapi import openapi_document
 from realtimed.rest.validation import InvalidInput
@@ -252,6 +253,8 @@ class AdminAPI:
     @ivar _pool: Where queries run.
     @ivar _keys: What admin credentials are checked against.
     @ivar _clock: The time, for token expiry.
+    @ivar _control: Presence and disconnects on this process and the
+        others; by default, with no sockets of its own.
     """
 
     app: ClassVar[Klein] = Klein()
@@ -259,6 +262,11 @@ class AdminAPI:
     _pool: IQueries
     _keys: Keys
     _clock: IReactorTime
+    _control: AdminControl | None = None
+
+    def __attrs_post_init__(self) -> None:
+        if self._control is None:
+            self._control = AdminControl(self._pool, self._clock)
 
     def resource(self) -> IResource:
         """
@@ -269,36 +277,7 @@ class AdminAPI:
     # -- plumbing ----------------------------------------------------------
 
     def _require_admin(self, request: Request) -> Principal:
-        """
-        The admin making C{request}.  Every credential presented must be
-        valid: a request with a bad ``Authorization`` header is refused even
-        if its ``x-api-key`` is right, and the other way round.
-
-        @raise APIError: 401 without a valid credential, 403 for a valid
-            one that is not an admin's.
-        """
-        authorization = _header(request, b"authorization")
-        api_key = _header(request, b"x-api-key")
-        try:
-            if api_key is not None and not hmac.compare_digest(
-                api_key.encode("utf-8", "replace"), self._keys.api_key.encode("utf-8")
-            ):
-                raise AuthenticationError("Invalid API key")
-            if authorization is not None:
-                credential = bearer_credential(authorization)
-                if credential is None:
-                    raise AuthenticationError(
-                        "Invalid Authorization header: expected Bearer <credential>"
-                    )
-            else:
-                credential = api_key
-            principal = authenticate(credential, self._keys, self._clock.seconds())
-        except AuthenticationError as e:
-            request.setHeader(b"WWW-Authenticate", b'Bearer realm="realtime"')
-            raise APIError(401, "UNAUTHORIZED", str(e)) from None
-        if not principal.is_admin:
-            raise APIError(403, "FORBIDDEN", "Admin access required")
-        return principal
+        return require_admin(request, self._keys, self._clock.seconds())
 
     def _failed(self, failure: Failure, request: Request, gone: Callable[[], bool]) -> bytes:
         if failure.check(CancelledError) and gone():
@@ -492,15 +471,62 @@ class AdminAPI:
             " (SELECT coalesce(sum(wh_audience_count), 0) FROM m),"
             " (SELECT coalesce(sum(wh_delivered_count), 0) FROM m),"
             " (SELECT coalesce(json_agg(json_build_array(event_name, n)"
-            "  ORDER BY n DESC, event_name), '[]') FROM top)",
+            "  ORDER BY n DESC, event_name), '[]') FROM top),"
+            " (SELECT retention_days FROM realtime.config)",
             params,
         )
-        total, audience, delivered, top = rows[0]
+        total, audience, delivered, top, retention_days = rows[0]
         return 200, {
             "totalMessages": int(total),
             "whDeliveryRate": float(delivered) / float(audience) if audience else 0,
             "topEvents": [{"eventName": name, "count": int(n)} for name, n in top],
+            "retentionDays": retention_days,
         }
+
+    # -- retention -----------------------------------------------------------
+
+    @app.route("/config", methods=["GET"])
+    @_admin_route
+    async def get_config(self, request: Request) -> tuple[int, Any]:
+        rows = await self._pool.runQuery("SELECT retention_days FROM realtime.config")
+        return 200, {"retentionDays": rows[0][0] if rows else None}
+
+    @app.route("/config", methods=["PATCH"])
+    @_admin_route
+    async def update_config(self, request: Request) -> tuple[int, Any]:
+        config = validation.retention_config(_body(request))
+        await self._pool.runOperation(
+            "UPDATE realtime.config SET retention_days = %s, updated_at = now()",
+            (config.retention_days,),
+        )
+        log.info(
+            "Message retention set to {days} days",
+            days="unlimited" if config.retention_days is None else config.retention_days,
+        )
+        return 200, {"message": "Retention config updated successfully"}
+
+    # -- admin control -----------------------------------------------------
+
+    @app.route("/presence", methods=["GET"])
+    @_admin_route
+    async def presence(self, request: Request) -> tuple[int, Any]:
+        channel = validation.presence_query(_query(request))
+        assert self._control is not None
+        return 200, {"channel": channel, "members": self._control.presence(channel)}
+
+    @app.route("/disconnect", methods=["POST"])
+    @_admin_route
+    async def disconnect(self, request: Request) -> tuple[int, Any]:
+        user_id, socket_id = validation.disconnect_target(_body(request))
+        assert self._control is not None
+        target = DisconnectTarget(user_id, socket_id)
+        count = await self._control.disconnect(target)
+        log.info(
+            "Disconnected {count} sockets of {target} at an admin's request",
+            count=count,
+            target=target.to_json(),
+        )
+        return 200, {"disconnected": count}
 
     # -- permissions -------------------------------------------------------
 
@@ -534,6 +560,46 @@ class AdminAPI:
                 }
             )
         return 200, result
+
+
+def require_admin(request: Request, keys: Keys, now: float) -> Principal:
+    """
+    The admin making C{request}.  Every credential presented must be
+    valid: a request with a bad ``Authorization`` header is refused even if
+    its ``x-api-key`` is right, and the other way round.
+
+    @raise APIError: 401 without a valid credential, 403 for a valid one
+        that is not an admin's.
+    """
+    authorization = _header(request, b"authorization")
+    api_key = _header(request, b"x-api-key")
+    try:
+        if api_key is not None and not hmac.compare_digest(
+            api_key.encode("utf-8", "replace"), keys.api_key.encode("utf-8")
+        ):
+            raise AuthenticationError("Invalid API key")
+        if authorization is not None:
+            credential = bearer_credential(authorization)
+            if credential is None:
+                raise AuthenticationError(
+                    "Invalid Authorization header: expected Bearer <credential>"
+                )
+        else:
+            credential = api_key
+        principal = authenticate(credential, keys, now)
+    except AuthenticationError as e:
+        request.setHeader(b"WWW-Authenticate", b'Bearer realm="realtime"')
+        raise APIError(401, "UNAUTHORIZED", str(e)) from None
+    if not principal.is_admin:
+        raise APIError(403, "FORBIDDEN", "Admin access required")
+    return principal
+
+
+def write_error(request: Request, error: APIError) -> bytes:
+    """
+    Answer C{request} with C{error}; returns the body.
+    """
+    return _write_json(request, error.status, error.body())
 
 
 def _header(request: Request, name: bytes) -> str | None:

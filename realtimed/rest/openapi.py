@@ -27,6 +27,12 @@ _TIME: Final = {"type": "string", "format": "date-time"}
 _COUNT: Final = {"type": "integer", "minimum": 0}
 
 CHANNEL_PATTERN_REGEX: Final = f"^{channels.PATTERN_REGEX}$"
+_ID_FIELD: Final = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": validation.MAX_ID_LENGTH,
+    "pattern": "^[^\\x00]*$",
+}
 CHANNEL_NAME_REGEX: Final = f"^{channels.NAME_REGEX}$"
 # What the schema promises is accepted; the API accepts more (any absolute
 # http or https URL with a host), and refuses anything else.
@@ -109,6 +115,14 @@ PERMISSIONS_EXAMPLE: Final = {
         ]
     },
 }
+RETENTION_EXAMPLE: Final = {"retentionDays": 30}
+RETENTION_UPDATED: Final = {"message": "Retention config updated successfully"}
+PRESENCE_EXAMPLE: Final = {
+    "channel": "chat:room1",
+    "members": [
+        {"presenceId": "user-123", "type": "user", "joinedAt": "2024-01-15T10:30:00.000Z"}
+    ],
+}
 _NO_EXAMPLE: Final = object()
 
 
@@ -116,9 +130,7 @@ def _ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
-def _json(
-    schema: dict[str, Any], description: str, example: Any = _NO_EXAMPLE
-) -> dict[str, Any]:
+def _json(schema: dict[str, Any], description: str, example: Any = _NO_EXAMPLE) -> dict[str, Any]:
     media: dict[str, Any] = {"schema": schema}
     if example is not _NO_EXAMPLE:
         media["example"] = example
@@ -185,7 +197,10 @@ def _channel_fields() -> dict[str, Any]:
             "pattern": CHANNEL_PATTERN_REGEX,
             "minLength": 1,
             "maxLength": 255,
-            "description": "Channel names this channel owns; `*` matches any run of characters.",
+            "description": (
+                "Channel names this channel owns; `*` matches any run of characters, "
+                "and `%` means the same (stored as `*`)."
+            ),
         },
         "description": {
             "type": ["string", "null"],
@@ -341,6 +356,11 @@ def _schemas() -> dict[str, Any]:
                         "Webhook deliveries made over deliveries due; 0 when none were due."
                     ),
                 },
+                "retentionDays": {
+                    "type": ["integer", "null"],
+                    "minimum": 1,
+                    "description": "Days messages are kept; null keeps them forever.",
+                },
                 "topEvents": {
                     "type": "array",
                     "maxItems": 10,
@@ -354,6 +374,77 @@ def _schemas() -> dict[str, Any]:
                         },
                     },
                 },
+            },
+        },
+        "RetentionConfig": {
+            "type": "object",
+            "required": ["retentionDays"],
+            "additionalProperties": False,
+            "properties": {
+                "retentionDays": {
+                    "type": ["integer", "null"],
+                    "minimum": 1,
+                    "maximum": validation.MAX_RETENTION_DAYS,
+                    "description": (
+                        "Messages older than this many days are deleted (those with"
+                        " webhook deliveries still pending once these end); null keeps"
+                        " them forever."
+                    ),
+                },
+            },
+        },
+        "Updated": {
+            "type": "object",
+            "required": ["message"],
+            "additionalProperties": False,
+            "properties": {"message": {"type": "string"}},
+        },
+        "Presence": {
+            "type": "object",
+            "required": ["channel", "members"],
+            "additionalProperties": False,
+            "properties": {
+                "channel": {"type": "string"},
+                "members": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["presenceId", "type", "joinedAt"],
+                        "additionalProperties": False,
+                        "properties": {
+                            "presenceId": {"type": "string"},
+                            "type": {"type": "string", "enum": ["user", "anonymous"]},
+                            "joinedAt": _TIME,
+                        },
+                    },
+                },
+            },
+        },
+        "DisconnectRequest": {
+            "oneOf": [
+                {
+                    "type": "object",
+                    "required": ["userId"],
+                    "additionalProperties": False,
+                    "properties": {"userId": _ID_FIELD},
+                },
+                {
+                    "type": "object",
+                    "required": ["socketId"],
+                    "additionalProperties": False,
+                    "properties": {"socketId": _ID_FIELD},
+                },
+            ],
+        },
+        "Disconnected": {
+            "type": "object",
+            "required": ["disconnected"],
+            "additionalProperties": False,
+            "properties": {
+                "disconnected": {
+                    **_COUNT,
+                    "description": "Sockets disconnected, over every process that answered.",
+                }
             },
         },
         "Policy": {
@@ -391,9 +482,7 @@ def _schemas() -> dict[str, Any]:
                     "type": "object",
                     "required": ["policies"],
                     "additionalProperties": False,
-                    "properties": {
-                        "policies": {"type": "array", "items": _ref("Policy")}
-                    },
+                    "properties": {"policies": {"type": "array", "items": _ref("Policy")}},
                 }
                 for action in ("subscribe", "publish")
             },
@@ -464,9 +553,7 @@ def _paths() -> dict[str, Any]:
                 "responses": _responses(
                     (
                         "200",
-                        _json(
-                            _ref("Deleted"), "Deleted", {"message": "Channel deleted"}
-                        ),
+                        _json(_ref("Deleted"), "Deleted", {"message": "Channel deleted"}),
                     ),
                     "400",
                     "404",
@@ -565,6 +652,63 @@ def _paths() -> dict[str, Any]:
                 ),
             },
         },
+        "/config": {
+            "get": {
+                "operationId": "getConfig",
+                "summary": "Message retention, shared by every process of the database",
+                "responses": _responses(
+                    ("200", _json(_ref("RetentionConfig"), "The retention", RETENTION_EXAMPLE))
+                ),
+            },
+            "patch": {
+                "operationId": "updateConfig",
+                "summary": "Set the message retention",
+                "requestBody": _request("RetentionConfig", RETENTION_EXAMPLE),
+                "responses": _responses(
+                    ("200", _json(_ref("Updated"), "Updated", RETENTION_UPDATED)),
+                    "400",
+                ),
+            },
+        },
+        "/presence": {
+            "get": {
+                "operationId": "presence",
+                "summary": "The members present in a channel (on the process answering)",
+                "parameters": [
+                    {
+                        "name": "channel",
+                        "in": "query",
+                        "required": True,
+                        "description": "A channel name, or a channel's pattern.",
+                        "schema": {
+                            "type": "string",
+                            "pattern": CHANNEL_PATTERN_REGEX,
+                            "minLength": 1,
+                            "maxLength": 255,
+                        },
+                    }
+                ],
+                "responses": _responses(
+                    ("200", _json(_ref("Presence"), "The members", PRESENCE_EXAMPLE)),
+                    "400",
+                ),
+            },
+        },
+        "/disconnect": {
+            "post": {
+                "operationId": "disconnect",
+                "summary": "Disconnect a user's sockets, or one socket, on every process",
+                "description": (
+                    "Each socket gets a Socket.IO DISCONNECT, after which clients do not"
+                    " reconnect by themselves."
+                ),
+                "requestBody": _request("DisconnectRequest", {"userId": "user-123"}),
+                "responses": _responses(
+                    ("200", _json(_ref("Disconnected"), "Done", {"disconnected": 2})),
+                    "400",
+                ),
+            },
+        },
         "/permissions": {
             "get": {
                 "operationId": "permissions",
@@ -581,9 +725,7 @@ def _paths() -> dict[str, Any]:
             "get": {
                 "operationId": "openapi",
                 "summary": "This document",
-                "responses": _responses(
-                    ("200", _json({"type": "object"}, "The OpenAPI document"))
-                ),
+                "responses": _responses(("200", _json({"type": "object"}, "The OpenAPI document"))),
             },
         },
     }

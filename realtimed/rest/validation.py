@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 
 from attrs import frozen
 
-from realtimed.realtime.channels import is_valid_pattern
+from realtimed.realtime.channels import canonical_pattern, is_valid_pattern
 from realtimed.realtime.publication import (
     MAX_EVENT_LENGTH,
     InvalidInput,
@@ -46,6 +46,8 @@ MIN_LIMIT: Final = 1
 MAX_LIMIT: Final = 1000
 DEFAULT_LIMIT: Final = 100
 MAX_OFFSET: Final = 2**31 - 1
+#: The longest retention that may be set, in days (a hundred years).
+MAX_RETENTION_DAYS: Final = 36_500
 
 _UUID: Final = re.compile(
     r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
@@ -200,10 +202,10 @@ def _pattern(value: Any, problems: list[str]) -> str | None:
         return None
     if not is_valid_pattern(value):
         problems.append(
-            "pattern: Invalid channel pattern (1-255 characters from A-Z a-z 0-9 _ - : . @ *)"
+            "pattern: Invalid channel pattern (1-255 characters from A-Z a-z 0-9 _ - : . @ * %)"
         )
         return None
-    return value
+    return canonical_pattern(value)
 
 
 def _description(value: Any, problems: list[str]) -> str | None:
@@ -352,6 +354,84 @@ def _ordered(problems: list[str]) -> list[str]:
     return known + unknown
 
 
+@frozen
+class RetentionConfig:
+    """
+    What ``PATCH /config`` sets.
+
+    @ivar retention_days: Days messages are kept, or C{None} for ever.
+    """
+
+    retention_days: int | None
+
+
+def retention_config(body: Any) -> RetentionConfig:
+    """
+    The retention a ``PATCH /config`` body sets: ``retentionDays``, a
+    positive integer or C{null}.
+
+    @param body: The parsed JSON body.
+    @raise InvalidInput: Naming every problem.
+    """
+    fields, problems = _object(body, ("retentionDays",))
+    days: int | None = None
+    if "retentionDays" not in fields:
+        problems.insert(0, "retentionDays: Required")
+    else:
+        value = fields["retentionDays"]
+        if value is None:
+            pass
+        elif isinstance(value, bool) or not isinstance(value, (int, float)):
+            problems.insert(0, expected("retentionDays", "number", value))
+        elif isinstance(value, float) and not value.is_integer():
+            problems.insert(0, "retentionDays: Expected integer, received float")
+        elif value <= 0:
+            problems.insert(0, "retentionDays: Number must be greater than 0")
+        elif value > MAX_RETENTION_DAYS:
+            problems.insert(
+                0, f"retentionDays: Number must be less than or equal to {MAX_RETENTION_DAYS}"
+            )
+        else:
+            days = int(value)
+    if problems:
+        raise InvalidInput(_ordered(problems))
+    return RetentionConfig(days)
+
+
+#: The longest user or socket id a disconnect request may name.
+MAX_ID_LENGTH: Final = 255
+
+
+def disconnect_target(body: Any) -> tuple[str | None, str | None]:
+    """
+    Whose sockets a ``POST /disconnect`` body names: C{(userId, None)} or
+    C{(None, socketId)}.
+
+    @param body: The parsed JSON body.
+    @raise InvalidInput: Naming every problem.
+    """
+    fields, problems = _object(body, ("userId", "socketId"))
+    found: dict[str, str] = {}
+    for name in ("userId", "socketId"):
+        if name not in fields:
+            continue
+        value = fields[name]
+        if not isinstance(value, str):
+            problems.append(expected(name, "string", value))
+        elif not 1 <= len(value) <= MAX_ID_LENGTH:
+            problems.append(f"{name}: Must be 1-{MAX_ID_LENGTH} characters")
+        elif storable_problem(value):
+            problems.append(f"{name}: {storable_problem(value)}")
+        else:
+            found[name] = value
+    if not problems and len(found) != 1:
+        both = ", not both" if found else ""
+        problems.append(f"body: Give userId or socketId{both}")
+    if problems:
+        raise InvalidInput(_ordered(problems))
+    return found.get("userId"), found.get("socketId")
+
+
 # -- parameters ------------------------------------------------------------
 
 
@@ -476,6 +556,30 @@ def parse_datetime(text: str) -> datetime | None:
         return value.astimezone(UTC)
     except (OverflowError, ValueError):
         return None
+
+
+def presence_query(args: Mapping[str, Sequence[str]]) -> str:
+    """
+    The channel of ``GET /presence``: a name, or a channel row's pattern
+    (in its canonical form).
+
+    @param args: Each query parameter's values, decoded.
+    @raise InvalidInput: Naming the problem.
+    """
+    problems: list[str] = []
+    channel = _single(args, "channel", problems)
+    if problems:
+        raise InvalidInput(problems)
+    if channel is None:
+        raise InvalidInput(["channel: Channel name is required"])
+    if not is_valid_pattern(channel):
+        raise InvalidInput(
+            [
+                "channel: Invalid channel (1-255 characters from A-Z a-z 0-9 _ - : . @,"
+                " or a channel pattern with * or %)"
+            ]
+        )
+    return canonical_pattern(channel)
 
 
 def stats_query(args: Mapping[str, Sequence[str]]) -> StatsQuery:

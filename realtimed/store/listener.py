@@ -28,6 +28,11 @@ migration ``0004_wakeup.sql``):
 
 Whatever a poll finds wakes the listener up.
 
+The same connection LISTENs on the channels named in ``also_listen`` (the
+daemon's: changes of channel rows on ``realtime_channels``, migration 0007,
+and admin commands on ``realtime_control``, migration 0011), and hands what
+arrives there to ``on_notify``.
+
 Publishes this process stores come back by polling like any message, but
 they need not wait for it: the publisher hands each stored batch over
 (`stored_here`) together with whether every message committed before it was
@@ -123,9 +128,6 @@ class MessageListener(Service):
     @ivar dsn: The database; never logged as is.
     @ivar on_message: Called with each L{StoredMessage}.  Exceptions are
         logged and do not stop delivery.
-    @ivar on_channels_changed: Called with the payload of each announcement
-        of changed channel rows, and with C{None} each time the listener
-        (re)connects, since announcements made while it was away are lost.
     @ivar after_messages: Called after the messages read by one query were
         handed over (where the daemon writes out what they produced, rather
         than at the next turn of the reactor).
@@ -140,13 +142,17 @@ class MessageListener(Service):
     @ivar query_timeout: A query unanswered for this long drops the
         connection.
     @ivar page_size: How many messages one query reads at most.
+    @ivar also_listen: More channels to LISTEN on.
+    @ivar on_notify: Called with the channel and payload of each
+        notification on those channels, and with the channel and C{None}
+        each time the listener (re)connects, since what was sent while it
+        was away is lost.  Exceptions are logged.
     @ivar phase: Awake, dozing or asleep.
     """
 
     reactor: Any
     dsn: str = field(repr=redact_dsn)
     on_message: Callable[[StoredMessage], object]
-    on_channels_changed: Callable[[str | None], object] | None = None
     after_messages: Callable[[], object] | None = None
     clock: Any = None
     initial_delay: float = 0.5
@@ -159,6 +165,8 @@ class MessageListener(Service):
     query_timeout: float = 10.0
     connect_timeout: float = 10.0
     page_size: int = 500
+    also_listen: tuple[str, ...] = ()
+    on_notify: Callable[[str, str | None], object] | None = None
     phase: Phase = field(default=Phase.AWAKE, init=False)
     _connection: DatabaseConnection | None = field(default=None, init=False)
     _generation: int = field(default=0, init=False)
@@ -333,12 +341,10 @@ class MessageListener(Service):
         # A new session holds no lock: the listener starts awake.
         self.phase = Phase.AWAKE
         self._idle = 0
-        yield self._query(
-            generation,
-            f"LISTEN {CHANNEL}; LISTEN {CHANNELS_CHANNEL}",
-            timeout=self.connect_timeout,
-            rows=False,
-        )
+        for channel in (CHANNEL, *self.also_listen):
+            yield self._query(
+                generation, f"LISTEN {channel}", timeout=self.connect_timeout, rows=False
+            )
         reconnected = self._since is not None
         found = yield self._poll(generation)
         if reconnected:
@@ -349,7 +355,9 @@ class MessageListener(Service):
         # Back on its feet: the next failure starts the backoff over.
         self._attempt = 0
         log.info("Listening for messages on {dsn}", dsn=redact_dsn(self.dsn))
-        self._channels_changed(None)
+        # Notifications sent while the connection was away are lost.
+        for channel in self.also_listen:
+            self._hand_over(channel, None)
         # Whoever waited runs now, and may stop the listener.
         self._connected.succeed(None)
         if generation != self._generation:
@@ -495,16 +503,16 @@ class MessageListener(Service):
             return
         if notify.channel == CHANNEL:
             self.poll_soon()
-        elif notify.channel == CHANNELS_CHANNEL:
-            self._channels_changed(notify.payload)
+        elif notify.channel in self.also_listen:
+            self._hand_over(notify.channel, notify.payload)
 
-    def _channels_changed(self, payload: str | None) -> None:
-        if self.on_channels_changed is None:
+    def _hand_over(self, channel: str, payload: str | None) -> None:
+        if self.on_notify is None:
             return
         try:
-            self.on_channels_changed(payload)
+            self.on_notify(channel, payload)
         except Exception:
-            log.failure("Handling changed channels failed")
+            log.failure("Handling a notification on {channel} failed", channel=channel)
 
     def _deliver(self, message: StoredMessage) -> None:
         try:

@@ -286,6 +286,8 @@ class ConnectionPool(Service):
         PostgreSQL cancels it; C{None} for no limit.
     @ivar max_waiting: How many statements may wait for a connection;
         past that they fail at once with L{PoolBusy}.
+    @ivar on_wait: Called with the seconds each statement waited for its
+        connection (opening one included), if set.
     """
 
     reactor: Any
@@ -297,6 +299,7 @@ class ConnectionPool(Service):
     application_name: str = "realtimed"
     statement_timeout: float | None = 10.0
     max_waiting: int = 1000
+    on_wait: Callable[[float], object] | None = None
     _idle: list[DatabaseConnection] = field(factory=list, init=False)
     _open: int = field(default=0, init=False)
     _waiting: deque[Deferred[DatabaseConnection]] = field(factory=deque, init=False)
@@ -400,10 +403,21 @@ class ConnectionPool(Service):
         query.addErrback(lambda f: log.failure("Pinging the database failed", f))
         return answer
 
+    @property
+    def waiting(self) -> int:
+        """
+        How many statements wait for a connection now.
+        """
+        return len(self._waiting)
+
     def _using(self, work: Callable[[DatabaseConnection], Deferred[T]]) -> Deferred[T]:
+        on_wait = self.on_wait
+        asked = self.reactor.seconds() if on_wait is not None else 0.0
         d: Deferred[Any] = self._checkout()
 
         def run(connection: DatabaseConnection) -> Deferred[T]:
+            if on_wait is not None:
+                on_wait(self.reactor.seconds() - asked)
             result = work(connection)
 
             def done(outcome: object) -> object:

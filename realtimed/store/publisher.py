@@ -37,6 +37,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from realtimed.auth import Principal
+from realtimed.metrics import Metrics
 from realtimed.store.messages import StoredMessage
 from realtimed.store.pool import IQueries, is_disconnect
 
@@ -302,12 +303,15 @@ class Publisher:
     @ivar local_limit: The largest batch handed to C{local} with its
         messages; a larger one is announced as not settled, so that the
         listener reads its messages.
+    @ivar metrics: Counts the outcomes, and notes when each publish
+        arrived.
     """
 
     pool: IQueries
     local: LocalDelivery | None = None
     max_batch: int = 500
     local_limit: int = 32
+    metrics: Metrics | None = None
     _batches: _Batches = field(init=False)
 
     def __attrs_post_init__(self) -> None:
@@ -330,6 +334,8 @@ class Publisher:
     def _stored(self, rows: list[tuple[Any, ...]]) -> None:
         local = self.local
         stored = [row for row in rows if row[1] == "stored"]
+        if self.metrics is not None and stored:
+            self.metrics.publishes("stored", len(stored))
         if local is None or not stored:
             return
         _, _, _, _, _, _, xact, settled = stored[0]
@@ -371,7 +377,21 @@ class Publisher:
         )
         # The payload is already JSON text: splice it in rather than decode
         # and encode it again.
-        return self._batches.add('{"payload":' + payload_json + "," + fields[1:], channel)
+        d = self._batches.add('{"payload":' + payload_json + "," + fields[1:], channel)
+        if self.metrics is not None:
+            self.metrics.publish_arrived(message_id)
+            d.addErrback(self._not_stored, message_id)
+        return d
+
+    def _not_stored(self, failure: Failure, message_id: str) -> Failure:
+        assert self.metrics is not None
+        self.metrics.publish_not_stored(message_id)
+        rejected = failure.value if isinstance(failure.value, Rejected) else None
+        if rejected is not None and rejected.rejection is not Rejection.FAILED:
+            self.metrics.publishes(rejected.rejection.value)
+        else:
+            self.metrics.publishes("failed")
+        return failure
 
 
 @define

@@ -46,6 +46,7 @@ from twisted.python.failure import Failure
 from twisted.web.client import HTTPConnectionPool
 from twisted.web.http_headers import Headers
 
+from realtimed.metrics import Metrics
 from realtimed.store.pool import IQueries
 from realtimed.webhooks.answers import read_answer
 from realtimed.webhooks.endpoint import webhook_http_client
@@ -121,6 +122,11 @@ class WebhookService(Service):
     @ivar retention: Seconds delivered and failed rows are kept.
     @ivar prune_interval: Seconds between prunings.
     @ivar jitter: Source of random numbers in [0, 1) for the backoff.
+    @ivar metrics: Counts the attempts by outcome, if given.
+    @ivar stop_grace: When stopping, how long attempts in flight may still
+        take; those still unanswered then are cancelled and handed back to
+        the database as pending, due at once (another process, or this one
+        restarted, makes them).
     """
 
     reactor: Any
@@ -138,6 +144,8 @@ class WebhookService(Service):
     retention: float = 7 * 24 * 3600.0
     prune_interval: float = 3600.0
     jitter: Callable[[], float] = random.random
+    metrics: Metrics | None = None
+    stop_grace: float = 5.0
 
     _key: bytes = field(init=False, repr=False)
     outcomes: Outcomes = field(init=False)
@@ -145,6 +153,8 @@ class WebhookService(Service):
     _outbox: Outbox = field(init=False)
     _connections: HTTPConnectionPool | None = field(default=None, init=False)
     _in_flight: dict[int, Deferred[None]] = field(factory=dict, init=False)
+    _requests: dict[int, Deferred[Any]] = field(factory=dict, init=False)
+    _handed_back: set[int] = field(factory=set, init=False)
     _per_host_busy: dict[str, int] = field(factory=dict, init=False)
     _claiming: Deferred[Any] | None = field(default=None, init=False)
     _claim_again: bool = field(default=False, init=False)
@@ -191,8 +201,9 @@ class WebhookService(Service):
 
     def stopService(self) -> Deferred[None]:
         """
-        Stop claiming; let the attempts in flight finish (each is bounded
-        by the timeout) and record their outcomes; close connections.
+        Stop claiming; let the attempts in flight finish for up to
+        C{stop_grace} seconds, then hand those left back as pending; record
+        every outcome; close connections.
         """
         super().stopService()
         for loop in (self._poll, self._prune):
@@ -204,12 +215,42 @@ class WebhookService(Service):
         self._wake_call = self._wake_later = self._flush_call = None
         waiting = [d for d in (self._claiming, self._pruning) if d is not None]
         d: Deferred[Any] = DeferredList(waiting)
-        d.addCallback(lambda _: DeferredList(list(self._in_flight.values())))
+        d.addCallback(lambda _: self._finish_in_flight())
         d.addCallback(lambda _: self._flush_all())
         d.addErrback(lambda f: log.failure("Stopping webhook deliveries", f))
         d.addCallback(lambda _: self._close())
         d.addErrback(lambda f: log.failure("Closing webhook connections", f))
         return d
+
+    def _finish_in_flight(self) -> Deferred[Any]:
+        """
+        A Deferred firing once no attempt is in flight: each ends by
+        itself within C{stop_grace} seconds, or is cancelled then and
+        handed back.
+        """
+        if not self._in_flight:
+            return succeed(None)
+        d: Deferred[Any] = DeferredList(list(self._in_flight.values()))
+
+        def hand_back() -> None:
+            left = list(self._requests.items())
+            if left:
+                log.info(
+                    "Handing {count} webhook deliveries in flight back to the database",
+                    count=len(left),
+                )
+            for delivery_id, request in left:
+                self._handed_back.add(delivery_id)
+                request.cancel()
+
+        timer = self.clock.callLater(self.stop_grace, hand_back)
+
+        def ended(result: object) -> object:
+            if timer.active():
+                timer.cancel()
+            return result
+
+        return d.addBoth(ended)
 
     def _flush_all(self) -> Deferred[None]:
         """
@@ -359,6 +400,7 @@ class WebhookService(Service):
             d = succeed(self.outcomes.refused(delivery, refusal))
         else:
             d = self._send(delivery)
+        d.addCallback(self._unless_handed_back, delivery)
         d.addCallback(self._finished)
         d.addErrback(
             lambda f: log.failure(
@@ -368,6 +410,7 @@ class WebhookService(Service):
 
         def release(_: object) -> None:
             del self._in_flight[delivery.id]
+            self._requests.pop(delivery.id, None)
             tracker.callback(None)
             left = self._per_host_busy[delivery.host] - 1
             if left:
@@ -381,6 +424,16 @@ class WebhookService(Service):
 
         d.addCallback(release)
         d.addErrback(lambda f: log.failure("Releasing a webhook delivery", f))
+
+    def _unless_handed_back(self, outcome: Outcome, delivery: Delivery) -> Outcome:
+        """
+        C{outcome}, unless the attempt was cancelled by a stop: then the
+        delivery is pending again, due at once.
+        """
+        if delivery.id not in self._handed_back:
+            return outcome
+        self._handed_back.discard(delivery.id)
+        return Outcome(delivery, "pending", error="handed back: realtimed stopped", delay=0.0)
 
     def _send(self, delivery: Delivery) -> Deferred[Outcome]:
         timestamp = int(self.clock.seconds())
@@ -411,6 +464,7 @@ class WebhookService(Service):
                     delivery, f"the URL cannot be requested ({type(e).__name__}: {e})"
                 )
             )
+        self._requests[delivery.id] = d
         d.addCallback(read_answer)
         d.addTimeout(self.timeout, self.clock, onTimeoutCancel=_timed_out)
         d.addCallbacks(
@@ -422,6 +476,8 @@ class WebhookService(Service):
     # -- recording -------------------------------------------------------------
 
     def _finished(self, outcome: Outcome) -> None:
+        if self.metrics is not None:
+            self.metrics.webhook_attempt(_attempt_outcome(outcome))
         self._outcomes.append(outcome)
         if not self.running:
             return  # stopService records what is left
@@ -497,6 +553,17 @@ class WebhookService(Service):
             self._pruning = None
 
         d.addCallback(finished)
+
+
+def _attempt_outcome(outcome: Outcome) -> str:
+    """
+    How an attempt ended, as the metrics count it.
+    """
+    if outcome.status == "pending":
+        return "retry"
+    if outcome.status == "failed" and (outcome.error or "").startswith("refused"):
+        return "refused"
+    return outcome.status
 
 
 def _timed_out(result: object, timeout: float) -> Failure:

@@ -1,0 +1,237 @@
+"""
+A graceful stop (SIGTERM) of a real ``twistd realtimed`` process while a
+client has a burst of publishes in flight: every publish it had received is
+answered, every acknowledged publish is stored and every stored one was
+acknowledged, the process exits within 20 seconds, and the client carries
+on with another process of the same database.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import socketio
+from twisted.logger import Logger
+from twisted.trial.unittest import TestCase
+
+from tests.support import create_database, run_sql
+from tests.test_realtime import KEYS, PATIENCE, token
+
+log = Logger()
+
+TWISTD = Path(sys.executable).with_name("twistd")
+LISTENING = re.compile(r"realtimed listening on (http://127\.0\.0\.1:\d+)/")
+
+#: Publishes sent in one burst, without waiting for their acks, by each of
+#: CLIENTS sockets (a socket may have at most 256 requests unanswered).
+BURST = 250
+CLIENTS = 4
+
+
+class Daemon:
+    """
+    One ``twistd -n realtimed`` process on a loopback port chosen by the
+    system.
+    """
+
+    def __init__(self, test: TestCase, url: str, *options: str) -> None:
+        self.directory = tempfile.mkdtemp(prefix="realtimed-stop-")
+        test.addCleanup(shutil.rmtree, self.directory, ignore_errors=True)
+        self.log = Path(self.directory) / "out.log"
+        with open(self.log, "wb") as out:
+            self.process = subprocess.Popen(
+                [
+                    str(TWISTD),
+                    "-n",
+                    "--pidfile=",
+                    "realtimed",
+                    "--database-url",
+                    url,
+                    "--port",
+                    "tcp:0:interface=127.0.0.1",
+                    "--data-dir",
+                    self.directory,
+                    "--jwt-secret",
+                    KEYS.jwt_secret,
+                    "--api-key",
+                    KEYS.api_key,
+                    "--anon-key",
+                    KEYS.anon_key,
+                    "--webhook-secret",
+                    KEYS.webhook_secret,
+                    *options,
+                ],
+                cwd=self.directory,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                # A burst far above a socket's publish rate limit, which is
+                # not what is tested here.
+                env={**os.environ, "PYTHONUNBUFFERED": "1", "REALTIMED_MAX_PUBLISH_RATE": "0"},
+            )
+        test.addCleanup(self.kill)
+        deadline = time.monotonic() + 60
+        self.address = ""
+        while not self.address:
+            match = LISTENING.search(self.output())
+            if match:
+                self.address = match.group(1)
+            elif self.process.poll() is not None or time.monotonic() > deadline:
+                test.fail("realtimed did not start:\n" + self.output())
+            else:
+                time.sleep(0.05)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+class GracefulStopTests(TestCase):
+    timeout = 180
+
+    def test_publishes_in_flight(self) -> None:
+        """
+        SIGTERM while a burst of publishes is in flight: each publish the
+        client got an ok ack for is stored, each stored one was acked, the
+        process exits within 20 s, and the client, connecting to the other
+        process, subscribes and publishes there.
+        """
+        url = create_database(self)
+        first = Daemon(self, url)
+        second = Daemon(self, url)
+        run_sql(url, "INSERT INTO realtime.channels (pattern) VALUES ('burst')")
+
+        acks: dict[tuple[int, int], Any] = {}
+        closed: list[threading.Event] = []
+        clients = []
+        for _ in range(CLIENTS):
+            client = socketio.Client(reconnection=False)
+            gone = threading.Event()
+            closed.append(gone)
+            client.on("disconnect", lambda *_, gone=gone: gone.set())
+            client.connect(
+                first.address,
+                auth={"token": token("alice")},
+                transports=["websocket"],
+                wait_timeout=PATIENCE,
+            )
+            self.addCleanup(client.disconnect)
+            ack = client.call("REALTIME_SUBSCRIBE", {"channel": "burst"}, timeout=PATIENCE)
+            self.assertTrue(ack["ok"], ack)
+            clients.append(client)
+
+        def answered(n: int, i: int) -> Any:
+            return lambda value: acks.__setitem__((n, i), value)
+
+        for i in range(BURST):
+            for n, client in enumerate(clients):
+                client.emit(
+                    "REALTIME_PUBLISH",
+                    {"channel": "burst", "event": "n", "payload": {"i": i, "n": n}},
+                    callback=answered(n, i),
+                )
+        # Once the first ack is back, the rest of the burst is on its way in.
+        deadline = time.monotonic() + PATIENCE
+        while not acks and time.monotonic() < deadline:
+            time.sleep(0.001)
+        in_flight = BURST * CLIENTS - len(acks)
+        stopping = time.monotonic()
+        first.process.send_signal(signal.SIGTERM)
+        for gone in closed:
+            self.assertTrue(gone.wait(PATIENCE), "a socket was not closed")
+        self.assertIn(first.process.wait(timeout=30), (0, -signal.SIGTERM))
+        stop_duration = time.monotonic() - stopping
+
+        acked = {value["messageId"] for value in acks.values() if value.get("ok")}
+        refused = [value for value in acks.values() if not value.get("ok")]
+        stored = {
+            row[0]
+            for row in run_sql(
+                url, "SELECT id::text FROM realtime.messages WHERE channel_name = 'burst'"
+            )
+        }
+        figures = (
+            f"burst {BURST * CLIENTS} from {CLIENTS} sockets, in flight at SIGTERM {in_flight},"
+            f" answered {len(acks)}, acked ok {len(acked)}, refused {len(refused)},"
+            f" stored {len(stored)}, stop {stop_duration:.2f} s"
+        )
+        log.info("Graceful stop: {figures}", figures=figures)
+        self.assertLess(stop_duration, 20.0, figures)
+        self.assertGreater(in_flight, 0, figures)
+        self.assertEqual(acked - stored, set(), "acknowledged but not stored: " + figures)
+        self.assertEqual(stored - acked, set(), "stored but not acknowledged: " + figures)
+        self.assertTrue(acked, figures)
+        for value in refused:
+            self.assertEqual(value["error"]["code"], "INTERNAL_ERROR", value)
+
+        # The client goes on with the other process.
+        again = socketio.Client(reconnection=False)
+        received = threading.Event()
+        again.on("n", lambda *_: received.set())
+        again.connect(
+            second.address,
+            auth={"token": token("alice")},
+            transports=["websocket"],
+            wait_timeout=PATIENCE,
+        )
+        self.addCleanup(again.disconnect)
+        ack = again.call("REALTIME_SUBSCRIBE", {"channel": "burst"}, timeout=PATIENCE)
+        self.assertTrue(ack["ok"], ack)
+        ack = again.call(
+            "REALTIME_PUBLISH",
+            {"channel": "burst", "event": "n", "payload": {"after": True}},
+            timeout=PATIENCE,
+        )
+        self.assertTrue(ack["ok"], ack)
+        self.assertTrue(received.wait(PATIENCE))
+        output = first.output()
+        self.assertIn("realtimed stopped in", output)
+
+    def test_webhook_in_flight(self) -> None:
+        """
+        SIGTERM while a webhook attempt waits for a receiver that never
+        answers: the process exits within 20 s, and the delivery is pending
+        again in the database, due at once, for another process to make.
+        """
+        url = create_database(self)
+        silent = socket.socket()
+        self.addCleanup(silent.close)
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        daemon = Daemon(self, url, "--webhook-allow-private")
+        run_sql(
+            url,
+            "INSERT INTO realtime.channels (pattern, webhook_urls) VALUES ('hooked', %s)",
+            ([f"http://127.0.0.1:{silent.getsockname()[1]}/hook"],),
+        )
+        run_sql(url, "SELECT realtime.publish('hooked', 'created', '{}')")
+        deadline = time.monotonic() + PATIENCE
+        while run_sql(url, "SELECT attempts FROM realtime.webhook_deliveries") != [(1,)]:
+            self.assertLess(time.monotonic(), deadline, "the attempt did not start")
+            time.sleep(0.05)
+        stopping = time.monotonic()
+        daemon.process.send_signal(signal.SIGTERM)
+        self.assertIn(daemon.process.wait(timeout=30), (0, -signal.SIGTERM))
+        self.assertLess(time.monotonic() - stopping, 20.0)
+        self.assertEqual(
+            run_sql(
+                url,
+                "SELECT status, attempts, last_error, next_attempt_at <= now()"
+                " FROM realtime.webhook_deliveries",
+            ),
+            [("pending", 1, "handed back: realtimed stopped", True)],
+        )

@@ -34,7 +34,7 @@ from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import TestCase
 
 from realtimed.auth import ADMIN_PRINCIPAL
-from realtimed.store.listener import APPLICATION_NAME, MessageListener, Phase, visible_in
+from realtimed.store.listener import APPLICATION_NAME, MessageListener, Phase
 from realtimed.store.messages import StoredMessage
 from realtimed.store.migrations import migrate
 from realtimed.store.pool import ConnectionPool
@@ -809,20 +809,6 @@ class DozingTests(ListenerMixin, TestCase):
                 )
         for seen in phases:
             self.assertEqual(seen, {Phase.AWAKE, Phase.DOZING, Phase.ASLEEP})
-
-
-class VisibleInTests(TestCase):
-    """
-    L{visible_in} reads a snapshot the way PostgreSQL does.
-    """
-
-    def test_visible_in(self) -> None:
-        snapshot = "100:105:101,103"
-        self.assertEqual(
-            [x for x in range(98, 108) if visible_in(x, snapshot)], [98, 99, 100, 102, 104]
-        )
-        self.assertTrue(visible_in(7, "10:10:"))
-        self.assertFalse(visible_in(10, "10:10:"))
 
 
 class LocalDeliveryTests(ListenerMixin, TestCase):

@@ -48,6 +48,7 @@ from collections.abc import Callable
 from enum import Enum
 from typing import Any
 
+import attrs
 from attrs import define, field
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, inlineCallbacks
@@ -62,6 +63,7 @@ from realtimed.store.pool import (
     open_connection,
     redact_dsn,
 )
+from realtimed.store.positions import Position, Snapshot
 
 log = Logger()
 
@@ -180,6 +182,7 @@ class MessageListener(Service):
     _pause_timer: Any = field(default=None, init=False, repr=False)
     _query_timer: Any = field(default=None, init=False, repr=False)
     _skip: set[int] = field(factory=set, init=False, repr=False)
+    _position: Position | None = field(default=None, init=False, repr=False)
     _connected: Readiness = field(factory=Readiness, init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
@@ -202,6 +205,15 @@ class MessageListener(Service):
 
     whenReady = whenConnected
 
+    def handed_position(self) -> Position | None:
+        """
+        The position of everything handed over so far (C{None} before the
+        first poll): what a socket subscribed now has not missed.
+        """
+        if self._position is None and self._since is not None:
+            self._position = Position(Snapshot.parse(self._since), tuple(sorted(self._skip)))
+        return self._position
+
     def read_up_to(self) -> tuple[str | None, list[str]]:
         """
         The snapshot up to which every stored message was handed over (if
@@ -218,16 +230,25 @@ class MessageListener(Service):
         else poll now.  A poll that already read up to a snapshot where
         C{xact} is visible hands them over itself.
         """
-        if not settled or xact is None or not self.running:
+        if not settled or xact is None or not self.running or self._since is None:
+            self.poll_soon()
+            return
+        if self._read is not None:
+            # A poll is reading page by page: it or the next one hands the
+            # batch over, in its place.
             self.poll_soon()
             return
         number = int(xact)
-        latest = self._read.upto if self._read is not None else self._since
-        if latest is not None and visible_in(number, latest):
+        since = Snapshot.parse(self._since)
+        if since.visible(number):
             return
+        handed = tuple(sorted(self._skip))
         self._skip.add(number)
         for message in messages:
-            self._deliver(message)
+            self._deliver(
+                attrs.evolve(message, position=Position(since, handed, None, number, message.seq))
+            )
+        self._position = Position(since, tuple(sorted(self._skip)))
         self._finish_messages()
 
     def poll_soon(self) -> None:
@@ -435,15 +456,20 @@ class MessageListener(Service):
             self._read = read
             count = handed = 0
             skip = self._skip
+            since = None if self._since is None else Snapshot.parse(self._since)
+            upto = Snapshot.parse(read.upto)
+            skipped = tuple(sorted(skip))
             for _, xact, seq, message, channel_id, webhooks in rows:
                 if xact is None:
                     break
                 read.xact, read.seq = xact, seq
                 count += 1
-                if skip and int(xact) in skip:
+                number = int(xact)
+                if skip and number in skip:
                     continue
                 handed += 1
-                self._deliver(StoredMessage(message, channel_id, webhooks))
+                position = None if since is None else Position(since, skipped, upto, number, seq)
+                self._deliver(StoredMessage(message, channel_id, webhooks, seq, position))
             found += count
             if handed:
                 self._finish_messages()
@@ -452,7 +478,8 @@ class MessageListener(Service):
                 if skip:
                     # A transaction visible in the new snapshot is never
                     # returned again.
-                    skip.difference_update([x for x in skip if visible_in(x, read.upto)])
+                    skip.difference_update([x for x in skip if upto.visible(x)])
+                self._position = Position(upto, tuple(sorted(skip)))
                 return found
 
     def _query(
@@ -519,19 +546,6 @@ class MessageListener(Service):
             self.on_message(message)
         except Exception:
             log.failure("The message handler failed on message {id}", id=message.message_id)
-
-
-def visible_in(xact: int, snapshot: str) -> bool:
-    """
-    Is transaction C{xact} visible in C{snapshot} (``pg_snapshot`` text,
-    ``xmin:xmax:xip,...``)?  Like PostgreSQL's ``pg_visible_in_snapshot``.
-    """
-    xmin, xmax, xip = snapshot.split(":")
-    if xact < int(xmin):
-        return True
-    if xact >= int(xmax):
-        return False
-    return str(xact) not in xip.split(",")
 
 
 def _describe(reason: Failure) -> str:

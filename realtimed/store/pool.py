@@ -68,9 +68,7 @@ class IQueries(Interface):
         Run one statement for no rows; fires with C{None}.
         """
 
-    def runInteraction(
-        interaction: Callable[..., Any], *args: Any, **kwargs: Any
-    ) -> Deferred[Any]:
+    def runInteraction(interaction: Callable[..., Any], *args: Any, **kwargs: Any) -> Deferred[Any]:
         """
         Run C{interaction(cursor, *args, **kwargs)} in one transaction,
         committed when it succeeds and rolled back when it fails.

@@ -317,7 +317,7 @@ class Publisher:
     def __attrs_post_init__(self) -> None:
         self._batches = _Batches(
             self.pool,
-            "SELECT id::text, outcome, detail, message, channel_id, webhooks, xact, settled"
+            "SELECT id::text, outcome, detail, message, channel_id, webhooks, xact, settled, seq"
             " FROM realtime.publish_batch_settled(%s::jsonb, %s::pg_snapshot, %s::xid8[], %s)",
             _decided("publish"),
             "publish",
@@ -338,15 +338,15 @@ class Publisher:
             self.metrics.publishes("stored", len(stored))
         if local is None or not stored:
             return
-        _, _, _, _, _, _, xact, settled = stored[0]
+        _, _, _, _, _, _, xact, settled, _ = stored[0]
         if not settled:
             local.stored_here(xact, [], False)
             return
         local.stored_here(
             xact,
             [
-                StoredMessage(message, channel_id, webhooks)
-                for _, _, _, message, channel_id, webhooks, _, _ in stored
+                StoredMessage(message, channel_id, webhooks, seq)
+                for _, _, _, message, channel_id, webhooks, _, _, seq in stored
             ],
             True,
         )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import select
 import time
+import uuid
 from collections import Counter
 from typing import Any
 
@@ -1012,7 +1013,7 @@ class GrantTests(SchemaTestCase):
         without it may not.
         """
         self.channel("jobs")
-        role = "app_" + self.url.rsplit("/", 1)[1][-12:]
+        role = "app_" + uuid.uuid4().hex[:12]
         run_sql(self.url, f"CREATE ROLE {role} NOLOGIN")
         self.addCleanup(run_sql, self.url, f"DROP ROLE {role}")
         with self.assertRaises(psycopg2.errors.InsufficientPrivilege):
@@ -1033,7 +1034,7 @@ class GrantTests(SchemaTestCase):
         though PUBLIC may not execute the trigger function itself.
         """
         self.channel("notes")
-        role = "writer_" + self.url.rsplit("/", 1)[1][-12:]
+        role = "writer_" + uuid.uuid4().hex[:12]
         run_sql(
             self.url,
             f"CREATE ROLE {role} NOLOGIN; CREATE TABLE public.notes (id int, body text);"

@@ -1,6 +1,8 @@
 """
 What integration tests share: a PostgreSQL server to create throw-away
-databases on.
+databases on; waiting for an event (L{wait_for}) rather than for a span of
+time; and a site whose connections a test can wait to see closed
+(L{TrackingSite}).
 
 ``REALTIMED_TEST_POSTGRES`` picks the server:
 
@@ -28,9 +30,10 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg2
 from twisted.internet import reactor
-from twisted.internet.defer import inlineCallbacks
+from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
+from twisted.web.server import Site
 
 DEFAULT_SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
 
@@ -107,11 +110,65 @@ def run_sql(url: str, statement: str, params: Any = None) -> list[tuple[Any, ...
 @inlineCallbacks
 def wait_for(condition: Callable[[], object], what: str = "", timeout: float = 30.0) -> Any:
     """
-    Check C{condition} every 20 ms until it holds; fail after C{timeout}
-    seconds, a bound that only a broken behaviour reaches.
+    Check C{condition} every 20 ms, letting the reactor run in between,
+    until it holds; fail after C{timeout} seconds, a bound that only a
+    broken behaviour reaches, with a message naming C{what} was awaited.
     """
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or condition}")
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what or condition}")
         yield deferLater(reactor, 0.02, lambda: None)
+
+
+class TrackingSite(Site):
+    """
+    A site that remembers the connections it accepts, so that a test can
+    wait until every one of them is closed (L{all_closed}) or close them
+    (L{abort_all}) and leave no connection behind.
+
+    Connections are followed by their transports, which stay the same when
+    a WebSocket upgrade hands a connection to another protocol.
+    """
+
+    def __init__(self, resource: Any, **kwargs: Any) -> None:
+        super().__init__(resource, **kwargs)
+        self.transports: list[Any] = []
+
+    def log(self, request: Any) -> None:
+        pass
+
+    def buildProtocol(self, addr: Any) -> Any:
+        channel = super().buildProtocol(addr)
+        if channel is not None:
+            make_connection = channel.makeConnection
+
+            def makeConnection(transport: Any) -> None:
+                self.transports.append(transport)
+                make_connection(transport)
+
+            channel.makeConnection = makeConnection
+        return channel
+
+    def open_connections(self) -> list[Any]:
+        """
+        The transports of the accepted connections not yet closed.
+        """
+        self.transports = [t for t in self.transports if t.connected]
+        return list(self.transports)
+
+    def all_closed(self, timeout: float = 30.0) -> Deferred[Any]:
+        """
+        Fires once every accepted connection is closed.
+        """
+        return wait_for(
+            lambda: not self.open_connections(), what="every connection to close", timeout=timeout
+        )
+
+    def abort_all(self) -> Deferred[Any]:
+        """
+        Close every accepted connection at once; fires once they are closed.
+        """
+        for transport in self.open_connections():
+            transport.abortConnection()
+        return self.all_closed()

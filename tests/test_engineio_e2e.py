@@ -17,10 +17,10 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 from twisted.web.resource import Resource
-from twisted.web.server import Site
 
 from realtimed.engineio.engine import EngineConfig, EngineIOServer
 from tests.conformance import Echo
+from tests.support import TrackingSite
 
 
 def websocket_exchange(url: str, messages: list[str]) -> tuple[list[str | bytes], int | None]:
@@ -56,18 +56,19 @@ class LimitsTests(TestCase):
         self.server = EngineIOServer(reactor, Echo, config)
         root = Resource()
         root.putChild(b"engine.io", self.server.resource())
+        self.site = TrackingSite(root)
         port: IListeningPort = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
-            Site(root)
+            self.site
         )
         self.addCleanup(port.stopListening)
         address = port.getHost()
         self.base = f"127.0.0.1:{address.port}/engine.io/?EIO=4"  # type: ignore[attr-defined]
 
-    def tearDown(self) -> Deferred[None]:
+    def tearDown(self) -> Deferred[Any]:
+        # The sessions end with their closing handshakes; no connection
+        # outlives the test.
         self.server.close()
-        d: Deferred[None] = Deferred()
-        reactor.callLater(0.2, d.callback, None)  # type: ignore[attr-defined]
-        return d
+        return self.site.all_closed()
 
     @inlineCallbacks
     def test_websocket_message_too_big(self) -> Any:

@@ -21,26 +21,26 @@ from urllib.parse import urlsplit
 import psycopg2
 from standardwebhooks.webhooks import Webhook
 from twisted.internet import reactor as _reactor
-from twisted.internet.defer import Deferred, fail, gatherResults, inlineCallbacks
+from twisted.internet.defer import Deferred, fail, inlineCallbacks
 from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.ssl import Certificate, PrivateCertificate
 from twisted.internet.task import deferLater
 from twisted.logger import ILogObserver, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
-from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
+from zope.interface import implementer
 
 from realtimed.rest.api import went_away
 from realtimed.store.migrations import migrate
-from realtimed.store.pool import ConnectionPool
+from realtimed.store.pool import ConnectionPool, IQueries
 from realtimed.testing import FakeClock, FakePool
 from realtimed.webhooks.endpoint import webhook_http_client
 from realtimed.webhooks.outbox import Outbox, outbox_pool
 from realtimed.webhooks.policy import RetryPolicy
 from realtimed.webhooks.service import WebhookService
 from realtimed.webhooks.signing import encode_webhook_secret
-from tests.support import run_sql, server_url, with_database
+from tests.support import TrackingSite, run_sql, server_url, wait_for, with_database
 
 reactor: Any = _reactor
 
@@ -142,40 +142,55 @@ class Receiver(Resource):
         return [headers["webhook-id"] for headers, _, _ in self.requests]
 
 
-class TrackingSite(Site):
+def statement_kind(sql: str) -> str:
     """
-    A site that can close every connection it accepted, so a test leaves
-    no connection behind.
+    Which of the outbox's statements C{sql} is: C{"claim"}, C{"record"},
+    C{"prune"}, or C{"other"}.
+    """
+    for word, kind in (
+        ("webhook_claim", "claim"),
+        ("webhook_record", "record"),
+        ("DELETE", "prune"),
+    ):
+        if word in sql:
+            return kind
+    return "other"
+
+
+@implementer(IQueries)
+class WatchedPool:
+    """
+    A real connection pool that counts the statements it has sent and those
+    that have finished (answered or failed), by L{statement_kind}: a test
+    waits for the service's next claim rather than for a span of time.
     """
 
-    def __init__(self, resource: Resource) -> None:
-        super().__init__(resource)
-        self.channels: dict[HTTPChannel, Deferred[None]] = {}
+    def __init__(self, pool: ConnectionPool) -> None:
+        self.pool = pool
+        self.sent: Counter[str] = Counter()
+        self.finished: Counter[str] = Counter()
 
-    def log(self, request: Any) -> None:
-        pass
+    def _watch(self, sql: str, d: Deferred[Any]) -> Deferred[Any]:
+        kind = statement_kind(sql)
+        self.sent[kind] += 1
 
-    def buildProtocol(self, addr: Any) -> Any:
-        channel = super().buildProtocol(addr)
-        gone: Deferred[None] = Deferred()
-        self.channels[channel] = gone
-        lost = channel.connectionLost
+        def finished(result: object) -> object:
+            self.finished[kind] += 1
+            return result
 
-        def connectionLost(reason: Any) -> None:
-            lost(reason)
-            self.channels.pop(channel, None)
-            gone.callback(None)
+        return d.addBoth(finished)
 
-        channel.connectionLost = connectionLost  # type: ignore[method-assign]
-        return channel
+    def runQuery(self, sql: str, params: Any = None) -> Deferred[Any]:
+        return self._watch(sql, self.pool.runQuery(sql, params))
 
-    def close_all(self) -> Deferred[Any]:
-        waiting = list(self.channels.values())
-        for channel in list(self.channels):
-            transport = getattr(channel, "_channel", channel).transport
-            if transport is not None:
-                transport.abortConnection()
-        return gatherResults(waiting)
+    def runOperation(self, sql: str, params: Any = None) -> Deferred[Any]:
+        return self._watch(sql, self.pool.runOperation(sql, params))
+
+    def runInteraction(self, interaction: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return self.pool.runInteraction(interaction, *args, **kwargs)
+
+    def close(self) -> Any:
+        return self.pool.close()
 
 
 #: A delivery service in a process of its own: started with the database
@@ -310,7 +325,7 @@ class WebhookTestCase(TestCase):
             if isinstance(receiver, Receiver):
                 receiver.stop()
             yield listening.stopListening()
-            yield site.close_all()
+            yield site.abort_all()
 
         self.addCleanup(close)
         self.close_receiver = close
@@ -336,7 +351,7 @@ class WebhookTestCase(TestCase):
             "poll_interval": 0.2,
         }
         options.update(kwargs)
-        pool = self.pool = outbox_pool(reactor, self.database)
+        pool = self.pool = WatchedPool(outbox_pool(reactor, self.database))
         self.addCleanup(pool.close)
         service = WebhookService(reactor, pool, SECRET, **options)
         service.startService()
@@ -391,6 +406,16 @@ class WebhookTestCase(TestCase):
             if reactor.seconds() > deadline:
                 self.fail(f"timed out waiting for {what or condition}")
             yield deferLater(reactor, 0.05, lambda: None)
+
+    @inlineCallbacks
+    def claims_from_now(self) -> Any:
+        """
+        Wait until the service has finished a claim that started after this
+        call: claims run one at a time, so the second to finish from now
+        did.
+        """
+        seen = self.pool.finished["claim"]
+        yield self.wait_for(lambda: self.pool.finished["claim"] >= seen + 2, what="a new claim")
 
     def claiming(self) -> set[str]:
         """
@@ -602,8 +627,9 @@ class DeliveryTests(WebhookTestCase):
         yield self.wait_for(self.settled)
         self.assertEqual(self.deliveries()[0][2:6], ("failed", 1, 410, "HTTP 410"))
         self.assertEqual(self.counts(message_id), (1, 0))
-        # Give a wrong retry the time to happen.
-        yield deferLater(reactor, 0.5, lambda: None)
+        # A wrong retry would be claimed by the next poll.
+        yield self.claims_from_now()
+        self.assertEqual(self.deliveries()[0][3], 1)
         self.assertEqual(receiver.ids(), [message_id])
         self.assertTrue(self.logged("which is final"))
 
@@ -649,8 +675,14 @@ class DeliveryTests(WebhookTestCase):
         receiver = Receiver([500] * 1000)
         port = self.listen(receiver)
         self.channel("room:*", f"http://127.0.0.1:{port}/")
-        self.service(policy=RetryPolicy(base_delay=0.05, max_delay=0.1, horizon=0.5))
+        self.service(policy=RetryPolicy(base_delay=0.05, max_delay=0.1, horizon=3600.0))
         message_id = self.publish("room:1")
+        yield self.wait_for(lambda: len(receiver.requests) >= 2, what="a retry")
+        # The horizon passes: the delivery was queued two hours ago.
+        run_sql(
+            self.database,
+            "UPDATE realtime.webhook_deliveries SET created_at = now() - interval '2 hours'",
+        )
         yield self.wait_for(self.settled)
         row = self.deliveries()[0]
         self.assertEqual(row[2:6:2], ("failed", 500))
@@ -664,7 +696,7 @@ class DeliveryTests(WebhookTestCase):
         """
         A receiver slower than the timeout is retried.
         """
-        receiver = Receiver(delay=1.0)
+        receiver = Receiver(holding=True)
         port = self.listen(receiver)
         self.channel("room:*", f"http://127.0.0.1:{port}/")
         self.service(timeout=0.3)
@@ -824,7 +856,7 @@ class HTTPSTests(WebhookTestCase):
         def close() -> Any:
             receiver.stop()
             yield listening.stopListening()
-            yield site.close_all()
+            yield site.abort_all()
 
         self.addCleanup(close)
         return int(listening.getHost().port)
@@ -946,11 +978,14 @@ class DurabilityTests(WebhookTestCase):
         run_sql(
             self.database,
             "UPDATE realtime.webhook_deliveries"
-            " SET attempts = 1, next_attempt_at = now() + interval '0.5 seconds'",
+            " SET attempts = 1, next_attempt_at = now() + interval '1 hour'",
         )
         self.service()
-        yield deferLater(reactor, 0.3, lambda: None)
+        yield self.claims_from_now()
         self.assertEqual(receiver.requests, [])
+        self.assertEqual(self.deliveries()[0][3], 1)
+        # The lease runs out.
+        run_sql(self.database, "UPDATE realtime.webhook_deliveries SET next_attempt_at = now()")
         yield self.wait_for(self.settled)
         self.assertEqual(receiver.ids(), [message_id])
         self.assertEqual(self.deliveries()[0][2:4], ("delivered", 2))
@@ -1072,7 +1107,12 @@ class DurabilityTests(WebhookTestCase):
         patched = self.patch(ConnectionPool, "runOperation", broken)
         published = [self.publish("room:1") for _ in range(10)]
         yield self.wait_for(lambda: len(receiver.requests) == 4, what="four attempts")
-        yield deferLater(reactor, 0.5, lambda: None)
+        # Each poll tries to write them again, and would claim first if
+        # there were room.
+        writes = self.pool.finished["record"]
+        yield self.wait_for(
+            lambda: self.pool.finished["record"] >= writes + 3, what="more tries to write"
+        )
         self.assertEqual(len(receiver.requests), 4)
         patched.restore()
         yield self.wait_for(self.settled)
@@ -1087,14 +1127,24 @@ class DurabilityTests(WebhookTestCase):
         receiver = Receiver()
         port = self.listen(receiver)
         self.channel("room:*", f"http://127.0.0.1:{port}/")
-        service = self.service(poll_interval=3600.0)
-        yield deferLater(reactor, 0.1, lambda: None)
+        clock = FakeClock(reactor.seconds())
+        service = self.service(poll_interval=3600.0, clock=clock)
+        yield self.wait_for(lambda: self.pool.finished["claim"] == 1, what="the claim at start")
         message_id = self.publish("room:1")
-        yield deferLater(reactor, 0.3, lambda: None)
-        self.assertEqual(receiver.requests, [])
+        # Nothing would make the service look before the next poll.
+        self.assertEqual(self.pool.sent["claim"], 1)
+        self.assertGreaterEqual(
+            min(call.getTime() for call in clock.getDelayedCalls()), clock.seconds() + 3600.0
+        )
         service.wake()
-        yield self.wait_for(self.settled)
+
+        def delivered() -> bool:
+            clock.advance(0)  # what the service does at the next turn
+            return self.settled()
+
+        yield self.wait_for(delivered)
         self.assertEqual(receiver.ids(), [message_id])
+        self.assertEqual(self.pool.sent["claim"], 2)
 
     @inlineCallbacks
     def test_own_connections(self) -> Any:
@@ -1153,6 +1203,48 @@ class WakeTests(SynchronousTestCase):
         self.assertEqual(clock.getDelayedCalls(), [])
 
 
+class StopTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = FakeClock()
+        self.pool = FakePool()
+        # No attempt is made here, so no HTTP client is needed.
+        self.service = WebhookService(reactor, self.pool, SECRET, clock=self.clock, http=object())
+        self.service.startService()
+        self.pool.pop("webhook_claim").answer([])
+
+    def test_waits_for_pruning(self) -> None:
+        """
+        A stop during a pruning is done only once the pruning has ended, so
+        the outbox's connections are not closed under it.
+        """
+        pruning = self.pool.pop("DELETE")
+        stopping = self.service.stopService()
+        self.assertNoResult(stopping)
+        pruning.answer([(0,)])
+        self.successResultOf(stopping)
+        self.assertEqual(self.pool.pending, [])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_waits_for_failed_pruning(self) -> None:
+        """
+        A pruning that fails during a stop still lets the stop end.
+        """
+        pruning = self.pool.pop("DELETE")
+        stopping = self.service.stopService()
+        self.assertNoResult(stopping)
+        pruning.fail(psycopg2.OperationalError("the server closed the connection"))
+        self.successResultOf(stopping)
+        self.flushLoggedErrors()
+
+    def test_pruned_before_stop(self) -> None:
+        """
+        With the pruning over, a stop has nothing to wait for.
+        """
+        self.pool.pop("DELETE").answer([(3,)])
+        self.successResultOf(self.service.stopService())
+        self.assertEqual(self.pool.pending, [])
+
+
 class DatabaseAwayTests(TestCase):
     @inlineCallbacks
     def test_unreachable(self) -> Any:
@@ -1167,11 +1259,11 @@ class DatabaseAwayTests(TestCase):
         listening = reactor.listenTCP(0, Site(Resource()), interface="127.0.0.1")
         port = listening.getHost().port
         yield listening.stopListening()
-        pool = outbox_pool(reactor, f"postgresql://postgres@127.0.0.1:{port}/nothing")
+        pool = WatchedPool(outbox_pool(reactor, f"postgresql://postgres@127.0.0.1:{port}/nothing"))
         self.addCleanup(pool.close)
         service = WebhookService(reactor, pool, SECRET, poll_interval=0.05)
         service.startService()
-        yield deferLater(reactor, 0.6, lambda: None)
+        yield wait_for(lambda: pool.finished["claim"] >= 5, what="five failed claims")
         yield service.stopService()
         lines = [
             formatEvent(e)

@@ -14,7 +14,6 @@ import shutil
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -28,7 +27,7 @@ from twisted.internet.endpoints import (
     connectProtocol,
 )
 from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.task import Clock, LoopingCall, deferLater
+from twisted.internet.task import Clock, deferLater
 from twisted.internet.threads import deferToThread
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import TestCase
@@ -39,19 +38,47 @@ from realtimed.store.messages import StoredMessage
 from realtimed.store.migrations import migrate
 from realtimed.store.pool import ConnectionPool
 from realtimed.store.publisher import Publisher
-from tests.support import create_database, run_sql
+from tests.support import create_database, run_sql, wait_for
 
 
-@inlineCallbacks
-def wait_for(condition: Callable[[], bool], timeout: float = 30.0) -> Any:
+class WatchedListener(MessageListener):
     """
-    Poll C{condition} until it holds; fail after C{timeout} seconds.
+    A listener that keeps the trail of the phases it went through and
+    counts the polls it finished, so that a test can wait for what the
+    listener does rather than for a span of time.
     """
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        yield deferLater(reactor, 0.02, lambda: None)
+
+    trail: list[Phase]
+    polls = 0
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "phase":
+            trail = vars(self).setdefault("trail", [])
+            if not trail or trail[-1] is not value:
+                trail.append(value)
+        super().__setattr__(name, value)
+
+    def _poll(self, generation: int) -> Any:
+        def finished(result: object) -> object:
+            self.polls += 1
+            return result
+
+        return super()._poll(generation).addBoth(finished)
+
+    def asleep(self) -> Deferred[Any]:
+        """
+        Wait until the listener is asleep: it has read everything there was
+        and polled in vain enough times to fall asleep, so nothing more will
+        be handed over until something is stored.
+        """
+        return wait_for(lambda: self.phase is Phase.ASLEEP, what="the listener to fall asleep")
+
+    def polled(self, count: int = 1) -> Deferred[Any]:
+        """
+        Wait until the listener has finished C{count} more polls.
+        """
+        target = self.polls + count
+        return wait_for(lambda: self.polls >= target, what=f"{count} more polls")
 
 
 def listener_pid(url: str) -> int | None:
@@ -99,11 +126,11 @@ class ListenerMixin:
 
     received: list[StoredMessage]
 
-    def startListener(self: Any, url: str, **kwargs: Any) -> MessageListener:
+    def startListener(self: Any, url: str, **kwargs: Any) -> WatchedListener:
         self.received = []
         kwargs.setdefault("initial_delay", 0.1)
         kwargs.setdefault("max_delay", 1.0)
-        listener = MessageListener(reactor, url, self.received.append, **kwargs)
+        listener = WatchedListener(reactor, url, self.received.append, **kwargs)
         listener.startService()
         self.addCleanup(listener.stopService)
         return listener
@@ -164,7 +191,7 @@ class MessageListenerTests(ListenerMixin, TestCase):
             "SELECT realtime.publish('room:2', 'x' || i, '{}') FROM generate_series(1, 30) AS i",
         )
         yield self.waitForEvents("e14", "x30")
-        yield deferLater(reactor, 0.2, lambda: None)
+        yield listener.asleep()
         self.assertEqual(
             self.events(), [f"e{i}" for i in range(15)] + [f"x{i}" for i in range(1, 31)]
         )
@@ -187,7 +214,7 @@ class MessageListenerTests(ListenerMixin, TestCase):
         handed over, and not after a query that found none.
         """
         log: list[str] = []
-        listener = MessageListener(
+        listener = WatchedListener(
             reactor,
             self.url,
             lambda message: log.append(message.event),
@@ -197,14 +224,15 @@ class MessageListenerTests(ListenerMixin, TestCase):
         listener.startService()
         self.addCleanup(listener.stopService)
         yield wait_for(lambda: listener.connected)
-        yield deferLater(reactor, 0.05, lambda: None)
+        # Asleep: it polled in vain many times.
+        yield listener.asleep()
         self.assertEqual(log, [])
         run_sql(
             self.url,
             "SELECT realtime.publish('room:1', 'm' || i, '{}') FROM generate_series(1, 6) AS i",
         )
         yield wait_for(lambda: len(log) >= 8)
-        yield deferLater(reactor, 0.05, lambda: None)
+        yield listener.asleep()
         self.assertEqual(log, ["m1", "m2", "m3", "m4", "after", "m5", "m6", "after"])
 
     @inlineCallbacks
@@ -341,12 +369,17 @@ class MessageListenerTests(ListenerMixin, TestCase):
         A stopped listener hands nothing over and is not connected.
         """
         listener = self.startListener(self.url)
+        received = self.received
         yield wait_for(lambda: listener.connected)
         listener.stopService()
         self.assertFalse(listener.connected)
+        yield wait_for(lambda: listener_pid(self.url) is None, what="its connection to close")
+        # Another listener is handed the message meanwhile.
+        other = self.startListener(self.url)
+        yield wait_for(lambda: other.connected)
         publish(self.url, "room:1", "ignored", {})
-        yield deferLater(reactor, 0.2, lambda: None)
-        self.assertEqual(self.received, [])
+        yield self.waitForEvents("ignored")
+        self.assertEqual(received, [])
 
     @inlineCallbacks
     def test_handler_failure(self) -> Any:
@@ -396,6 +429,7 @@ class BackoffTests(TestCase):
         )
         listener.startService()
         self.addCleanup(listener.stopService)
+
         def retries() -> list[float]:
             return [e["delay"] for e in events if "reconnecting in" in e.get("log_format", "")]
 
@@ -720,8 +754,9 @@ class DozingTests(ListenerMixin, TestCase):
             cursor.execute("SELECT realtime.publish('room:1', 'late', '{}')")
         listener.idle_polls = 3
         yield wait_for(lambda: listener.phase is Phase.DOZING)
-        yield deferLater(reactor, 0.5, lambda: None)
+        yield listener.polled(10)
         self.assertIs(listener.phase, Phase.DOZING)
+        self.assertNotIn(Phase.ASLEEP, listener.trail)
         self.assertEqual(self.received, [])
         writer.commit()
         yield wait_for(lambda: self.events() == ["late"], timeout=2)
@@ -749,15 +784,6 @@ class DozingTests(ListenerMixin, TestCase):
         second_received = self.received
         listeners = [first, second]
         yield wait_for(lambda: first.connected and second.connected)
-        phases: list[set[Phase]] = [set(), set()]
-
-        def sample() -> None:
-            for seen, listener in zip(phases, listeners, strict=True):
-                seen.add(listener.phase)
-
-        sampler = LoopingCall(sample)
-        sampler.start(0.001)
-        self.addCleanup(lambda: sampler.running and sampler.stop())
 
         def write(writer: int, count: int) -> list[str]:
             rng = random.Random(writer)
@@ -798,8 +824,8 @@ class DozingTests(ListenerMixin, TestCase):
 
         for received in (first_received, second_received):
             yield wait_for(lambda r=received: len(r) >= len(expected), timeout=10)
-        yield deferLater(reactor, 0.1, lambda: None)
-        sampler.stop()
+        for listener in listeners:
+            yield listener.asleep()
         for received in (first_received, second_received):
             got = names(received)
             self.assertEqual(Counter(got), Counter(expected))
@@ -807,8 +833,8 @@ class DozingTests(ListenerMixin, TestCase):
                 self.assertEqual(
                     [name for name in got if name.startswith(f"w{writer}n")], names_of_writer
                 )
-        for seen in phases:
-            self.assertEqual(seen, {Phase.AWAKE, Phase.DOZING, Phase.ASLEEP})
+        for listener in listeners:
+            self.assertEqual(set(listener.trail), {Phase.AWAKE, Phase.DOZING, Phase.ASLEEP})
 
 
 class LocalDeliveryTests(ListenerMixin, TestCase):
@@ -824,7 +850,7 @@ class LocalDeliveryTests(ListenerMixin, TestCase):
         self.pool = ConnectionPool(reactor, self.url)
         self.addCleanup(self.pool.close)
 
-    def quietListener(self) -> MessageListener:
+    def quietListener(self) -> WatchedListener:
         """
         A listener that polls only when asked to.
         """
@@ -869,7 +895,8 @@ class LocalDeliveryTests(ListenerMixin, TestCase):
         publisher = Publisher(self.pool, listener)
         yield publisher.publish(ADMIN_PRINCIPAL, "room:1", "later", "{}")
         yield self.waitForEvents("earlier", "later")
-        yield deferLater(reactor, 0.1, lambda: None)
+        listener.poll_soon()
+        yield listener.polled()
         self.assertEqual(self.events(), ["earlier", "later"])
 
     @inlineCallbacks
@@ -940,7 +967,7 @@ class LocalDeliveryTests(ListenerMixin, TestCase):
         )
         expected = [name for names in results for name in names]
         yield wait_for(lambda: len(self.received) >= len(expected), timeout=10)
-        yield deferLater(reactor, 0.1, lambda: None)
+        yield listener.asleep()
         got = self.events()
         self.assertEqual(Counter(got), Counter(expected))
         for names in results:

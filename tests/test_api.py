@@ -19,7 +19,6 @@ import treq
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.interfaces import IListeningPort
-from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 from twisted.web.client import HTTPConnectionPool
 from twisted.web.resource import Resource
@@ -30,7 +29,7 @@ from realtimed.store.listener import MessageListener
 from realtimed.store.migrations import migrate
 from realtimed.store.pool import ConnectionPool
 from realtimed.web import RealtimeSite
-from tests.support import create_database, run_sql
+from tests.support import create_database, run_sql, wait_for
 
 KEYS = Keys(
     jwt_secret="s" * 40,
@@ -810,18 +809,12 @@ class MessageTests(APIServerMixin):
         listener.startService()
         self.addCleanup(listener.stopService)
         yield self.channel(webhookUrls=["https://example.com/a", "https://example.com/b"])
-        for _ in range(500):
-            if listener.connected:
-                break
-            yield deferLater(reactor, 0.01, lambda: None)
+        yield wait_for(lambda: listener.connected, what="the listener to connect")
         status, message = yield self.request(
             "POST", "/messages", {"channel": "order:9", "event": "e", "payload": [1]}
         )
         self.assertEqual((status, message["whAudienceCount"]), (201, 2))
-        for _ in range(500):
-            if notified:
-                break
-            yield deferLater(reactor, 0.01, lambda: None)
+        yield wait_for(lambda: notified, what="the message to reach the listener")
         self.assertEqual(len(notified), 1)
         self.assertEqual(notified[0].webhooks, 2)
         self.assertEqual(

@@ -13,6 +13,7 @@ import io
 import json
 import queue
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -109,6 +110,17 @@ def sleep(seconds: float) -> Deferred[None]:
     return d
 
 
+def marker_events(url: str, client: Any, channel: str, name: str) -> Deferred[Any]:
+    """
+    Publish a marker message on C{channel} of the database at C{url}; a
+    Deferred firing, once C{client} has received the marker, with the events
+    named C{name} it received before (see L{RealtimeTestCase.before_marker}).
+    """
+    marker = "marker-" + uuid.uuid4().hex[:12]
+    run_sql(url, "SELECT realtime.publish(%s, %s, '{}')", (channel, marker))
+    return deferToThread(client.events_until, marker, name)
+
+
 class ConnectFailed(Exception):
     """
     The server refused the connection; the message is the connect_error's.
@@ -142,21 +154,14 @@ class EventLog:
                 return event, data
             self.seen.append((event, data))
 
-    def no_event(self, name: str | None = None, timeout: float = QUIET) -> list[tuple[str, Any]]:
+    def events_until(self, marker: str, name: str) -> list[tuple[str, Any]]:
         """
-        Wait C{timeout}; the events (named C{name}) received meanwhile.
+        Wait for the event C{marker}; the events named C{name} received
+        before it (and not taken yet).
         """
-        time.sleep(timeout)
-        got: list[tuple[str, Any]] = []
-        while True:
-            try:
-                event, data = self.events.get_nowait()
-            except queue.Empty:
-                return got
-            if name is None or event == name:
-                got.append((event, data))
-            else:
-                self.seen.append((event, data))
+        start = len(self.seen)
+        self.next_event(marker)
+        return [(event, data) for event, data in self.seen[start:] if event == name]
 
 
 class Client(EventLog):
@@ -286,6 +291,17 @@ class RealtimeTestCase(TestCase):
             return str(e)
         self.fail("connected")
 
+    def before_marker(self, client: Any, channel: str, name: str) -> Deferred[Any]:
+        """
+        The events named C{name} that reach C{client} before a marker
+        message published now on C{channel}, which the client must be
+        subscribed to.  Messages reach a socket in the order they were
+        committed, so a message committed before the marker that was to
+        reach the client has reached it once the marker has: a test shows
+        that something does not arrive without waiting for a span of time.
+        """
+        return marker_events(self.url, client, channel, name)
+
     @inlineCallbacks
     def wait_for(self, check: Callable[[], bool], what: str) -> Any:
         deadline = time.monotonic() + PATIENCE
@@ -397,7 +413,6 @@ class ConnectionExampleTests(RealtimeTestCase):
         self.sql("SELECT realtime.publish('chat:x', 'marker', '{}')")
         yield self.call(client.next_event, "marker")
         self.assertNotIn("order.created", [e for e, _ in client.seen])
-        self.assertEqual((yield self.call(client.no_event, "order.created")), [])
 
     @inlineCallbacks
     def test_lower_case_spellings(self) -> Any:
@@ -453,7 +468,7 @@ class UseCaseTests(RealtimeTestCase):
             self.assertEqual(message["channel"], "chat:room123")
             self.assertEqual(message["payload"], {"text": "Hello!", "sender": "user123"})
             self.assertEqual(message["messageId"], ack["messageId"])
-        self.assertEqual((yield self.call(other.no_event, "message")), [])
+        self.assertEqual((yield self.before_marker(other, "chat:lobby", "message")), [])
         yield self.wait_for(
             lambda: (
                 self.sql(
@@ -524,7 +539,7 @@ class UseCaseTests(RealtimeTestCase):
         first = yield self.call(every.next_event, "INSERT")
         second = yield self.call(every.next_event, "INSERT")
         self.assertEqual([first[1]["channel"], second[1]["channel"]], ["order:8", "order:7"])
-        self.assertEqual((yield self.call(one.no_event, "INSERT")), [])
+        self.assertEqual((yield self.before_marker(one, "order:7", "INSERT")), [])
 
     @inlineCallbacks
     def test_large_message(self) -> Any:
@@ -558,8 +573,7 @@ class UseCaseTests(RealtimeTestCase):
         )
         self.assertTrue(ack["ok"], ack)
         yield self.call(client.next_event, "m")
-        self.assertEqual((yield self.call(client.no_event, "m")), [])
-
+        self.assertEqual((yield self.before_marker(client, "chat:9", "m")), [])
 
     @inlineCallbacks
     def test_subscribe_percent_pattern(self) -> Any:
@@ -580,7 +594,8 @@ class UseCaseTests(RealtimeTestCase):
         self.assertTrue(ack["ok"], ack)
         _event, message = yield self.call(client.next_event, "m")
         self.assertEqual(message["channel"], "chat:4")
-        self.assertEqual((yield self.call(client.no_event, "m")), [])
+        self.assertEqual((yield self.before_marker(client, "chat:4", "m")), [])
+
 
 class RefusalTests(RealtimeTestCase):
     @inlineCallbacks
@@ -794,7 +809,7 @@ class TwoProcessTests(RealtimeTestCase):
                 _event, message = yield self.call(client.next_event, "n")
                 got.append(message["payload"]["i"])
             self.assertEqual(got, expected)
-            self.assertEqual((yield self.call(client.no_event, "n")), [])
+            self.assertEqual((yield self.before_marker(client, "orders", "n")), [])
         message_id = acks[0]["messageId"]
         yield self.wait_for(
             lambda: (
@@ -831,10 +846,15 @@ class PresenceTests(RealtimeTestCase):
         bob2 = yield self.client("bob")
         ack = yield self.call(bob2.request, "REALTIME_SUBSCRIBE", {"channel": "chat:room1"})
         self.assertEqual([m["presenceId"] for m in ack["presence"]["members"]], ["alice", "bob"])
-        self.assertEqual((yield self.call(alice.no_event, "presence:join")), [])
+        self.assertEqual((yield self.before_marker(alice, "chat:room1", "presence:join")), [])
 
         yield self.call(bob.disconnect)
-        self.assertEqual((yield self.call(alice.no_event, "presence:leave")), [])
+        realtime = self.daemon.realtime
+        yield self.wait_for(
+            lambda: len(realtime.subscriptions.audience("chat:room1", None)) == 2,
+            "the server to see one of bob's sockets go",
+        )
+        self.assertEqual((yield self.before_marker(alice, "chat:room1", "presence:leave")), [])
         yield self.call(bob2.disconnect)
         _event, leave = yield self.call(alice.next_event, "presence:leave")
         self.assertEqual(leave["member"]["presenceId"], "bob")
@@ -891,7 +911,8 @@ class ChannelChangeTests(RealtimeTestCase):
         self.sql("UPDATE realtime.channels SET enabled = true WHERE pattern = 'orders'")
         self.sql("SELECT realtime.publish('orders', 'after', '{}')")
         for client in (here, there):
-            self.assertEqual((yield self.call(client.no_event, "after")), [])
+            yield self.call(client.request, "REALTIME_SUBSCRIBE", {"channel": "chat:marker"})
+            self.assertEqual((yield self.before_marker(client, "chat:marker", "after")), [])
         self.sql("UPDATE realtime.channels SET enabled = false WHERE pattern = 'orders'")
         ack = yield self.call(here.request, "REALTIME_SUBSCRIBE", {"channel": "orders"})
         self.assertEqual(ack["error"]["code"], "REALTIME_UNAUTHORIZED")

@@ -19,7 +19,7 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import TestCase
 
 from tests.support import create_database, run_sql
-from tests.test_realtime import KEYS, PATIENCE, Client, sleep, token
+from tests.test_realtime import KEYS, PATIENCE, Client, marker_events, sleep, token
 
 TWISTD = Path(sys.executable).with_name("twistd")
 LISTENING = re.compile(r"realtimed listening on (http://127\.0\.0\.1:\d+)/")
@@ -134,7 +134,7 @@ class TwoDaemonsTests(TestCase):
                 _event, message = yield deferToThread(client.next_event, "n")
                 got.append(message["payload"]["i"])
             self.assertEqual(got, expected)
-            self.assertEqual((yield deferToThread(client.no_event, "n")), [])
+            self.assertEqual((yield marker_events(url, client, "orders", "n")), [])
         deadline = time.monotonic() + PATIENCE
         counts: list[tuple[Any, ...]] = []
         while time.monotonic() < deadline:

@@ -14,7 +14,6 @@ import treq
 from twisted.internet import reactor
 from twisted.internet.defer import fail, gatherResults, inlineCallbacks, succeed
 from twisted.internet.error import ConnectionRefusedError
-from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import Site
@@ -473,8 +472,6 @@ class MountTests(TestCase):
         self.patch(service.realtime, "deliver", lambda n: (seen.append(n), original(n))[1])
         run_sql(url, "SELECT realtime.publish('quiet', 'a', '{}')")
         run_sql(url, "SELECT realtime.publish('hooked', 'b', '{}')")
-        deadline = reactor.seconds() + 10
-        while len(seen) < 2 and reactor.seconds() < deadline:
-            yield deferLater(reactor, 0.02, lambda: None)
+        yield wait_for(lambda: len(seen) >= 2, what="both messages")
         self.assertEqual([message.webhooks for message in seen], [0, 1])
         self.assertEqual(len(wakes), 1)

@@ -11,7 +11,6 @@ from typing import Any
 import psycopg2
 from twisted.internet import reactor
 from twisted.internet.defer import CancelledError, gatherResults, inlineCallbacks
-from twisted.internet.task import deferLater
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from realtimed.store.pool import ConnectionPool, PoolBusy, redact_dsn
@@ -351,10 +350,9 @@ class SetupTests(TestCase):
             "SELECT count(*) FROM pg_stat_activity"
             " WHERE datname = current_database() AND pid <> pg_backend_pid()"
         )
-        deadline = reactor.seconds() + 5.0
-        while run_sql(self.url, others) != [(0,)]:
-            self.assertLess(reactor.seconds(), deadline, "the connection stayed open")
-            yield deferLater(reactor, 0.02, lambda: None)
+        yield wait_for(
+            lambda: run_sql(self.url, others) == [(0,)], "the failed connection to close"
+        )
         # With room for one connection, this only works if the failed one
         # gave its place back.
         run_sql(self.url, "CREATE TABLE later (x int)")

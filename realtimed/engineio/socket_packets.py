@@ -71,14 +71,8 @@ def _reject_constant(name: str) -> Any:
 
 
 _decode_json = json.JSONDecoder(parse_constant=_reject_constant).decode
+#: Compact JSON as JavaScript's ``JSON.stringify`` writes it.
 _encode_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
-
-
-def encode_json(value: Any) -> str:
-    """
-    Compact JSON as JavaScript's ``JSON.stringify`` writes it.
-    """
-    return _encode_json(value)
 
 
 def has_binary(value: Any) -> bool:

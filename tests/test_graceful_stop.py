@@ -18,9 +18,11 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import psycopg2
 import socketio
 from twisted.logger import Logger
 from twisted.trial.unittest import TestCase
@@ -37,6 +39,18 @@ LISTENING = re.compile(r"realtimed listening on (http://127\.0\.0\.1:\d+)/")
 #: CLIENTS sockets (a socket may have at most 256 requests unanswered).
 BURST = 250
 CLIENTS = 4
+
+
+def wait_until(condition: Callable[[], object], what: str) -> None:
+    """
+    Check C{condition} every 10 ms until it holds, blocking; fail after
+    L{PATIENCE} seconds, a bound only a broken behaviour reaches.
+    """
+    deadline = time.monotonic() + PATIENCE
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {PATIENCE:g} s waiting for {what}")
+        time.sleep(0.01)
 
 
 class Daemon:
@@ -137,6 +151,13 @@ class GracefulStopTests(TestCase):
         def answered(n: int, i: int) -> Any:
             return lambda value: acks.__setitem__((n, i), value)
 
+        # The burst waits for the messages table, held until the stop has
+        # begun: publishes are surely in flight when it does.
+        holder = psycopg2.connect(url)
+        self.addCleanup(holder.close)
+        with holder.cursor() as cursor:
+            cursor.execute("LOCK TABLE realtime.messages IN EXCLUSIVE MODE")
+
         for i in range(BURST):
             for n, client in enumerate(clients):
                 client.emit(
@@ -144,13 +165,16 @@ class GracefulStopTests(TestCase):
                     {"channel": "burst", "event": "n", "payload": {"i": i, "n": n}},
                     callback=answered(n, i),
                 )
-        # Once the first ack is back, the rest of the burst is on its way in.
-        deadline = time.monotonic() + PATIENCE
-        while not acks and time.monotonic() < deadline:
-            time.sleep(0.001)
+        waiting = (
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        )
+        wait_until(lambda: run_sql(url, waiting) != [(0,)], "a publish waiting for the table")
         in_flight = BURST * CLIENTS - len(acks)
         stopping = time.monotonic()
         first.process.send_signal(signal.SIGTERM)
+        wait_until(lambda: "realtimed is stopping" in first.output(), "the stop to begin")
+        holder.rollback()
         for gone in closed:
             self.assertTrue(gone.wait(PATIENCE), "a socket was not closed")
         self.assertIn(first.process.wait(timeout=30), (0, -signal.SIGTERM))
@@ -219,10 +243,10 @@ class GracefulStopTests(TestCase):
             ([f"http://127.0.0.1:{silent.getsockname()[1]}/hook"],),
         )
         run_sql(url, "SELECT realtime.publish('hooked', 'created', '{}')")
-        deadline = time.monotonic() + PATIENCE
-        while run_sql(url, "SELECT attempts FROM realtime.webhook_deliveries") != [(1,)]:
-            self.assertLess(time.monotonic(), deadline, "the attempt did not start")
-            time.sleep(0.05)
+        wait_until(
+            lambda: run_sql(url, "SELECT attempts FROM realtime.webhook_deliveries") == [(1,)],
+            "the attempt to start",
+        )
         stopping = time.monotonic()
         daemon.process.send_signal(signal.SIGTERM)
         self.assertIn(daemon.process.wait(timeout=30), (0, -signal.SIGTERM))

@@ -12,12 +12,14 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
+from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
-from realtimed.web import RealtimeSite
+from realtimed.web import IDLE_TIMEOUT, RealtimeSite
+from tests.support import wait_for
 
 
 class Echo(Resource):
@@ -66,11 +68,29 @@ def answer_of(raw: bytes) -> tuple[int, Any]:
 
 
 class BoundedSiteTests(TestCase):
+    """
+    Real connections; the site's timers run on a clock the tests advance.
+    """
+
     def setUp(self) -> None:
         self.echo = Echo()
-        site = RealtimeSite(self.echo, max_body=1000, request_deadline=0.5)
+        self.clock = Clock()
+        site = RealtimeSite(self.echo, max_body=1000, reactor=self.clock, request_deadline=0.5)
         self.port = reactor.listenTCP(0, site, interface="127.0.0.1")  # type: ignore[attr-defined]
         self.addCleanup(self.port.stopListening)
+
+    def due_in(self, seconds: float) -> bool:
+        """
+        Whether a timer of the site is due C{seconds} from now: the request
+        deadline (0.5 s) is set once the server has read the start of a
+        request, and the idle timeout (L{IDLE_TIMEOUT}) is set again each
+        time it reads something.
+        """
+        due = self.clock.seconds() + seconds
+        return any(call.getTime() == due for call in self.clock.getDelayedCalls())
+
+    def deadline_running(self) -> bool:
+        return self.due_in(0.5)
 
     @inlineCallbacks
     def client(self) -> Any:
@@ -100,9 +120,7 @@ class BoundedSiteTests(TestCase):
         never sees the request.
         """
         client = yield self.client()
-        client.transport.write(
-            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 300000000\r\n\r\n"
-        )
+        client.transport.write(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 300000000\r\n\r\n")
         raw = yield client.closed
         self.assertEqual(
             answer_of(raw),
@@ -124,9 +142,7 @@ class BoundedSiteTests(TestCase):
         and the connection is closed.
         """
         client = yield self.client()
-        client.transport.write(
-            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
-        )
+        client.transport.write(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
         for _ in range(3):
             client.transport.write(b"190\r\n" + b"y" * 400 + b"\r\n")
         raw = yield client.closed
@@ -141,6 +157,11 @@ class BoundedSiteTests(TestCase):
         """
         client = yield self.client()
         client.transport.write(b"GET / HT")
+        yield wait_for(self.deadline_running, "the request to start")
+        self.clock.advance(0.4)
+        client.transport.write(b"TP/1.1\r\nHost: x\r\n")
+        yield wait_for(lambda: self.due_in(IDLE_TIMEOUT), "more of the request to be read")
+        self.clock.advance(0.1)
         raw = yield client.closed
         status, body = answer_of(raw)
         self.assertEqual((status, body["error"]), (408, "REQUEST_TIMEOUT"))
@@ -153,6 +174,8 @@ class BoundedSiteTests(TestCase):
         """
         client = yield self.client()
         client.transport.write(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nxx")
+        yield wait_for(self.deadline_running, "the request to start")
+        self.clock.advance(0.5)
         raw = yield client.closed
         self.assertEqual(answer_of(raw)[0], 408)
         self.assertEqual(self.echo.seen, 0)
@@ -166,9 +189,8 @@ class BoundedSiteTests(TestCase):
         client = yield self.client()
         request = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
         client.transport.write(request)
-        done: Deferred[None] = Deferred()
-        reactor.callLater(0.8, done.callback, None)  # type: ignore[attr-defined]
-        yield done
+        yield wait_for(lambda: b"200" in client.received, "the first answer")
+        self.clock.advance(0.8)
         client.transport.write(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         raw = yield client.closed
         self.assertEqual(raw.count(b"HTTP/1.1 200"), 2)

@@ -52,10 +52,6 @@ class Setting:
         return self.name.replace("-", "_")
 
     @property
-    def environment(self) -> str:
-        return "REALTIMED_" + self.name.replace("-", "_").upper()
-
-    @property
     def described(self) -> str:
         """
         The help text, with the default when there is one to show.

@@ -37,6 +37,9 @@ from twisted.web.server import Site
 
 DEFAULT_SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
 
+#: The environment variable that picks the server.
+SERVER_VARIABLE = "REALTIMED_TEST_POSTGRES"
+
 _embedded: Any = None
 
 
@@ -44,7 +47,7 @@ def server_url() -> str:
     """
     The URL of a maintenance database on the test PostgreSQL server.
     """
-    choice = os.environ.get("REALTIMED_TEST_POSTGRES", DEFAULT_SERVER)
+    choice = os.environ.get(SERVER_VARIABLE, DEFAULT_SERVER)
     if choice != "embedded":
         return choice
     global _embedded

@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.support import DEFAULT_SERVER
+from tests.support import DEFAULT_SERVER, SERVER_VARIABLE
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN = ROOT / "bench" / "run.py"
@@ -36,9 +36,10 @@ def postgres_server() -> str:
     """
     The test PostgreSQL server as the harness takes it: a URL without a
     database.  The harness reaches a server by host and port, so with the
-    embedded server the system one is used.
+    embedded server the system one is used (and the embedded run of the
+    database tests leaves this module out).
     """
-    choice = os.environ.get("REALTIMED_TEST_POSTGRES", DEFAULT_SERVER)
+    choice = os.environ.get(SERVER_VARIABLE, DEFAULT_SERVER)
     parts = urlsplit(choice if choice.startswith("postgres") else DEFAULT_SERVER)
     if not parts.hostname:
         parts = urlsplit(DEFAULT_SERVER)

@@ -24,7 +24,6 @@ from twisted.internet import reactor as _reactor
 from twisted.internet.defer import Deferred, fail, inlineCallbacks
 from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.ssl import Certificate, PrivateCertificate
-from twisted.internet.task import deferLater
 from twisted.logger import ILogObserver, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
@@ -394,18 +393,14 @@ class WebhookTestCase(TestCase):
         )
         return rows[0][0], rows[0][1]
 
-    @inlineCallbacks
     def wait_for(
-        self, condition: Callable[[], object], timeout: float = 15.0, what: str = ""
-    ) -> Any:
+        self, condition: Callable[[], object], timeout: float = 30.0, what: str = ""
+    ) -> Deferred[Any]:
         """
-        Poll C{condition} until it holds; fail the test after C{timeout}.
+        Poll C{condition} until it holds; fail the test after C{timeout}
+        (see L{tests.support.wait_for}).
         """
-        deadline = reactor.seconds() + timeout
-        while not condition():
-            if reactor.seconds() > deadline:
-                self.fail(f"timed out waiting for {what or condition}")
-            yield deferLater(reactor, 0.05, lambda: None)
+        return wait_for(condition, what, timeout)
 
     @inlineCallbacks
     def claims_from_now(self) -> Any:

@@ -134,8 +134,7 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "max-body",
-        "Largest HTTP request body (REST, Socket.IO polling) and WebSocket "
-        "message, in bytes",
+        "Largest HTTP request body (REST, Socket.IO polling) and WebSocket message, in bytes",
         kind="int",
         default=1024 * 1024,
     ),
@@ -169,6 +168,14 @@ SETTINGS: tuple[Setting, ...] = (
         "Publishes per second one socket may make (bursts of twice as many); 0: no limit",
         kind="float",
         default=100.0,
+    ),
+    Setting(
+        "recovery-window",
+        "Seconds a dropped Socket.IO client may reconnect and recover its "
+        "session (missed messages, subscriptions); 0: off.  When on, every "
+        "delivered message carries its offset as a last argument",
+        kind="float",
+        default=0.0,
     ),
     Setting(
         "metrics-port",
@@ -221,6 +228,7 @@ class Config:
     max_connections_per_ip: int
     max_subscriptions: int
     max_publish_rate: float
+    recovery_window: float
     metrics_port: str | None
     log_format: str
     retention_interval: float
@@ -385,6 +393,8 @@ def _check(config: Config) -> None:
             raise ConfigError(f"{name}: must be 0 (no limit) or more")
     if not (config.max_publish_rate >= 0 and math.isfinite(config.max_publish_rate)):
         raise ConfigError("max-publish-rate: must be 0 (no limit) or more")
+    if not 0 <= config.recovery_window <= 24 * 3600:
+        raise ConfigError("recovery-window: must be 0 (off) to 86400 seconds")
     if config.log_format not in ("text", "json"):
         raise ConfigError(f"log-format: expected text or json, not {config.log_format!r}")
     if not 0 < config.retention_interval <= 24 * 3600:

@@ -62,6 +62,7 @@ from realtimed.store.messages import StoredMessage
 from realtimed.store.migrations import SchemaMigrations
 from realtimed.store.pool import ConnectionPool, IQueries
 from realtimed.store.retention import MessageRetention
+from realtimed.store.sessions import SessionStore
 from realtimed.web import (
     HealthProbe,
     ListeningPort,
@@ -262,6 +263,11 @@ class RealtimeService(StartInOrder):
         webhooks.metrics = metrics
         self.addService(webhooks)
         self.addService(MessageRetention(pool, reactor, interval=config.retention_interval))
+        # Sessions stop after the sockets close, so that what the closing
+        # sockets left is written.
+        recoverable = SessionStore(pool, reactor, config.recovery_window)
+        if config.recovery_window:
+            self.addService(recoverable)
         realtime = self.realtime = Realtime(
             namespace=socketio.namespace("/"),
             pool=pool,
@@ -270,6 +276,9 @@ class RealtimeService(StartInOrder):
             local=listener,
             limits=Limits(config.max_subscriptions, config.max_publish_rate),
             metrics=metrics,
+            stream=listener,
+            sessions=recoverable,
+            recovery_window=config.recovery_window,
         )
         metrics.subscriptions = realtime.subscriptions.count
         control.presence = realtime.members
@@ -425,6 +434,7 @@ def _step(child: object) -> str:
         "SchemaMigrations": "applying the schema migrations",
         "ConnectionPool": "connecting to the database",
         "MessageListener": "the listener, reading what was stored meanwhile",
+        "SessionStore": "recoverable sessions",
         "WebhookService": "webhook deliveries",
         "MessageRetention": "message retention",
         "Realtime": "realtime channels",

@@ -5,9 +5,13 @@
 //   {"id": 2, "op": "request", "event": ..., "data": ...}   emit with an ack callback
 //   {"id": 3, "op": "send", "event": ..., "data": ...}      emit without one
 //   {"id": 4, "op": "disconnect"}
+//   {"id": 5, "op": "drop"}      close the connection under the socket
 // and writes, one JSON object a line, on stdout: the answer to each command
 // ({"id": ..., ...}) and every event the socket receives
-// ({"type": "event", "event": ..., "data": ...}), in the order they happen.
+// ({"type": "event", "event": ..., "data": ...}, with "offset" when the
+// server sent one), in the order they happen.  With "reconnect": true in
+// connect, the socket reconnects by itself, and each connection after the
+// first is written as {"type": "connect", "sid": ..., "recovered": ...}.
 'use strict';
 
 const readline = require('readline');
@@ -21,7 +25,9 @@ function out(value) {
 
 function connect(command) {
   const options = {
-    reconnection: false,
+    reconnection: !!command.reconnect,
+    reconnectionDelay: 100,
+    reconnectionDelayMax: 500,
     forceNew: true,
     timeout: 15000,
     transports: command.transports || ['polling', 'websocket'],
@@ -33,9 +39,21 @@ function connect(command) {
     options.extraHeaders = command.headers;
   }
   socket = io(command.url, options);
-  socket.on('connect', () => out({ id: command.id, ok: true, sid: socket.id }));
+  let connected = false;
+  socket.on('connect', () => {
+    if (connected) {
+      out({ type: 'connect', sid: socket.id, recovered: socket.recovered });
+      return;
+    }
+    connected = true;
+    out({ id: command.id, ok: true, sid: socket.id });
+  });
   socket.on('connect_error', (error) => out({ id: command.id, ok: false, message: error.message }));
   socket.onAny((event, ...args) => {
+    if (args.length === 2 && typeof args[1] === 'string') {
+      out({ type: 'event', event, data: args[0], offset: args[1] });
+      return;
+    }
     out({ type: 'event', event, data: args.length === 1 ? args[0] : args });
   });
 }
@@ -53,6 +71,10 @@ commands.on('line', (line) => {
       break;
     case 'send':
       socket.emit(command.event, command.data);
+      out({ id: command.id });
+      break;
+    case 'drop':
+      socket.io.engine.close();
       out({ id: command.id });
       break;
     case 'disconnect':

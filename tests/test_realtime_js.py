@@ -78,6 +78,11 @@ class JSClient(EventLog):
         super().__init__()
         self.address = address
         self.sid: str | None = None
+        #: The transport the socket opened its session with.
+        self.transport: str | None = None
+        #: Set once the socket is disconnected, C{disconnect_reason} why.
+        self.disconnected = threading.Event()
+        self.disconnect_reason: str | None = None
         self._ids = itertools.count(1)
         self._answers: dict[int, queue.Queue[dict[str, Any]]] = {}
         self._lock = threading.Lock()
@@ -98,6 +103,10 @@ class JSClient(EventLog):
             value = json.loads(line)
             if value.get("type") == "event":
                 self.events.put((value["event"], value["data"]))
+                continue
+            if value.get("type") == "disconnect":
+                self.disconnect_reason = value["reason"]
+                self.disconnected.set()
                 continue
             with self._lock:
                 answers = self._answers.pop(value["id"], None)
@@ -122,13 +131,26 @@ class JSClient(EventLog):
         auth: Any = None,
         headers: dict[str, str] | None = None,
         transports: list[str] | None = None,
+        with_credentials: bool = False,
     ) -> None:
         answer = self._command(
-            "connect", url=self.address, auth=auth, headers=headers, transports=transports
+            "connect",
+            url=self.address,
+            auth=auth,
+            headers=headers,
+            transports=transports,
+            withCredentials=with_credentials,
         )
         if not answer["ok"]:
             raise ConnectFailed(answer["message"])
         self.sid = answer["sid"]
+        self.transport = answer["transport"]
+
+    def upgraded(self) -> str:
+        """
+        Wait until the socket has upgraded to WebSocket; the transport.
+        """
+        return str(self._command("upgraded")["transport"])
 
     def request(self, event: str, data: Any) -> Any:
         return self._command("request", event=event, data=data)["ack"]

@@ -1,7 +1,8 @@
 """
 The SQL of shared presence (migration 0013): each process's heartbeat and
 member rows, their announcements on ``realtime_presence``, and the sweep of
-processes that stopped beating.
+processes that stopped beating.  Run against the server that
+REALTIMED_TEST_POSTGRES names, as every database test.
 """
 
 from __future__ import annotations
@@ -124,6 +125,16 @@ class SharedPresenceSQLTests(SchemaTestCase):
             [("alive",), ("slow",)],
         )
         self.assertTrue(self.sync("dead", timeout=5))
+
+    def test_oversized_row(self) -> None:
+        """
+        A row too large for a notification is announced as one asking to
+        read every row again; it is stored like any other.
+        """
+        listener = self.listen()
+        self.sync("p1", held=(held("room", "u" * 8000),))
+        self.assertEqual(self.announcements(listener), [{"op": "*"}])
+        self.assertEqual(len(self.rows()), 1)
 
     def test_process_row_removal_takes_members(self) -> None:
         """

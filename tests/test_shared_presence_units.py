@@ -163,6 +163,13 @@ class SharedPresenceTests(SynchronousTestCase):
             [("join", "bob"), ("leave", "bob"), ("join", "carol"), ("join", "dave")],
         )
 
+    def test_read_again(self) -> None:
+        """
+        A notification asking to read every row again does so.
+        """
+        self.sharing.notified('{"op": "*"}')
+        self.pool.pop("FROM realtime.presence_members").answer([])
+
     def test_reload_retried(self) -> None:
         """
         A failed read is tried again a second later.

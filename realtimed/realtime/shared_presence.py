@@ -60,6 +60,11 @@ def unwritten_json(unwritten: Unwritten) -> tuple[str, str]:
     return json.dumps(released), json.dumps(held)
 
 
+#: The notification saying that a row too large to describe changed: read
+#: them all again.
+READ_AGAIN = '{"op": "*"}'
+
+
 def parse_notification(payload: str) -> tuple[bool, str, Held] | None:
     """
     What a notification on L{PRESENCE_CHANNEL} says: whether a row was
@@ -229,9 +234,9 @@ class SharedPresence(Service):
         """
         A notification on L{PRESENCE_CHANNEL} (from the listener), or
         C{None}: the listener (re)connected, and what the others hold is
-        read again.
+        read again (as for L{READ_AGAIN}).
         """
-        if payload is None:
+        if payload is None or payload == READ_AGAIN:
             self.reload()
             return
         if self._loading is not None:

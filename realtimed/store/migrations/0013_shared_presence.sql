@@ -32,23 +32,30 @@ CREATE TABLE realtime.presence_members (
     PRIMARY KEY (process, channel, presence_id)
 );
 
--- Announce a member row's arrival ('+') or departure ('-').
+-- Announce a member row's arrival ('+') or departure ('-').  A row too
+-- large for a notification (a user id of several kilobytes) is announced as
+-- '*': read every row again.
 CREATE FUNCTION realtime.announce_presence() RETURNS trigger
     LANGUAGE plpgsql
     SET search_path = pg_catalog, pg_temp
     AS $$
     DECLARE
         r realtime.presence_members;
+        payload text;
     BEGIN
         IF TG_OP = 'DELETE' THEN
             r := OLD;
         ELSE
             r := NEW;
         END IF;
-        PERFORM pg_notify('realtime_presence', json_build_object(
+        payload := json_build_object(
             'op', CASE WHEN TG_OP = 'DELETE' THEN '-' ELSE '+' END,
             'process', r.process, 'channel', r.channel, 'presenceId', r.presence_id,
-            'type', r.presence_type, 'joinedAt', r.joined_at)::text);
+            'type', r.presence_type, 'joinedAt', r.joined_at)::text;
+        IF octet_length(payload) > 7000 THEN
+            payload := '{"op": "*"}';
+        END IF;
+        PERFORM pg_notify('realtime_presence', payload);
         RETURN NULL;
     END
     $$;

@@ -195,6 +195,13 @@ SETTINGS: tuple[Setting, ...] = (
         kind="float",
         default=60.0,
     ),
+    Setting(
+        "presence-timeout",
+        "Seconds without a heartbeat after which the other processes take this "
+        "one for dead and its presence members leave",
+        kind="float",
+        default=20.0,
+    ),
 )
 
 SETTINGS_BY_NAME: Mapping[str, Setting] = {s.name: s for s in SETTINGS}
@@ -232,6 +239,7 @@ class Config:
     metrics_port: str | None
     log_format: str
     retention_interval: float
+    presence_timeout: float
 
 
 def _from_text(setting: Setting, text: str) -> Any:
@@ -399,6 +407,8 @@ def _check(config: Config) -> None:
         raise ConfigError(f"log-format: expected text or json, not {config.log_format!r}")
     if not 0 < config.retention_interval <= 24 * 3600:
         raise ConfigError("retention-interval: must be more than 0 and at most 86400")
+    if not 0 < config.presence_timeout <= 3600:
+        raise ConfigError("presence-timeout: must be more than 0 and at most 3600")
 
 
 def load(

@@ -151,3 +151,18 @@ class QuickBenchTests(SynchronousTestCase):
             self.assertGreater(results[peer]["acked"], 0)
             self.assertEqual(results[peer]["failed"], 0)
         self.assertTableRow(stdout, "acked publishes/s")
+
+    def test_processes(self) -> None:
+        """
+        Scenario 7 runs realtimed alone, as several processes: the peers'
+        columns say n/a, and its rows name each process count.
+        """
+        stdout, results = self.scenario(7)
+        for peer in PEERS:
+            self.assertIn("skipped", results[peer])
+        for row in (
+            "sustained deliveries/s, 1 process",
+            "sustained deliveries/s, 3 processes / 1 process",
+            "p99 ms at 50 publishes/s, 2 processes",
+        ):
+            self.assertTableRow(stdout, row)

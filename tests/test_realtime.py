@@ -64,9 +64,10 @@ class Daemon:
     process, on a loopback port chosen by the system.
     """
 
-    def __init__(self, url: str, data_dir: str) -> None:
+    def __init__(self, url: str, data_dir: str, settings: dict[str, Any] | None = None) -> None:
         self.url = url
         self.data_dir = data_dir
+        self.settings = settings or {}
 
     @inlineCallbacks
     def start(self) -> Any:
@@ -79,6 +80,7 @@ class Daemon:
                 "api-key": KEYS.api_key,
                 "anon-key": KEYS.anon_key,
                 "webhook-secret": KEYS.webhook_secret,
+                **self.settings,
             },
             {},
         )
@@ -245,8 +247,8 @@ class RealtimeTestCase(TestCase):
         )
 
     @inlineCallbacks
-    def start_daemon(self) -> Any:
-        daemon = Daemon(self.url, self.mktemp())
+    def start_daemon(self, settings: dict[str, Any] | None = None) -> Any:
+        daemon = Daemon(self.url, self.mktemp(), settings)
         yield daemon.start()
         self.addCleanup(daemon.stop)
         return daemon
@@ -560,7 +562,6 @@ class UseCaseTests(RealtimeTestCase):
         yield self.call(client.next_event, "m")
         self.assertEqual((yield self.call(client.no_event, "m")), [])
 
-
     @inlineCallbacks
     def test_subscribe_percent_pattern(self) -> Any:
         """
@@ -581,6 +582,7 @@ class UseCaseTests(RealtimeTestCase):
         _event, message = yield self.call(client.next_event, "m")
         self.assertEqual(message["channel"], "chat:4")
         self.assertEqual((yield self.call(client.no_event, "m")), [])
+
 
 class RefusalTests(RealtimeTestCase):
     @inlineCallbacks

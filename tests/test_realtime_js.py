@@ -82,6 +82,11 @@ class JSClient(EventLog):
         self.offsets: list[str] = []
         #: the connections made by reconnecting
         self.reconnects: queue.Queue[dict[str, Any]] = queue.Queue()
+        #: The transport the socket opened its session with.
+        self.transport: str | None = None
+        #: Set once the socket is disconnected, C{disconnect_reason} why.
+        self.disconnected = threading.Event()
+        self.disconnect_reason: str | None = None
         self._ids = itertools.count(1)
         self._answers: dict[int, queue.Queue[dict[str, Any]]] = {}
         self._lock = threading.Lock()
@@ -108,6 +113,10 @@ class JSClient(EventLog):
             if value.get("type") == "connect":
                 self.reconnects.put(value)
                 continue
+            if value.get("type") == "disconnect":
+                self.disconnect_reason = value["reason"]
+                self.disconnected.set()
+                continue
             with self._lock:
                 answers = self._answers.pop(value["id"], None)
             if answers is not None:
@@ -132,6 +141,7 @@ class JSClient(EventLog):
         headers: dict[str, str] | None = None,
         transports: list[str] | None = None,
         reconnect: bool = False,
+        with_credentials: bool = False,
     ) -> None:
         answer = self._command(
             "connect",
@@ -140,10 +150,18 @@ class JSClient(EventLog):
             headers=headers,
             transports=transports,
             reconnect=reconnect,
+            withCredentials=with_credentials,
         )
         if not answer["ok"]:
             raise ConnectFailed(answer["message"])
         self.sid = answer["sid"]
+        self.transport = answer["transport"]
+
+    def upgraded(self) -> str:
+        """
+        Wait until the socket has upgraded to WebSocket; the transport.
+        """
+        return str(self._command("upgraded")["transport"])
 
     def request(self, event: str, data: Any) -> Any:
         return self._command("request", event=event, data=data)["ack"]

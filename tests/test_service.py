@@ -204,6 +204,7 @@ class ServiceTests(TestCase):
                 "MessageListener",
                 "WebhookService",
                 "MessageRetention",
+                "SharedPresence",
                 "SocketIOService",
                 "Realtime",
                 "ListeningPort",

@@ -89,6 +89,7 @@ from realtimed.realtime.client_events import (
 )
 from realtimed.realtime.limits import Limits, TokenBucket
 from realtimed.realtime.presence import ANONYMOUS, USER, Identity, Presence, PresenceChange
+from realtimed.realtime.shared_presence import SharedPresence
 from realtimed.realtime.subscriptions import Subscription, Subscriptions
 from realtimed.store.messages import StoredMessage
 from realtimed.store.pool import IQueries
@@ -260,6 +261,9 @@ class Realtime(Service):
         socket went away; 0 turns connection state recovery off.
     @ivar catch_up_timeout: The longest wait for this process's listener to
         reach the position replay starts from.
+    @ivar sharing: Shares presence with the other processes of the
+        database, if set (the daemon sets it); without it, presence covers
+        this process alone.
     """
 
     namespace: Namespace
@@ -277,6 +281,7 @@ class Realtime(Service):
     catch_up_timeout: float = 5.0
     subscriptions: Subscriptions[Socket] = field(init=False, factory=Subscriptions)
     presence: Presence[Socket] = field(init=False, factory=Presence)
+    sharing: SharedPresence | None = field(default=None, init=False)
     publisher: Publisher = field(init=False)
     authorizer: Authorizer = field(init=False)
     audience: AudienceCounter = field(init=False)
@@ -422,9 +427,61 @@ class Realtime(Service):
 
     def members(self, channel: str) -> list[dict[str, Any]]:
         """
-        The members present in C{channel} on this process, oldest first.
+        The members present in C{channel}, on every process when presence
+        is shared, oldest first.
         """
         return [member.to_json() for member in self.presence.members(channel)]
+
+    # Presence
+
+    def join_presence(self, socket: Socket, channel: str) -> list[dict[str, Any]]:
+        """
+        C{socket} is present in C{channel} from now on: the one way a socket
+        joins presence (a subscribe, or a restored subscription).  Its
+        member's join is announced if the member is new anywhere, and shared
+        with the other processes.
+
+        @return: The members present, oldest first, as the subscribe ack
+            lists them.
+        """
+        client = self._client(socket)
+        if client is None:
+            return []
+        members, change = self.presence.join(channel, socket, client.identity, rfc3339(self._now()))
+        self.announce(change)
+        self._share()
+        return [m.to_json() for m in members]
+
+    def leave_presence(self, socket: Socket, channel: str) -> None:
+        """
+        C{socket} is no longer present in C{channel}: the one way a socket
+        leaves presence (an unsubscribe, an ended subscription, a
+        disconnect).  Its member's leave is announced if that was its last
+        socket anywhere.
+        """
+        client = self._client(socket)
+        if client is None:
+            return
+        self.announce(self.presence.leave(channel, socket, client.identity))
+        self._share()
+
+    def announce(self, change: PresenceChange[Socket] | None) -> None:
+        """
+        Send a presence change, if any, to its recipients on this process.
+        """
+        if change is None:
+            return
+        event, data = change.event()
+        self.namespace.emit_many(change.recipients, event, data)
+
+    def _share(self) -> None:
+        if not self.presence.has_unwritten():
+            return
+        if self.sharing is None:
+            # Nobody else to tell.
+            self.presence.take_unwritten()
+        else:
+            self.sharing.changed()
 
     # Channel changes
 
@@ -490,7 +547,7 @@ class Realtime(Service):
         client = self._client(socket)
         if client is None or self.subscriptions.remove(socket, channel) is None:
             return
-        self._announce(self.presence.leave(channel, socket, client.identity))
+        self.leave_presence(socket, channel)
         self._remember(client, channel, None)
         self._tell(socket, Refusal(channel, REALTIME_UNAUTHORIZED, message))
 
@@ -598,7 +655,7 @@ class Realtime(Service):
         if replay is None or not replay.complete:
             log.info("Socket {sid} missed too much to be recovered", sid=socket.sid)
             for subscription in self.subscriptions.remove_socket(socket):
-                self._announce(self.presence.leave(subscription.channel, socket, client.identity))
+                self.leave_presence(socket, subscription.channel)
             self._catching_up.pop(socket, None)
             client.session = None
             sessions.forget(pid)
@@ -662,11 +719,10 @@ class Realtime(Service):
         @return: The members present in the channel.
         """
         self.subscriptions.add(socket, Subscription(channel, channel_id))
-        members, change = self.presence.join(channel, socket, client.identity, rfc3339(self._now()))
-        self._announce(change)
+        members = self.join_presence(socket, channel)
         if since is not None:
             self._remember(client, channel, (channel_id, since))
-        return [member.to_json() for member in members]
+        return members
 
     def _remember(
         self, client: _Client, channel: str, subscribed: tuple[str, Position] | None
@@ -711,8 +767,8 @@ class Realtime(Service):
         socket.disconnect()
 
     def _disconnect(self, socket: Socket, reason: str) -> None:
-        client = socket.data.pop("realtime", None)
-        if not isinstance(client, _Client):
+        client = self._client(socket)
+        if client is None:
             return
         client.requests.clear()
         if client.expiry is not None and client.expiry.active():
@@ -724,8 +780,8 @@ class Realtime(Service):
             else:
                 self.sessions.forget(client.session.pid)
         for subscription in self.subscriptions.remove_socket(socket):
-            change = self.presence.leave(subscription.channel, socket, client.identity)
-            self._announce(change)
+            self.leave_presence(socket, subscription.channel)
+        socket.data.pop("realtime", None)
 
     # Requests
 
@@ -824,9 +880,8 @@ class Realtime(Service):
     ) -> Deferred[None] | None:
         channel = request.channel
         if self.subscriptions.is_subscribed(socket, channel):
-            members = self.presence.members(channel)
             replay = None if request.since is None else (0, False)
-            reply.ok(subscribed_ack(channel, [m.to_json() for m in members], replay))
+            reply.ok(subscribed_ack(channel, self.members(channel), replay))
             return None
         most = self.limits.max_subscriptions
         if most and self.subscriptions.count_of(socket) >= most:
@@ -933,7 +988,7 @@ class Realtime(Service):
     ) -> None:
         channel = request.channel
         if self.subscriptions.remove(socket, channel) is not None:
-            self._announce(self.presence.leave(channel, socket, client.identity))
+            self.leave_presence(socket, channel)
             self._remember(client, channel, None)
         reply.ok(unsubscribed_ack(channel))
 
@@ -993,12 +1048,6 @@ class Realtime(Service):
         if reply.socket.data.get("realtime") is None:
             return
         reply.refuse(_refusal(rejected, what))
-
-    def _announce(self, change: PresenceChange[Socket] | None) -> None:
-        if change is None:
-            return
-        event, data = change.event()
-        self.namespace.emit_many(change.recipients, event, data)
 
     # Helpers
 

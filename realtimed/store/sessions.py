@@ -170,11 +170,15 @@ WHERE s.pid = %(pid)s AND ({_LIVE})
 RETURNING s.sid, s.role, s.sender_id, s.connected_at, s.subscriptions
 """
 
+# A process beats whenever it writes sessions too, so that the sessions it
+# writes or claims count as live from the first.
+_BEAT = """
+INSERT INTO realtime.processes (id) VALUES (%(process)s)
+ON CONFLICT (id) DO UPDATE SET last_seen = now()
+"""
+
 _HEARTBEAT = f"""
-WITH beat AS (
-    INSERT INTO realtime.processes (id) VALUES (%(process)s)
-    ON CONFLICT (id) DO UPDATE SET last_seen = now()
-), expired AS (
+WITH beat AS ({_BEAT}), expired AS (
     DELETE FROM realtime.sessions s WHERE NOT ({_LIVE})
 ), dead AS (
     DELETE FROM realtime.processes p
@@ -276,7 +280,7 @@ class SessionStore(Service):
         self._saves, self._gone, self._forgotten = {}, set(), set()
         if not (saves or gone or forgotten):
             return succeed(None)
-        statements: list[tuple[str, dict[str, Any]]] = []
+        statements: list[tuple[str, dict[str, Any]]] = [(_BEAT, {})]
         if saves:
             statements.append((_UPSERT, {"sessions": json.dumps([_row(s) for s in saves])}))
         if gone:
@@ -315,15 +319,10 @@ class SessionStore(Service):
         @return: A Deferred firing with the session, or C{None}.
         """
         d: Deferred[Any] = self.flush()
+        claim = {"pid": pid, "window": self.window, "timeout": HEARTBEAT_TIMEOUT}
         d.addCallback(
-            lambda _: self.pool.runQuery(
-                _CLAIM,
-                {
-                    "pid": pid,
-                    "process": self.process,
-                    "window": self.window,
-                    "timeout": HEARTBEAT_TIMEOUT,
-                },
+            lambda _: self.pool.runInteraction(
+                _run_all, [(_BEAT, {}), (_CLAIM, claim)], self.process
             )
         )
         return d.addCallback(lambda rows: _session(pid, rows[0]) if rows else None)
@@ -417,10 +416,15 @@ def _session(pid: str, row: tuple[Any, ...]) -> Session | None:
 
 
 def _run_all(cursor: Any, statements: list[tuple[str, dict[str, Any]]], process: str) -> Any:
+    """
+    Run C{statements} in order in one transaction, as C{process}.
+
+    @return: A Deferred firing with the rows of the last, if it has any.
+    """
     d: Deferred[Any] = succeed(None)
     for sql, params in statements:
         d.addCallback(_execute, cursor, sql, {**params, "process": process})
-    return d
+    return d.addCallback(lambda done: done.fetchall() if done.description else None)
 
 
 def _execute(_: object, cursor: Any, sql: str, params: dict[str, Any]) -> Any:

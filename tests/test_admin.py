@@ -15,6 +15,8 @@ import time
 from typing import Any
 
 import treq
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks, succeed
 from twisted.internet.threads import deferToThread
@@ -36,6 +38,7 @@ from realtimed.admin.files import (
 )
 from realtimed.admin.page import AdminPage
 from realtimed.config import load
+from realtimed.rest.validation import FailuresQuery, InvalidInput, failures_query
 from realtimed.service import RealtimeService
 from realtimed.web import RealtimeSite, root_resource
 from tests.support import create_database
@@ -242,6 +245,40 @@ class FilesTests(SynchronousTestCase):
         self.assertEqual(directives["form-action"], "'none'")
         self.assertEqual(directives["frame-ancestors"], "'none'")
         self.assertNotIn("unsafe", CONTENT_SECURITY_POLICY)
+
+
+class FailuresQueryTests(SynchronousTestCase):
+    """
+    The query of ``GET /webhooks/failures``, without HTTP.
+    """
+
+    def test_defaults(self) -> None:
+        """
+        Without parameters: every channel, at most 100.
+        """
+        self.assertEqual(failures_query({}), FailuresQuery(None, 100))
+        self.assertEqual(failures_query({"other": ["x"]}), FailuresQuery(None, 100))
+
+    @given(st.integers(min_value=-(10**30), max_value=10**30))
+    def test_limit(self, limit: int) -> None:
+        """
+        Any whole number from 1 to 1000 is a limit; any other is refused
+        with the range.
+        """
+        if 1 <= limit <= 1000:
+            self.assertEqual(failures_query({"limit": [str(limit)]}).limit, limit)
+        else:
+            with self.assertRaises(InvalidInput) as raised:
+                failures_query({"limit": [str(limit)]})
+            self.assertEqual(raised.exception.problems, ("limit: Must be between 1 and 1000",))
+
+    @given(st.uuids())
+    def test_channel(self, channel: Any) -> None:
+        """
+        ``channelId`` is a UUID in any case, kept in lower case.
+        """
+        query = failures_query({"channelId": [str(channel).upper()]})
+        self.assertEqual(query.channel_id, str(channel))
 
 
 class PageTests(TestCase):

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import requests
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.threads import deferToThread
 from twisted.logger import formatEvent, globalLogPublisher
@@ -247,6 +248,17 @@ class AdminBrowserTests(TestCase):
         browser = self.browser
         self.sign_in()
         self.assertNotIn(KEYS.api_key, browser.driver.current_url)
+
+        def upgraded(_: Any) -> bool:
+            metrics = requests.get(
+                self.daemon.address + "/metrics",
+                headers={"x-api-key": KEYS.api_key},
+                timeout=PATIENCE,
+            ).text
+            return 'realtimed_connections{transport="websocket"} 1.0' in metrics
+
+        # The policy lets the page's Socket.IO connection use WebSocket.
+        browser.wait(upgraded, "the page's connection to upgrade to WebSocket")
         self.assertEqual(browser.find("#api-key").get_attribute("value"), "")
 
         # Channels: create one whose webhook goes nowhere, and one to

@@ -88,10 +88,14 @@ export class PresenceView {
       );
     }
     $("#presence-table").hidden = members.length === 0;
-    const when = new Date().toLocaleTimeString();
-    $("#presence-summary").textContent =
+    // Announced only when it changes, not at every refresh.
+    const summary =
       members.length === 0
-        ? `Nobody is present in ${channel} (as of ${when}).`
-        : `${plural(members.length, "member")} present in ${channel} (as of ${when}).`;
+        ? `Nobody is present in ${channel}.`
+        : `${plural(members.length, "member")} present in ${channel}.`;
+    if ($("#presence-summary").textContent !== summary) {
+      $("#presence-summary").textContent = summary;
+    }
+    $("#presence-updated").textContent = `Updated ${new Date().toLocaleTimeString()}.`;
   }
 }

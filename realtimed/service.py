@@ -45,6 +45,7 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from realtimed.admin.page import AdminPage
 from realtimed.auth import Keys
 from realtimed.config import Config
 from realtimed.control import CONTROL_CHANNEL, AdminControl, DisconnectTarget
@@ -314,6 +315,7 @@ class RealtimeService(StartInOrder):
                 metrics=MetricsPage(
                     metrics, lambda request: require_admin(request, keys, reactor.seconds())
                 ),
+                admin=AdminPage(),
             ),
             max_body=config.max_body,
             reactor=reactor,

@@ -11,6 +11,8 @@ setup(
     package_data={
         "realtimed": ["py.typed"],
         "realtimed.store": ["migrations/*.sql"],
+        # The admin page, served as it is: no build step.
+        "realtimed.admin": ["static/**/*", "VENDORED.rst", "package.json"],
     },
     install_requires=[
         "twisted[tls] >= 24.7, < 27",
@@ -32,6 +34,7 @@ setup(
             "requests >= 2.31",
             "standardwebhooks >= 1.0",
             "schemathesis >= 4.0, < 5",
+            "selenium >= 4.20, < 5",
         ],
         "dev": [
             "ruff >= 0.6",

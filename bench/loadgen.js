@@ -26,9 +26,12 @@ const { performance } = require("perf_hooks");
 
 const config = JSON.parse(process.argv[2] || "{}");
 const HOST = config.host || "127.0.0.1";
-const PORT = config.port;
+// Several realtimed processes of one database (scenario 7): connection i goes
+// to ports[i % ports.length], and the server's CPU is the sum of theirs.
+const PORTS = config.ports || [config.port];
 const TOKEN = config.token;
 const SERVER_PID = config.serverPid || 0;
+const SERVER_PIDS = config.serverPids || [SERVER_PID];
 const QUICK = !!config.quick;
 
 function nowMs() {
@@ -62,6 +65,10 @@ function readCpuTimes() {
   return cpus;
 }
 
+function serverTicks() {
+  return SERVER_PIDS.reduce((sum, pid) => sum + readProcessTicks(pid), 0);
+}
+
 function readProcessTicks(pid) {
   if (!pid) return 0;
   try {
@@ -86,13 +93,13 @@ class CpuWindow {
   // CPU use over a window: the server process, this process, and each core.
   constructor() {
     this.t0 = nowMs();
-    this.server0 = readProcessTicks(SERVER_PID);
+    this.server0 = serverTicks();
     this.self0 = process.cpuUsage();
     this.cores0 = readCpuTimes();
   }
   finish() {
     const seconds = (nowMs() - this.t0) / 1000;
-    const server = (readProcessTicks(SERVER_PID) - this.server0) / 100 / seconds;
+    const server = (serverTicks() - this.server0) / 100 / seconds;
     const self = process.cpuUsage(this.self0);
     const loadgen = (self.user + self.system) / 1e6 / seconds;
     const cores = readCpuTimes().map((c, i) => {
@@ -161,7 +168,7 @@ function noteError(message) {
 
 const UPGRADE_REQUEST =
   `GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\n` +
-  `Host: ${HOST}:${PORT}\r\n` +
+  `Host: ${HOST}:${PORTS[0]}\r\n` +
   `Upgrade: websocket\r\n` +
   `Connection: Upgrade\r\n` +
   `Sec-WebSocket-Key: YmVuY2htYXJrLWNsaWVudA==\r\n` +
@@ -227,7 +234,7 @@ class Connection {
       };
       const socket = net.connect({
         host: HOST,
-        port: PORT,
+        port: PORTS[this.index % PORTS.length],
         localAddress: `127.0.0.${2 + (this.index % LOCAL_ADDRESSES)}`,
         // Every read lands in one shared buffer (reads are handled one at a
         // time), so receiving allocates nothing.
@@ -796,6 +803,18 @@ async function scenarioFanout() {
   });
 }
 
+async function scenarioProcesses() {
+  // Scenario 1's fan-out with the subscribers spread over the processes;
+  // the publisher is on the first.  Run once per process count.
+  return fanout({
+    subscribers: size(1000, 60),
+    rooms: 1,
+    latencyRate: 50,
+    startRate: 50,
+    latencyEvery: size(20, 1),
+  });
+}
+
 async function scenarioRooms() {
   return fanout({
     subscribers: size(10000, 200),
@@ -994,6 +1013,7 @@ const SCENARIOS = {
   4: scenarioConnectRate,
   5: scenarioDatabase,
   6: scenarioStoredPublishes,
+  7: scenarioProcesses,
 };
 
 async function main() {

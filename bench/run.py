@@ -21,6 +21,9 @@ Scenarios:
      at 100 subscribers, p50/p99 at 1,000 changes/s
   6  stored publishes per second per process (peers store nothing; their
      figure is what publishing costs without storage)
+  7  several processes (realtimed only): scenario 1's fan-out with the
+     subscribers spread over 1, 2 and 3 realtimed processes on one database,
+     each figure beside the one-process figure
 
 ``--quick`` runs every scenario at a small size in a few seconds: it shows
 that the harness works, not how fast anything is.
@@ -75,6 +78,7 @@ SCENARIOS = {
     4: "connect rate (handshake + auth + subscribe)",
     5: "database events, 100 subscribers, 1,000 changes/s",
     6: "stored publishes per second, one process",
+    7: "several processes, 1 channel x 1,000 subscribers over 1, 2, 3 processes",
 }
 QUICK_SCENARIOS = {
     1: "fan-out, 1 channel x 50 subscribers",
@@ -83,7 +87,10 @@ QUICK_SCENARIOS = {
     4: "connect rate (handshake + auth + subscribe)",
     5: "database events, 20 subscribers, 200 changes/s",
     6: "publishes per second, 5 publishers",
+    7: "several processes, 1 channel x 60 subscribers over 1, 2, 3 processes",
 }
+#: The process counts of scenario 7.
+PROCESS_COUNTS = (1, 2, 3)
 
 LOADGEN_CPU = "0"
 SERVER_CPU = "1"
@@ -390,35 +397,7 @@ class Bench:
             )
             psql(self.postgres, "postgres", f'CREATE DATABASE "{database}"')
             data_dir = self.workdir / f"realtimed-data-{scenario}"
-            data_dir.mkdir(exist_ok=True)
-            command = [
-                str(self.realtimed_python),
-                "-c",
-                "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()",
-                "-n",
-                "--pidfile=",
-                "realtimed",
-                "--port",
-                f"tcp:{port}:interface=127.0.0.1",
-                "--database-url",
-                database_url,
-                "--data-dir",
-                str(data_dir),
-                "--jwt-secret",
-                self.secrets.jwt_secret,
-                "--api-key",
-                self.secrets.api_key,
-                "--anon-key",
-                self.secrets.anon_key,
-                # The load generator is one address publishing as fast as
-                # it can: realtimed's per-socket publish rate and per-address
-                # connection limits would measure the limits, not the server
-                # (the peers have none).
-                "--max-publish-rate",
-                "0",
-                "--max-connections-per-ip",
-                "0",
-            ]
+            command = self.realtimed_command(port, database_url, data_dir)
             cwd = self.workdir
         else:
             raise SetupError(f"unknown server {name}")
@@ -442,14 +421,86 @@ class Bench:
             if self.keep_logs is not None:
                 shutil.copy(log_path, self.keep_logs / log_path.name)
             if database is not None:
-                try:
-                    psql(
-                        self.postgres,
-                        "postgres",
-                        f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)',
+                self.drop_database(database)
+
+    def realtimed_command(self, port: int, database_url: str, data_dir: Path) -> list[str]:
+        assert self.realtimed_python is not None
+        data_dir.mkdir(exist_ok=True)
+        return [
+            str(self.realtimed_python),
+            "-c",
+            "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()",
+            "-n",
+            "--pidfile=",
+            "realtimed",
+            "--port",
+            f"tcp:{port}:interface=127.0.0.1",
+            "--database-url",
+            database_url,
+            "--data-dir",
+            str(data_dir),
+            "--jwt-secret",
+            self.secrets.jwt_secret,
+            "--api-key",
+            self.secrets.api_key,
+            "--anon-key",
+            self.secrets.anon_key,
+            # The load generator is one address publishing as fast as
+            # it can: realtimed's per-socket publish rate and per-address
+            # connection limits would measure the limits, not the server
+            # (the peers have none).
+            "--max-publish-rate",
+            "0",
+            "--max-connections-per-ip",
+            "0",
+        ]
+
+    def drop_database(self, database: str) -> None:
+        try:
+            psql(self.postgres, "postgres", f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        except SetupError as e:
+            log(str(e))
+
+    @contextmanager
+    def cluster(self, scenario: int, count: int) -> Iterator[list[RunningServer]]:
+        """
+        C{count} realtimed processes on one new database, the channels
+        created; each pinned to a core of its own when the machine has
+        enough (the load generator keeps cpu 0), else all to cpu 1.
+        """
+        database = f"realtimed_bench_{os.getpid()}_{scenario}_{count}"
+        database_url = f"{self.postgres}/{database}"
+        self.drop_database(database)
+        psql(self.postgres, "postgres", f'CREATE DATABASE "{database}"')
+        cores = os.cpu_count() or 2
+        running: list[RunningServer] = []
+        try:
+            for i in range(count):
+                port = free_port()
+                name = f"realtimed{i + 1}"
+                log_path = self.workdir / f"{name}-s{scenario}-n{count}.log"
+                data_dir = self.workdir / f"realtimed-data-{scenario}-{count}-{i}"
+                command = self.realtimed_command(port, database_url, data_dir)
+                cpu = str(1 + i % (cores - 1)) if cores > 2 else SERVER_CPU
+                with open(log_path, "wb") as log_file:
+                    process = subprocess.Popen(
+                        pinned(cpu, command),
+                        cwd=self.workdir,
+                        stdout=log_file,
+                        stderr=subprocess.STDOUT,
+                        start_new_session=True,
                     )
-                except SetupError as e:
-                    log(str(e))
+                running.append(RunningServer(name, port, process, log_path, database_url, database))
+            for server in running:
+                wait_ready(server, 60)
+            self.prepare_realtimed(running[0])
+            yield running
+        finally:
+            for server in running:
+                stop_process(server.process)
+                if self.keep_logs is not None:
+                    shutil.copy(server.log_path, self.keep_logs / server.log_path.name)
+            self.drop_database(database)
 
     def prepare_realtimed(self, server: RunningServer) -> None:
         """
@@ -591,14 +642,24 @@ PROFILED_PHASES = {1: "ramp", 6: "publish"}
 
 
 def run_loadgen(
-    bench: Bench, scenario: int, server: RunningServer, profile_dir: Path | None
+    bench: Bench,
+    scenario: int,
+    server: RunningServer,
+    profile_dir: Path | None,
+    others: tuple[RunningServer, ...] = (),
 ) -> dict[str, Any]:
+    """
+    Run the load generator against C{server} (and the processes C{others}
+    of the same database, connections spread over them all).
+    """
     config = {
         "scenario": scenario,
         "host": "127.0.0.1",
         "port": server.port,
+        "ports": [s.port for s in [server, *others]],
         "token": bench.secrets.user_token(),
         "serverPid": server.pid,
+        "serverPids": [s.pid for s in [server, *others]],
         "quick": bench.quick,
         "databaseUrl": server.database_url,
     }
@@ -696,9 +757,36 @@ def server_errors(log_path: Path) -> str | None:
     return f"the server logged {count} traceback(s); the first: {first}"
 
 
+def run_processes(bench: Bench) -> dict[str, Any]:
+    """
+    Scenario 7: the fan-out once per process count, each on a new database.
+    """
+    by_count: dict[str, Any] = {}
+    for count in PROCESS_COUNTS:
+        log(f"scenario 7 with {count} realtimed process(es)")
+        with bench.cluster(7, count) as servers:
+            try:
+                result = run_loadgen(bench, 7, servers[0], None, tuple(servers[1:]))
+            except SetupError as e:
+                logged = [server_errors(s.log_path) for s in servers]
+                raise SetupError("\n".join([str(e), *[x for x in logged if x]])) from None
+            logged = [x for x in (server_errors(s.log_path) for s in servers) if x]
+            if logged:
+                result["serverErrors"] = "; ".join(logged)
+            for server in servers:
+                if server.process.poll() is not None:
+                    raise SetupError(f"{server.name} exited during the run:\n{server.log_tail()}")
+        by_count[str(count)] = result
+    return {"processes": by_count}
+
+
 def run_one(bench: Bench, scenario: int, name: str, profile_dir: Path | None) -> dict[str, Any]:
     if scenario == 5 and name != "realtimed":
         return {"skipped": "no database events in this server"}
+    if scenario == 7:
+        if name != "realtimed":
+            return {"skipped": "one process here; realtimed alone is run as several"}
+        return run_processes(bench)
     with bench.server(name, scenario) as server:
         try:
             result = run_loadgen(bench, scenario, server, profile_dir)
@@ -769,7 +857,42 @@ def metrics(scenario: int, r: dict[str, Any], quick: bool) -> list[tuple[str, An
         ]
     if scenario == 6:
         return [("acked publishes/s", r.get("perSecond"), 0)]
+    if scenario == 7:
+        return processes_metrics(r)
     return []
+
+
+def processes_metrics(r: dict[str, Any]) -> list[tuple[str, Any, int]]:
+    """
+    Scenario 7's rows: each process count's figures, each beside the
+    one-process figure.
+    """
+    by_count = r.get("processes") or {}
+    rows: list[tuple[str, Any, int]] = []
+    figures = (
+        ("sustained deliveries/s", lambda x: x[0]),
+        ("p50 ms at 50 publishes/s", lambda x: x[2]),
+        ("p99 ms at 50 publishes/s", lambda x: x[3]),
+    )
+    base: dict[str, Any] = {}
+    for count in PROCESS_COUNTS:
+        one = by_count.get(str(count))
+        values = [v for _, v, _ in metrics(1, one, False)] if one else [None] * 5
+        for label, pick in figures:
+            value = pick(values)
+            noun = "process" if count == 1 else "processes"
+            rows.append((f"{label}, {count} {noun}", value, 0 if "deliveries" in label else 1))
+            if count == 1:
+                base[label] = value
+            else:
+                first = base.get(label)
+                ratio = (
+                    f"{value / first:.2f}x"
+                    if isinstance(value, (int, float)) and isinstance(first, (int, float)) and first
+                    else None
+                )
+                rows.append((f"{label}, {count} processes / 1 process", ratio, 0))
+    return rows
 
 
 def _cpu(r: dict[str, Any]) -> str:
@@ -819,6 +942,16 @@ def details(scenario: int, r: dict[str, Any]) -> str:
             f"max {(r.get('latency') or {}).get('max')} ms; most inserts waiting "
             f"{r.get('maxInFlight')}; " + _cpu(r)
         )
+    if scenario == 7:
+        parts = []
+        for count, one in sorted((r.get("processes") or {}).items()):
+            at = one.get("latencyAtRate") or {}
+            parts.append(
+                f"{count}: {one.get('connections')} conns, delivered "
+                f"{at.get('delivered')}/{at.get('expected')} at 50/s, at the sustained rate "
+                + _cpu(one.get("sustained") or {})
+            )
+        return "publisher on the first process; " + "; ".join(parts)
     if scenario == 6:
         stored = f", stored {r['stored']}" if "stored" in r else ""
         return (

@@ -130,8 +130,7 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "max-body",
-        "Largest HTTP request body (REST, Socket.IO polling) and WebSocket "
-        "message, in bytes",
+        "Largest HTTP request body (REST, Socket.IO polling) and WebSocket message, in bytes",
         kind="int",
         default=1024 * 1024,
     ),
@@ -167,6 +166,14 @@ SETTINGS: tuple[Setting, ...] = (
         default=100.0,
     ),
     Setting(
+        "recovery-window",
+        "Seconds a dropped Socket.IO client may reconnect and recover its "
+        "session (missed messages, subscriptions); 0: off.  When on, every "
+        "delivered message carries its offset as a last argument",
+        kind="float",
+        default=0.0,
+    ),
+    Setting(
         "metrics-port",
         "Twisted endpoint string serving only /metrics, without a credential "
         "(tcp:9464:interface=127.0.0.1); unset: /metrics only on --port, for "
@@ -183,6 +190,13 @@ SETTINGS: tuple[Setting, ...] = (
         "(set with PATCH /api/realtime/config)",
         kind="float",
         default=60.0,
+    ),
+    Setting(
+        "presence-timeout",
+        "Seconds without a heartbeat after which the other processes take this "
+        "one for dead and its presence members leave",
+        kind="float",
+        default=20.0,
     ),
 )
 
@@ -217,9 +231,11 @@ class Config:
     max_connections_per_ip: int
     max_subscriptions: int
     max_publish_rate: float
+    recovery_window: float
     metrics_port: str | None
     log_format: str
     retention_interval: float
+    presence_timeout: float
 
 
 def _from_text(setting: Setting, text: str) -> Any:
@@ -381,10 +397,14 @@ def _check(config: Config) -> None:
             raise ConfigError(f"{name}: must be 0 (no limit) or more")
     if not (config.max_publish_rate >= 0 and math.isfinite(config.max_publish_rate)):
         raise ConfigError("max-publish-rate: must be 0 (no limit) or more")
+    if not 0 <= config.recovery_window <= 24 * 3600:
+        raise ConfigError("recovery-window: must be 0 (off) to 86400 seconds")
     if config.log_format not in ("text", "json"):
         raise ConfigError(f"log-format: expected text or json, not {config.log_format!r}")
     if not 0 < config.retention_interval <= 24 * 3600:
         raise ConfigError("retention-interval: must be more than 0 and at most 86400")
+    if not 0 < config.presence_timeout <= 3600:
+        raise ConfigError("presence-timeout: must be more than 0 and at most 3600")
 
 
 def load(

@@ -13,8 +13,8 @@ and once its URL is known, the secrets are resolved and
 3. the query pool, the health probe's connection and the webhook
    outbox's pool open their first connection;
 4. the listener connects and reads what was stored meanwhile;
-5. the webhook service, message retention, Socket.IO, then the realtime
-   channels, start;
+5. the webhook service, message retention, shared presence (the first
+   heartbeat), Socket.IO, then the realtime channels, start;
 6. every endpoint listens (the metrics endpoint last).
 
 They stop in the reverse order, which is the graceful stop (SIGTERM): the
@@ -45,6 +45,7 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from realtimed.admin.page import AdminPage
 from realtimed.auth import Keys
 from realtimed.config import Config
 from realtimed.control import CONTROL_CHANNEL, AdminControl, DisconnectTarget
@@ -56,12 +57,14 @@ from realtimed.metrics import Metrics
 from realtimed.notify import SystemdNotify
 from realtimed.realtime.limits import Limits
 from realtimed.realtime.service import Realtime
+from realtimed.realtime.shared_presence import PRESENCE_CHANNEL, SharedPresence
 from realtimed.rest.api import AdminAPI, require_admin
 from realtimed.store.listener import CHANNELS_CHANNEL, MessageListener
 from realtimed.store.messages import StoredMessage
 from realtimed.store.migrations import SchemaMigrations
 from realtimed.store.pool import ConnectionPool, IQueries
 from realtimed.store.retention import MessageRetention
+from realtimed.store.sessions import SessionStore
 from realtimed.web import (
     HealthProbe,
     ListeningPort,
@@ -142,6 +145,7 @@ class RealtimeService(StartInOrder):
         self.listener: MessageListener | None = None
         self.webhooks: WebhookService | None = None
         self.control: AdminControl | None = None
+        self.sharing: SharedPresence | None = None
         self.metrics = Metrics(reactor)
         self.metrics_port: ListeningPort | None = None
         self._ports: list[ListeningPort] = []
@@ -254,7 +258,7 @@ class RealtimeService(StartInOrder):
             dsn=url,
             on_message=self._message_stored,
             after_messages=socketio.engine.flush,
-            also_listen=(CHANNELS_CHANNEL, CONTROL_CHANNEL),
+            also_listen=(CHANNELS_CHANNEL, CONTROL_CHANNEL, PRESENCE_CHANNEL),
             on_notify=self._notified,
         )
         self.addService(listener)
@@ -262,6 +266,11 @@ class RealtimeService(StartInOrder):
         webhooks.metrics = metrics
         self.addService(webhooks)
         self.addService(MessageRetention(pool, reactor, interval=config.retention_interval))
+        # Sessions stop after the sockets close, so that what the closing
+        # sockets left is written.
+        recoverable = SessionStore(pool, reactor, config.recovery_window)
+        if config.recovery_window:
+            self.addService(recoverable)
         realtime = self.realtime = Realtime(
             namespace=socketio.namespace("/"),
             pool=pool,
@@ -270,17 +279,32 @@ class RealtimeService(StartInOrder):
             local=listener,
             limits=Limits(config.max_subscriptions, config.max_publish_rate),
             metrics=metrics,
+            stream=listener,
+            sessions=recoverable,
+            recovery_window=config.recovery_window,
         )
         metrics.subscriptions = realtime.subscriptions.count
         control.presence = realtime.members
+        sharing = self.sharing = SharedPresence(
+            pool,
+            reactor,
+            realtime.presence,
+            realtime.announce,
+            process=control.process,
+            timeout=config.presence_timeout,
+        )
+        realtime.sharing = sharing
 
         def disconnect_local(target: DisconnectTarget) -> int:
             return realtime.disconnect_sockets(target.user_id, target.socket_id)
 
         control.disconnect_local = disconnect_local
-        # Socket.IO before realtime, so that on the way down realtime first
+        # Shared presence before Socket.IO, so that on the way down the
+        # sockets are closed before this process's members are removed from
+        # the database.  Socket.IO before realtime, so that realtime first
         # answers every request it received, and only then are the sockets
         # closed.
+        self.addService(sharing)
         self.addService(SocketIOService(socketio))
         self.addService(realtime)
         site = RealtimeSite(
@@ -291,6 +315,7 @@ class RealtimeService(StartInOrder):
                 metrics=MetricsPage(
                     metrics, lambda request: require_admin(request, keys, reactor.seconds())
                 ),
+                admin=AdminPage(),
             ),
             max_body=config.max_body,
             reactor=reactor,
@@ -355,13 +380,17 @@ class RealtimeService(StartInOrder):
         A notification came on a channel the listener LISTENs to besides
         its own (or may have, while it was away: C{payload} is C{None}):
         channel rows changed, and the realtime channels check their
-        subscriptions; or an admin command for every process.
+        subscriptions; an admin command for every process; or another
+        process's presence changed.
         """
         assert self.realtime is not None and self.control is not None
+        assert self.sharing is not None
         if channel == CHANNELS_CHANNEL:
             self.realtime.channels_changed(payload)
         elif channel == CONTROL_CHANNEL:
             self.control.notified(channel, payload)
+        elif channel == PRESENCE_CHANNEL:
+            self.sharing.notified(payload)
 
     def _announce(self) -> None:
         """
@@ -425,10 +454,12 @@ def _step(child: object) -> str:
         "SchemaMigrations": "applying the schema migrations",
         "ConnectionPool": "connecting to the database",
         "MessageListener": "the listener, reading what was stored meanwhile",
+        "SessionStore": "recoverable sessions",
         "WebhookService": "webhook deliveries",
         "MessageRetention": "message retention",
         "Realtime": "realtime channels",
         "SocketIOService": "Socket.IO",
+        "SharedPresence": "presence shared with the other processes",
     }.get(type(child).__name__, type(child).__name__)
 
 

@@ -5,7 +5,8 @@ serves, the site that bounds what a client may send, and the endpoints.
 - ``/socket.io/``: Engine.IO / Socket.IO (polling and WebSocket);
 - ``/api/realtime/``: the admin REST API;
 - ``/healthz``: 200 while the database answers, 503 otherwise;
-- ``/metrics``: Prometheus metrics, for the admin credential.
+- ``/metrics``: Prometheus metrics, for the admin credential;
+- ``/admin/``: the admin page (`realtimed.admin`).
 
 With ``--metrics-port``, another endpoint serves only ``/metrics``, without
 a credential (`metrics_resource`), for a scraper on a private network.
@@ -287,6 +288,7 @@ def root_resource(
     socketio: IResource | None = None,
     api: IResource | None = None,
     metrics: IResource | None = None,
+    admin: IResource | None = None,
 ) -> Resource:
     """
     The resource tree served on every endpoint.
@@ -301,6 +303,8 @@ def root_resource(
         api_root = Resource()
         api_root.putChild(b"realtime", api)
         root.putChild(b"api", api_root)
+    if admin is not None:
+        root.putChild(b"admin", admin)
     return root
 
 

@@ -2,9 +2,10 @@
 Smoke test of the benchmark harness with realtimed itself: ``bench/run.py
 --quick`` starts realtimed as the benchmark does (twistd, its own database
 on the test PostgreSQL server) and runs the scenarios that exercise its
-main paths: fan-out to subscribers, database events, stored publishes.  The
-sizes are far too small to measure anything; what is checked is that each
-scenario runs and every message arrives.
+main paths: database events, stored publishes, and fan-out to subscribers
+spread over one, two and three processes of one database.  The sizes are
+far too small to measure anything; what is checked is that each scenario
+runs and every message arrives.
 
 Nothing here is skipped: when the harness cannot set itself up, run.py says
 why and the tests fail with its output.
@@ -27,7 +28,7 @@ from tests.support import DEFAULT_SERVER, SERVER_VARIABLE
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN = ROOT / "bench" / "run.py"
-SCENARIOS = (1, 5, 6)
+SCENARIOS = (5, 6, 7)
 
 _run: dict[str, Any] = {}
 
@@ -105,19 +106,28 @@ class QuickBenchTests(SynchronousTestCase):
         rows = [line for line in stdout.splitlines() if line.startswith(label)]
         self.assertTrue(rows, f"no row {label!r} in:\n{stdout}")
 
-    def test_fanout(self) -> None:
+    def test_processes(self) -> None:
         """
-        Scenario 1: every subscriber connects, and every message published
-        reaches every subscriber.
+        Scenario 7, the fan-out over one, two and three processes of one
+        database: every subscriber connects, and every message published
+        on the first process reaches every subscriber, wherever it is
+        connected.
         """
-        stdout, result = self.scenario(1)
-        self.assertEqual(result["connectFailures"], 0)
-        at = result["latencyAtRate"]
-        self.assertEqual((at["failed"], at["errors"]), (0, 0))
-        self.assertEqual(at["acked"], at["publishes"])
-        self.assertEqual(at["delivered"], at["expected"])
-        self.assertEqual(at["expected"], at["publishes"] * result["recipientsPerMessage"])
-        self.assertTableRow(stdout, "sustained deliveries/s")
+        stdout, result = self.scenario(7)
+        self.assertEqual(sorted(result["processes"]), ["1", "2", "3"])
+        for count, run in result["processes"].items():
+            self.assertEqual(run["connectFailures"], 0, count)
+            at = run["latencyAtRate"]
+            self.assertEqual((at["failed"], at["errors"]), (0, 0), count)
+            self.assertEqual(at["acked"], at["publishes"], count)
+            self.assertEqual(at["delivered"], at["expected"], count)
+            self.assertEqual(at["expected"], at["publishes"] * run["recipientsPerMessage"], count)
+        for row in (
+            "sustained deliveries/s, 1 process",
+            "sustained deliveries/s, 3 processes / 1 process",
+            "p99 ms at 50 publishes/s, 2 processes",
+        ):
+            self.assertTableRow(stdout, row)
 
     def test_database_events(self) -> None:
         """

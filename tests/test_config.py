@@ -107,6 +107,20 @@ class LoadTests(SynchronousTestCase):
         config = load({"log-format": "text"}, {"REALTIMED_METRICS_PORT": "tcp:1"}, path)
         self.assertEqual((config.log_format, config.metrics_port), ("text", "tcp:1"))
 
+    def test_presence_timeout(self) -> None:
+        """
+        The presence timeout is 20 seconds unless set, and must be more
+        than 0 and at most an hour.
+        """
+        self.assertEqual(load({}, {}).presence_timeout, 20.0)
+        self.assertEqual(load({}, {"REALTIMED_PRESENCE_TIMEOUT": "2.5"}).presence_timeout, 2.5)
+        for bad in ("0", "3601"):
+            self.assertError(
+                "presence-timeout: must be more than 0 and at most 3600",
+                {},
+                {"REALTIMED_PRESENCE_TIMEOUT": bad},
+            )
+
     def test_secret_file(self) -> None:
         """
         A secret may be read from a file (its trailing newline dropped), at

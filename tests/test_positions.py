@@ -41,6 +41,19 @@ def positions(draw: Any) -> Position:
     return Position(since, handed, upto, xact, seq)
 
 
+def _near(position: Position) -> set[int]:
+    """
+    The transaction ids at and around every bound of C{position}: where
+    what it covers can change.
+    """
+    marks = [position.since.xmin, position.since.xmax, *position.since.xip, *position.handed]
+    if position.upto is not None:
+        marks += [position.upto.xmin, position.upto.xmax, *position.upto.xip]
+    if position.xact is not None:
+        marks.append(position.xact)
+    return {x + d for x in marks for d in (-1, 0, 1) if x + d >= 0}
+
+
 class SnapshotTests(SynchronousTestCase):
     def test_visible(self) -> None:
         """
@@ -87,6 +100,36 @@ class PositionTests(SynchronousTestCase):
         self.assertTrue(local.covers(115, 2))
         self.assertFalse(local.covers(115, 3))
         self.assertFalse(local.covers(111, 1))
+
+    @given(positions(), positions())
+    def test_includes(self, position: Position, other: Position) -> None:
+        """
+        A position said to include another covers every message the other
+        covers.
+        """
+        if not position.includes(other):
+            return
+        for xact in sorted(_near(position) | _near(other)):
+            for seq in (1, 10**9):
+                if other.covers(xact, seq):
+                    self.assertTrue(position.covers(xact, seq), (xact, seq))
+
+    def test_includes_earlier(self) -> None:
+        """
+        A later snapshot includes an earlier one; transactions handed over
+        make up for what a snapshot does not see yet.
+        """
+        earlier = Position(
+            Snapshot.parse("100:110:105"), (112,), Snapshot.parse("100:115:"), 113, 2
+        )
+        later = Position(Snapshot.parse("105:120:116"))
+        self.assertTrue(later.includes(earlier))
+        self.assertTrue(later.includes(later))
+        self.assertFalse(earlier.includes(later))
+        self.assertFalse(Position(Snapshot.parse("100:111:")).includes(earlier))
+        self.assertTrue(Position(Snapshot.parse("100:111:"), (111, 112, 113)).includes(earlier))
+        self.assertFalse(Position(Snapshot.parse("100:120:105")).includes(earlier))
+        self.assertTrue(Position(Snapshot.parse("100:120:105"), (105,)).includes(earlier))
 
     def test_refused(self) -> None:
         """

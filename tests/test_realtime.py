@@ -65,9 +65,10 @@ class Daemon:
     process, on a loopback port chosen by the system.
     """
 
-    def __init__(self, url: str, data_dir: str) -> None:
+    def __init__(self, url: str, data_dir: str, settings: dict[str, Any] | None = None) -> None:
         self.url = url
         self.data_dir = data_dir
+        self.settings = settings or {}
 
     @inlineCallbacks
     def start(self) -> Any:
@@ -80,6 +81,7 @@ class Daemon:
                 "api-key": KEYS.api_key,
                 "anon-key": KEYS.anon_key,
                 "webhook-secret": KEYS.webhook_secret,
+                **self.settings,
             },
             {},
         )
@@ -250,8 +252,8 @@ class RealtimeTestCase(TestCase):
         )
 
     @inlineCallbacks
-    def start_daemon(self) -> Any:
-        daemon = Daemon(self.url, self.mktemp())
+    def start_daemon(self, settings: dict[str, Any] | None = None) -> Any:
+        daemon = Daemon(self.url, self.mktemp(), settings)
         yield daemon.start()
         self.addCleanup(daemon.stop)
         return daemon
@@ -595,6 +597,7 @@ class UseCaseTests(RealtimeTestCase):
         _event, message = yield self.call(client.next_event, "m")
         self.assertEqual(message["channel"], "chat:4")
         self.assertEqual((yield self.before_marker(client, "chat:4", "m")), [])
+
 
 
 class RefusalTests(RealtimeTestCase):

@@ -30,7 +30,7 @@ class Process:
     One ``twistd -n realtimed`` on a loopback port chosen by the system.
     """
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *options: str) -> None:
         self.directory = tempfile.mkdtemp(prefix="realtimed-daemon-")
         self.log = Path(self.directory) / "out.log"
         self.address: str | None = None
@@ -55,6 +55,7 @@ class Process:
                     KEYS.anon_key,
                     "--webhook-secret",
                     KEYS.webhook_secret,
+                    *options,
                 ],
                 cwd=self.directory,
                 stdout=out,
@@ -79,20 +80,29 @@ class Process:
                 self.process.wait()
 
 
+@inlineCallbacks
+def start_daemon(test: TestCase, url: str, *options: str) -> Any:
+    """
+    Start a daemon on C{url} with C{options}, stopped when C{test} ends.
+
+    @return: A Deferred firing with its L{Process} once it listens.
+    """
+    process = Process(url, *options)
+    test.addCleanup(process.stop)
+    deadline = time.monotonic() + 60
+    while process.address is None:
+        process.address = process.found_address()
+        if process.process.poll() is not None or time.monotonic() > deadline:
+            test.fail("realtimed did not start:\n" + process.output())
+        yield sleep(0.1)
+    return process
+
+
 class TwoDaemonsTests(TestCase):
     timeout = 120
 
-    @inlineCallbacks
     def start(self, url: str) -> Any:
-        process = Process(url)
-        self.addCleanup(process.stop)
-        deadline = time.monotonic() + 60
-        while process.address is None:
-            process.address = process.found_address()
-            if process.process.poll() is not None or time.monotonic() > deadline:
-                self.fail("realtimed did not start:\n" + process.output())
-            yield sleep(0.1)
-        return process
+        return start_daemon(self, url)
 
     @inlineCallbacks
     def test_exactly_once_in_order(self) -> Any:

@@ -78,6 +78,15 @@ class JSClient(EventLog):
         super().__init__()
         self.address = address
         self.sid: str | None = None
+        #: the offsets that came with messages, in order
+        self.offsets: list[str] = []
+        #: the connections made by reconnecting
+        self.reconnects: queue.Queue[dict[str, Any]] = queue.Queue()
+        #: The transport the socket opened its session with.
+        self.transport: str | None = None
+        #: Set once the socket is disconnected, C{disconnect_reason} why.
+        self.disconnected = threading.Event()
+        self.disconnect_reason: str | None = None
         self._ids = itertools.count(1)
         self._answers: dict[int, queue.Queue[dict[str, Any]]] = {}
         self._lock = threading.Lock()
@@ -97,7 +106,16 @@ class JSClient(EventLog):
         for line in self.process.stdout:
             value = json.loads(line)
             if value.get("type") == "event":
+                if "offset" in value:
+                    self.offsets.append(value["offset"])
                 self.events.put((value["event"], value["data"]))
+                continue
+            if value.get("type") == "connect":
+                self.reconnects.put(value)
+                continue
+            if value.get("type") == "disconnect":
+                self.disconnect_reason = value["reason"]
+                self.disconnected.set()
                 continue
             with self._lock:
                 answers = self._answers.pop(value["id"], None)
@@ -122,13 +140,28 @@ class JSClient(EventLog):
         auth: Any = None,
         headers: dict[str, str] | None = None,
         transports: list[str] | None = None,
+        reconnect: bool = False,
+        with_credentials: bool = False,
     ) -> None:
         answer = self._command(
-            "connect", url=self.address, auth=auth, headers=headers, transports=transports
+            "connect",
+            url=self.address,
+            auth=auth,
+            headers=headers,
+            transports=transports,
+            reconnect=reconnect,
+            withCredentials=with_credentials,
         )
         if not answer["ok"]:
             raise ConnectFailed(answer["message"])
         self.sid = answer["sid"]
+        self.transport = answer["transport"]
+
+    def upgraded(self) -> str:
+        """
+        Wait until the socket has upgraded to WebSocket; the transport.
+        """
+        return str(self._command("upgraded")["transport"])
 
     def request(self, event: str, data: Any) -> Any:
         return self._command("request", event=event, data=data)["ack"]
@@ -138,6 +171,12 @@ class JSClient(EventLog):
 
     def disconnect(self) -> None:
         self._command("disconnect")
+
+    def drop(self) -> None:
+        """
+        Close the connection under the socket, as a network would.
+        """
+        self._command("drop")
 
     def close(self) -> None:
         if self.process.poll() is None:

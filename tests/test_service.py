@@ -203,6 +203,7 @@ class ServiceTests(TestCase):
                 "MessageListener",
                 "WebhookService",
                 "MessageRetention",
+                "SharedPresence",
                 "SocketIOService",
                 "Realtime",
                 "ListeningPort",

@@ -17,6 +17,7 @@ from collections import Counter
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import attrs
 import psycopg2
 from twisted.internet import reactor
 from twisted.internet.defer import CancelledError, Deferred, gatherResults, inlineCallbacks
@@ -973,3 +974,78 @@ class LocalDeliveryTests(ListenerMixin, TestCase):
         for names in results:
             prefix = names[0][:2] if names[0].startswith("w") else "l"
             self.assertEqual([g for g in got if g.startswith(prefix)], names)
+
+
+class ReachedTests(ListenerMixin, TestCase):
+    """
+    Positions handed over, and waiting for another listener's position.
+    """
+
+    @inlineCallbacks
+    def setUp(self) -> Any:
+        self.url = create_database(self)
+        yield prepare(self.url)
+
+    @inlineCallbacks
+    def test_reached_across_listeners(self) -> Any:
+        """
+        A position one listener gave a message is reached by a second
+        listener once that one has handed the message over too; mid-way
+        through a poll read page by page, the handed-over position covers
+        exactly what was handed over.
+        """
+        first = self.startListener(self.url, page_size=3)
+        yield first.whenConnected()
+        seen: list[StoredMessage] = []
+        positions = []
+
+        def record(message: StoredMessage) -> None:
+            seen.append(message)
+            positions.append(second.handed_position())
+
+        second = MessageListener(reactor, self.url, record, page_size=3)
+        second.startService()
+        self.addCleanup(second.stopService)
+        yield second.whenConnected()
+        run_sql(
+            self.url,
+            "SELECT realtime.publish('room:1', 'e' || i, '{}') FROM generate_series(1, 10) AS i",
+        )
+        yield self.waitForEvents("e10")
+        last = self.received[-1].position
+        assert last is not None
+        self.assertTrue(all(m.position is not None for m in self.received))
+        reached = yield second.reached(last)
+        self.assertEqual([m.event for m in seen], [f"e{i}" for i in range(1, 11)])
+        self.assertTrue(reached.includes(last))
+        for message in seen:
+            assert message.position is not None
+            self.assertTrue(reached.covers(message.position.xact or 0, message.seq))
+        # While a page was handed over, the position moved page by page.
+        middle = positions[4]
+        assert middle is not None and seen[2].position is not None
+        self.assertTrue(middle.includes(seen[2].position))
+        assert seen[3].position is not None
+        self.assertFalse(middle.covers(seen[3].position.xact or 0, seen[3].seq))
+        # A position already reached is reached at once.
+        self.assertTrue(second.reached(last).called)
+
+    @inlineCallbacks
+    def test_cancelled_and_stopped(self) -> Any:
+        """
+        A wait may be cancelled; waits still open when the listener stops
+        fail.
+        """
+        listener = self.startListener(self.url)
+        yield listener.whenConnected()
+        current = listener.handed_position()
+        assert current is not None
+        ahead = attrs.evolve(
+            current, since=attrs.evolve(current.since, xmax=current.since.xmax + 5)
+        )
+        cancelled = listener.reached(ahead)
+        cancelled.cancel()
+        yield self.assertFailure(cancelled, CancelledError)
+        stopped = listener.reached(ahead)
+        listener.stopService()
+        yield self.assertFailure(stopped, CancelledError)

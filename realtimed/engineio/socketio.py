@@ -214,6 +214,20 @@ class Socket:
     _early: list[list[EncodedPacket]] | None = field(factory=list)
     #: why the socket went away while its connect handler was still running
     _gone: str | None = None
+    #: the private id of its session, for connection state recovery
+    pid: str | None = None
+
+    def keep_session(self, pid: str, sid: str | None = None) -> None:
+        """
+        Before the socket is accepted: its session may be recovered with
+        the private id C{pid}, which the CONNECT reply gives the client; a
+        recovered socket takes back its former id C{sid}.
+        """
+        if self.connected:
+            raise RuntimeError("the socket is connected already")
+        self.pid = pid
+        if sid is not None:
+            self.sid = sid
 
     @property
     def headers(self) -> Mapping[str, str]:
@@ -289,9 +303,10 @@ class Socket:
         self.namespace.sockets[self.sid] = self
         early, self._early = self._early, None
         self.connected = True
-        self.engine.send_many(
-            _engine_packets(SocketPacket(CONNECT, self.namespace.name, {"sid": self.sid}))
-        )
+        reply: dict[str, str] = {"sid": self.sid}
+        if self.pid is not None:
+            reply["pid"] = self.pid
+        self.engine.send_many(_engine_packets(SocketPacket(CONNECT, self.namespace.name, reply)))
         for packets in early or ():
             self.engine.send_many(packets)
 
@@ -301,7 +316,8 @@ class Socket:
         handler runs if the socket was connected; if its connect handler
         is still running, once that accepts it.
         """
-        self.namespace.sockets.pop(self.sid, None)
+        if self.namespace.sockets.get(self.sid) is self:
+            del self.namespace.sockets[self.sid]
         was_connected = self.connected
         if not was_connected and self._early is not None:
             self._gone = reason

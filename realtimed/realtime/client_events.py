@@ -59,7 +59,13 @@ CHANNEL_RULE = (
 
 @frozen
 class Subscribe:
+    """
+    A client's subscribe; with C{since}, a message id: replay what was
+    stored on the channel after that message.
+    """
+
     channel: str
+    since: str | None = None
 
 
 @frozen
@@ -160,7 +166,12 @@ def parse(operation: str, args: list[Any]) -> Request | Refusal:
         # order:% and order:* are one subscription, named as realtimed
         # keeps patterns.
         named = canonical_pattern(named)
-        return Subscribe(named) if operation == SUBSCRIBE else Unsubscribe(named)
+        if operation == UNSUBSCRIBE:
+            return Unsubscribe(named)
+        since = data.get("since")
+        if since is not None and not isinstance(since, str):
+            return invalid(named, expected("since", "string", since))
+        return Subscribe(named, since or None)
     if operation != PUBLISH:
         raise ValueError(f"unknown operation {operation!r}")
     event = data.get("event")
@@ -179,8 +190,17 @@ def encode_payload(payload: Any) -> str:
     return json.dumps(payload, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 
-def subscribed_ack(channel: str, members: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"ok": True, "channel": channel, "presence": {"members": members}}
+def subscribed_ack(
+    channel: str, members: list[dict[str, Any]], replay: tuple[int, bool] | None = None
+) -> dict[str, Any]:
+    """
+    The ack of a subscribe; C{replay}, for a subscribe C{since} a message:
+    how many messages were replayed, and whether that was all of them.
+    """
+    ack = {"ok": True, "channel": channel, "presence": {"members": members}}
+    if replay is not None:
+        ack["replay"] = {"count": replay[0], "complete": replay[1]}
+    return ack
 
 
 def unsubscribed_ack(channel: str) -> dict[str, Any]:

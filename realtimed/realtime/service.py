@@ -42,14 +42,16 @@ stored without its ack being sent, nor acknowledged without being stored.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Generator, Sequence
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
+import attrs
 from attrs import Factory, define, field
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred, inlineCallbacks, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -87,9 +89,11 @@ from realtimed.realtime.client_events import (
 )
 from realtimed.realtime.limits import Limits, TokenBucket
 from realtimed.realtime.presence import ANONYMOUS, USER, Identity, Presence, PresenceChange
+from realtimed.realtime.shared_presence import SharedPresence
 from realtimed.realtime.subscriptions import Subscription, Subscriptions
 from realtimed.store.messages import StoredMessage
 from realtimed.store.pool import IQueries
+from realtimed.store.positions import Position
 from realtimed.store.publisher import (
     AudienceCounter,
     Authorizer,
@@ -99,10 +103,22 @@ from realtimed.store.publisher import (
     Rejected,
     Rejection,
 )
+from realtimed.store.sessions import SavedSubscription, Session, SessionStore, Stream, new_pid
 
 log = Logger()
 
 Ack = Callable[..., None]
+
+#: At most this many messages are replayed to a subscribe ``since`` a
+#: message id (the newest of them).
+SINCE_REPLAY_LIMIT = 1000
+
+#: A recovering socket that missed more messages than this connects afresh.
+RECOVERY_LIMIT = 10_000
+
+#: Why a socket may go away and be recovered; any other way ends its
+#: session for good.
+RECOVERABLE = frozenset({"transport close", "transport error", "ping timeout", "forced close"})
 
 
 def rfc3339(seconds: float) -> str:
@@ -142,6 +158,8 @@ class _Client:
 
     @ivar pending: Requests taken and not answered yet.
     @ivar publishes: The socket's publish rate, once it has published.
+    @ivar session: What connection state recovery keeps of the socket.
+    @ivar moved: Its session was recovered by another socket.
     """
 
     principal: Principal
@@ -151,6 +169,8 @@ class _Client:
     expiry: Any = None
     pending: int = 0
     publishes: TokenBucket | None = None
+    session: Session | None = None
+    moved: bool = False
 
 
 @define(eq=False)
@@ -233,6 +253,17 @@ class Realtime(Service):
     @ivar metrics: Counts publishes (the daemon's metrics), if given.
     @ivar drain_timeout: When stopping, the longest wait for the requests
         received before the stop to be answered.
+    @ivar stream: Where this process's listener stands in the stream of
+        stored messages (for replay and recovery).
+    @ivar sessions: Replays missed messages, and keeps sessions for
+        connection state recovery.
+    @ivar recovery_window: Seconds a session may be recovered after its
+        socket went away; 0 turns connection state recovery off.
+    @ivar catch_up_timeout: The longest wait for this process's listener to
+        reach the position replay starts from.
+    @ivar sharing: Shares presence with the other processes of the
+        database, if set (the daemon sets it); without it, presence covers
+        this process alone.
     """
 
     namespace: Namespace
@@ -244,8 +275,13 @@ class Realtime(Service):
     audience_interval: float = 1.0
     metrics: Metrics | None = None
     drain_timeout: float = 10.0
+    stream: Stream | None = None
+    sessions: SessionStore | None = None
+    recovery_window: float = 0.0
+    catch_up_timeout: float = 5.0
     subscriptions: Subscriptions[Socket] = field(init=False, factory=Subscriptions)
     presence: Presence[Socket] = field(init=False, factory=Presence)
+    sharing: SharedPresence | None = field(default=None, init=False)
     publisher: Publisher = field(init=False)
     authorizer: Authorizer = field(init=False)
     audience: AudienceCounter = field(init=False)
@@ -254,6 +290,9 @@ class Realtime(Service):
     _channels_version: int = field(default=0, init=False)
     _checking: Deferred[Any] | None = field(default=None, init=False)
     _check_again: bool = field(default=False, init=False)
+    #: sockets being replayed what they missed, and the messages handed over
+    #: for them meanwhile
+    _catching_up: dict[Socket, list[StoredMessage]] = field(factory=dict, init=False)
 
     def __attrs_post_init__(self) -> None:
         self.publisher = Publisher(self.pool, self.local, metrics=self.metrics)
@@ -319,9 +358,47 @@ class Realtime(Service):
         audience = self.subscriptions.audience(message.channel, message.channel_id)
         if not audience:
             return 0
-        self.namespace.emit_many(audience, message.event, message.body)
-        self.audience.add(message.message_id, len(audience))
-        return len(audience)
+        count = len(audience)
+        if self._catching_up:
+            for socket in audience & self._catching_up.keys():
+                self._catching_up[socket].append(message)
+            audience = audience - self._catching_up.keys()
+        if self.recovery_window and message.position is not None:
+            offset = message.position.encode()
+            self.namespace.emit_many(audience, message.event, message.body, offset)
+        else:
+            self.namespace.emit_many(audience, message.event, message.body)
+        self.audience.add(message.message_id, count)
+        return count
+
+    def _send_stored(self, socket: Socket, message: StoredMessage, at: Position | None) -> None:
+        """
+        Send one stored message to one socket, with C{at} as its offset
+        when connection state recovery is on.
+        """
+        if self.recovery_window and at is not None:
+            socket.emit(message.event, message.body, at.encode())
+        else:
+            socket.emit(message.event, message.body)
+
+    def _send_replayed(
+        self, socket: Socket, messages: Sequence[StoredMessage], upto: Position
+    ) -> None:
+        """
+        Send what C{socket} missed up to C{upto}; the last message carries
+        C{upto} as its offset (the socket has everything up to it then).
+        """
+        for n, message in enumerate(messages, 1):
+            self._send_stored(socket, message, upto if n == len(messages) else None)
+            self.audience.add(message.message_id, 1)
+
+    def _caught_up(self, socket: Socket) -> None:
+        """
+        Send C{socket} what was handed over for it while it caught up; it
+        then receives messages as they come.
+        """
+        for message in self._catching_up.pop(socket, ()):
+            self._send_stored(socket, message, message.position)
 
     # Admin control
 
@@ -350,9 +427,61 @@ class Realtime(Service):
 
     def members(self, channel: str) -> list[dict[str, Any]]:
         """
-        The members present in C{channel} on this process, oldest first.
+        The members present in C{channel}, on every process when presence
+        is shared, oldest first.
         """
         return [member.to_json() for member in self.presence.members(channel)]
+
+    # Presence
+
+    def join_presence(self, socket: Socket, channel: str) -> list[dict[str, Any]]:
+        """
+        C{socket} is present in C{channel} from now on: the one way a socket
+        joins presence (a subscribe, or a restored subscription).  Its
+        member's join is announced if the member is new anywhere, and shared
+        with the other processes.
+
+        @return: The members present, oldest first, as the subscribe ack
+            lists them.
+        """
+        client = self._client(socket)
+        if client is None:
+            return []
+        members, change = self.presence.join(channel, socket, client.identity, rfc3339(self._now()))
+        self.announce(change)
+        self._share()
+        return [m.to_json() for m in members]
+
+    def leave_presence(self, socket: Socket, channel: str) -> None:
+        """
+        C{socket} is no longer present in C{channel}: the one way a socket
+        leaves presence (an unsubscribe, an ended subscription, a
+        disconnect).  Its member's leave is announced if that was its last
+        socket anywhere.
+        """
+        client = self._client(socket)
+        if client is None:
+            return
+        self.announce(self.presence.leave(channel, socket, client.identity))
+        self._share()
+
+    def announce(self, change: PresenceChange[Socket] | None) -> None:
+        """
+        Send a presence change, if any, to its recipients on this process.
+        """
+        if change is None:
+            return
+        event, data = change.event()
+        self.namespace.emit_many(change.recipients, event, data)
+
+    def _share(self) -> None:
+        if not self.presence.has_unwritten():
+            return
+        if self.sharing is None:
+            # Nobody else to tell.
+            self.presence.take_unwritten()
+        else:
+            self.sharing.changed()
 
     # Channel changes
 
@@ -418,7 +547,8 @@ class Realtime(Service):
         client = self._client(socket)
         if client is None or self.subscriptions.remove(socket, channel) is None:
             return
-        self._announce(self.presence.leave(channel, socket, client.identity))
+        self.leave_presence(socket, channel)
+        self._remember(client, channel, None)
         self._tell(socket, Refusal(channel, REALTIME_UNAUTHORIZED, message))
 
     def _tell(self, socket: Socket, refusal: Refusal) -> None:
@@ -426,20 +556,190 @@ class Realtime(Service):
 
     # Connecting
 
-    def _connect(self, socket: Socket, auth: object) -> None:
+    def _connect(self, socket: Socket, auth: object) -> Deferred[None] | None:
         try:
             credential = credential_of(auth, socket.headers)
             principal = authenticate(credential, self.keys, self._now())
         except AuthenticationError as e:
             log.info("Refused socket {sid}: {reason}", sid=socket.sid, reason=str(e))
             raise ConnectRefused(str(e)) from None
-        if principal.sender_type == "user" and principal.sender_id is not None:
-            identity = Identity(principal.sender_id, USER)
-        else:
-            identity = Identity(socket.sid, ANONYMOUS)
-        client = _Client(principal, identity)
+        client = _Client(principal, _identity(principal, socket.sid))
         socket.data["realtime"] = client
         self._expire_with(socket, client)
+        if not self.recovery_window or self.sessions is None or self.stream is None:
+            return None
+        pid = auth.get("pid") if isinstance(auth, dict) else None
+        if not isinstance(pid, str) or not pid:
+            self._keep_session(socket, client)
+            return None
+        offset = auth.get("offset") if isinstance(auth, dict) else None
+        d = self._recover(socket, client, pid, offset if isinstance(offset, str) else None)
+
+        def connected(recovered: bool) -> None:
+            if not recovered and socket.data.get("realtime") is client:
+                self._keep_session(socket, client)
+
+        return d.addCallback(connected)
+
+    def _keep_session(self, socket: Socket, client: _Client) -> None:
+        """
+        A socket connecting afresh gets a session it may recover, which
+        starts at what the listener has handed over so far.
+        """
+        assert self.sessions is not None and self.stream is not None
+        connected_at = self.stream.handed_position()
+        if connected_at is None:
+            return
+        session = Session(
+            new_pid(),
+            socket.sid,
+            client.principal.role,
+            client.principal.sender_id,
+            connected_at,
+        )
+        socket.keep_session(session.pid)
+        client.session = session
+        self.sessions.save(session)
+
+    @inlineCallbacks
+    def _recover(
+        self, socket: Socket, client: _Client, pid: str, offset: str | None
+    ) -> Generator[Deferred[Any], Any, bool]:
+        """
+        Take up session C{pid} for C{socket}, whose client has received
+        every message up to C{offset} (or nothing since it connected): the
+        socket gets back its id and subscriptions, and is sent what it
+        missed before anything new.
+
+        @return: A Deferred firing with whether the session was recovered.
+        """
+        assert self.sessions is not None and self.stream is not None
+        sessions, stream = self.sessions, self.stream
+        session = yield sessions.claim(pid)
+        if session is None:
+            return False
+        principal = client.principal
+        try:
+            if (session.role, session.sender_id) != (principal.role, principal.sender_id):
+                raise ValueError("the credential is not the session's")
+            after = session.connected_at if offset is None else Position.decode(offset)
+        except ValueError as e:
+            log.info("Not recovering session of socket {sid}: {why}", sid=session.sid, why=e)
+            sessions.forget(pid)
+            return False
+        reached = yield self._reached(after)
+        if socket.data.get("realtime") is not client:
+            sessions.gone(pid)
+            return False
+        if reached is None:
+            sessions.forget(pid)
+            return False
+        # From here until the replay is read, whatever the listener hands
+        # over for the socket waits for it.
+        upto = stream.handed_position()
+        assert upto is not None
+        self._take_over(session.sid)
+        socket.keep_session(pid, session.sid)
+        client.identity = _identity(principal, socket.sid)
+        client.session = attrs.evolve(session, sid=socket.sid)
+        for saved in session.subscriptions:
+            self._register(socket, client, saved.channel, saved.channel_id, None)
+        self._catching_up[socket] = []
+        try:
+            replay = yield sessions.replay(after, upto, session.subscriptions, RECOVERY_LIMIT)
+        except Exception:
+            log.failure("Reading what socket {sid} missed failed", sid=socket.sid)
+            replay = None
+        if socket.data.get("realtime") is not client:
+            return True
+        if replay is None or not replay.complete:
+            log.info("Socket {sid} missed too much to be recovered", sid=socket.sid)
+            for subscription in self.subscriptions.remove_socket(socket):
+                self.leave_presence(socket, subscription.channel)
+            self._catching_up.pop(socket, None)
+            client.session = None
+            sessions.forget(pid)
+            return False
+        sessions.save(client.session)
+        self._send_replayed(socket, replay.messages, upto)
+        self._caught_up(socket)
+        log.info(
+            "Recovered socket {sid}: {count} missed message(s)",
+            sid=socket.sid,
+            count=len(replay.messages),
+        )
+        # The channels may have changed while the socket was away.
+        self.channels_changed(None)
+        return True
+
+    def _take_over(self, sid: str) -> None:
+        """
+        A socket of this process whose session is being recovered, and
+        which has not noticed that its client went away, goes now.
+        """
+        former = self.namespace.sockets.get(sid)
+        client = None if former is None else self._client(former)
+        if former is not None and client is not None:
+            client.moved = True
+            former.disconnect()
+
+    def _reached(self, position: Position) -> Deferred[Position | None]:
+        """
+        Wait until the listener has handed over everything up to
+        C{position}: the Deferred fires with where it stands then, or with
+        C{None} if that takes longer than C{catch_up_timeout}.
+        """
+        assert self.stream is not None
+        d: Deferred[Any] = self.stream.reached(position)
+        d.addTimeout(self.catch_up_timeout, self.clock)
+
+        def late(failure: Failure) -> None:
+            failure.trap(CancelledError, TimeoutError)
+            log.warn(
+                "The listener did not reach a replay's start within {timeout:g} s",
+                timeout=self.catch_up_timeout,
+            )
+            return None
+
+        return d.addErrback(late)
+
+    def _register(
+        self,
+        socket: Socket,
+        client: _Client,
+        channel: str,
+        channel_id: str,
+        since: Position | None,
+    ) -> list[dict[str, Any]]:
+        """
+        C{socket} now receives C{channel} and is present in it; with
+        C{since}, its session remembers the subscription as receiving
+        messages after that position.
+
+        @return: The members present in the channel.
+        """
+        self.subscriptions.add(socket, Subscription(channel, channel_id))
+        members = self.join_presence(socket, channel)
+        if since is not None:
+            self._remember(client, channel, (channel_id, since))
+        return members
+
+    def _remember(
+        self, client: _Client, channel: str, subscribed: tuple[str, Position] | None
+    ) -> None:
+        """
+        Keep in the socket's session that it is subscribed to C{channel}
+        (C{subscribed}: the channel row's id, and the position it receives
+        after), or that it no longer is (C{None}).
+        """
+        session = client.session
+        if session is None or self.sessions is None:
+            return
+        kept = tuple(s for s in session.subscriptions if s.channel != channel)
+        if subscribed is not None:
+            kept += (SavedSubscription(channel, *subscribed),)
+        client.session = attrs.evolve(session, subscriptions=kept)
+        self.sessions.save(client.session)
 
     def _expire_with(self, socket: Socket, client: _Client) -> float | None:
         """
@@ -467,15 +767,21 @@ class Realtime(Service):
         socket.disconnect()
 
     def _disconnect(self, socket: Socket, reason: str) -> None:
-        client = socket.data.pop("realtime", None)
-        if not isinstance(client, _Client):
+        client = self._client(socket)
+        if client is None:
             return
         client.requests.clear()
         if client.expiry is not None and client.expiry.active():
             client.expiry.cancel()
+        self._catching_up.pop(socket, None)
+        if client.session is not None and self.sessions is not None and not client.moved:
+            if reason in RECOVERABLE:
+                self.sessions.gone(client.session.pid)
+            else:
+                self.sessions.forget(client.session.pid)
         for subscription in self.subscriptions.remove_socket(socket):
-            change = self.presence.leave(subscription.channel, socket, client.identity)
-            self._announce(change)
+            self.leave_presence(socket, subscription.channel)
+        socket.data.pop("realtime", None)
 
     # Requests
 
@@ -574,8 +880,8 @@ class Realtime(Service):
     ) -> Deferred[None] | None:
         channel = request.channel
         if self.subscriptions.is_subscribed(socket, channel):
-            members = self.presence.members(channel)
-            reply.ok(subscribed_ack(channel, [m.to_json() for m in members]))
+            replay = None if request.since is None else (0, False)
+            reply.ok(subscribed_ack(channel, self.members(channel), replay))
             return None
         most = self.limits.max_subscriptions
         if most and self.subscriptions.count_of(socket) >= most:
@@ -590,15 +896,22 @@ class Realtime(Service):
         version = self._channels_version
         d = self.authorizer.authorize(client.principal, channel)
 
-        def allowed(channel_id: str) -> None:
+        def allowed(channel_id: str) -> Deferred[None] | None:
             if socket.data.get("realtime") is not client:
-                return
-            self.subscriptions.add(socket, Subscription(channel, channel_id))
-            members, change = self.presence.join(
-                channel, socket, client.identity, rfc3339(self._now())
-            )
-            reply.ok(subscribed_ack(channel, [m.to_json() for m in members]))
-            self._announce(change)
+                return None
+            if request.since is not None and self.sessions is not None:
+                replayed = self._replay_point(request.since)
+                replayed.addCallback(
+                    self._subscribed_since, socket, client, channel, channel_id, reply
+                )
+                return replayed.addCallback(lambda _: recheck())
+            since = None if self.stream is None else self.stream.handed_position()
+            members = self._register(socket, client, channel, channel_id, since)
+            reply.ok(subscribed_ack(channel, members))
+            recheck()
+            return None
+
+        def recheck() -> None:
             if version != self._channels_version:
                 # The channels changed while this was decided: check it
                 # against them as they are now.
@@ -609,12 +922,74 @@ class Realtime(Service):
         answered.addErrback(lambda f: log.failure("Answering a subscribe failed", f))
         return answered
 
+    def _replay_point(self, since: str) -> Deferred[Position | None]:
+        """
+        Where a replay from message C{since} starts, once this process's
+        listener has got there; C{None} for an unknown message (or a
+        listener that does not get there in time).
+        """
+        assert self.sessions is not None
+        try:
+            uuid.UUID(since)
+        except ValueError:
+            return succeed(None)
+        d: Deferred[Any] = self.sessions.position_of(since)
+
+        def found(after: Position | None) -> Deferred[Position | None] | None:
+            if after is None:
+                return None
+            reached = self._reached(after)
+            return reached.addCallback(lambda handed: None if handed is None else after)
+
+        return d.addCallback(found)
+
+    def _subscribed_since(
+        self,
+        after: Position | None,
+        socket: Socket,
+        client: _Client,
+        channel: str,
+        channel_id: str,
+        reply: _Reply,
+    ) -> Deferred[None] | None:
+        """
+        Subscribe C{socket} to C{channel} and replay what was stored on it
+        after position C{after} (if known), before anything new.
+        """
+        if socket.data.get("realtime") is not client:
+            return None
+        upto = None if self.stream is None else self.stream.handed_position()
+        if after is None or upto is None or self.sessions is None:
+            members = self._register(socket, client, channel, channel_id, upto)
+            reply.ok(subscribed_ack(channel, members, (0, False)))
+            return None
+        members = self._register(socket, client, channel, channel_id, after)
+        self._catching_up.setdefault(socket, [])
+        subscription = SavedSubscription(channel, channel_id, after)
+        d = self.sessions.replay(after, upto, [subscription], SINCE_REPLAY_LIMIT, newest=True)
+
+        def replayed(replay: Any) -> None:
+            if socket.data.get("realtime") is not client:
+                return
+            self._send_replayed(socket, replay.messages, upto)
+            reply.ok(subscribed_ack(channel, members, (len(replay.messages), replay.complete)))
+            self._caught_up(socket)
+
+        def failed(failure: Failure) -> None:
+            log.failure("Replaying {channel} failed", failure, channel=channel)
+            if socket.data.get("realtime") is client:
+                reply.ok(subscribed_ack(channel, members, (0, False)))
+                self._caught_up(socket)
+
+        return d.addCallbacks(replayed, failed)
+
     def _unsubscribe(
         self, socket: Socket, client: _Client, request: Unsubscribe, reply: _Reply
     ) -> None:
         channel = request.channel
         if self.subscriptions.remove(socket, channel) is not None:
-            self._announce(self.presence.leave(channel, socket, client.identity))
+            self.leave_presence(socket, channel)
+            self._remember(client, channel, None)
         reply.ok(unsubscribed_ack(channel))
 
     def _publish(self, socket: Socket, client: _Client, request: Publish, reply: _Reply) -> None:
@@ -674,12 +1049,6 @@ class Realtime(Service):
             return
         reply.refuse(_refusal(rejected, what))
 
-    def _announce(self, change: PresenceChange[Socket] | None) -> None:
-        if change is None:
-            return
-        event, data = change.event()
-        self.namespace.emit_many(change.recipients, event, data)
-
     # Helpers
 
     def _client(self, socket: Socket) -> _Client | None:
@@ -688,6 +1057,15 @@ class Realtime(Service):
 
     def _now(self) -> float:
         return float(self.clock.seconds())
+
+
+def _identity(principal: Principal, sid: str) -> Identity:
+    """
+    Who a socket is present as: its user, or, without one, the socket.
+    """
+    if principal.sender_type == "user" and principal.sender_id is not None:
+        return Identity(principal.sender_id, USER)
+    return Identity(sid, ANONYMOUS)
 
 
 def _stopping_refusal(args: list[Any]) -> Refusal:

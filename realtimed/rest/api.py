@@ -1,7 +1,8 @@
 """
 The admin REST API: channels, message history and statistics, publishing
-from backends, message retention, presence and disconnecting sockets, and
-the row-level security policies that govern subscribing and publishing.
+from backends, message retention, presence and disconnecting sockets,
+recent webhook failures, and the row-level security policies that govern
+subscribing and publishing.
 
 `AdminAPI.resource` is mounted at ``/api/realtime/``; the routes below are
 relative to it.  Every route, the OpenAPI document included, takes an admin
@@ -54,6 +55,7 @@ from realtimed.rest import validation
 from realtimed.rest.openapi import openapi_document
 from realtimed.rest.validation import InvalidInput
 from realtimed.store.pool import IQueries, PoolBusy
+from realtimed.webhooks.policy import redact_url
 
 log = Logger()
 
@@ -161,6 +163,57 @@ def _message_json(row: Sequence[Any]) -> dict[str, Any]:
         "whAudienceCount": wh_audience,
         "whDeliveredCount": wh_delivered,
         "createdAt": created_at,
+    }
+
+
+_FAILURE_COLUMNS = """
+    d.id, d.message_id::text, m.channel_id::text, m.channel_name, m.event_name, d.url,
+    d.status, d.attempts, d.last_status, d.last_error,
+    CASE WHEN d.status = 'pending' THEN realtime.rfc3339(d.next_attempt_at) END,
+    realtime.rfc3339(d.created_at), realtime.rfc3339(d.updated_at)
+"""
+
+#: A delivery that failed for good, or whose last attempt failed and which
+#: waits to be tried again.  (A first attempt still in flight has no
+#: outcome yet, and is not a failure.)
+_FAILED_DELIVERY = (
+    "(d.status = 'failed' OR (d.status = 'pending'"
+    " AND (d.last_status IS NOT NULL OR d.last_error IS NOT NULL)))"
+)
+
+
+def _failure_json(row: Sequence[Any]) -> dict[str, Any]:
+    (
+        id_,
+        message_id,
+        channel_id,
+        channel_name,
+        event_name,
+        url,
+        status,
+        attempts,
+        last_status,
+        last_error,
+        next_attempt_at,
+        created_at,
+        updated_at,
+    ) = row
+    return {
+        "id": int(id_),
+        "messageId": message_id,
+        "channelId": channel_id,
+        "channelName": channel_name,
+        "eventName": event_name,
+        # As in the log: no user information, query or fragment, where
+        # receivers' secrets often are.
+        "url": redact_url(url),
+        "status": "retrying" if status == "pending" else "failed",
+        "attempts": attempts,
+        "lastStatus": last_status,
+        "lastError": last_error,
+        "nextAttemptAt": next_attempt_at,
+        "createdAt": created_at,
+        "updatedAt": updated_at,
     }
 
 
@@ -482,6 +535,27 @@ class AdminAPI:
             "topEvents": [{"eventName": name, "count": int(n)} for name, n in top],
             "retentionDays": retention_days,
         }
+
+    # -- webhooks ------------------------------------------------------------
+
+    @app.route("/webhooks/failures", methods=["GET"])
+    @_admin_route
+    async def webhook_failures(self, request: Request) -> tuple[int, Any]:
+        query = validation.failures_query(_query(request))
+        conditions = [_FAILED_DELIVERY]
+        params: list[Any] = []
+        if query.channel_id is not None:
+            conditions.append("m.channel_id = %s")
+            params.append(query.channel_id)
+        rows = await self._pool.runQuery(
+            f"SELECT {_FAILURE_COLUMNS}"
+            " FROM realtime.webhook_deliveries d"
+            " JOIN realtime.messages m ON m.id = d.message_id"
+            f" WHERE {' AND '.join(conditions)}"
+            " ORDER BY d.updated_at DESC, d.id DESC LIMIT %s",
+            (*params, query.limit),
+        )
+        return 200, [_failure_json(row) for row in rows]
 
     # -- retention -----------------------------------------------------------
 

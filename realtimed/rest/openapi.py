@@ -123,6 +123,21 @@ PRESENCE_EXAMPLE: Final = {
         {"presenceId": "user-123", "type": "user", "joinedAt": "2024-01-15T10:30:00.000Z"}
     ],
 }
+WEBHOOK_FAILURE_EXAMPLE: Final = {
+    "id": 42,
+    "messageId": MESSAGE_EXAMPLE["id"],
+    "channelId": CHANNEL_EXAMPLE["id"],
+    "channelName": "order:123",
+    "eventName": "order.created",
+    "url": "https://example.com/webhook",
+    "status": "retrying",
+    "attempts": 3,
+    "lastStatus": 503,
+    "lastError": "HTTP 503",
+    "nextAttemptAt": "2024-01-15T10:31:04.000Z",
+    "createdAt": "2024-01-15T10:30:00.000Z",
+    "updatedAt": "2024-01-15T10:30:34.000Z",
+}
 _NO_EXAMPLE: Final = object()
 
 
@@ -447,6 +462,57 @@ def _schemas() -> dict[str, Any]:
                 }
             },
         },
+        "WebhookFailure": {
+            "type": "object",
+            "required": [
+                "id",
+                "messageId",
+                "channelId",
+                "channelName",
+                "eventName",
+                "url",
+                "status",
+                "attempts",
+                "lastStatus",
+                "lastError",
+                "nextAttemptAt",
+                "createdAt",
+                "updatedAt",
+            ],
+            "additionalProperties": False,
+            "properties": {
+                "id": {"type": "integer", "description": "The delivery's id."},
+                "messageId": _UUID,
+                "channelId": {
+                    "type": ["string", "null"],
+                    "format": "uuid",
+                    "description": "`null` once the channel is deleted.",
+                },
+                "channelName": {"type": "string"},
+                "eventName": {"type": "string"},
+                "url": {
+                    "type": "string",
+                    "description": ("The webhook URL without user information, query or fragment."),
+                },
+                "status": {
+                    "type": "string",
+                    "enum": ["retrying", "failed"],
+                    "description": (
+                        "`retrying`: the last attempt failed and another is due at"
+                        " `nextAttemptAt`; `failed`: no more attempts will be made."
+                    ),
+                },
+                "attempts": _COUNT,
+                "lastStatus": {
+                    "type": ["integer", "null"],
+                    "description": "The HTTP status of the last answer; null when none came.",
+                },
+                "lastError": _NULLABLE_STRING,
+                "nextAttemptAt": {"type": ["string", "null"], "format": "date-time"},
+                "createdAt": _TIME,
+                "updatedAt": _TIME,
+            },
+        },
         "Policy": {
             "type": "object",
             "required": [
@@ -705,6 +771,42 @@ def _paths() -> dict[str, Any]:
                 "requestBody": _request("DisconnectRequest", {"userId": "user-123"}),
                 "responses": _responses(
                     ("200", _json(_ref("Disconnected"), "Done", {"disconnected": 2})),
+                    "400",
+                ),
+            },
+        },
+        "/webhooks/failures": {
+            "get": {
+                "operationId": "webhookFailures",
+                "summary": "Recent failed webhook deliveries, newest first",
+                "description": (
+                    "Deliveries that failed for good, and those whose last attempt"
+                    " failed and which wait to be retried. Finished deliveries are"
+                    " pruned after a while, so this shows recent ones only."
+                ),
+                "parameters": [
+                    {**channel_id_filter, "description": "Only deliveries of this channel."},
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "required": False,
+                        "schema": {
+                            "type": "integer",
+                            "minimum": validation.MIN_LIMIT,
+                            "maximum": validation.MAX_LIMIT,
+                            "default": validation.DEFAULT_LIMIT,
+                        },
+                    },
+                ],
+                "responses": _responses(
+                    (
+                        "200",
+                        _json(
+                            {"type": "array", "items": _ref("WebhookFailure")},
+                            "The failures",
+                            [WEBHOOK_FAILURE_EXAMPLE],
+                        ),
+                    ),
                     "400",
                 ),
             },

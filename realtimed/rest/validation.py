@@ -601,3 +601,37 @@ def stats_query(args: Mapping[str, Sequence[str]]) -> StatsQuery:
     if problems:
         raise InvalidInput(problems)
     return StatsQuery(channel, since)
+
+
+@frozen
+class FailuresQuery:
+    """
+    Filter and size of ``GET /webhooks/failures``.
+    """
+
+    channel_id: str | None = None
+    limit: int = DEFAULT_LIMIT
+
+
+def failures_query(args: Mapping[str, Sequence[str]]) -> FailuresQuery:
+    """
+    The query of ``GET /webhooks/failures``.  Parameters not documented are
+    ignored.
+
+    @param args: Each query parameter's values, decoded.
+    @raise InvalidInput: Naming every problem.
+    """
+    problems: list[str] = []
+    channel = _optional_uuid(args, "channelId", problems)
+    limit = _integer(
+        args,
+        "limit",
+        DEFAULT_LIMIT,
+        MIN_LIMIT,
+        MAX_LIMIT,
+        f"Must be between {MIN_LIMIT} and {MAX_LIMIT}",
+        problems,
+    )
+    if problems:
+        raise InvalidInput(problems)
+    return FailuresQuery(channel, limit)

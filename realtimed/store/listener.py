@@ -51,7 +51,7 @@ from typing import Any
 import attrs
 from attrs import define, field
 from twisted.application.service import Service
-from twisted.internet.defer import CancelledError, Deferred, inlineCallbacks
+from twisted.internet.defer import CancelledError, Deferred, inlineCallbacks, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -183,6 +183,9 @@ class MessageListener(Service):
     _query_timer: Any = field(default=None, init=False, repr=False)
     _skip: set[int] = field(factory=set, init=False, repr=False)
     _position: Position | None = field(default=None, init=False, repr=False)
+    _waiting: list[tuple[Position, Deferred[Position]]] = field(
+        factory=list, init=False, repr=False
+    )
     _connected: Readiness = field(factory=Readiness, init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
@@ -213,6 +216,42 @@ class MessageListener(Service):
         if self._position is None and self._since is not None:
             self._position = Position(Snapshot.parse(self._since), tuple(sorted(self._skip)))
         return self._position
+
+    def reached(self, position: Position) -> Deferred[Position]:
+        """
+        A Deferred firing with the handed-over position once every message
+        C{position} covers has been handed over (at once if it has); it
+        may be cancelled.  A position given by another process is reached
+        once this listener has read past it.
+        """
+        current = self.handed_position()
+        if current is not None and current.includes(position):
+            return succeed(current)
+        entry: tuple[Position, Deferred[Position]]
+
+        def cancel(d: Deferred[Position]) -> None:
+            if entry in self._waiting:
+                self._waiting.remove(entry)
+
+        waiting: Deferred[Position] = Deferred(cancel)
+        entry = (position, waiting)
+        self._waiting.append(entry)
+        self.poll_soon()
+        return waiting
+
+    def _moved(self, position: Position) -> None:
+        """
+        Everything up to C{position} has been handed over: fire whoever
+        waited for it.
+        """
+        self._position = position
+        if not self._waiting:
+            return
+        reached = [entry for entry in self._waiting if position.includes(entry[0])]
+        for entry in reached:
+            self._waiting.remove(entry)
+        for _, waiting in reached:
+            waiting.callback(position)
 
     def read_up_to(self) -> tuple[str | None, list[str]]:
         """
@@ -248,7 +287,7 @@ class MessageListener(Service):
             self._deliver(
                 attrs.evolve(message, position=Position(since, handed, None, number, message.seq))
             )
-        self._position = Position(since, tuple(sorted(self._skip)))
+        self._moved(Position(since, tuple(sorted(self._skip))))
         self._finish_messages()
 
     def poll_soon(self) -> None:
@@ -280,6 +319,9 @@ class MessageListener(Service):
         self._retry = None
         self._forget()
         self._connected.fail(CancelledError("the listener stopped"))
+        waiting, self._waiting = self._waiting, []
+        for _, d in waiting:
+            d.errback(CancelledError("the listener stopped"))
         return None
 
     # Connecting
@@ -471,15 +513,19 @@ class MessageListener(Service):
                 position = None if since is None else Position(since, skipped, upto, number, seq)
                 self._deliver(StoredMessage(message, channel_id, webhooks, seq, position))
             found += count
-            if handed:
-                self._finish_messages()
             if count < self.page_size:
                 self._since, self._read = read.upto, None
                 if skip:
                     # A transaction visible in the new snapshot is never
                     # returned again.
                     skip.difference_update([x for x in skip if upto.visible(x)])
-                self._position = Position(upto, tuple(sorted(skip)))
+                self._moved(Position(upto, tuple(sorted(skip))))
+            elif since is not None and read.xact is not None:
+                # Mid-poll: handed over up to the last message of the page.
+                self._moved(Position(since, skipped, upto, int(read.xact), read.seq))
+            if handed:
+                self._finish_messages()
+            if self._read is None:
                 return found
 
     def _query(

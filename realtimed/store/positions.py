@@ -89,6 +89,19 @@ class Snapshot:
             return False
         return xact not in self.xip
 
+    def includes(self, other: Snapshot, also: tuple[int, ...] = ()) -> bool:
+        """
+        Does every transaction visible in C{other} show in this snapshot,
+        or among the transactions C{also}?  (An answer of C{False} may be
+        too cautious, never wrong the other way.)
+        """
+        if other.xmax > self.xmax:
+            if other.xmax - self.xmax > len(other.xip) + len(also):
+                return False
+            if any(x not in other.xip and x not in also for x in range(self.xmax, other.xmax)):
+                return False
+        return all(x in also for x in self.xip if other.visible(x))
+
     def encode(self) -> str:
         return ".".join([_b36(self.xmin), _b36(self.xmax), ",".join(map(_b36, self.xip))])
 
@@ -128,6 +141,41 @@ class Position:
         if self.upto is None:
             return xact == self.xact and seq <= self.seq
         return self.upto.visible(xact) and (xact, seq) <= (self.xact, self.seq)
+
+    def includes(self, other: Position) -> bool:
+        """
+        Is every message C{other} covers covered by this position too?
+        Unless both are places in one poll, only this position's C{since}
+        and C{handed} are looked at, so an answer of C{False} may be too
+        cautious, never wrong the other way.
+        """
+        if (
+            self.upto is not None
+            and self.xact is not None
+            and self.seq is not None
+            and other.xact is not None
+            and other.seq is not None
+            and (self.since, self.upto) == (other.since, other.upto)
+            and set(other.handed) <= set(self.handed)
+        ):
+            # Two places in one poll.
+            return (other.xact, other.seq) <= (self.xact, self.seq)
+        if not self.since.includes(other.since, self.handed):
+            return False
+        if any(not self.since.visible(x) and x not in self.handed for x in other.handed):
+            return False
+        if other.xact is None:
+            return True
+        if other.upto is None:
+            return self.since.visible(other.xact) or other.xact in self.handed
+        # What the poll in progress covered: what ``upto`` sees, up to ``xact``.
+        last = other.xact + 1
+        polled = Snapshot(
+            min(other.upto.xmin, last),
+            min(other.upto.xmax, last),
+            tuple(x for x in other.upto.xip if x < last),
+        )
+        return self.since.includes(polled, self.handed)
 
     def encode(self) -> str:
         """

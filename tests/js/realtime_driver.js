@@ -5,9 +5,17 @@
 //   {"id": 2, "op": "request", "event": ..., "data": ...}   emit with an ack callback
 //   {"id": 3, "op": "send", "event": ..., "data": ...}      emit without one
 //   {"id": 4, "op": "disconnect"}
+//   {"id": 5, "op": "drop"}        close the connection under the socket
+//   {"id": 6, "op": "upgraded"}    answers once the transport is WebSocket
 // and writes, one JSON object a line, on stdout: the answer to each command
-// ({"id": ..., ...}) and every event the socket receives
-// ({"type": "event", "event": ..., "data": ...}), in the order they happen.
+// ({"id": ..., ...}; a connect's says the transport it opened with),
+// every event the socket receives ({"type": "event", "event": ..., "data":
+// ..., with "offset" when the server sent one}) and its disconnection
+// ({"type": "disconnect", "reason": ...}), in the order they happen.
+// "withCredentials": true in a connect keeps cookies (a load balancer's
+// stickiness cookie) as a browser does.  With "reconnect": true, the socket
+// reconnects by itself, and each connection after the first is written as
+// {"type": "connect", "sid": ..., "recovered": ...}.
 'use strict';
 
 const readline = require('readline');
@@ -21,7 +29,9 @@ function out(value) {
 
 function connect(command) {
   const options = {
-    reconnection: false,
+    reconnection: !!command.reconnect,
+    reconnectionDelay: 100,
+    reconnectionDelayMax: 500,
     forceNew: true,
     timeout: 15000,
     transports: command.transports || ['polling', 'websocket'],
@@ -32,10 +42,31 @@ function connect(command) {
   if (command.headers) {
     options.extraHeaders = command.headers;
   }
+  if (command.withCredentials) {
+    options.withCredentials = true;
+  }
   socket = io(command.url, options);
-  socket.on('connect', () => out({ id: command.id, ok: true, sid: socket.id }));
+  // The transport the Engine.IO session opened with, before any upgrade.
+  let opened = null;
+  socket.io.on('open', () => {
+    opened = socket.io.engine.transport.name;
+  });
+  let connected = false;
+  socket.on('connect', () => {
+    if (connected) {
+      out({ type: 'connect', sid: socket.id, recovered: socket.recovered });
+      return;
+    }
+    connected = true;
+    out({ id: command.id, ok: true, sid: socket.id, transport: opened });
+  });
+  socket.on('disconnect', (reason) => out({ type: 'disconnect', reason }));
   socket.on('connect_error', (error) => out({ id: command.id, ok: false, message: error.message }));
   socket.onAny((event, ...args) => {
+    if (args.length === 2 && typeof args[1] === 'string') {
+      out({ type: 'event', event, data: args[0], offset: args[1] });
+      return;
+    }
     out({ type: 'event', event, data: args.length === 1 ? args[0] : args });
   });
 }
@@ -55,10 +86,23 @@ commands.on('line', (line) => {
       socket.emit(command.event, command.data);
       out({ id: command.id });
       break;
+    case 'drop':
+      socket.io.engine.close();
+      out({ id: command.id });
+      break;
     case 'disconnect':
       if (socket) socket.disconnect();
       out({ id: command.id });
       break;
+    case 'upgraded': {
+      const engine = socket.io.engine;
+      if (engine.transport.name === 'websocket') {
+        out({ id: command.id, transport: 'websocket' });
+      } else {
+        engine.once('upgrade', (transport) => out({ id: command.id, transport: transport.name }));
+      }
+      break;
+    }
     default:
       out({ id: command.id, error: 'unknown op ' + command.op });
   }

@@ -41,27 +41,51 @@ CREATE OR REPLACE FUNCTION realtime.prepare_message() RETURNS trigger
     END
     $$;
 
--- The messages on the given names, or owned by the given channel rows,
--- after position `o` (or after the message `after_id`, for replay from a
--- message id) and at or before position `p` (what the listener has handed
--- over), in transaction order; at most `lim`.
-CREATE FUNCTION realtime.missed_messages(
+-- The messages a client missed: those covered by position `h` (what the
+-- listener of the process serving it had handed over when its
+-- subscriptions were registered again) and not by its position `o`, on its
+-- subscriptions `subs` (each {channel, channelId, since, handed, upto,
+-- xact, seq}: a name, or a row's pattern, and the position it was
+-- subscribed from), in transaction order: the oldest `lim` of them, or the
+-- newest if `newest`.
+CREATE FUNCTION realtime.replay(
     o_since pg_snapshot, o_handed xid8[], o_upto pg_snapshot, o_xact xid8, o_seq bigint,
-    p_since pg_snapshot, p_handed xid8[], p_upto pg_snapshot, p_xact xid8, p_seq bigint,
-    names text[], channel_ids uuid[], lim integer
+    h_since pg_snapshot, h_handed xid8[], h_upto pg_snapshot, h_xact xid8, h_seq bigint,
+    subs jsonb, lim integer, newest boolean
 )
     RETURNS TABLE (xact text, seq bigint, message jsonb, channel_id uuid, webhooks integer)
     LANGUAGE sql STABLE
     AS $$
+        WITH subscribed AS (
+            SELECT s.channel, s."channelId" AS channel_id, strpos(s.channel, '*') > 0 AS pattern,
+                   s.since::pg_snapshot AS since, s.handed::xid8[] AS handed,
+                   s.upto::pg_snapshot AS upto, s.xact::xid8 AS xact, s.seq
+            FROM jsonb_to_recordset(subs) AS s (
+                channel text, "channelId" uuid, since text, handed text[], upto text,
+                xact text, seq bigint)
+        ),
+        missed AS (
+            SELECT m.*
+            FROM realtime.messages m
+            WHERE m.xact_id >= least(pg_snapshot_xmin(o_since), pg_snapshot_xmin(h_since))
+              AND realtime.covered(h_since, h_handed, h_upto, h_xact, h_seq, m.xact_id, m.seq)
+              AND NOT realtime.covered(o_since, o_handed, o_upto, o_xact, o_seq,
+                                       m.xact_id, m.seq)
+              AND EXISTS (
+                  SELECT FROM subscribed s
+                  WHERE CASE WHEN s.pattern THEN m.channel_id = s.channel_id
+                             ELSE m.channel_name = s.channel END
+                    AND NOT realtime.covered(s.since, s.handed, s.upto, s.xact, s.seq,
+                                             m.xact_id, m.seq))
+            ORDER BY CASE WHEN newest THEN m.xact_id END DESC,
+                     CASE WHEN newest THEN m.seq END DESC,
+                     m.xact_id, m.seq
+            LIMIT lim
+        )
         SELECT m.xact_id::text, m.seq, realtime.message_json(m), m.channel_id,
                m.wh_audience_count
-        FROM realtime.messages m
-        WHERE m.xact_id >= pg_snapshot_xmin(o_since)
-          AND (m.channel_name = ANY (names) OR m.channel_id = ANY (channel_ids))
-          AND realtime.covered(p_since, p_handed, p_upto, p_xact, p_seq, m.xact_id, m.seq)
-          AND NOT realtime.covered(o_since, o_handed, o_upto, o_xact, o_seq, m.xact_id, m.seq)
+        FROM missed m
         ORDER BY m.xact_id, m.seq
-        LIMIT lim
     $$;
 
 -- Where replay from message `id` starts: the position the message has in
@@ -89,6 +113,7 @@ CREATE FUNCTION realtime.position_of(id uuid)
 -- recovered, by its private id.  A row lives while its socket is connected
 -- and for the recovery window after it went away: `disconnected_at`, or, for
 -- a process that died without saying so, the last heartbeat of its process.
+-- `process` is the process serving it: only that process writes the row.
 CREATE TABLE realtime.processes (
     id text PRIMARY KEY,
     last_seen timestamptz NOT NULL DEFAULT now()
@@ -100,8 +125,6 @@ CREATE TABLE realtime.sessions (
     process text NOT NULL,
     role text NOT NULL,
     sender_id text,
-    presence_id text NOT NULL,
-    presence_type text NOT NULL,
     -- [{"channel": ..., "channelId": ..., "from": <position>}, ...]
     subscriptions jsonb NOT NULL DEFAULT '[]',
     connected_at text NOT NULL,
@@ -110,9 +133,9 @@ CREATE TABLE realtime.sessions (
 CREATE INDEX sessions_process ON realtime.sessions (process);
 
 REVOKE ALL ON realtime.sessions, realtime.processes FROM PUBLIC;
-REVOKE ALL ON FUNCTION realtime.missed_messages(
+REVOKE ALL ON FUNCTION realtime.replay(
     pg_snapshot, xid8[], pg_snapshot, xid8, bigint, pg_snapshot, xid8[], pg_snapshot, xid8,
-    bigint, text[], uuid[], integer) FROM PUBLIC;
+    bigint, jsonb, integer, boolean) FROM PUBLIC;
 REVOKE ALL ON FUNCTION realtime.position_of(uuid) FROM PUBLIC;
 
 -- Local delivery needs each message's place in its transaction.

@@ -91,6 +91,18 @@ FROM s LEFT JOIN LATERAL realtime.messages_between(
 ORDER BY m.xact_id, m.seq
 """
 
+# When the server started and, if that is not when it had started at the
+# listener's last connection, the newest transaction that stored messages
+# before it started (see `MessageListener._restarted`).
+STARTED = """
+SELECT pg_postmaster_start_time()::text,
+       CASE WHEN pg_postmaster_start_time()::text IS DISTINCT FROM %(started)s
+             AND %(since)s::pg_snapshot IS NOT NULL THEN
+           (SELECT max(m.xact_id)::text FROM realtime.messages m
+            WHERE m.created_at < pg_postmaster_start_time())
+       END
+"""
+
 DOZE = "SELECT realtime.listener_doze()"
 GATE_CLEAR = "SELECT realtime.listener_gate_clear()"
 WAKE = "SELECT realtime.listener_wake()"
@@ -182,6 +194,7 @@ class MessageListener(Service):
     _pause_timer: Any = field(default=None, init=False, repr=False)
     _query_timer: Any = field(default=None, init=False, repr=False)
     _skip: set[int] = field(factory=set, init=False, repr=False)
+    _started: str | None = field(default=None, init=False, repr=False)
     _position: Position | None = field(default=None, init=False, repr=False)
     _waiting: list[tuple[Position, Deferred[Position]]] = field(
         factory=list, init=False, repr=False
@@ -259,6 +272,10 @@ class MessageListener(Service):
         the listener has polled yet), and the transactions after it that
         were handed over too (by `stored_here`).
         """
+        if not self.connected:
+            # What was read before the connection went may not hold after
+            # it comes back (see `_restarted`): the poll hands over.
+            return None, []
         return self._since, [str(xact) for xact in self._skip]
 
     def stored_here(self, xact: str | None, messages: list[StoredMessage], settled: bool) -> None:
@@ -269,7 +286,7 @@ class MessageListener(Service):
         else poll now.  A poll that already read up to a snapshot where
         C{xact} is visible hands them over itself.
         """
-        if not settled or xact is None or not self.running or self._since is None:
+        if not settled or xact is None or not self.connected or self._since is None:
             self.poll_soon()
             return
         if self._read is not None:
@@ -408,6 +425,12 @@ class MessageListener(Service):
             yield self._query(
                 generation, f"LISTEN {channel}", timeout=self.connect_timeout, rows=False
             )
+        [(started, newest)] = yield self._query(
+            generation, STARTED, {"started": self._started, "since": self._since}
+        )
+        if self._started is not None and started != self._started:
+            self._restarted(None if newest is None else int(newest))
+        self._started = started
         reconnected = self._since is not None
         found = yield self._poll(generation)
         if reconnected:
@@ -429,6 +452,32 @@ class MessageListener(Service):
             yield self._step(generation, found)
             self._again = False
             found = yield self._poll(generation)
+
+    def _restarted(self, newest: int | None) -> None:
+        """
+        The server restarted since the last connection; C{newest} is the
+        newest transaction that stored messages before it did.
+
+        After a crash, PostgreSQL may hand out again the ids of transactions
+        that had started but left nothing durable: the snapshot the listener
+        read up to may show such an id as finished, and a new transaction
+        with it would never be read.  Every transaction that stored messages
+        before the restart is at most C{newest}, so reading goes on from the
+        snapshot that sees only what is up to it.
+        """
+        assert self._since is not None
+        since = Snapshot.parse(self._since)
+        limit = 0 if newest is None else newest + 1
+        if limit >= since.xmax:
+            return
+        log.warn(
+            "PostgreSQL restarted: reading again every transaction from {limit}, whose"
+            " ids it may hand out anew",
+            limit=limit,
+        )
+        rewound = Snapshot(min(since.xmin, limit), limit, tuple(x for x in since.xip if x < limit))
+        self._since, self._read = rewound.text(), None
+        self._position = None
 
     # Polling
 

@@ -395,11 +395,13 @@ class HostileTestCase(TestCase):
         TALLY.crashes += 1
         self.undocumented.append(what)
 
-    def answered(self, kind: str, what: str, documented: bool) -> None:
+    def answered(self, kind: str, what: str, documented: bool, count: bool = True) -> None:
         """
-        Count one attacking input of C{kind}, answered with C{what}.
+        Count one attacking input of C{kind} (unless not C{count}: one of
+        several answers to an input counted already), answered with C{what}.
         """
-        TALLY.tried(kind)
+        if count:
+            TALLY.tried(kind)
         if os.environ.get("HOSTILE_DEBUG"):
             print(kind, what[:80])
         if " 500" in what or "INTERNAL_ERROR" in what:
@@ -894,6 +896,29 @@ def json_text(draw: Any, values: Any = json_values) -> str:
 
 
 @st.composite
+def realtime_requests(draw: Any) -> str:
+    """
+    The text of a realtime request with an ack id: a known event with
+    arguments made of the fields it takes and values that are often
+    wrong, sometimes broken.
+    """
+    event = draw(st.sampled_from(EVENTS))
+    arguments = draw(
+        st.lists(
+            st.dictionaries(
+                st.sampled_from(FIELDS[:4]) | st.text(max_size=4),
+                st.sampled_from(NAMES) | json_values,
+                max_size=4,
+            )
+            | json_values,
+            max_size=2,
+        )
+    )
+    ack = draw(st.integers(0, 10**6))
+    return f"42{ack}" + draw(mangled(json.dumps([event, *arguments])))
+
+
+@st.composite
 def socketio_packets(draw: Any) -> str:
     """
     The text of an Engine.IO message packet carrying a Socket.IO packet,
@@ -914,13 +939,15 @@ def socketio_packets(draw: Any) -> str:
 
 engineio_garbage = st.text(max_size=40) | st.sampled_from(["1", "2", "3", "5", "6", "2probe", ""])
 websocket_frames = st.lists(
-    socketio_packets() | engineio_garbage | st.binary(max_size=40), min_size=1, max_size=4
+    realtime_requests() | socketio_packets() | engineio_garbage | st.binary(max_size=40),
+    min_size=1,
+    max_size=4,
 )
 polling_bodies = (
     st.binary(max_size=200)
-    | st.lists(socketio_packets() | engineio_garbage, min_size=1, max_size=4).map(
-        lambda packets: "\x1e".join(packets).encode("utf-8", "surrogatepass")
-    )
+    | st.lists(
+        realtime_requests() | socketio_packets() | engineio_garbage, min_size=1, max_size=4
+    ).map(lambda packets: "\x1e".join(packets).encode("utf-8", "surrogatepass"))
     | st.sampled_from([b"", b"\x1e", b"b", b"bAAA", b"4" * 70000])
 )
 
@@ -1009,14 +1036,15 @@ class MalformedInputTests(HostileTestCase):
             ack = answer[0] if answer and isinstance(answer[0], dict) else {}
             code = (ack.get("error") or {}).get("code")
             self.answered(
-                kind + " (answer)",
+                kind,
                 json.dumps(answer)[:200],
                 ack.get("ok") is True or code in REFUSAL_CODES,
+                count=False,
             )
         for packet in packets:
             if isinstance(packet, str) and packet.startswith('42["realtime:error"'):
                 code = json.loads(packet[2:])[1].get("code")
-                self.answered(kind + " (answer)", packet[:200], code in REFUSAL_CODES)
+                self.answered(kind, packet[:200], code in REFUSAL_CODES, count=False)
 
     def alive(self) -> None:
         if self.daemon.process.poll() is not None:
@@ -1054,7 +1082,33 @@ class MalformedInputTests(HostileTestCase):
                 ws.close()
             self.alive()
 
+        connection: list[RawWebSocket] = []
+
+        def authenticated() -> RawWebSocket:
+            if connection and connection[0].closed:
+                connection.pop().close()
+            if not connection:
+                ws = RawWebSocket(self.port)
+                self.addCleanup(ws.close)
+                answer = ws.connect({"token": token("fz-attacker")})
+                self.assertTrue(str(answer).startswith("40"), answer)
+                connection.append(ws)
+            return connection[0]
+
+        @FUZZ
+        @given(requests=st.lists(realtime_requests(), min_size=1, max_size=4))
+        def ask(requests: list[str]) -> None:
+            ws = authenticated()
+            for text in requests:
+                ws.send(text)
+            ws.send("40/nowhere,")
+            packets = ws.packets_until(lambda p: str(p).startswith("44/nowhere,"))
+            TALLY.tried("malformed realtime request", len(requests))
+            self.documented_acks("malformed realtime request", packets)
+            self.alive()
+
         attack()
+        ask()
         self.check_unharmed("malformed WebSocket packets")
         self.finish()
 
@@ -1064,24 +1118,34 @@ class MalformedInputTests(HostileTestCase):
         requests with generated methods and queries, are answered 200, 400
         with the Engine.IO error body, 403, 413 or 503, never a crash.
         """
-        session: list[str] = []
+        sessions: dict[bool, str] = {}
 
-        def sid() -> str:
-            if not session:
+        def sid(authenticated: bool) -> str:
+            if authenticated not in sessions:
                 status, body = request(self.port, "GET", "/socket.io/?EIO=4&transport=polling")
                 self.assertEqual(status, 200, body)
-                session.append(json.loads(body[1:])["sid"])
-            return session[0]
+                sid = json.loads(body[1:])["sid"]
+                if authenticated:
+                    connect = "40" + json.dumps({"token": token("fz-attacker")})
+                    status, body = request(
+                        self.port,
+                        "POST",
+                        f"/socket.io/?EIO=4&transport=polling&sid={sid}",
+                        connect.encode(),
+                    )
+                    self.assertEqual(status, 200, body)
+                sessions[authenticated] = sid
+            return sessions[authenticated]
 
         @FUZZ
-        @given(body=polling_bodies)
-        def post(body: bytes) -> None:
-            path = f"/socket.io/?EIO=4&transport=polling&sid={sid()}"
+        @given(body=polling_bodies, authenticated=st.booleans())
+        def post(body: bytes, authenticated: bool) -> None:
+            path = f"/socket.io/?EIO=4&transport=polling&sid={sid(authenticated)}"
             status, answer = request(
                 self.port, "POST", path, body, **{"Content-Type": "text/plain"}
             )
             if status != 200:
-                session.clear()
+                del sessions[authenticated]
             documented = (status == 200 and answer == b"ok") or status in (400, 413)
             if status == 400:
                 documented = set(json.loads(answer)) == {"code", "message"}
@@ -1091,10 +1155,16 @@ class MalformedInputTests(HostileTestCase):
         @FUZZ
         @given(
             method=st.sampled_from(["GET", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"]),
-            query=st.dictionaries(
-                st.sampled_from(["EIO", "transport", "sid", "b64", "t"]) | st.text(max_size=4),
-                st.sampled_from(["4", "3", "polling", "websocket", "x", ""]) | st.text(max_size=8),
-                max_size=4,
+            query=st.fixed_dictionaries(
+                {},
+                optional={
+                    "EIO": st.one_of(st.just("4"), st.just("4"), st.just("4"), st.text(max_size=2)),
+                    "transport": st.sampled_from(["polling", "websocket", "x", ""])
+                    | st.text(max_size=8),
+                    "sid": st.text(max_size=20),
+                    "b64": st.text(max_size=2),
+                    "t": st.text(max_size=8),
+                },
             ),
         )
         def poll(method: str, query: dict[str, str]) -> None:

@@ -185,6 +185,22 @@ def request(
         connection.close()
 
 
+def client_frame(opcode: int, payload: bytes, final: bool = True) -> bytes:
+    """
+    A masked WebSocket frame, as a client sends it.
+    """
+    first = (0x80 if final else 0) | opcode
+    size = len(payload)
+    if size < 126:
+        head = struct.pack("!BB", first, 0x80 | size)
+    elif size < 65536:
+        head = struct.pack("!BBH", first, 0x80 | 126, size)
+    else:
+        head = struct.pack("!BBQ", first, 0x80 | 127, size)
+    # a zero masking key leaves the payload as it is
+    return head + b"\0\0\0\0" + payload
+
+
 class RawWebSocket:
     """
     The attacker's WebSocket: just enough of RFC 6455 to send text and
@@ -211,6 +227,8 @@ class RawWebSocket:
         self.status = int(head.split(b" ", 2)[1]) if head.startswith(b"HTTP/1.1 ") else None
         self.head = head
         self.closed = self.status != 101
+        #: the code of the close frame the server sent, if it sent one
+        self.close_code: int | None = None
 
     def send(self, data: str | bytes) -> None:
         """
@@ -220,17 +238,9 @@ class RawWebSocket:
         opcode = 1 if isinstance(data, str) else 2
         self.send_frame(opcode, payload)
 
-    def send_frame(self, opcode: int, payload: bytes) -> None:
-        size = len(payload)
-        if size < 126:
-            head = struct.pack("!BB", 0x80 | opcode, 0x80 | size)
-        elif size < 65536:
-            head = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, size)
-        else:
-            head = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, size)
-        # a zero masking key leaves the payload as it is
+    def send_frame(self, opcode: int, payload: bytes, final: bool = True) -> None:
         try:
-            self.socket.sendall(head + b"\0\0\0\0" + payload)
+            self.socket.sendall(client_frame(opcode, payload, final))
         except OSError:
             self.closed = True
 
@@ -269,6 +279,8 @@ class RawWebSocket:
             return None
         if opcode == 8:
             self.closed = True
+            if len(payload) >= 2:
+                self.close_code = struct.unpack("!H", payload[:2])[0]
             return None
         return opcode, payload
 
@@ -504,6 +516,60 @@ class OversizedBodyTests(HostileTestCase):
         except OSError:
             pass
         return read_answer(s)
+
+    def oversized_message(self, fragments: int) -> int | None:
+        """
+        Send a WebSocket message over the limit, in C{fragments} frames;
+        the close code the server answers with.
+        """
+        ws = RawWebSocket(self.port)
+        try:
+            ws.packet()
+            piece = b"4" + b"x" * (2 * 65536 // fragments)
+            for i in range(fragments):
+                ws.send_frame(1 if i == 0 else 0, piece, final=i == fragments - 1)
+            ws.packets_until(lambda packet: False)
+            return ws.close_code
+        finally:
+            ws.close()
+
+    def oversized_head(self, head: bytes) -> tuple[int | None, bytes]:
+        s = attacker_socket(self.port)
+        try:
+            s.sendall(head)
+        except OSError:
+            pass
+        return read_answer(s)
+
+    def test_oversized_heads_and_messages(self) -> None:
+        """
+        A request line or header line of 1 MiB, or two thousand headers,
+        twenty at once, end with a 400 or the connection closed; a WebSocket
+        message over the limit, whole or in fragments, closes its WebSocket
+        with code 1009.
+        """
+        heads = {
+            "oversized request line": b"GET /" + b"a" * 2**20 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+            "oversized header": b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: "
+            + b"a" * 2**20
+            + b"\r\n\r\n",
+            "too many headers": b"GET /healthz HTTP/1.1\r\nHost: x\r\n"
+            + b"".join(b"X-H%d: a\r\n" % i for i in range(2000))
+            + b"\r\n",
+        }
+        for kind, head in heads.items():
+            with self.at_once(20) as pool:
+                answers = list(pool.map(self.oversized_head, [head] * 20))
+            for status, body in answers:
+                self.answered(kind, f"{status} {body[:200]!r}", status in (None, 400))
+            self.check_unharmed(kind)
+        for kind, fragments in [("oversized WebSocket message", 1), ("oversized fragments", 8)]:
+            with self.at_once(20) as pool:
+                codes = list(pool.map(self.oversized_message, [fragments] * 20))
+            for code in codes:
+                self.answered(kind, f"close {code}", code == 1009)
+            self.check_unharmed(kind)
+        self.finish()
 
     def test_oversized_bodies(self) -> None:
         """
@@ -773,7 +839,7 @@ class PublishFloodTests(HostileTestCase):
         started = time.monotonic()
         flooder.socket.sendall(
             b"".join(
-                struct.pack("!BBH", 0x81, 0x80 | 126, len(text)) + b"\0\0\0\0" + text
+                client_frame(1, text)
                 for text in (
                     (
                         f'42{i}["REALTIME_PUBLISH",{{"channel":"chat:flood","event":"f",'

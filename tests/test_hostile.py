@@ -58,6 +58,14 @@ ATTACKER = "127.0.0.2"
 #: memory Python's allocator keeps after freeing) stays well below it.
 RSS_GROWTH_BOUND = 64 * 1024 * 1024
 
+#: How much the daemon's peak resident memory may grow while a client that
+#: never reads sends 24 MiB of WebSocket pings.  Each ping asks for a pong
+#: of nearly its size: a server that kept every pong for the client would
+#: grow by about as much as was sent; one that stops answering pings once
+#: 64 KiB wait for the client grows by little more than its parser's
+#: buffers.
+PING_FLOOD_GROWTH_BOUND = 8 * 1024 * 1024
+
 #: The limits the daemon runs with: small and short, so that attacks reach
 #: them quickly.
 OPTIONS = {
@@ -844,6 +852,41 @@ class SlowReaderTests(HostileTestCase):
         got = [self.good.next_event("busy")[1]["payload"]["n"] for _ in range(published)]
         self.assertEqual(got, list(range(published)))
         self.check_unharmed("a socket that never reads")
+        self.finish()
+
+
+class PingFloodTests(HostileTestCase):
+    def test_pings_never_read(self) -> None:
+        """
+        A client that sends WebSocket pings as fast as it can and never
+        reads the pongs does not make the daemon hold them: its memory
+        grows by less than L{PING_FLOOD_GROWTH_BOUND}.
+        """
+        flooder = RawWebSocket(self.port, receive_buffer=4096)
+        self.addCleanup(flooder.close)
+        # accepted, so that the connect timeout does not end it
+        connected = flooder.connect({"token": token("pinger")})
+        self.assertTrue(str(connected).startswith("40"), connected)
+        pings = client_frame(9, b"p" * 125) * 8192
+        # the parser's buffers are made once, before the measure
+        flooder.socket.sendall(pings)
+        before = self.memory()["VmRSS"]
+        with open(f"/proc/{self.daemon.process.pid}/clear_refs", "w") as clear:
+            # resets the peak (VmHWM) to the resident memory now
+            clear.write("5")
+        sent = 0
+        while sent < 24 * 2**20:
+            flooder.socket.sendall(pings)
+            sent += len(pings)
+        TALLY.tried("unread WebSocket ping", sent // (len(pings) // 8192))
+        # an answer that comes after every ping was handled; reading it
+        # reads the pongs that were kept
+        flooder.send("40/nowhere,")
+        answer = flooder.packets_until(lambda p: str(p).startswith("44/nowhere,"))
+        self.assertFalse(flooder.closed, answer)
+        growth = self.memory()["VmHWM"] - before
+        self.assertLessEqual(growth, PING_FLOOD_GROWTH_BOUND, f"grew by {growth / 2**20:.1f} MiB")
+        self.check_unharmed("unread WebSocket pings")
         self.finish()
 
 

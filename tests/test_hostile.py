@@ -487,6 +487,21 @@ class HostileTestCase(TestCase):
             self.daemon.output()[-5000:] if logged else "",
         )
 
+    def held_session(self) -> str:
+        """
+        Open a polling session from the attacker's address and have it
+        accepted into Socket.IO, so that it stays open; its sid.
+        """
+        status, body = request(self.port, "GET", "/socket.io/?EIO=4&transport=polling")
+        self.assertEqual(status, 200, body)
+        sid = json.loads(body[1:])["sid"]
+        path = f"/socket.io/?EIO=4&transport=polling&sid={sid}"
+        connect = "40" + json.dumps({"token": token("holder")})
+        self.assertEqual(request(self.port, "POST", path, connect.encode())[0], 200)
+        status, body = request(self.port, "GET", path)
+        self.assertTrue(body.startswith(b"40{"), body)
+        return sid
+
     @contextmanager
     def at_once(self, count: int) -> Iterator[ThreadPoolExecutor]:
         with ThreadPoolExecutor(count) as pool:
@@ -590,7 +605,8 @@ class OversizedBodyTests(HostileTestCase):
         Twenty oversized bodies at once, declared and chunked, on the REST
         API and on the Engine.IO polling POST, are each answered 413 (or
         the connection is closed), and the daemon's memory stays within the
-        bound.
+        bound; twenty polling bodies within the limit but packed with tiny
+        packets, for one session, are each answered ``ok``.
         """
         status, body = request(self.port, "GET", "/socket.io/?EIO=4&transport=polling")
         self.assertEqual(status, 200, body)
@@ -610,6 +626,17 @@ class OversizedBodyTests(HostileTestCase):
                 )
                 self.answered(kind, f"{status} {body[:200]!r}", documented)
             self.check_unharmed(kind)
+        # bodies within the limit, each of over thirty thousand packets,
+        # all for one session
+        packed = b"\x1e".join([b"6"] * 32000)
+        accepted = f"/socket.io/?EIO=4&transport=polling&sid={self.held_session()}"
+        with self.at_once(20) as pool:
+            answers = list(
+                pool.map(lambda body: request(self.port, "POST", accepted, body), [packed] * 20)
+            )
+        for status, body in answers:
+            self.answered("packed polling POST", f"{status} {body[:200]!r}", body == b"ok")
+        self.check_unharmed("packed polling POSTs")
         self.finish()
 
 
@@ -695,21 +722,6 @@ class FloodTests(HostileTestCase):
                 return False
             if b"1" in body.split(b"\x1e"):
                 return True
-
-    def held_session(self) -> str:
-        """
-        Open a polling session from the attacker's address and have it
-        accepted into Socket.IO, so that it stays open; its sid.
-        """
-        status, body = self.handshake()
-        self.assertEqual(status, 200, body)
-        sid = json.loads(body[1:])["sid"]
-        path = f"/socket.io/?EIO=4&transport=polling&sid={sid}"
-        connect = "40" + json.dumps({"token": token("holder")})
-        self.assertEqual(request(self.port, "POST", path, connect.encode())[0], 200)
-        status, body = request(self.port, "GET", path)
-        self.assertTrue(body.startswith(b"40{"), body)
-        return sid
 
     def test_handshake_flood(self) -> None:
         """

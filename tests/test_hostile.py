@@ -91,6 +91,9 @@ REFUSAL_CODES = frozenset(
 #: Statuses the REST API and the Engine.IO endpoint answer bad requests with.
 DOCUMENTED_STATUSES = frozenset({200, 201, 204, 400, 401, 403, 404, 405, 408, 409, 413, 503})
 
+#: What the answers to a request that failed inside the daemon say.
+CRASH_ANSWERS = ("INTERNAL_ERROR", "Internal server error")
+
 #: What marks a failure the daemon logged as unexpected.
 CRASH_IN_LOG = re.compile(r"Traceback \(most recent call last\)|Unhandled Error")
 
@@ -424,7 +427,7 @@ class HostileTestCase(TestCase):
         """
         if count:
             TALLY.tried(kind)
-        if what.split(" ", 1)[0] == "500" or "INTERNAL_ERROR" in what:
+        if what.split(" ", 1)[0] == "500" or any(sign in what for sign in CRASH_ANSWERS):
             self.crashed(f"{kind}: {what}")
         elif not documented:
             self.undocumented.append(f"{kind}: {what}")
@@ -455,6 +458,9 @@ class HostileTestCase(TestCase):
             if ack.get("ok") is True:
                 while not delivered:
                     _event, message = self.good.next_event("check")
+                    if isinstance(message, list) and message:
+                        # with connection state recovery, the offset follows
+                        message = message[0]
                     payload = message.get("payload") if isinstance(message, dict) else None
                     delivered = isinstance(payload, dict) and payload.get("n") == number
             health = http.client.HTTPConnection("127.0.0.1", self.port, timeout=PATIENCE)
@@ -1083,6 +1089,20 @@ def socketio_packets(draw: Any) -> str:
     return "4" + kind + attachments + namespace + ack + body
 
 
+#: What a reconnecting client claims in its CONNECT: a session id and the
+#: offset it had reached, often nonsense.
+recovery_claims = st.fixed_dictionaries(
+    {},
+    optional={
+        "pid": st.text(max_size=30)
+        | st.text(alphabet="AZaz09-_", min_size=24, max_size=24)
+        | st.sampled_from(["\x00", "\ud800", "a" * 100_000]),
+        "offset": st.text(max_size=40)
+        | st.sampled_from(["1.2.;;;;", "0.0.;;0.0.;1;1", "\x00", "\ud800"])
+        | json_values,
+    },
+)
+
 engineio_garbage = st.text(max_size=40) | st.sampled_from(["1", "2", "3", "5", "6", "2probe", ""])
 websocket_frames = st.lists(
     realtime_requests() | socketio_packets() | engineio_garbage | st.binary(max_size=40),
@@ -1170,8 +1190,9 @@ FUZZ = settings(
 
 
 class MalformedInputTests(HostileTestCase):
-    #: Sessions from the attacker are counted by the hundred here.
-    options = {**OPTIONS, "max-connections-per-ip": "0"}
+    #: Sessions from the attacker are counted by the hundred here; with
+    #: connection state recovery on, a CONNECT may claim a session.
+    options = {**OPTIONS, "max-connections-per-ip": "0", "recovery-window": "60"}
 
     def documented_acks(self, kind: str, packets: list[str | bytes]) -> None:
         """
@@ -1205,16 +1226,18 @@ class MalformedInputTests(HostileTestCase):
         """
 
         @FUZZ
-        @given(frames=websocket_frames, authenticated=st.booleans())
-        def attack(frames: list[str | bytes], authenticated: bool) -> None:
+        @given(frames=websocket_frames, authenticated=st.booleans(), claim=recovery_claims)
+        def attack(frames: list[str | bytes], authenticated: bool, claim: dict[str, Any]) -> None:
             ws = RawWebSocket(self.port)
             try:
                 if ws.status != 101:
                     self.answered("WebSocket handshake", str(ws.status), ws.status == 503)
                     return
                 if authenticated:
-                    answer = ws.connect({"token": token("fz-attacker")})
-                    self.assertTrue(str(answer).startswith("40"), answer)
+                    answer = str(ws.connect({"token": token("fz-attacker"), **claim}))
+                    if claim:
+                        self.answered("recovery claim", answer, answer.startswith("40"))
+                    self.assertTrue(answer.startswith("40"), answer)
                 else:
                     ws.packet()
                 for frame in frames:

@@ -32,7 +32,7 @@ import socket
 import struct
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
@@ -40,11 +40,12 @@ from urllib.parse import quote, urlencode
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.trial.unittest import TestCase
 
 from tests.support import create_database, run_sql
 from tests.test_realtime import KEYS, PATIENCE, Client, token
-from tests.test_realtime_daemons import Process
+from tests.test_realtime_daemons import Process, start_daemon
 
 #: Where attacks come from; the good client connects from 127.0.0.1.
 ATTACKER = "127.0.0.2"
@@ -365,18 +366,14 @@ class HostileTestCase(TestCase):
 
     timeout = 120
     options: dict[str, str] = OPTIONS
+    daemon: Process
 
-    def setUp(self) -> None:
+    @inlineCallbacks
+    def setUp(self) -> Generator[Deferred[Any], Any, None]:
         self.url = create_database(self)
         arguments = [part for name, value in self.options.items() for part in (f"--{name}", value)]
-        self.daemon = Process(self.url, *arguments)
-        self.addCleanup(self.daemon.stop)
-        deadline = time.monotonic() + 60
-        while self.daemon.address is None:
-            self.daemon.address = self.daemon.found_address()
-            if self.daemon.process.poll() is not None or time.monotonic() > deadline:
-                self.fail("realtimed did not start:\n" + self.daemon.output())
-            time.sleep(0.05)
+        self.daemon = yield start_daemon(self, self.url, *arguments)
+        assert self.daemon.address is not None
         self.address = self.daemon.address
         run_sql(
             self.url,

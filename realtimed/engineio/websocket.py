@@ -40,7 +40,9 @@ PONG_BACKLOG = 64 * 1024
 def unsent(transport: Any) -> int:
     """
     How many bytes written to C{transport} (or to the connection under it,
-    for TLS) the kernel has not taken yet.
+    for TLS) the kernel has not taken yet.  Twisted keeps them in private
+    state of its file descriptors (as `realtimed.engineio.connection`'s
+    writer also reads); anything else counts as nothing waiting.
     """
     while transport is not None and not isinstance(transport, FileDescriptor):
         transport = getattr(transport, "transport", None)

@@ -38,6 +38,8 @@ class Setting:
     @ivar secret: Secrets are never logged, and also accepted from a file
         (``--<name>-file``), which is how systemd's ``LoadCredential=``
         hands them over.
+    @ivar limit: A bound on what clients may send or hold, listed with its
+        default under "Limits" in ``docs/behaviour.rst``.
     """
 
     name: str
@@ -46,6 +48,7 @@ class Setting:
     default: Any = None
     short: str | None = None
     secret: bool = False
+    limit: bool = False
 
     @property
     def attribute(self) -> str:
@@ -133,6 +136,7 @@ SETTINGS: tuple[Setting, ...] = (
         "Largest HTTP request body (REST, Socket.IO polling) and WebSocket message, in bytes",
         kind="int",
         default=1024 * 1024,
+        limit=True,
     ),
     Setting(
         "connect-timeout",
@@ -140,30 +144,43 @@ SETTINGS: tuple[Setting, ...] = (
         "(a refused CONNECT does not count) before it is closed",
         kind="float",
         default=45.0,
+        limit=True,
+    ),
+    Setting(
+        "request-timeout",
+        "Seconds an HTTP request has, from its first byte, to arrive whole, "
+        "headers and body (then 408 and the connection is closed)",
+        kind="float",
+        default=30.0,
+        limit=True,
     ),
     Setting(
         "max-connections",
         "Most Engine.IO sessions at once; 0: no limit",
         kind="int",
         default=100_000,
+        limit=True,
     ),
     Setting(
         "max-connections-per-ip",
         "Most Engine.IO sessions at once from one client address; 0: no limit",
         kind="int",
         default=1000,
+        limit=True,
     ),
     Setting(
         "max-subscriptions",
         "Most subscriptions one socket may hold; 0: no limit",
         kind="int",
         default=100,
+        limit=True,
     ),
     Setting(
         "max-publish-rate",
         "Publishes per second one socket may make (bursts of twice as many); 0: no limit",
         kind="float",
         default=100.0,
+        limit=True,
     ),
     Setting(
         "recovery-window",
@@ -227,6 +244,7 @@ class Config:
     cors_origin: tuple[str, ...]
     max_body: int
     connect_timeout: float
+    request_timeout: float
     max_connections: int
     max_connections_per_ip: int
     max_subscriptions: int
@@ -392,6 +410,8 @@ def _check(config: Config) -> None:
         raise ConfigError("max-body: must be between 1024 and 1073741824 bytes")
     if not 0 < config.connect_timeout <= 3600:
         raise ConfigError("connect-timeout: must be more than 0 and at most 3600 seconds")
+    if not 0 < config.request_timeout <= 3600:
+        raise ConfigError("request-timeout: must be more than 0 and at most 3600 seconds")
     for name in ("max-connections", "max-connections-per-ip", "max-subscriptions"):
         if getattr(config, name.replace("-", "_")) < 0:
             raise ConfigError(f"{name}: must be 0 (no limit) or more")

@@ -319,13 +319,19 @@ class RealtimeService(StartInOrder):
             ),
             max_body=config.max_body,
             reactor=reactor,
+            request_deadline=config.request_timeout,
         )
         for description in config.port:
             port = ListeningPort(reactor, description, site)
             self._ports.append(port)
             self.addService(port)
         if config.metrics_port is not None:
-            scrape = RealtimeSite(metrics_resource(metrics), max_body=config.max_body)
+            scrape = RealtimeSite(
+                metrics_resource(metrics),
+                max_body=config.max_body,
+                reactor=reactor,
+                request_deadline=config.request_timeout,
+            )
             self.metrics_port = ListeningPort(reactor, config.metrics_port, scrape)
             self.addService(self.metrics_port)
 

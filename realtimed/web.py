@@ -14,10 +14,11 @@ a credential (`metrics_resource`), for a scraper on a private network.
 `RealtimeSite` bounds every request before any resource sees it: a body
 over ``max_body`` bytes is answered 413 from its ``Content-Length``, before
 it is read, or, sent chunked, as soon as it passes the limit (the
-connection is then closed); and a request has `REQUEST_DEADLINE` seconds
-from its first line to arrive whole, so a client sending headers or a body
-a byte at a time holds nothing for long (408, connection closed).  An idle
-connection is closed after `IDLE_TIMEOUT` seconds.
+connection is then closed); and a request has ``request_deadline`` seconds
+(``--request-timeout``, `REQUEST_DEADLINE` by default) from its first byte
+to arrive whole, so a client sending headers or a body a byte at a time
+holds nothing for long (408, connection closed).  An idle connection is
+closed after `IDLE_TIMEOUT` seconds.
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ from realtimed.store.pool import ConnectionPool
 
 log = Logger()
 
-#: Seconds a request has, from its first line, to arrive whole.
+#: Seconds a request has, from its first byte, to arrive whole, unless the
+#: site is given another deadline.
 REQUEST_DEADLINE = 30.0
 
 #: Seconds an HTTP connection may stay idle between requests.

@@ -1342,6 +1342,16 @@ class FailureTests(APIServerMixin):
         self.assertEqual(result, (404, error(404, "NOT_FOUND", "Route not found")))
 
     @inlineCallbacks
+    def test_doubled_slashes(self) -> Any:
+        """
+        A path with doubled slashes is not a route (404 ``NOT_FOUND``), not
+        a redirect to the path with the slashes merged.
+        """
+        for path in ("/channels//x", "/channels//", "/messages//stats"):
+            result = yield self.request("GET", path)
+            self.assertEqual(result, (404, error(404, "NOT_FOUND", "Route not found")), path)
+
+    @inlineCallbacks
     def test_wrong_method(self) -> Any:
         """
         A method a route does not take: 405, naming those it takes.

@@ -9,14 +9,16 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import stat
+import tomllib
 
 from twisted.plugin import getPlugins
 from twisted.python import usage
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase
 
-from realtimed.config import SETTINGS, ConfigError, load
+from realtimed.config import SETTINGS, SETTINGS_BY_NAME, ConfigError, load
 from realtimed.keys import KEYS_FILE, resolve_keys
 from realtimed.tap import Options
 
@@ -370,14 +372,49 @@ class KeysTests(SynchronousTestCase):
             self.assertNotIn("jwt_secret", json.load(f))
 
 
-LIMITS = (
-    "max-body",
-    "connect-timeout",
-    "max-connections",
-    "max-connections-per-ip",
-    "max-subscriptions",
-    "max-publish-rate",
-)
+LIMITS = tuple(s.name for s in SETTINGS if s.limit)
+
+
+def _number(text: str) -> float:
+    """
+    The number a documented default starts with (``45 s``, ``100 per s``).
+    """
+    return float(text.split()[0])
+
+
+def _help_entries(text: str) -> dict[str, str]:
+    """
+    Each option of C{--help}'s text with its description, on one line.
+    """
+    entries: dict[str, str] = {}
+    name = ""
+    for line in text.splitlines():
+        match = re.match(r"\s+(?:-\w, )?--([\w-]+)=?\s+(.*)", line)
+        if match:
+            name = match.group(1)
+            entries[name] = match.group(2).strip()
+        elif name and line.startswith(" "):
+            entries[name] += " " + line.strip()
+    return entries
+
+
+def _table_rows(text: str, heading: str) -> dict[str, list[str]]:
+    """
+    The rows of the first reStructuredText simple table after C{heading}:
+    each option (``--name``) with the text of the other columns, one string
+    per line of the row.
+    """
+    lines = text[text.index(heading + "\n") :].splitlines()
+    borders = [i for i, line in enumerate(lines) if line.startswith("====")][:3]
+    rows: dict[str, list[str]] = {}
+    current: list[str] = []
+    for line in lines[borders[1] + 1 : borders[2]]:
+        if line.startswith("``--"):
+            name = line[4 : line.index("``", 4)]
+            current = rows[name] = []
+            line = line[line.index("``", 4) + 2 :]
+        current.append(line.strip())
+    return rows
 
 
 class LimitSettingTests(SynchronousTestCase):
@@ -390,12 +427,13 @@ class LimitSettingTests(SynchronousTestCase):
             (
                 config.max_body,
                 config.connect_timeout,
+                config.request_timeout,
                 config.max_connections,
                 config.max_connections_per_ip,
                 config.max_subscriptions,
                 config.max_publish_rate,
             ),
-            (1024 * 1024, 45.0, 100_000, 1000, 100, 100.0),
+            (1024 * 1024, 45.0, 30.0, 100_000, 1000, 100, 100.0),
         )
 
     def test_sources(self) -> None:
@@ -417,6 +455,8 @@ class LimitSettingTests(SynchronousTestCase):
             ({"max-connections-per-ip": "-1"}, {}, "max-connections-per-ip: must be 0"),
             ({"max-body": "10"}, {}, "max-body: must be between 1024"),
             ({"connect-timeout": "0"}, {}, "connect-timeout: must be more than 0"),
+            ({"request-timeout": "-1"}, {}, "request-timeout: must be more than 0"),
+            ({}, {"REALTIMED_REQUEST_TIMEOUT": "soon"}, "request-timeout: expected a number"),
             ({"max-publish-rate": "-3"}, {}, "max-publish-rate: must be 0"),
         ]:
             with self.assertRaises(ConfigError) as raised:
@@ -425,17 +465,49 @@ class LimitSettingTests(SynchronousTestCase):
 
     def test_documented(self) -> None:
         """
-        Every limit is listed with its default by ``twistd realtimed
-        --help``, in ``etc/realtimed.toml`` and in ``docs/behaviour.rst``.
+        Every setting is listed with its default by ``twistd realtimed
+        --help`` and, commented out, in ``etc/realtimed.toml``; the limits
+        (the settings marked as such in code, and only those) have their
+        defaults in the TOML example, in the "Limits" table of
+        ``docs/behaviour.rst`` and in the README's options table.
         """
         top = FilePath(__file__).parent().parent()
-        toml = top.child("etc").child("realtimed.toml").getContent().decode()
+        toml_text = top.child("etc").child("realtimed.toml").getContent().decode()
         behaviour = top.child("docs").child("behaviour.rst").getContent().decode()
-        help_text = str(Options())
-        by_name = {s.name: s for s in SETTINGS}
+        readme = top.child("README.rst").getContent().decode()
+        help_text = _help_entries(str(Options()))
+        self.assertEqual(
+            LIMITS,
+            (
+                "max-body",
+                "connect-timeout",
+                "request-timeout",
+                "max-connections",
+                "max-connections-per-ip",
+                "max-subscriptions",
+                "max-publish-rate",
+            ),
+        )
+        for setting in SETTINGS:
+            name, default = setting.name, setting.default
+            self.assertIn(name, help_text)
+            if setting.described != setting.help:
+                self.assertTrue(help_text[name].endswith(setting.described[-40:]), name)
+                shown = setting.described[len(setting.help) :].strip()
+                self.assertIn(shown, help_text[name], name)
+            commented = [
+                line[2:] for line in toml_text.splitlines() if line.startswith(f"# {name} = ")
+            ]
+            self.assertEqual(len(commented), 1, name)
+            if setting.limit:
+                # other settings may show an example instead of the default
+                self.assertEqual(tomllib.loads(commented[0])[name], default, name)
+        documented = _table_rows(behaviour, "Limits")
+        self.assertEqual(sorted(documented), sorted(LIMITS))
+        in_readme = {
+            name: row[0].split()[-1] for name, row in _table_rows(readme, "Configuration").items()
+        }
         for name in LIMITS:
-            default = by_name[name].default
-            shown = f"{default:g}" if isinstance(default, float) else str(default)
-            self.assertIn(f"(default: {shown})", " ".join(help_text.split()), name)
-            self.assertRegex(toml, rf"# {name} = {shown}(\.0)?\n", name)
-            self.assertIn(f"``--{name}``", behaviour, name)
+            default = SETTINGS_BY_NAME[name].default
+            self.assertEqual(_number(documented[name][0]), default, name)
+            self.assertEqual(_number(in_readme[name]), default, name)

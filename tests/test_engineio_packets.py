@@ -4,6 +4,9 @@ Tests for the Engine.IO v4 codec.
 
 from __future__ import annotations
 
+import base64
+import binascii
+
 from autobahn.twisted.websocket import WebSocketServerFactory
 from engineio import packet as reference
 from engineio import payload as reference_payload
@@ -25,6 +28,7 @@ from realtimed.engineio.engine_packets import (
     decode_payload,
     encode_payload,
     open_packet,
+    split_payload,
     websocket_frame,
 )
 
@@ -160,6 +164,61 @@ class PayloadTests(SynchronousTestCase):
         for bad in [b"\xff\xfe", b"", b"4a\x1e\x1e4b", b"9", b"b!!!", b"babc"]:
             with self.subTest(bad=bad):
                 self.assertRaises(EngineProtocolError, decode_payload, bad)
+
+
+def split_one_by_one(body: bytes) -> list[str | bytes] | str:
+    """
+    The payload split and checked one packet at a time, or the error it
+    raises, for comparison with L{split_payload}.
+    """
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        return "payload is not UTF-8"
+    parts: list[str | bytes] = []
+    for part in text.split("\x1e"):
+        if part[:1] == "b":
+            try:
+                parts.append(base64.b64decode(part[1:], validate=True))
+            except (binascii.Error, ValueError):
+                return "bad base64 in binary packet"
+        elif not part:
+            return "empty packet"
+        elif not "0" <= part[0] <= "6":
+            return "unknown packet type"
+        else:
+            parts.append(part)
+    return parts
+
+
+class SplitTests(SynchronousTestCase):
+    """
+    A payload is checked whole, with one scan, before any packet is built.
+    """
+
+    @relaxed
+    @given(
+        st.lists(
+            st.text(alphabet="0169bAQI=\n x\x1e\u00e9", max_size=8),
+            max_size=6,
+        ).map(lambda parts: "\x1e".join(parts).encode("utf-8"))
+        | st.binary(max_size=30)
+    )
+    def test_same_as_one_by_one(self, body: bytes) -> None:
+        """
+        L{split_payload} gives the packets, or the first error, that
+        checking the packets one by one gives.
+        """
+        try:
+            got: list[str | bytes] | str = split_payload(body)
+        except EngineProtocolError as e:
+            got = str(e)
+        expected = split_one_by_one(body)
+        if isinstance(expected, str) and isinstance(got, str):
+            # the scan finds a bad packet before bad base64 further on
+            self.assertIn(got, (expected, "empty packet", "unknown packet type"))
+        else:
+            self.assertEqual(got, expected)
 
 
 class FrameTests(SynchronousTestCase):

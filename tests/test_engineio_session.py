@@ -12,14 +12,16 @@ from typing import Any
 
 from autobahn.twisted.websocket import WebSocketServerProtocol
 from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionLost
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.server import NOT_DONE_YET
 from twisted.web.test.requesthelper import DummyRequest
 
 from realtimed.engineio import session as states
-from realtimed.engineio.connection import EngineConnection
+from realtimed.engineio.connection import PACKETS_PER_TURN, EngineConnection
 from realtimed.engineio.engine import EngineConfig, EngineIOServer, origin_allowed
 from realtimed.engineio.engine_packets import EnginePacket, decode_packet
 from realtimed.engineio.session import POLLING, WEBSOCKET, EngineSession
@@ -712,6 +714,70 @@ class PollingTests(SynchronousTestCase):
         request = self.harness.request(b"POST", self.sid, b"4a\x1e4b\x1ebAQI=")
         self.assertEqual(written(request), b"ok")
         self.assertEqual(self.handler.messages, ["a", "b", b"\x01\x02"])
+
+    def long_payload(self, count: int, *more: bytes) -> bytes:
+        return b"\x1e".join([*(b"4%d" % i for i in range(count)), *more])
+
+    def test_long_post_over_turns(self) -> None:
+        """
+        A POST of more than L{PACKETS_PER_TURN} packets has that many
+        handled at once and the rest on later reactor turns, in order; it
+        is answered ``ok`` once all are handled.
+        """
+        count = 2 * PACKETS_PER_TURN + 5
+        request = self.harness.request(b"POST", self.sid, self.long_payload(count))
+        self.assertEqual(len(self.handler.messages), PACKETS_PER_TURN)
+        self.assertEqual(request.finished, 0)
+        self.harness.clock.advance(0)
+        self.assertEqual(self.handler.messages, [str(i) for i in range(count)])
+        self.assertEqual((written(request), request.finished), (b"ok", 1))
+
+    def test_later_post_waits(self) -> None:
+        """
+        A POST arriving while a long one is being handled waits for it: its
+        packets come after the long one's, and it is answered after it.
+        """
+        long = self.harness.request(b"POST", self.sid, self.long_payload(PACKETS_PER_TURN + 1))
+        short = self.harness.request(b"POST", self.sid, b"4last")
+        self.assertEqual((long.finished, short.finished), (0, 0))
+        self.harness.clock.advance(0)
+        self.assertEqual(self.handler.messages[-2:], [str(PACKETS_PER_TURN), "last"])
+        self.assertEqual((written(long), written(short)), (b"ok", b"ok"))
+
+    def test_closed_while_handled(self) -> None:
+        """
+        A close packet in a long POST ends the session there: the packets
+        after it are dropped, the POST is answered ``ok``, and a POST
+        waiting behind it is refused as for a closed session.
+        """
+        payload = self.long_payload(PACKETS_PER_TURN + 10, b"1", b"4after")
+        long = self.harness.request(b"POST", self.sid, payload)
+        waiting = self.harness.request(b"POST", self.sid, b"4waiting")
+        self.harness.clock.advance(0)
+        self.assertEqual(len(self.handler.messages), PACKETS_PER_TURN + 10)
+        self.assertEqual(self.handler.reasons, ["transport close"])
+        self.assertEqual(written(long), b"ok")
+        self.assertEqual(waiting.responseCode, 400)
+
+    def test_client_gone(self) -> None:
+        """
+        A long POST whose client went away still has its packets handled,
+        and is not answered.
+        """
+        request = self.harness.request(b"POST", self.sid, self.long_payload(PACKETS_PER_TURN + 1))
+        request.processingFailed(Failure(ConnectionLost()))
+        self.harness.clock.advance(0)
+        self.assertEqual(len(self.handler.messages), PACKETS_PER_TURN + 1)
+        self.assertEqual(request.written, [])
+
+    def test_bad_packet_refuses_whole_payload(self) -> None:
+        """
+        A long payload with one bad packet is refused before any of its
+        packets is handled.
+        """
+        request = self.harness.request(b"POST", self.sid, self.long_payload(5000, b"9"))
+        self.assertEqual(request.responseCode, 400)
+        self.assertEqual(self.handler.messages, [])
 
     def test_get_waits_for_data(self) -> None:
         """

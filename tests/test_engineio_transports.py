@@ -7,16 +7,17 @@ from __future__ import annotations
 from typing import Any
 
 import autobahn.websocket.protocol
+from twisted.internet.abstract import FileDescriptor
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
+from twisted.internet.testing import MemoryReactor, StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from realtimed.engineio.connection import EngineConnection
 from realtimed.engineio.engine import EngineConfig, EngineIOServer
-from realtimed.engineio.websocket import EngineWebSocketProtocol
+from realtimed.engineio.websocket import PONG_BACKLOG, EngineWebSocketProtocol, unsent
 
 
 class _Handler:
@@ -156,3 +157,78 @@ class HandshakeTests(SynchronousTestCase):
         transport.clear()
         protocol.sendMessage(b"x")
         self.assertEqual(transport.value(), b"\x81\x01x")
+
+
+class _Unread(FileDescriptor):
+    """
+    A connection whose peer reads nothing: whatever is written stays in
+    its send buffer.
+    """
+
+    connected = 1
+
+    def __init__(self) -> None:
+        super().__init__(MemoryReactor())  # type: ignore[arg-type]
+
+    def writeSomeData(self, data: bytes) -> int:
+        return 0
+
+    def getPeer(self) -> IPv4Address:
+        return IPv4Address("TCP", "127.0.0.1", 40000)
+
+    def getHost(self) -> IPv4Address:
+        return IPv4Address("TCP", "127.0.0.1", 8080)
+
+    def waiting(self) -> bytes:
+        return b"".join([self.dataBuffer[self.offset :], *self._tempDataBuffer])
+
+
+class PingTests(SynchronousTestCase):
+    """
+    Pings are answered while the client reads what it is sent; pongs do
+    not pile up for a client that does not.
+    """
+
+    def test_pongs_stop_when_the_peer_does_not_read(self) -> None:
+        """
+        A ping is answered with a pong; once the pongs waiting to be sent
+        pass L{PONG_BACKLOG}, further pings are not answered, and the
+        WebSocket stays open.
+        """
+        server = EngineIOServer(Clock(), _accept)
+        factory: Any = server.websocket_factory
+        protocol: EngineWebSocketProtocol = factory.buildProtocol(
+            IPv4Address("TCP", "127.0.0.1", 40000)
+        )
+        transport = _Unread()
+        protocol.makeConnection(transport)
+        self.addCleanup(protocol.connectionLost, Failure(ConnectionDone()))
+        protocol.dataReceived(
+            b"GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\n"
+            b"Host: example.com\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        self.assertEqual(protocol.state, protocol.STATE_OPEN)
+        ping = b"\x89\xfd" + b"\0\0\0\0" + b"p" * 125
+        pong = b"\x8a\x7d" + b"p" * 125
+        before = unsent(transport)
+        protocol.dataReceived(ping)
+        self.assertEqual(unsent(transport), before + len(pong))
+        self.assertTrue(transport.waiting().endswith(pong))
+        protocol.dataReceived(ping * 10_000)
+        self.assertLessEqual(unsent(transport), PONG_BACKLOG + len(pong))
+        self.assertEqual(protocol.state, protocol.STATE_OPEN)
+
+    def test_unsent_under_tls(self) -> None:
+        """
+        Under TLS the bytes waiting are those of the connection under it.
+        """
+
+        class Wrapper:
+            def __init__(self, transport: object) -> None:
+                self.transport = transport
+
+        transport = _Unread()
+        transport.write(b"x" * 10)
+        self.assertEqual(unsent(Wrapper(Wrapper(transport))), 10)
+        self.assertEqual(unsent(StringTransport()), 0)

@@ -9,12 +9,12 @@ from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from realtimed.store.migrations import migrate
 from realtimed.store.pool import ConnectionPool
 from realtimed.store.positions import Position, Snapshot
-from realtimed.store.sessions import SavedSubscription, Session, SessionStore, new_pid
+from realtimed.store.sessions import SavedSubscription, Session, SessionStore, is_pid, new_pid
 from tests.support import create_database, run_sql
 
 
@@ -192,3 +192,25 @@ class SessionStoreTests(TestCase):
         replay = yield self.one.replay(after, end, subscription, 10)
         self.assertEqual([m.event for m in replay.messages], ["b", "c"])
         self.assertIsNone((yield self.one.position_of("00000000-0000-0000-0000-000000000000")))
+
+
+class PidTests(SynchronousTestCase):
+    def test_only_what_new_pid_makes(self) -> None:
+        """
+        Ids L{new_pid} makes are pids; a client's claim of any other shape
+        (empty, too long, a NUL, a lone surrogate, other characters) is
+        not, so it is never sent to the database.
+        """
+        for _ in range(100):
+            self.assertTrue(is_pid(new_pid()))
+        pid = new_pid()
+        for claim in [
+            "",
+            pid[:-1],
+            pid + "a",
+            "\x00" * 24,
+            pid[:-1] + "\ud800",
+            "=" * 24,
+            "a" * 10**6,
+        ]:
+            self.assertFalse(is_pid(claim), repr(claim[:30]))

@@ -12,6 +12,14 @@ can go to many connections.  What is broadcast during a reactor turn is held
 (`EngineConnection.defer_frames`) and written in one system call at the
 start of the next.
 
+Long payloads: a polling ``POST`` may carry many packets (a megabyte of
+one-byte packets is half a million of them).  Past `PACKETS_PER_TURN`
+packets the rest wait for the next reactor turn, so one payload never
+holds the reactor for long and other clients are served in between, as
+they are between the reads of a WebSocket; the ``POST`` is answered once
+all its packets are handled, and later ``POST`` requests of the session
+queue behind it, in order.
+
 Slow readers: a WebSocket connection registers a streaming producer with its
 TCP transport, so it learns when the kernel stops taking data.  What is
 written after that point is counted, and when the count passes
@@ -21,8 +29,9 @@ the same way.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from attrs import define, field
 from autobahn.twisted.websocket import WebSocketServerProtocol
@@ -37,14 +46,18 @@ from realtimed.engineio.engine_packets import (
     EncodedPacket,
     EngineProtocolError,
     decode_packet,
-    decode_payload,
     encode_payload,
+    split_payload,
     websocket_frame,
 )
 from realtimed.engineio.session import POLLING, EngineSession
 from realtimed.engineio.websocket import EngineWebSocketProtocol
 
 log = Logger()
+
+#: Packets of polling payloads one session has handled in one reactor turn;
+#: the rest wait for the next turn.
+PACKETS_PER_TURN: Final = 1000
 
 
 @define(frozen=True)
@@ -148,6 +161,9 @@ class EngineConnection:
     _outbox: list[EncodedPacket] = field(factory=list)
     _outbox_size: int = 0
     _timer: IDelayedCall | None = None
+    #: polling payloads whose packets are not all handled yet, oldest first
+    _inbox: deque[_Arriving] = field(factory=deque)
+    _draining: IDelayedCall | None = None
 
     @property
     def sid(self) -> str:
@@ -462,7 +478,7 @@ class EngineConnection:
         if self._poll is request:
             self._poll = None
 
-    def post(self, request: Request) -> bytes:
+    def post(self, request: Request) -> bytes | int:
         """
         A polling ``POST``.
         """
@@ -482,18 +498,73 @@ class EngineConnection:
             return b""
         body = content.read() if content is not None else b""
         try:
-            packets = decode_payload(body)
+            parts = split_payload(body)
         except EngineProtocolError as e:
             log.info("Bad polling payload from {sid}: {error}", sid=self.sid, error=str(e))
             self._apply(self.session.protocol_error())
             return self.server.bad_request(request)
+        if not self._inbox and len(parts) <= PACKETS_PER_TURN:
+            now = self.server.reactor.seconds()
+            for part in parts:
+                self._apply(self.session.receive(decode_packet(part), now))
+                if self.session.closed:
+                    break
+            request.setHeader(b"content-type", b"text/html")
+            return b"ok"
+        arriving = _Arriving(parts, request)
+        request.notifyFinish().addErrback(self._post_lost, arriving)
+        self._inbox.append(arriving)
+        if self._draining is None:
+            self._drain()
+        return NOT_DONE_YET
+
+    def _drain(self) -> None:
+        """
+        Handle up to L{PACKETS_PER_TURN} waiting packets, answer the
+        ``POST`` requests whose packets are all handled, and come back next
+        turn for the rest.
+        """
+        self._draining = None
+        self._catch_up()
+        inbox = self._inbox
+        budget = PACKETS_PER_TURN
         now = self.server.reactor.seconds()
-        for packet in packets:
-            self._apply(self.session.receive(packet, now))
-            if self.session.closed:
+        while inbox:
+            arriving = inbox[0]
+            parts = arriving.parts
+            handled = arriving.handled
+            while handled < len(parts) and budget and not self.session.closed:
+                packet = decode_packet(parts[handled])
+                handled += 1
+                budget -= 1
+                self._apply(self.session.receive(packet, now))
+            arriving.handled = handled
+            if handled < len(parts) and not self.session.closed:
                 break
-        request.setHeader(b"content-type", b"text/html")
-        return b"ok"
+            inbox.popleft()
+            self._answer(arriving)
+        if inbox:
+            self._draining = self.server.reactor.callLater(0, self._drain)
+
+    def _answer(self, arriving: _Arriving) -> None:
+        """
+        Answer a ``POST`` whose packets are handled: ``ok``, or, when the
+        session closed before any of them, the answer to a ``POST`` for a
+        closed session.
+        """
+        if arriving.gone:
+            return
+        request = arriving.request
+        if arriving.handled:
+            request.setHeader(b"content-type", b"text/html")
+            body = b"ok"
+        else:
+            body = self.server.bad_request(request)
+        request.write(body)
+        request.finish()
+
+    def _post_lost(self, failure: Failure, arriving: _Arriving) -> None:
+        arriving.gone = True
 
     def ws_message(self, ws: EngineWebSocketProtocol, data: str | bytes) -> None:
         """
@@ -536,6 +607,21 @@ class EngineConnection:
             self._candidate = None
             self.session.candidate_lost()
             self._reschedule()
+
+
+@define(eq=False)
+class _Arriving:
+    """
+    A polling ``POST`` whose packets are being handled.
+
+    @ivar handled: How many of C{parts} are handled.
+    @ivar gone: The client went away: there is no one to answer.
+    """
+
+    parts: list[EncodedPacket]
+    request: Request
+    handled: int = 0
+    gone: bool = False
 
 
 @define(eq=False)

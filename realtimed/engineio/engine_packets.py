@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 import struct
 from collections.abc import Iterable, Sequence
 from typing import Final
@@ -31,6 +32,9 @@ UPGRADE: Final = 5
 NOOP: Final = 6
 
 RECORD_SEPARATOR: Final = "\x1e"
+
+#: the start of an empty packet, or of one of no known type, in a payload
+_BAD_PACKET: Final = re.compile("(?:^|\x1e)(?:(?=\x1e|\\Z)|([^0-6b]))")
 
 EncodedPacket = str | bytes
 
@@ -111,9 +115,13 @@ def encode_payload(packets: Iterable[EncodedPacket]) -> bytes:
     return RECORD_SEPARATOR.join(parts).encode("utf-8")
 
 
-def decode_payload(body: bytes) -> list[EnginePacket]:
+def split_payload(body: bytes) -> list[EncodedPacket]:
     """
-    Decode the body of a polling ``POST`` request.
+    Split the body of a polling ``POST`` request into encoded packets,
+    checked: text packets as they are, binary ones decoded to `bytes`.
+    Checking is cheaper than building the packets (`decode_packet` turns
+    each into an `EnginePacket` and cannot fail on them), so a server can
+    refuse a bad payload whole before it acts on any of its packets.
 
     @raise EngineProtocolError: for a body that is not UTF-8, an empty or
         unknown packet, or bad base64.
@@ -122,17 +130,32 @@ def decode_payload(body: bytes) -> list[EnginePacket]:
         text = body.decode("utf-8")
     except UnicodeDecodeError as e:
         raise EngineProtocolError("payload is not UTF-8") from e
-    packets = []
-    for part in text.split(RECORD_SEPARATOR):
-        if part[:1] == "b":
-            try:
-                data = base64.b64decode(part[1:], validate=True)
-            except (binascii.Error, ValueError) as e:
-                raise EngineProtocolError("bad base64 in binary packet") from e
-            packets.append(EnginePacket(MESSAGE, data))
-        else:
-            packets.append(decode_packet(part))
-    return packets
+    # one scan of the whole text finds a bad packet: a payload may hold
+    # hundreds of thousands of packets, too many to look at one by one
+    bad = _BAD_PACKET.search(text)
+    if bad is not None:
+        if bad.group(1):
+            raise EngineProtocolError("unknown packet type")
+        raise EngineProtocolError("empty packet")
+    parts: list[EncodedPacket] = list(text.split(RECORD_SEPARATOR))
+    if text.startswith("b") or RECORD_SEPARATOR + "b" in text:
+        for index, part in enumerate(parts):
+            if isinstance(part, str) and part.startswith("b"):
+                try:
+                    parts[index] = base64.b64decode(part[1:], validate=True)
+                except (binascii.Error, ValueError) as e:
+                    raise EngineProtocolError("bad base64 in binary packet") from e
+    return parts
+
+
+def decode_payload(body: bytes) -> list[EnginePacket]:
+    """
+    Decode the body of a polling ``POST`` request.
+
+    @raise EngineProtocolError: for a body that is not UTF-8, an empty or
+        unknown packet, or bad base64.
+    """
+    return [decode_packet(part) for part in split_payload(body)]
 
 
 def websocket_frame(payload: EncodedPacket) -> bytes:

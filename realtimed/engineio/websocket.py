@@ -28,6 +28,28 @@ from typing import Any, Protocol
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
+from twisted.internet.abstract import FileDescriptor
+
+#: Bytes waiting to be sent on a connection past which its pings are not
+#: answered.  A client that sends pings and never reads the pongs would
+#: otherwise have the server keep every pong, without end; RFC 6455 lets a
+#: server skip pongs to pings it has not had the chance to answer.
+PONG_BACKLOG = 64 * 1024
+
+
+def unsent(transport: Any) -> int:
+    """
+    How many bytes written to C{transport} (or to the connection under it,
+    for TLS) the kernel has not taken yet.  Twisted keeps them in private
+    state of its file descriptors (as `realtimed.engineio.connection`'s
+    writer also reads); anything else counts as nothing waiting.
+    """
+    while transport is not None and not isinstance(transport, FileDescriptor):
+        transport = getattr(transport, "transport", None)
+    if transport is None:
+        return 0
+    waiting: int = len(transport.dataBuffer) - transport.offset + transport._tempDataLen
+    return waiting
 
 
 class WebSocketHost(Protocol):
@@ -219,6 +241,11 @@ class EngineWebSocketProtocol(WebSocketServerProtocol):
             connection.ws_message(self, payload)
         else:
             connection.ws_message(self, payload.decode("utf-8"))
+
+    def onPing(self, payload: bytes) -> None:
+        if unsent(self.transport) > PONG_BACKLOG:
+            return
+        super().onPing(payload)
 
     def sendCloseFrame(
         self, code: int | None = None, reasonUtf8: bytes | None = None, isReply: bool = False

@@ -103,7 +103,14 @@ from realtimed.store.publisher import (
     Rejected,
     Rejection,
 )
-from realtimed.store.sessions import SavedSubscription, Session, SessionStore, Stream, new_pid
+from realtimed.store.sessions import (
+    SavedSubscription,
+    Session,
+    SessionStore,
+    Stream,
+    is_pid,
+    new_pid,
+)
 
 log = Logger()
 
@@ -569,7 +576,7 @@ class Realtime(Service):
         if not self.recovery_window or self.sessions is None or self.stream is None:
             return None
         pid = auth.get("pid") if isinstance(auth, dict) else None
-        if not isinstance(pid, str) or not pid:
+        if not isinstance(pid, str) or not is_pid(pid):
             self._keep_session(socket, client)
             return None
         offset = auth.get("offset") if isinstance(auth, dict) else None

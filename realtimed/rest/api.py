@@ -311,6 +311,9 @@ class AdminAPI:
     """
 
     app: ClassVar[Klein] = Klein()
+    # A path with doubled slashes (``/channels//x``) is not a route: werkzeug
+    # would otherwise answer it with an HTML redirect to the merged path.
+    app.url_map.merge_slashes = False
 
     _pool: IQueries
     _keys: Keys

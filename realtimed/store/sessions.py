@@ -109,6 +109,18 @@ def new_pid() -> str:
     return secrets.token_urlsafe(18)
 
 
+def is_pid(text: str) -> bool:
+    """
+    Whether C{text} could be a private session id L{new_pid} made: a
+    client's claim that is not one (a NUL, a lone surrogate, a megabyte)
+    is answered as an unknown session, without asking the database.
+    """
+    return len(text) == 24 and _PID_ALPHABET.issuperset(text)
+
+
+_PID_ALPHABET = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+
+
 def _position_json(position: Position) -> dict[str, Any]:
     return {
         "from": position.encode(),

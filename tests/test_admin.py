@@ -451,7 +451,7 @@ class FailuresTestCase(TestCase):
         @inlineCallbacks
         def close() -> Any:
             yield listening.stopListening()
-            yield site.close_all()
+            yield site.abort_all()
 
         self.addCleanup(close)
         port: int = listening.getHost().port

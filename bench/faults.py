@@ -26,6 +26,7 @@ from tests.faults import Account, Rig  # noqa: E402
 FAULTS = (
     "pg-restart",
     "pg-kill",
+    "realtimed-stop",
     "realtimed-kill",
     "connections-cut",
     "connections-hang",
@@ -38,9 +39,9 @@ def table(accounts: list[Account]) -> str:
     The totals per fault, as Markdown.
     """
     rows = [
-        "| fault | phases | published | acknowledged | failed (what the client saw) |"
+        "| fault | phases | published | acknowledged | failed (what the client saw) | unanswered |"
         " delivered | lost | duplicated | out of order | not recovered | webhooks |",
-        "|---|--:|--:|--:|---|--:|--:|--:|--:|--:|---|",
+        "|---|--:|--:|--:|---|--:|--:|--:|--:|--:|--:|---|",
     ]
     for fault in dict.fromkeys(a.fault.split("#")[0] for a in accounts):
         mine = [a for a in accounts if a.fault.split("#")[0] == fault]
@@ -52,6 +53,7 @@ def table(accounts: list[Account]) -> str:
             f"| {fault} | {len(mine)} | {sum(a.published for a in mine)}"
             f" | {sum(a.acked for a in mine)}"
             f" | {', '.join(f'{n} {why}' for why, n in sorted(failed.items())) or '0'}"
+            f" | {sum(a.unanswered for a in mine)}"
             f" | {sum(sum(a.delivered.values()) for a in mine)}"
             f" | {sum(a.lost for a in mine)} | {sum(a.duplicated for a in mine)}"
             f" | {sum(a.out_of_order for a in mine)} | {sum(a.unrecovered for a in mine)}"

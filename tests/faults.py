@@ -15,7 +15,7 @@ The clients:
   ack; after a reconnect they subscribe again;
 - subscribers: stock socket.io-client sockets (connection state recovery,
   no option beyond reconnecting quickly), and python-socketio sockets that
-  subscribe again ``since`` the last message they received.
+  subscribe again ``since`` the offset of the last message they received.
 
 Every client reaches its process through a TCP proxy, which stands for the
 network and the load balancer: it can cut every connection, hang them
@@ -296,7 +296,8 @@ class WebhookReceiver:
 
     def __init__(self) -> None:
         self.port = free_port()
-        self.received: Counter[str] = Counter()
+        self._received: Counter[str] = Counter()
+        self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
         self.up()
 
@@ -311,9 +312,12 @@ class WebhookReceiver:
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("content-length", 0)))
                 try:
-                    receiver.received[json.loads(body)["messageId"]] += 1
+                    message_id = json.loads(body)["messageId"]
                 except (ValueError, KeyError, TypeError):
-                    pass
+                    message_id = None
+                if message_id is not None:
+                    with receiver._lock:
+                        receiver._received[message_id] += 1
                 self.send_response(204)
                 self.end_headers()
 
@@ -323,6 +327,13 @@ class WebhookReceiver:
         ThreadingHTTPServer.allow_reuse_address = True
         self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def received(self) -> Counter[str]:
+        """
+        How many times each message id was received so far.
+        """
+        with self._lock:
+            return Counter(self._received)
 
     def down(self) -> None:
         if self._server is not None:
@@ -342,9 +353,11 @@ class Publisher:
     rate: float
     phase: str = ""
     acked: list[tuple[str, int, str]] = field(factory=list)
-    failed: Counter[str] = field(factory=Counter)
-    #: how many publishes it has made
-    sent: int = 0
+    #: the publishes that failed, by phase and what the client saw
+    failed: Counter[tuple[str, str]] = field(factory=Counter)
+    #: how many publishes it has made, by phase
+    sent: Counter[str] = field(factory=Counter)
+    _n: int = 0
     _stop: threading.Event = field(factory=threading.Event)
     _sio: Any = None
     _thread: threading.Thread | None = None
@@ -365,8 +378,9 @@ class Publisher:
     def _run(self) -> None:
         while not self._stop.is_set():
             started = time.monotonic()
-            self.sent += 1
-            phase, n = self.phase, self.sent
+            self._n += 1
+            phase, n = self.phase, self._n
+            self.sent[phase] += 1
             payload = {"p": self.name, "n": n, "phase": phase}
             try:
                 ack = self._sio.call(
@@ -375,14 +389,14 @@ class Publisher:
                     timeout=15,
                 )
             except socketio.exceptions.TimeoutError:
-                self.failed["no answer in 15 s"] += 1
+                self.failed[phase, "no answer in 15 s"] += 1
             except socketio.exceptions.SocketIOError:
-                self.failed["not connected"] += 1
+                self.failed[phase, "not connected"] += 1
             else:
                 if ack.get("ok"):
                     self.acked.append((phase, n, ack["messageId"]))
                 else:
-                    self.failed[ack.get("error", {}).get("code", "?")] += 1
+                    self.failed[phase, ack.get("error", {}).get("code", "?")] += 1
             self._stop.wait(max(0.0, 1.0 / self.rate - (time.monotonic() - started)))
 
     def stop(self) -> None:
@@ -426,7 +440,9 @@ class Subscriber:
         def on_message(data: dict[str, Any], *offset: str) -> None:
             with self._lock:
                 self.received.append(data)
-                self._last = data["messageId"]
+                # The offset says exactly what was received; a message id
+                # only roughly, when transactions overlap.
+                self._last = offset[0] if offset else data["messageId"]
 
         def on_connect() -> None:
             if first.is_set():
@@ -483,6 +499,8 @@ class Account:
     published: int
     acked: int
     failed: dict[str, int]
+    #: publishes still waiting for their answer when the phase was counted
+    unanswered: int
     stored_not_acked: int
     acked_not_stored: int
     delivered: dict[str, int]
@@ -498,7 +516,8 @@ class Account:
         delivered = " ".join(f"{k}={v}" for k, v in sorted(self.delivered.items()))
         return (
             f"{self.fault:<16} published {self.published:>5}  acked {self.acked:>5}"
-            f"  failed {failed}  stored-not-acked {self.stored_not_acked}"
+            f"  failed {failed}  unanswered {self.unanswered}"
+            f"  stored-not-acked {self.stored_not_acked}"
             f"  acked-not-stored {self.acked_not_stored}  delivered {delivered}"
             f"  lost {self.lost}  duplicated {self.duplicated}"
             f"  out-of-order {self.out_of_order}  unrecovered {self.unrecovered}"
@@ -550,11 +569,13 @@ class Rig:
                 self.subscribers.append(Subscriber(f"py-{n}-{i}", proxy.address, "python"))
             for i in range(self.publishers_per_process):
                 self.publishers.append(Publisher(f"pub-{n}-{i}", proxy.address, self.rate))
-        for client in (*self.subscribers, *self.publishers):
+        clients: list[Subscriber | Publisher] = [*self.subscribers, *self.publishers]
+        for client in clients:
             client.start()
 
     def stop(self) -> None:
-        for client in (*self.publishers, *self.subscribers):
+        clients: list[Subscriber | Publisher] = [*self.publishers, *self.subscribers]
+        for client in clients:
             try:
                 client.stop()
             except Exception:
@@ -573,7 +594,8 @@ class Rig:
             "none": lambda: None,
             "pg-restart": self.cluster.restart,
             "pg-kill": self._pg_kill,
-            "realtimed-kill": self._realtimed_kill,
+            "realtimed-stop": lambda: self._realtimed_down(kill=False),
+            "realtimed-kill": lambda: self._realtimed_down(kill=True),
             "connections-cut": self._cut,
             "connections-hang": self._hang,
             "webhooks-down": self._webhooks_down,
@@ -584,12 +606,15 @@ class Rig:
         time.sleep(1)
         self.cluster.start()
 
-    def _realtimed_kill(self) -> None:
-        # Process 0 dies; its proxy sends its clients to process 1, as a
-        # load balancer would; then it comes back.
+    def _realtimed_down(self, kill: bool) -> None:
+        # Process 0 stops (SIGTERM) or dies (SIGKILL); its proxy sends its
+        # clients to process 1, as a load balancer would; then it comes back.
         victim, survivor = self.processes
         self.proxies[0].target = survivor.port
-        victim.kill()
+        if kill:
+            victim.kill()
+        else:
+            victim.stop()
         time.sleep(2)
         victim.start()
         victim.wait_healthy()
@@ -621,9 +646,7 @@ class Rig:
         label = label or fault
         started = time.monotonic()
         seen_before = {s.name: len(s.messages()) for s in self.subscribers}
-        failed_before = {p.name: Counter(p.failed) for p in self.publishers}
         acked_before = {p.name: len(p.acked) for p in self.publishers}
-        sent_before = {p.name: p.sent for p in self.publishers}
         for publisher in self.publishers:
             publisher.phase = label
         time.sleep(before)
@@ -639,10 +662,10 @@ class Rig:
             for phase, n, message_id in p.acked[acked_before[p.name] :]
             if phase == label
         }
-        published = sum(p.sent - sent_before[p.name] for p in self.publishers)
+        published = sum(p.sent[label] for p in self.publishers)
         failed: Counter[str] = Counter()
         for p in self.publishers:
-            failed.update(p.failed - failed_before[p.name])
+            failed.update({why: n for (phase, why), n in p.failed.items() if phase == label})
         stored = {
             str(row[0])
             for row in self.cluster.sql(
@@ -656,7 +679,7 @@ class Rig:
                     acked.keys() <= {m["messageId"] for m in s.messages()[seen_before[s.name] :]}
                     for s in self.subscribers
                 )
-                and acked.keys() <= self.receiver.received.keys()
+                and acked.keys() <= self.receiver.received().keys()
             ):
                 break
             time.sleep(0.2)
@@ -681,7 +704,7 @@ class Rig:
                 last[p] = max(n, last.get(p, 0))
             unrecovered += subscriber.unrecovered
             subscriber.unrecovered = 0
-        hooks = {k: v for k, v in self.receiver.received.items() if k in stored}
+        hooks = {k: v for k, v in self.receiver.received().items() if k in stored}
         webhooks_lost = len(acked.keys() - hooks.keys())
         webhooks_twice = sum(v - 1 for v in hooks.values() if v > 1)
         return Account(
@@ -689,6 +712,7 @@ class Rig:
             published=published,
             acked=len(acked),
             failed=dict(failed),
+            unanswered=published - len(acked) - sum(failed.values()),
             stored_not_acked=len(stored - acked.keys()),
             acked_not_stored=len(acked.keys() - stored),
             delivered=delivered,

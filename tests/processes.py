@@ -13,6 +13,10 @@ import time
 import urllib.request
 from pathlib import Path
 
+from twisted.internet.defer import Deferred
+from twisted.internet.threads import deferToThread
+from twisted.trial.unittest import TestCase
+
 from tests.test_realtime import KEYS
 
 TWISTD = Path(sys.executable).with_name("twistd")
@@ -120,3 +124,15 @@ class RealtimedProcess:
             self.process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             self.kill()
+
+
+def start_daemon(test: TestCase, url: str, *options: str) -> Deferred[RealtimedProcess]:
+    """
+    Start realtimed on C{url} with C{options}, stopped when C{test} ends.
+
+    @return: A Deferred firing with the process once it answers C{/healthz}.
+    """
+    process = RealtimedProcess(url, Path(test.mktemp()).resolve(), *options)
+    process.start()
+    test.addCleanup(process.stop)
+    return deferToThread(process.wait_healthy).addCallback(lambda _: process)

@@ -3,7 +3,7 @@ Nothing lost under faults: a short run of the fault-injection rig
 (`tests.faults`) with two realtimed processes on a throwaway PostgreSQL
 cluster.  Every acknowledged message is stored and reaches every
 subscriber once and in order, whatever fault comes: PostgreSQL restarted
-or killed, a realtimed process killed, connections cut or hung, webhooks
+or killed, a realtimed process stopped or killed, connections cut or hung, webhooks
 down.  The longer run is ``bench/faults.py``.
 """
 
@@ -20,6 +20,7 @@ FAULTS = (
     "none",
     "pg-restart",
     "pg-kill",
+    "realtimed-stop",
     "realtimed-kill",
     "connections-cut",
     "connections-hang",

@@ -76,7 +76,14 @@ class HAProxyTests(JSClientMixin, RealtimeTestCase):
         yield super().setUp()
         base = Path(self.mktemp()).absolute()
         self.processes = [
-            RealtimedProcess(self.url, base / f"realtimed{i}", "--max-connections-per-ip", "0")
+            RealtimedProcess(
+                self.url,
+                base / f"realtimed{i}",
+                "--max-connections-per-ip",
+                "0",
+                "--recovery-window",
+                "60",
+            )
             for i in (1, 2, 3)
         ]
         for process in self.processes:
@@ -254,3 +261,38 @@ class HAProxyTests(JSClientMixin, RealtimeTestCase):
         while sum((yield self.connections())) != len(survivors):
             self.assertLess(time.monotonic(), deadline, "the sessions to close")
             yield self.call(time.sleep, 0.05)
+
+    @inlineCallbacks
+    def test_recovered_on_another_process(self) -> Any:
+        """
+        A socket whose process is killed reconnects through HAProxy to
+        another process and recovers its session there: the same socket id,
+        its subscription, and the messages published meanwhile, once, in
+        order.
+        """
+        client = JSClient(self.address)
+        self.addCleanup(self.call, client.close)
+        yield self.call(
+            client.connect, {"token": token("rita")}, transports=["websocket"], reconnect=True
+        )
+        ack = yield self.call(client.request, "REALTIME_SUBSCRIBE", {"channel": "chat:lb"})
+        self.assertTrue(ack["ok"], ack)
+        counts = yield self.connections()
+        self.assertEqual(sorted(counts), [0, 0, 1])
+        victim = self.processes[counts.index(1)]
+        victim.kill()
+        for n in (1, 2, 3):
+            self.sql("SELECT realtime.publish('chat:lb', 'missed', %s::jsonb)", (f'{{"n": {n}}}',))
+        connected = yield self.call(client.reconnects.get, True, PATIENCE)
+        self.assertEqual((connected["recovered"], connected["sid"]), (True, client.sid))
+        got = []
+        for _ in range(3):
+            _, message = yield self.call(client.next_event, "missed")
+            got.append(message["payload"]["n"])
+        self.assertEqual(got, [1, 2, 3])
+        ack = yield self.call(
+            client.request, "REALTIME_PUBLISH", {"channel": "chat:lb", "event": "after"}
+        )
+        self.assertTrue(ack["ok"], ack)
+        _, message = yield self.call(client.next_event, "after")
+        self.assertEqual(message["channel"], "chat:lb")

@@ -43,9 +43,9 @@ from hypothesis import strategies as st
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.trial.unittest import TestCase
 
+from tests.processes import RealtimedProcess, start_daemon
 from tests.support import create_database, run_sql
 from tests.test_realtime import KEYS, PATIENCE, Client, token
-from tests.test_realtime_daemons import Process, start_daemon
 
 #: Where attacks come from; the good client connects from 127.0.0.1.
 ATTACKER = "127.0.0.2"
@@ -366,7 +366,7 @@ class HostileTestCase(TestCase):
 
     timeout = 120
     options: dict[str, str] = OPTIONS
-    daemon: Process
+    daemon: RealtimedProcess
 
     @inlineCallbacks
     def setUp(self) -> Generator[Deferred[Any], Any, None]:

@@ -6,96 +6,15 @@ and what SQL publishes, exactly once and in the same order.
 
 from __future__ import annotations
 
-import os
-import re
-import subprocess
-import sys
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import TestCase
 
+from tests.processes import start_daemon
 from tests.support import create_database, run_sql
-from tests.test_realtime import KEYS, PATIENCE, Client, marker_events, sleep, token
-
-TWISTD = Path(sys.executable).with_name("twistd")
-LISTENING = re.compile(r"realtimed listening on (http://127\.0\.0\.1:\d+)/")
-
-
-class Process:
-    """
-    One ``twistd -n realtimed`` on a loopback port chosen by the system.
-    """
-
-    def __init__(self, url: str, *options: str) -> None:
-        self.directory = tempfile.mkdtemp(prefix="realtimed-daemon-")
-        self.log = Path(self.directory) / "out.log"
-        self.address: str | None = None
-        with open(self.log, "wb") as out:
-            self.process = subprocess.Popen(
-                [
-                    str(TWISTD),
-                    "-n",
-                    "--pidfile=",
-                    "realtimed",
-                    "--database-url",
-                    url,
-                    "--port",
-                    "tcp:0:interface=127.0.0.1",
-                    "--data-dir",
-                    self.directory,
-                    "--jwt-secret",
-                    KEYS.jwt_secret,
-                    "--api-key",
-                    KEYS.api_key,
-                    "--anon-key",
-                    KEYS.anon_key,
-                    "--webhook-secret",
-                    KEYS.webhook_secret,
-                    *options,
-                ],
-                cwd=self.directory,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def found_address(self) -> str | None:
-        match = LISTENING.search(self.output())
-        return match.group(1) if match else None
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=PATIENCE)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-
-@inlineCallbacks
-def start_daemon(test: TestCase, url: str, *options: str) -> Any:
-    """
-    Start a daemon on C{url} with C{options}, stopped when C{test} ends.
-
-    @return: A Deferred firing with its L{Process} once it listens.
-    """
-    process = Process(url, *options)
-    test.addCleanup(process.stop)
-    deadline = time.monotonic() + 60
-    while process.address is None:
-        process.address = process.found_address()
-        if process.process.poll() is not None or time.monotonic() > deadline:
-            test.fail("realtimed did not start:\n" + process.output())
-        yield sleep(0.1)
-    return process
+from tests.test_realtime import PATIENCE, Client, marker_events, sleep, token
 
 
 class TwoDaemonsTests(TestCase):

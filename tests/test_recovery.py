@@ -11,55 +11,15 @@ import uuid
 from typing import Any
 from urllib.parse import urlsplit
 
-from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.threads import deferToThread
-from twisted.protocols import portforward
 from twisted.trial.unittest import TestCase
 
+from tests.faults import Proxy
+from tests.processes import start_daemon
 from tests.support import create_database, run_sql
 from tests.test_realtime import PATIENCE, Client, marker_events, token
-from tests.test_realtime_daemons import start_daemon
 from tests.test_realtime_js import JSClient, _why_not
-
-
-class _Forwarded(portforward.ProxyServer):
-    factory: Switch
-
-    def connectionMade(self) -> None:
-        if self.factory.port is None:
-            self.transport.abortConnection()
-            return
-        self.factory.open.add(self)
-        super().connectionMade()
-
-    def connectionLost(self, reason: Any) -> None:
-        self.factory.open.discard(self)
-        super().connectionLost(reason)
-
-
-class Switch(portforward.ProxyFactory):
-    """
-    A TCP proxy on loopback, standing for the network between clients and
-    realtimed: it forwards to the port it is set to, and may cut every
-    connection at once (and refuse new ones while it has no port).
-    """
-
-    protocol = _Forwarded
-
-    def __init__(self) -> None:
-        super().__init__("127.0.0.1", None)
-        self.open: set[_Forwarded] = set()
-
-    def cut(self, port: int | None) -> None:
-        """
-        Drop every connection, and forward new ones to C{port}.
-        """
-        self.port = port
-        for server in list(self.open):
-            if server.peer is not None and server.peer.transport is not None:
-                server.peer.transport.abortConnection()
-            server.transport.abortConnection()
 
 
 def port_of(address: str) -> int:
@@ -105,11 +65,9 @@ class RecoveryTests(TestCase):
         first = yield start_daemon(self, url, "--recovery-window", "60")
         second = yield start_daemon(self, url, "--recovery-window", "60")
         run_sql(url, "INSERT INTO realtime.channels (pattern) VALUES ('orders'), ('audit')")
-        switch = Switch()
-        switch.port = port_of(first.address)
-        listening = reactor.listenTCP(0, switch, interface="127.0.0.1")
-        self.addCleanup(listening.stopListening)
-        address = f"http://127.0.0.1:{listening.getHost().port}"
+        proxy = Proxy(port_of(first.address))
+        self.addCleanup(proxy.close)
+        address = proxy.address
 
         clients = {}
         for name, channel, transports in (
@@ -131,11 +89,12 @@ class RecoveryTests(TestCase):
         self.assertEqual(message["payload"], {"i": 1})
         self.assertEqual(len(busy.offsets), 1)
 
-        switch.cut(None)
+        proxy.target = None
+        proxy.cut()
         publish(url, "orders", 2, 3)
         publish(url, "audit", "a")
         publish(url, "orders", 4)
-        switch.cut(port_of(second.address))
+        proxy.target = port_of(second.address)
 
         for client in (busy, quiet):
             connected = yield deferToThread(client.reconnects.get, True, PATIENCE)
@@ -165,12 +124,12 @@ class SubscribeSinceTests(TestCase):
         """
         A subscribe C{since} a message id gets what was stored after it on
         the channel, in order, before live messages, once; the ack says how
-        many and that it was all.  An unknown id replays nothing, and says
-        so.  Without recovery, messages carry no offset.
+        many and that it was all.  An unknown id or offset replays nothing,
+        and says so.  Without recovery, messages carry no offset.
         """
         url = create_database(self)
         daemon = yield start_daemon(self, url)
-        run_sql(url, "INSERT INTO realtime.channels (pattern) VALUES ('orders')")
+        run_sql(url, "INSERT INTO realtime.channels (pattern) VALUES ('orders'), ('audit')")
         ids = publish(url, "orders", 1, 2, 3)
 
         client = Client(daemon.address)
@@ -195,6 +154,10 @@ class SubscribeSinceTests(TestCase):
         yield deferToThread(other.connect, {"token": token("bob")})
         ack = yield deferToThread(
             other.request, "REALTIME_SUBSCRIBE", {"channel": "orders", "since": str(uuid.uuid4())}
+        )
+        self.assertEqual((ack["ok"], ack["replay"]), (True, {"count": 0, "complete": False}))
+        ack = yield deferToThread(
+            other.request, "REALTIME_SUBSCRIBE", {"channel": "audit", "since": "not an offset"}
         )
         self.assertEqual((ack["ok"], ack["replay"]), (True, {"count": 0, "complete": False}))
         ack = yield deferToThread(

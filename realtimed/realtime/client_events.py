@@ -60,8 +60,8 @@ CHANNEL_RULE = (
 @frozen
 class Subscribe:
     """
-    A client's subscribe; with C{since}, a message id: replay what was
-    stored on the channel after that message.
+    A client's subscribe; with C{since}, a message id or the offset a
+    message came with: replay what was stored on the channel after it.
     """
 
     channel: str

@@ -931,16 +931,23 @@ class Realtime(Service):
 
     def _replay_point(self, since: str) -> Deferred[Position | None]:
         """
-        Where a replay from message C{since} starts, once this process's
-        listener has got there; C{None} for an unknown message (or a
-        listener that does not get there in time).
+        Where a replay from C{since} starts, once this process's listener
+        has got there: after a message id, or at an offset a message came
+        with (exact: the messages handed over up to that one); C{None} for
+        an unknown message or offset (or a listener that does not get there
+        in time).
         """
         assert self.sessions is not None
+        d: Deferred[Any]
         try:
             uuid.UUID(since)
         except ValueError:
-            return succeed(None)
-        d: Deferred[Any] = self.sessions.position_of(since)
+            try:
+                d = succeed(Position.decode(since))
+            except ValueError:
+                return succeed(None)
+        else:
+            d = self.sessions.position_of(since)
 
         def found(after: Position | None) -> Deferred[Position | None] | None:
             if after is None:

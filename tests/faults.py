@@ -357,6 +357,8 @@ class Publisher:
     failed: Counter[tuple[str, str]] = field(factory=Counter)
     #: how many publishes it has made, by phase
     sent: Counter[str] = field(factory=Counter)
+    #: how many of its publishes were answered, or failed
+    answered: int = 0
     _n: int = 0
     _stop: threading.Event = field(factory=threading.Event)
     _sio: Any = None
@@ -397,6 +399,7 @@ class Publisher:
                     self.acked.append((phase, n, ack["messageId"]))
                 else:
                     self.failed[phase, ack.get("error", {}).get("code", "?")] += 1
+            self.answered += 1
             self._stop.wait(max(0.0, 1.0 / self.rate - (time.monotonic() - started)))
 
     def stop(self) -> None:
@@ -645,6 +648,14 @@ class Rig:
         """
         label = label or fault
         started = time.monotonic()
+        # Every publisher is publishing again (one whose ack was lost with a
+        # cut connection waits for it first).
+        count = {p.name: p.answered for p in self.publishers}
+        deadline = started + 30
+        while any(p.answered == count[p.name] for p in self.publishers):
+            if time.monotonic() > deadline:
+                raise AssertionError("a publisher does not publish any more")
+            time.sleep(0.05)
         seen_before = {s.name: len(s.messages()) for s in self.subscribers}
         acked_before = {p.name: len(p.acked) for p in self.publishers}
         for publisher in self.publishers:

@@ -101,8 +101,16 @@ def main() -> int:
         default=os.environ.get("BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432"),
     )
     parser.add_argument("--generic", action="store_true", help="force generic plans")
+    parser.add_argument(
+        "--database",
+        metavar="NAME",
+        help="use this database, already migrated with the bench's channels and history,"
+        " instead of a new one",
+    )
     args = parser.parse_args()
     postgres = args.postgres.rstrip("/")
+    if args.database:
+        return explain(postgres, args.database, 0, args.generic, migrate=False)
     database = f"realtimed_plans_{os.getpid()}"
     admin = psycopg2.connect(f"{postgres}/postgres")
     admin.autocommit = True
@@ -114,19 +122,21 @@ def main() -> int:
         admin.close()
 
 
-def explain(postgres: str, database: str, prefill: int, generic: bool) -> int:
+def explain(postgres: str, database: str, prefill: int, generic: bool, migrate: bool = True) -> int:
     from realtimed.store.migrations import available_migrations
 
     connection = psycopg2.connect(f"{postgres}/{database}")
-    with connection.cursor() as cursor:
-        cursor.execute("CREATE SCHEMA IF NOT EXISTS realtime")
-        for migration in available_migrations():
-            cursor.execute(migration.sql)
-        cursor.execute(
-            "INSERT INTO realtime.channels (pattern) VALUES ('bench'), ('room:*'), ('pub:*'), ('t')"
-        )
-    connection.commit()
-    prefill_messages(postgres, database, prefill)
+    if migrate:
+        with connection.cursor() as cursor:
+            cursor.execute("CREATE SCHEMA IF NOT EXISTS realtime")
+            for migration in available_migrations():
+                cursor.execute(migration.sql)
+            cursor.execute(
+                "INSERT INTO realtime.channels (pattern)"
+                " VALUES ('bench'), ('room:*'), ('pub:*'), ('t')"
+            )
+        connection.commit()
+        prefill_messages(postgres, database, prefill)
     connection.autocommit = True
     with connection.cursor() as cursor:
         cursor.execute("SELECT count(*) FROM realtime.messages")

@@ -146,7 +146,9 @@ def explain(postgres: str, database: str, prefill: int, generic: bool, migrate: 
         print(f"-- plans: {'generic (forced)' if generic else 'as chosen'}\n", flush=True)
         cursor.execute("SELECT pg_current_snapshot()::text")
         snapshot = cursor.fetchone()[0]
-        cursor.execute("SELECT id::text FROM realtime.messages ORDER BY xact_id DESC LIMIT 1")
+        # A message of the run's own, which the audience statements count.
+        what, sql, params = statements(snapshot, str(uuid.uuid4()))[0]
+        cursor.execute(sql, params)
         message_id = cursor.fetchone()[0]
         # Warm the caches and the session's plans, as a running process has.
         for _what, sql, params in statements(snapshot, message_id):

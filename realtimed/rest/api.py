@@ -231,7 +231,9 @@ def _admin_route(handler: Handler) -> Callable[..., Deferred[bytes]]:
     """
 
     @functools.wraps(handler)
-    def route(self: AdminAPI, request: Request, *args: Any, **kwargs: Any) -> Deferred[bytes]:
+    def route(
+        self: AdminAPI, request: Request, *args: Any, **kwargs: Any
+    ) -> Deferred[bytes]:
         async def respond() -> bytes:
             self._require_admin(request)
             status, body = await handler(self, request, *args, **kwargs)
@@ -355,7 +357,9 @@ class AdminAPI:
 
     @app.handle_errors(NotFound)  # type: ignore[arg-type]
     def _no_route(self, request: Request, failure: Failure) -> bytes:
-        return _write_json(request, 404, APIError(404, "NOT_FOUND", "Route not found").body())
+        return _write_json(
+            request, 404, APIError(404, "NOT_FOUND", "Route not found").body()
+        )
 
     @app.handle_errors(MethodNotAllowed)  # type: ignore[arg-type]
     def _wrong_method(self, request: Request, failure: Failure) -> bytes:
@@ -477,7 +481,9 @@ class AdminAPI:
     @_admin_route
     async def list_messages(self, request: Request) -> tuple[int, Any]:
         query = validation.message_query(_query(request))
-        conditions, params = _message_filters(query.channel_id, event_name=query.event_name)
+        conditions, params = _message_filters(
+            query.channel_id, event_name=query.event_name
+        )
         rows = await self._pool.runQuery(
             f"SELECT {_MESSAGE_COLUMNS} FROM realtime.messages m"
             f" WHERE {conditions}"
@@ -492,7 +498,9 @@ class AdminAPI:
         message = validation.publication(_body(request))
         rows = await self._pool.runInteraction(_publish, message)
         if not rows:
-            raise APIError(404, "NOT_FOUND", f"No enabled channel owns the name {message.channel}")
+            raise APIError(
+                404, "NOT_FOUND", f"No enabled channel owns the name {message.channel}"
+            )
         log.info(
             "Message {message_id} published on {channel} as {event}",
             message_id=rows[0][0],
@@ -622,7 +630,9 @@ class AdminAPI:
                     "roles": list(roles or []),
                     "using": None if using is None else strip_outer_parentheses(using),
                     "withCheck": (
-                        None if with_check is None else strip_outer_parentheses(with_check)
+                        None
+                        if with_check is None
+                        else strip_outer_parentheses(with_check)
                     ),
                 }
             )
@@ -679,7 +689,9 @@ def _header(request: Request, name: bytes) -> str | None:
 
 
 def _duplicate(pattern: str) -> APIError:
-    return APIError(409, "ALREADY_EXISTS", f"A channel with pattern {pattern} already exists")
+    return APIError(
+        409, "ALREADY_EXISTS", f"A channel with pattern {pattern} already exists"
+    )
 
 
 def _message_filters(

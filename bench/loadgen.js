@@ -705,6 +705,71 @@ async function findSustainedRate(publisher, recipients, startRate, { seconds, st
   return { best, tried };
 }
 
+// A server recovered once the p99 of the messages published in a second is
+// within this factor of the p99 before the burst, and stays so.
+const RECOVERED_FACTOR = 1.2;
+
+async function recoveryStep(publisher, recipients, rate, seconds, before) {
+  // Publish at `rate` for `seconds` with no pause after what came before,
+  // and summarise the latency second by second of publishing: the p99 of
+  // each second, how many seconds passed until the p99 came back within
+  // RECOVERED_FACTOR of `before` for good, and p50/p99 over the first and
+  // the last third of the step.
+  const startedAt = nowMs();
+  stepCounter += 1;
+  publisher.event = `m${stepCounter}`;
+  setDeliveryEvent(publisher.event, "t");
+  resetCounters();
+  const cpu = new CpuWindow();
+  const { sent } = await publisher.run(rate, seconds);
+  const usage = cpu.finish();
+  const expected = sent * recipients;
+  const deadline = nowMs() + GRACE_MS;
+  while (stats.delivered < expected && nowMs() < deadline) await sleep(10);
+  const delivered = stats.delivered;
+  const windows = Array.from({ length: Math.ceil(seconds) }, () => []);
+  const third = seconds / 3;
+  const early = [];
+  const late = [];
+  for (let i = 0; i < stats.sentAt.length; i++) {
+    const at = (stats.sentAt[i] - startedAt) / 1000;
+    const latency = stats.latencies[i];
+    windows[Math.min(windows.length - 1, Math.max(0, Math.floor(at)))].push(latency);
+    if (at < third) early.push(latency);
+    else if (at >= seconds - third) late.push(latency);
+  }
+  const p99s = windows.map((w) => latencySummary(w).p99);
+  // Undelivered messages never show in a window: a second that lost any
+  // does not count as recovered.
+  const limit = before.p99 === null ? null : before.p99 * RECOVERED_FACTOR;
+  let recoveredAfter = null;
+  if (limit !== null && delivered >= expected) {
+    for (let k = p99s.length - 1; k >= 0 && p99s[k] !== null && p99s[k] <= limit; k--) {
+      recoveredAfter = k;
+    }
+  }
+  const result = {
+    rate,
+    seconds,
+    publishes: sent,
+    expected,
+    delivered,
+    before,
+    p99BySecond: p99s,
+    recoveredAfterSeconds: recoveredAfter,
+    early: latencySummary(early),
+    late: latencySummary(late),
+    latency: latencySummary(stats.latencies),
+    ...usage,
+  };
+  log(
+    `after the ramp at ${rate}/s: p99 by second ${JSON.stringify(p99s)} ms (before ${before.p99}); ` +
+      `recovered after ${recoveredAfter === null ? "never" : recoveredAfter} s; ` +
+      `delivered ${delivered}/${expected}`
+  );
+  return result;
+}
+
 // ---------------------------------------------------------------------------
 // Scenarios.
 
@@ -780,6 +845,15 @@ async function fanout({ subscribers, rooms, latencyRate, startRate, latencyEvery
     });
     out({ type: "phase", name: "ramp", state: "end" });
   }
+  // Straight after the ramp (the burst), the common rate again, on every
+  // connection: how soon latency is back to what it was before.
+  let after = null;
+  if (note === null) {
+    conns.forEach((c) => (c.measureLatency = true));
+    out({ type: "phase", name: "recovery", state: "start" });
+    after = await recoveryStep(publisher, recipients, latencyRate, size(15, 3), latencyStep.latency);
+    out({ type: "phase", name: "recovery", state: "end" });
+  }
   closeAll(conns);
   return {
     connections: conns.length,
@@ -788,6 +862,7 @@ async function fanout({ subscribers, rooms, latencyRate, startRate, latencyEvery
     latencyRate,
     latencyAtRate: latencyStep,
     sustained: ramp.best,
+    afterRamp: after,
     note,
     steps: ramp.tried.map((s) => ({ rate: s.rate, delivered: s.delivered, expected: s.expected, p99: s.latency.p99, sustained: s.sustained, serverCpu: s.serverCpu, loadgenCpu: s.loadgenCpu })),
   };

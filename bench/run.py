@@ -365,6 +365,8 @@ class Bench:
     realtimed_python: Path | None = None
     secrets: Secrets = field(default_factory=Secrets)
     keep_logs: Path | None = None
+    #: messages stored in realtime.messages before each realtimed scenario
+    prefill: int = 0
 
     @contextmanager
     def server(self, name: str, scenario: int) -> Iterator[RunningServer]:
@@ -415,6 +417,8 @@ class Bench:
             wait_ready(running, 60)
             if name == "realtimed":
                 self.prepare_realtimed(running)
+                assert database is not None
+                prefill_messages(self.postgres, database, self.prefill)
             yield running
         finally:
             stop_process(process)
@@ -494,6 +498,7 @@ class Bench:
             for server in running:
                 wait_ready(server, 60)
             self.prepare_realtimed(running[0])
+            prefill_messages(self.postgres, database, self.prefill)
             yield running
         finally:
             for server in running:
@@ -523,6 +528,59 @@ class Bench:
             "CREATE TABLE t (id bigserial PRIMARY KEY, ts double precision NOT NULL, pad text);"
             "SELECT realtime.track_table('t');",
         )
+
+
+# History: `count` messages published over the past 30 days, spread over the
+# bench's channels and 20 event names (history-0 ... history-19), 32 to a
+# transaction, as if realtimed had stored them (the same columns its
+# triggers fill in).  One statement with the triggers off
+# (session_replication_role) rather than `count` publishes: a million rows
+# take well under two minutes.  Their transaction ids are made up, below
+# the current one, so that they sort before every new message as real
+# history would.  VACUUM ANALYZE afterwards, as autovacuum would have done
+# long before: the figures compare a table's size, not a vacuum that
+# happens to be running.
+PREFILL = """
+BEGIN;
+SET LOCAL session_replication_role = replica;
+WITH c AS (
+    SELECT array_agg(id ORDER BY pattern) AS ids, array_agg(pattern::text ORDER BY pattern) AS names
+    FROM realtime.channels
+), now_xact AS (
+    SELECT pg_current_xact_id()::text::bigint AS x
+)
+INSERT INTO realtime.messages (id, event_name, channel_id, channel_name, payload, sender_type,
+                               sender_id, ws_audience_count, created_at, xact_id, seq)
+SELECT gen_random_uuid(), 'history-' || (g % 20), c.ids[1 + g % cardinality(c.ids)],
+       replace(c.names[1 + g % cardinality(c.names)], '*', (g % 100)::text),
+       jsonb_build_object('t', g, 'p', repeat('x', 70)), 'user', 'bench-user', 1000,
+       now() - interval '30 days' * ({count} - g) / {count},
+       greatest(3, now_xact.x - 1 - ({count} - g) / 32)::text::xid8,
+       nextval('realtime.messages_seq')
+FROM generate_series(1, {count}) AS g, c, now_xact;
+COMMIT;
+VACUUM ANALYZE realtime.messages;
+"""
+
+
+def prefill_messages(postgres: str, database: str, count: int) -> None:
+    """
+    Store C{count} messages of history in C{database} before a scenario.
+    """
+    if count <= 0:
+        return
+    started = time.monotonic()
+    subprocess_sql = PREFILL.format(count=int(count))
+    proc = subprocess.run(
+        ["psql", f"{postgres}/{database}", "-X", "-q", "-v", "ON_ERROR_STOP=1"],
+        input=subprocess_sql,
+        check=False,
+        capture_output=True,
+        text=True,
+    )
+    if proc.returncode != 0:
+        raise SetupError(f"pre-filling realtime.messages failed: {proc.stderr.strip()}")
+    log(f"stored {count:,} messages of history in {time.monotonic() - started:.1f} s")
 
 
 def stop_process(process: subprocess.Popen[bytes]) -> None:
@@ -800,7 +858,8 @@ def run_one(bench: Bench, scenario: int, name: str, profile_dir: Path | None) ->
             stored = psql(
                 bench.postgres,
                 server.database,
-                "SELECT count(*) FROM realtime.messages WHERE channel_name LIKE 'pub:%'",
+                "SELECT count(*) FROM realtime.messages"
+                " WHERE channel_name LIKE 'pub:%' AND event_name = 'm'",
             )
             result["stored"] = int(stored)
         if server.process.poll() is not None:
@@ -843,6 +902,7 @@ def metrics(scenario: int, r: dict[str, Any], quick: bool) -> list[tuple[str, An
             (f"p50 ms at {rate} publishes/s", lat.get("p50"), 1),
             (f"p99 ms at {rate} publishes/s", lat.get("p99"), 1),
             (f"kept up at {rate} publishes/s", kept_up, 0),
+            *recovery_metrics(r, rate, quick),
         ]
     if scenario == 3:
         return [("RSS bytes per connection", r.get("bytesPerConnection"), 0)]
@@ -860,6 +920,42 @@ def metrics(scenario: int, r: dict[str, Any], quick: bool) -> list[tuple[str, An
     if scenario == 7:
         return processes_metrics(r)
     return []
+
+
+#: How long the common rate is published again right after the ramp.
+RECOVERY_SECONDS = 15
+QUICK_RECOVERY_SECONDS = 3
+
+
+def recovery_metrics(r: dict[str, Any], rate: int, quick: bool) -> list[tuple[str, Any, int]]:
+    """
+    The rows of the common rate again, right after the ramp: p50/p99 in
+    the first and the last third, and the seconds until the p99 of each
+    second stayed within 1.2x of the p99 before the ramp.
+    """
+    after = r.get("afterRamp") or {}
+    seconds = QUICK_RECOVERY_SECONDS if quick else RECOVERY_SECONDS
+    third = seconds // 3
+    early = after.get("early") or {}
+    late = after.get("late") or {}
+    recovered = after.get("recoveredAfterSeconds")
+    if after and recovered is None:
+        recovered = f"not in {seconds} s"
+    return [
+        (f"p50 ms at {rate} publishes/s, 0-{third} s after the ramp", early.get("p50"), 1),
+        (f"p99 ms at {rate} publishes/s, 0-{third} s after the ramp", early.get("p99"), 1),
+        (
+            f"p50 ms at {rate} publishes/s, {seconds - third}-{seconds} s after the ramp",
+            late.get("p50"),
+            1,
+        ),
+        (
+            f"p99 ms at {rate} publishes/s, {seconds - third}-{seconds} s after the ramp",
+            late.get("p99"),
+            1,
+        ),
+        ("s after the ramp until p99 is within 1.2x of before", recovered, 0),
+    ]
 
 
 def processes_metrics(r: dict[str, Any]) -> list[tuple[str, Any, int]]:
@@ -922,6 +1018,7 @@ def details(scenario: int, r: dict[str, Any]) -> str:
             "at the common rate: "
             f"server cpu {at.get('serverCpu')}, loadgen cpu {at.get('loadgenCpu')}, "
             f"delivered {at.get('delivered')}/{at.get('expected')}; steps (publishes/s) {steps}"
+            + recovery_details(r.get("afterRamp"))
         )
     if scenario == 3:
         return (
@@ -960,6 +1057,15 @@ def details(scenario: int, r: dict[str, Any]) -> str:
             f"{r.get('serverCpu')}, loadgen cpu {r.get('loadgenCpu')}, cores {r.get('coreBusy')}"
         )
     return ""
+
+
+def recovery_details(after: dict[str, Any] | None) -> str:
+    if not after:
+        return ""
+    return (
+        f"; after the ramp: p99 by second {after.get('p99BySecond')} ms, "
+        f"delivered {after.get('delivered')}/{after.get('expected')}, " + _cpu(after)
+    )
 
 
 def table(
@@ -1099,6 +1205,13 @@ def main(argv: list[str] | None = None) -> int:
         "--markdown", type=Path, metavar="FILE", help="also write the tables as Markdown"
     )
     parser.add_argument(
+        "--prefill",
+        type=int,
+        default=0,
+        metavar="N",
+        help="store N messages of history in realtimed's database before each scenario",
+    )
+    parser.add_argument(
         "--setup-only",
         action="store_true",
         help="install the Node packages and bench/.venv, then exit",
@@ -1133,10 +1246,10 @@ def main(argv: list[str] | None = None) -> int:
     tables = []
     failed = False
     print(f"machine: {machine_line()}", flush=True)
-    print(
-        f"mode: {'quick (sizes too small to measure anything)' if args.quick else 'full'}",
-        flush=True,
-    )
+    mode = "quick (sizes too small to measure anything)" if args.quick else "full"
+    if args.prefill:
+        mode += f"; {args.prefill:,} messages stored before each realtimed scenario"
+    print(f"mode: {mode}", flush=True)
     with tempfile.TemporaryDirectory(prefix="realtimed-bench-") as tmp:
         bench = Bench(
             quick=args.quick,
@@ -1145,6 +1258,7 @@ def main(argv: list[str] | None = None) -> int:
             bench_python=bench_python,
             realtimed_python=realtimed_python,
             keep_logs=args.logs,
+            prefill=args.prefill,
         )
         for scenario in scenarios:
             results: dict[str, dict[str, Any]] = {}

@@ -389,7 +389,7 @@ class ConnectionExampleTests(RealtimeTestCase):
         yield self.wait_for(
             lambda: (
                 self.sql(
-                    "SELECT ws_audience_count FROM realtime.messages WHERE id = %s",
+                    "SELECT realtime.ws_audience_count(m) FROM realtime.messages m WHERE id = %s",
                     (ack["messageId"],),
                 )
                 == [(1,)]
@@ -474,7 +474,7 @@ class UseCaseTests(RealtimeTestCase):
         yield self.wait_for(
             lambda: (
                 self.sql(
-                    "SELECT ws_audience_count FROM realtime.messages WHERE id = %s",
+                    "SELECT realtime.ws_audience_count(m) FROM realtime.messages m WHERE id = %s",
                     (ack["messageId"],),
                 )
                 == [(3,)]
@@ -817,7 +817,8 @@ class TwoProcessTests(RealtimeTestCase):
         yield self.wait_for(
             lambda: (
                 self.sql(
-                    "SELECT ws_audience_count FROM realtime.messages WHERE id = %s", (message_id,)
+                    "SELECT realtime.ws_audience_count(m) FROM realtime.messages m WHERE id = %s",
+                    (message_id,),
                 )
                 == [(2,)]
             ),

@@ -67,7 +67,9 @@ class TwoDaemonsTests(TestCase):
         deadline = time.monotonic() + PATIENCE
         counts: list[tuple[Any, ...]] = []
         while time.monotonic() < deadline:
-            counts = run_sql(url, "SELECT DISTINCT ws_audience_count FROM realtime.messages")
+            counts = run_sql(
+                url, "SELECT DISTINCT realtime.ws_audience_count(m) FROM realtime.messages m"
+            )
             if counts == [(2,)]:
                 break
             yield sleep(0.1)

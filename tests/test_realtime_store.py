@@ -407,13 +407,15 @@ class AudienceCounterTests(StoreTestCase):
     @inlineCallbacks
     def test_flush(self) -> Any:
         """
-        Counts gathered for several messages are added to
-        C{ws_audience_count} by one statement when the interval has passed,
-        and later counts add to them.
+        Counts gathered for several messages are recorded by one statement
+        when the interval has passed, and later counts add to them, without
+        updating the messages' rows.
         """
         publisher = Publisher(self.pool)
         first = yield publisher.publish(ALICE, "orders", "e", "{}")
         second = yield publisher.publish(ALICE, "orders", "e", "{}")
+        versions = "SELECT id::text, ctid::text, xmin::text, xmax::text FROM realtime.messages"
+        before = sorted(run_sql(self.url, versions))
         pool = CountingPool(self.pool)
         clock = Clock()
         counter = AudienceCounter(pool, clock)
@@ -428,9 +430,84 @@ class AudienceCounterTests(StoreTestCase):
         yield counter.stop()
         self.assertEqual(pool.queries, 2)
         counts = dict(
-            run_sql(self.url, "SELECT id::text, ws_audience_count FROM realtime.messages")
+            run_sql(
+                self.url,
+                "SELECT id::text, realtime.ws_audience_count(m) FROM realtime.messages m",
+            )
         )
         self.assertEqual(counts, {first: 5, second: 5})
+        # The messages' rows are the versions that were stored, untouched.
+        self.assertEqual(sorted(run_sql(self.url, versions)), before)
+
+
+class HistoryTests(StoreTestCase):
+    """
+    What the publish path asks of the messages table costs the same however
+    many messages are stored.
+    """
+
+    def test_settled_reads_only_the_tail(self) -> None:
+        """
+        Whether a batch is settled is answered from the xact_id index, even
+        by the generic plan a session keeps for it: the messages stored
+        before the listener's snapshot are not read one by one.
+        """
+        # History as publishes leave it: many transactions of a few messages.
+        connection = psycopg2.connect(self.url)
+        try:
+            with connection.cursor() as cursor:
+                for _ in range(400):
+                    cursor.execute(
+                        "INSERT INTO realtime.messages"
+                        " (event_name, channel_id, channel_name, sender_type)"
+                        " SELECT 'e', c.id, 'orders', 'system' FROM realtime.channels c,"
+                        " generate_series(1, 40) WHERE c.pattern = 'orders'"
+                    )
+                    connection.commit()
+        finally:
+            connection.close()
+        run_sql(self.url, "ANALYZE realtime.messages")
+        [(snapshot,)] = run_sql(self.url, "SELECT pg_current_snapshot()::text")
+        scans = (
+            "SELECT seq_scan, idx_scan > 0 FROM pg_stat_xact_user_tables"
+            " WHERE relid = 'realtime.messages'::regclass"
+        )
+        # One transaction: the table's scans so far in it, then the check.
+        rows = run_sql(
+            self.url,
+            "SET plan_cache_mode = force_generic_plan;"
+            "SELECT realtime.settled_since(%s, '{}');"
+            f"{scans}",
+            (snapshot,),
+        )
+        self.assertEqual(rows, [(0, True)])
+        settled = run_sql(self.url, "SELECT realtime.settled_since(%s, '{}')", (snapshot,))
+        self.assertEqual(settled, [(True,)])
+
+    def test_retention_deletes_audience_counts(self) -> None:
+        """
+        Retention deletes the audience counts of the messages it deletes,
+        and only theirs.
+        """
+        [(old,), (new,)] = run_sql(
+            self.url,
+            "INSERT INTO realtime.messages (event_name, channel_id, channel_name, sender_type,"
+            " created_at) SELECT 'e', c.id, 'orders', 'system', t FROM realtime.channels c,"
+            " unnest(ARRAY[now() - interval '3 days', now()]) AS t"
+            " WHERE c.pattern = 'orders' ORDER BY t RETURNING id::text",
+        )
+        run_sql(
+            self.url,
+            "INSERT INTO realtime.ws_audience_counts (message_id, sockets)"
+            " VALUES (%s, 2), (%s, 3), (%s, 4)",
+            (old, old, new),
+        )
+        run_sql(self.url, "UPDATE realtime.config SET retention_days = 1")
+        self.assertEqual(run_sql(self.url, "SELECT realtime.delete_expired_messages(10)"), [(1,)])
+        self.assertEqual(
+            run_sql(self.url, "SELECT message_id::text, sockets FROM realtime.ws_audience_counts"),
+            [(new, 4)],
+        )
 
 
 class RecordingLocal:

@@ -119,7 +119,7 @@ _CHANNEL_COLUMNS = """
 
 _MESSAGE_COLUMNS = """
     m.id::text, m.event_name, m.channel_id::text, m.channel_name, m.payload,
-    m.sender_type, m.sender_id, m.ws_audience_count, m.wh_audience_count,
+    m.sender_type, m.sender_id, realtime.ws_audience_count(m), m.wh_audience_count,
     m.wh_delivered_count, realtime.rfc3339(m.created_at)
 """
 

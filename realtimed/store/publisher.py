@@ -394,14 +394,21 @@ class Publisher:
         return failure
 
 
+_RECORD_AUDIENCES = (
+    "INSERT INTO realtime.ws_audience_counts (message_id, sockets) "
+    "SELECT v.id, v.n FROM unnest(%s::uuid[], %s::integer[]) AS v (id, n)"
+)
+
+
 @define
 class AudienceCounter:
     """
-    Counts the sockets each message was delivered to, and adds the counts to
-    ``realtime.messages.ws_audience_count`` with one statement per
-    C{interval} seconds, whatever the number of messages.  Each realtimed
-    process adds its own sockets, so the column ends up counting them over
-    all processes.
+    Counts the sockets each message was delivered to, and records the counts
+    in ``realtime.ws_audience_counts`` with one statement per C{interval}
+    seconds, whatever the number of messages.  Each realtimed process adds
+    its own rows, and ``realtime.ws_audience_count(m)`` sums them over all
+    processes (migration 0016).  The counts are inserted, never updated:
+    the messages table is left alone, and so are its indexes.
     """
 
     pool: IQueries
@@ -442,13 +449,7 @@ class AudienceCounter:
         counts, self._counts = self._counts, {}
         ids = list(counts)
         try:
-            d = self.pool.runOperation(
-                "UPDATE realtime.messages m "
-                "SET ws_audience_count = m.ws_audience_count + v.n "
-                "FROM unnest(%s::uuid[], %s::integer[]) AS v (id, n) "
-                "WHERE m.id = v.id",
-                (ids, [counts[i] for i in ids]),
-            )
+            d = self.pool.runOperation(_RECORD_AUDIENCES, (ids, [counts[i] for i in ids]))
         except Exception:
             # kept for the next flush, like any failed write
             d = fail()

@@ -407,7 +407,7 @@ class AudienceCounter:
     in ``realtime.ws_audience_counts`` with one statement per C{interval}
     seconds, whatever the number of messages.  Each realtimed process adds
     its own rows, and ``realtime.ws_audience_count(m)`` sums them over all
-    processes (migration 0016).  The counts are inserted, never updated:
+    processes (migration 0014).  The counts are inserted, never updated:
     the messages table is left alone, and so are its indexes.
     """
 

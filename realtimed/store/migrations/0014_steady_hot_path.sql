@@ -65,7 +65,7 @@ CREATE INDEX ws_audience_counts_message_id ON realtime.ws_audience_counts (messa
 REVOKE ALL ON realtime.ws_audience_counts FROM PUBLIC;
 
 COMMENT ON COLUMN realtime.messages.ws_audience_count IS
-    'Sockets counted before migration 0016; realtime.ws_audience_count(m) is the total.';
+    'Sockets counted before migration 0014; realtime.ws_audience_count(m) is the total.';
 
 -- A message's audience: what its column holds plus the counts since.
 CREATE FUNCTION realtime.ws_audience_count(m realtime.messages) RETURNS integer

@@ -12,7 +12,7 @@ import json
 from typing import Any
 
 import jwt
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -20,6 +20,8 @@ from realtimed.auth import Keys
 from realtimed.engineio.socketio import ConnectRefused
 from realtimed.realtime.service import Realtime, credential_of, rfc3339
 from realtimed.store.messages import StoredMessage
+from realtimed.store.positions import Position, Snapshot
+from realtimed.store.sessions import SessionStore, new_pid
 from realtimed.testing import FakeClock, FakePool
 
 KEYS = Keys(
@@ -441,3 +443,55 @@ class HandlerTests(SynchronousTestCase):
         Times are written as the database writes them.
         """
         self.assertEqual(rfc3339(0.5), "1970-01-01T00:00:00.500Z")
+
+
+class _Stream:
+    """
+    A listener that has handed over everything up to one position.
+    """
+
+    def __init__(self, position: Position) -> None:
+        self.position = position
+
+    def handed_position(self) -> Position | None:
+        return self.position
+
+    def reached(self, position: Position) -> Deferred[Position]:
+        return succeed(self.position)
+
+
+class _RecoverableSocket(FakeSocket):
+    pid: str | None = None
+
+    def keep_session(self, pid: str, sid: str | None = None) -> None:
+        self.pid = pid
+        if sid is not None:
+            self.sid = sid
+
+
+class RecoveryHandlerTests(SynchronousTestCase):
+    def test_database_away(self) -> None:
+        """
+        A socket reconnecting with a session id while the database cannot
+        be asked about it connects afresh, with a new session id, instead
+        of being refused (a refused client would not try again).
+        """
+        clock = FakeClock(NOW)
+        namespace = FakeNamespace()
+        pool = FakePool()
+        Realtime(
+            namespace=namespace,  # type: ignore[arg-type]
+            pool=pool,
+            keys=KEYS,
+            clock=clock,
+            stream=_Stream(Position(Snapshot(10, 10))),
+            sessions=SessionStore(pool, clock, 60.0),
+            recovery_window=60.0,
+        )
+        socket = _RecoverableSocket("s1")
+        former = new_pid()
+        connected = namespace.connect(socket, {"token": token("alice"), "pid": former})
+        self.assertIsNone(self.successResultOf(connected))
+        self.assertIsNotNone(socket.pid)
+        self.assertNotEqual(socket.pid, former)
+        self.assertEqual(len(self.flushLoggedErrors(NotImplementedError)), 1)

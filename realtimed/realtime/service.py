@@ -622,7 +622,13 @@ class Realtime(Service):
         """
         assert self.sessions is not None and self.stream is not None
         sessions, stream = self.sessions, self.stream
-        session = yield sessions.claim(pid)
+        try:
+            session = yield sessions.claim(pid)
+        except Exception:
+            # The database is away: the socket connects afresh rather than
+            # being refused (a refused client would not try again).
+            log.failure("Claiming the session of a reconnecting socket failed")
+            return False
         if session is None:
             return False
         principal = client.principal

@@ -6,6 +6,7 @@ processes, or need to kill one.
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -80,6 +81,7 @@ class RealtimedProcess:
                 cwd=self.directory,
                 stdout=out,
                 stderr=subprocess.STDOUT,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
 
     def wait_healthy(self) -> None:

@@ -8,14 +8,8 @@ on with another process of the same database.
 
 from __future__ import annotations
 
-import os
-import re
-import shutil
 import signal
 import socket
-import subprocess
-import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -27,13 +21,12 @@ import socketio
 from twisted.logger import Logger
 from twisted.trial.unittest import TestCase
 
+from tests.processes import RealtimedProcess
 from tests.support import create_database, run_sql
-from tests.test_realtime import KEYS, PATIENCE, token
+from tests.test_realtime import PATIENCE, token
 
 log = Logger()
 
-TWISTD = Path(sys.executable).with_name("twistd")
-LISTENING = re.compile(r"realtimed listening on (http://127\.0\.0\.1:\d+)/")
 
 #: Publishes sent in one burst, without waiting for their acks, by each of
 #: CLIENTS sockets (a socket may have at most 256 requests unanswered).
@@ -53,65 +46,19 @@ def wait_until(condition: Callable[[], object], what: str) -> None:
         time.sleep(0.01)
 
 
-class Daemon:
+def started(test: TestCase, url: str, *options: str) -> RealtimedProcess:
     """
-    One ``twistd -n realtimed`` process on a loopback port chosen by the
-    system.
+    A realtimed on C{url} answering C{/healthz}, killed when C{test} ends.
+    Its publish rate is not limited: the tests send bursts far above a
+    socket's limit, which is not what they test.
     """
-
-    def __init__(self, test: TestCase, url: str, *options: str) -> None:
-        self.directory = tempfile.mkdtemp(prefix="realtimed-stop-")
-        test.addCleanup(shutil.rmtree, self.directory, ignore_errors=True)
-        self.log = Path(self.directory) / "out.log"
-        with open(self.log, "wb") as out:
-            self.process = subprocess.Popen(
-                [
-                    str(TWISTD),
-                    "-n",
-                    "--pidfile=",
-                    "realtimed",
-                    "--database-url",
-                    url,
-                    "--port",
-                    "tcp:0:interface=127.0.0.1",
-                    "--data-dir",
-                    self.directory,
-                    "--jwt-secret",
-                    KEYS.jwt_secret,
-                    "--api-key",
-                    KEYS.api_key,
-                    "--anon-key",
-                    KEYS.anon_key,
-                    "--webhook-secret",
-                    KEYS.webhook_secret,
-                    *options,
-                ],
-                cwd=self.directory,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                # A burst far above a socket's publish rate limit, which is
-                # not what is tested here.
-                env={**os.environ, "PYTHONUNBUFFERED": "1", "REALTIMED_MAX_PUBLISH_RATE": "0"},
-            )
-        test.addCleanup(self.kill)
-        deadline = time.monotonic() + 60
-        self.address = ""
-        while not self.address:
-            match = LISTENING.search(self.output())
-            if match:
-                self.address = match.group(1)
-            elif self.process.poll() is not None or time.monotonic() > deadline:
-                test.fail("realtimed did not start:\n" + self.output())
-            else:
-                time.sleep(0.05)
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
+    daemon = RealtimedProcess(
+        url, Path(test.mktemp()).resolve(), "--max-publish-rate", "0", *options
+    )
+    daemon.start()
+    test.addCleanup(daemon.kill)
+    daemon.wait_healthy()
+    return daemon
 
 
 class GracefulStopTests(TestCase):
@@ -125,8 +72,8 @@ class GracefulStopTests(TestCase):
         process, subscribes and publishes there.
         """
         url = create_database(self)
-        first = Daemon(self, url)
-        second = Daemon(self, url)
+        first = started(self, url)
+        second = started(self, url)
         run_sql(url, "INSERT INTO realtime.channels (pattern) VALUES ('burst')")
 
         acks: dict[tuple[int, int], Any] = {}
@@ -236,7 +183,7 @@ class GracefulStopTests(TestCase):
         self.addCleanup(silent.close)
         silent.bind(("127.0.0.1", 0))
         silent.listen(16)
-        daemon = Daemon(self, url, "--webhook-allow-private")
+        daemon = started(self, url, "--webhook-allow-private")
         run_sql(
             url,
             "INSERT INTO realtime.channels (pattern, webhook_urls) VALUES ('hooked', %s)",

@@ -918,7 +918,9 @@ class Realtime(Service):
                     self._subscribed_since, socket, client, channel, channel_id, reply
                 )
                 return replayed.addCallback(lambda _: recheck())
-            since = None if self.stream is None else self.stream.handed_position()
+            since = None
+            if client.session is not None and self.stream is not None:
+                since = self.stream.handed_position()
             members = self._register(socket, client, channel, channel_id, since)
             reply.ok(subscribed_ack(channel, members))
             recheck()

@@ -7,7 +7,6 @@ loopback port).  The page in a browser is `tests.test_admin_browser`.
 
 from __future__ import annotations
 
-import io
 import json
 import re
 import socket
@@ -37,55 +36,21 @@ from realtimed.admin.files import (
     static_file,
 )
 from realtimed.admin.page import AdminPage
-from realtimed.config import load
 from realtimed.rest.validation import FailuresQuery, InvalidInput, failures_query
-from realtimed.service import RealtimeService
 from realtimed.web import RealtimeSite, root_resource
 from tests.support import create_database
-from tests.test_realtime import KEYS, PATIENCE, token
+from tests.test_realtime import KEYS, PATIENCE, Daemon, token
 from tests.test_webhooks import TrackingSite
 
 ADMIN = {"Authorization": [f"Bearer {KEYS.api_key}"]}
 
 
-class AdminDaemon:
+def admin_daemon(url: str, data_dir: str) -> Daemon:
     """
-    A realtimed daemon in this process on a loopback port chosen by the
-    system, whose webhooks may go to loopback addresses (where the tests'
-    receivers are).
+    A realtimed daemon in this process whose webhooks may go to loopback
+    addresses (where the tests' receivers are).
     """
-
-    def __init__(self, url: str, data_dir: str) -> None:
-        self.url = url
-        self.data_dir = data_dir
-
-    @inlineCallbacks
-    def start(self) -> Any:
-        config = load(
-            {
-                "port": ("tcp:0:interface=127.0.0.1",),
-                "database-url": self.url,
-                "data-dir": self.data_dir,
-                "jwt-secret": KEYS.jwt_secret,
-                "api-key": KEYS.api_key,
-                "anon-key": KEYS.anon_key,
-                "webhook-secret": KEYS.webhook_secret,
-                "webhook-allow-private": True,
-            },
-            {},
-        )
-        self.service = RealtimeService(config, reactor, out=io.StringIO(), stop_on_failure=False)
-        self.service.startService()
-        yield self.service.ready
-        return self
-
-    @property
-    def address(self) -> str:
-        port: Any = self.service.ports[0]
-        return f"http://127.0.0.1:{port.getHost().port}"
-
-    def stop(self) -> Any:
-        return self.service.stopService()
+    return Daemon(url, data_dir, {"webhook-allow-private": True})
 
 
 def closed_port() -> int:
@@ -441,7 +406,7 @@ class FailuresTestCase(TestCase):
     @inlineCallbacks
     def setUp(self) -> Any:  # type: ignore[override]
         self.database = create_database(self)
-        self.daemon = yield AdminDaemon(self.database, self.mktemp()).start()
+        self.daemon = yield admin_daemon(self.database, self.mktemp()).start()
         self.addCleanup(self.daemon.stop)
 
     def listen(self, receiver: Resource) -> int:

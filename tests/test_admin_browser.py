@@ -27,7 +27,7 @@ from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
 
 from tests.support import create_database
-from tests.test_admin import AdminDaemon
+from tests.test_admin import admin_daemon
 from tests.test_realtime import KEYS, PATIENCE, Client, token
 
 CHROMIUM = "/usr/bin/chromium"
@@ -191,7 +191,7 @@ class AdminBrowserTests(TestCase):
         globalLogPublisher.addObserver(observe)
         self.addCleanup(globalLogPublisher.removeObserver, observe)
         self.database = create_database(self)
-        self.daemon = yield AdminDaemon(self.database, self.mktemp()).start()
+        self.daemon = yield admin_daemon(self.database, self.mktemp()).start()
         self.addCleanup(self.daemon.stop)
         self.screenshots = os.path.abspath("admin-screenshots")
         self.browser = yield deferToThread(Browser, self.screenshots)

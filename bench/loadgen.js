@@ -933,6 +933,7 @@ async function scenarioIdle() {
 async function scenarioConnectRate() {
   const count = size(3000, 200);
   const concurrency = 64;
+  out({ type: "phase", name: "connect", state: "start" });
   const t0 = nowMs();
   const cpu = new CpuWindow();
   const { conns, times, failures } = await openMany(count, concurrency, async (conn) =>
@@ -940,6 +941,7 @@ async function scenarioConnectRate() {
   );
   const seconds = (nowMs() - t0) / 1000;
   const usage = cpu.finish();
+  out({ type: "phase", name: "connect", state: "end" });
   closeAll(conns);
   return {
     connections: conns.length,

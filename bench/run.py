@@ -696,7 +696,7 @@ def _short_frame(frame: str) -> str:
 # ---------------------------------------------------------------------------
 # Running a scenario.
 
-PROFILED_PHASES = {1: "ramp", 6: "publish"}
+PROFILED_PHASES = {1: "ramp", 4: "connect", 6: "publish"}
 
 
 def run_loadgen(
@@ -1197,7 +1197,7 @@ def main(argv: list[str] | None = None) -> int:
         "--profile",
         type=Path,
         metavar="DIR",
-        help="record py-spy profiles of realtimed in scenarios 1 and 6 into DIR",
+        help="record py-spy profiles of realtimed in scenarios 1, 4 and 6 into DIR",
     )
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write all results as JSON")
     parser.add_argument("--logs", type=Path, metavar="DIR", help="keep each server's log in DIR")

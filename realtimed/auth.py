@@ -12,12 +12,13 @@ Pure code: the time is passed in.
 from __future__ import annotations
 
 import hmac
+import json
 import sys
 from collections.abc import Mapping
 from typing import Any
 
 import jwt
-from attrs import field, frozen
+from attrs import Factory, field, frozen
 
 ANON = "anon"
 AUTHENTICATED = "authenticated"
@@ -65,6 +66,16 @@ class Principal:
     sender_type: str
     sender_id: str | None
     claims: Mapping[str, Any] = field(eq=False)
+    #: C{claims} as JSON text, as the database gets them.
+    claims_json: str = field(
+        init=False,
+        eq=False,
+        repr=False,
+        default=Factory(
+            lambda self: json.dumps(dict(self.claims), separators=(",", ":"), default=str),
+            takes_self=True,
+        ),
+    )
 
     @property
     def is_admin(self) -> bool:

@@ -83,6 +83,11 @@ log = Logger()
 #: longer.
 STOP_TIMEOUT = 19.0
 
+#: The most connections the daemon's queries use at once: the publisher's
+#: lanes (each keeps one batch of publishes in flight), subscribe decisions,
+#: the REST API and the bookkeeping beside them.
+QUERY_CONNECTIONS = 8
+
 
 @define(eq=False)
 class GivenDatabase(Service):
@@ -228,7 +233,9 @@ class RealtimeService(StartInOrder):
         self.keys = keys
         metrics = self.metrics
         self.addService(SchemaMigrations(reactor, url))
-        pool = self.pool = ConnectionPool(reactor, url, on_wait=metrics.pool_wait("queries"))
+        pool = self.pool = ConnectionPool(
+            reactor, url, size=QUERY_CONNECTIONS, on_wait=metrics.pool_wait("queries")
+        )
         self.addService(pool)
         health = ConnectionPool(reactor, url, size=1, application_name="realtimed health")
         self.addService(health)

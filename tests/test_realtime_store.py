@@ -64,6 +64,27 @@ class CountingPool:
         return self.pool.runOperation(*args, **kwargs)
 
 
+class ConcurrencyPool(CountingPool):
+    """
+    A pool that notes the most queries it had running at once.
+    """
+
+    def __init__(self, pool: ConnectionPool) -> None:
+        super().__init__(pool)
+        self.running = 0
+        self.most = 0
+
+    def runQuery(self, *args: Any, **kwargs: Any) -> Deferred[list[tuple[Any, ...]]]:
+        self.running += 1
+        self.most = max(self.most, self.running)
+
+        def finished(result: object) -> object:
+            self.running -= 1
+            return result
+
+        return super().runQuery(*args, **kwargs).addBoth(finished)
+
+
 class StoreTestCase(TestCase):
     timeout = 60
 
@@ -234,7 +255,7 @@ class PublisherTests(StoreTestCase):
         return run_sql(
             self.url,
             "SELECT channel_name, event_name, payload, sender_type, sender_id, channel_id::text "
-            "FROM realtime.messages ORDER BY xact_id, created_at",
+            "FROM realtime.messages ORDER BY xact_id, seq",
         )
 
     @inlineCallbacks
@@ -304,8 +325,8 @@ class PublisherTests(StoreTestCase):
     def test_callers_in_one_batch(self) -> Any:
         """
         Within one batch each publish is checked as its own caller, with its
-        own claims and channel name, whether the batch is stored whole or
-        item by item.
+        own claims and channel name, whether the batch is stored whole (one
+        statement per run of a caller on a channel) or item by item.
         """
         run_sql(self.url, OWN_CHANNEL_ONLY)
         bob = user("bob")
@@ -314,8 +335,11 @@ class PublisherTests(StoreTestCase):
             calls = [
                 (ALICE, "user:alice"),
                 (bob, "user:bob"),
+                (bob, "user:bob"),
+                (ADMIN_PRINCIPAL, "user:carol"),
                 (ADMIN_PRINCIPAL, "user:carol"),
                 (bob, "user:bob"),
+                (ALICE, "user:alice"),
                 (ALICE, "user:alice"),
             ]
             if refused:
@@ -336,8 +360,11 @@ class PublisherTests(StoreTestCase):
             [
                 ("user:alice", "alice"),
                 ("user:bob", "bob"),
+                ("user:bob", "bob"),
+                ("user:carol", None),
                 ("user:carol", None),
                 ("user:bob", "bob"),
+                ("user:alice", "alice"),
                 ("user:alice", "alice"),
             ]
             * 2,
@@ -363,6 +390,34 @@ class PublisherTests(StoreTestCase):
         self.assertEqual(outcomes[7], "refused")
         self.assertEqual(pool.queries, 2)
         self.assertEqual([r[2]["i"] for r in self.stored()], [i for i in range(20) if i != 7])
+
+    @inlineCallbacks
+    def test_senders_in_lanes(self) -> Any:
+        """
+        With many senders publishing at once, several batches are in flight
+        together, and each sender's publishes are stored in the order it
+        made them.
+        """
+        pool = ConcurrencyPool(self.pool)
+        publisher = Publisher(pool, lanes=3)
+        results = []
+        for i in range(12):
+            for sender in range(8):
+                results.append(
+                    publisher.publish(
+                        ALICE,
+                        f"chat:{sender % 3}",
+                        "e",
+                        json.dumps({"s": sender, "i": i}),
+                        f"socket-{sender}",
+                    )
+                )
+        yield gatherResults(results)
+        self.assertGreater(pool.most, 1)
+        stored = [r[2] for r in self.stored()]
+        self.assertEqual(len(stored), 96)
+        for sender in range(8):
+            self.assertEqual([p["i"] for p in stored if p["s"] == sender], list(range(12)))
 
     @inlineCallbacks
     def test_database_failure(self) -> Any:

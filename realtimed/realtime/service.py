@@ -1027,7 +1027,9 @@ class Realtime(Service):
                 )
             )
             return
-        d = self.publisher.publish(client.principal, channel, request.event, request.payload_json)
+        d = self.publisher.publish(
+            client.principal, channel, request.event, request.payload_json, socket.sid
+        )
         d.addCallback(lambda message_id: reply.ok(published_ack(channel, message_id)))
         d.addErrback(self._failed, reply, channel, "publish")
         d.addErrback(lambda f: log.failure("Answering a publish failed", f))

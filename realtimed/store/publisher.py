@@ -10,12 +10,18 @@ API key, or a JWT with role ``project_admin``) is trusted: its subscribes and
 publishes are not checked against policies, only against the channels that
 exist and are enabled.
 
-Publishes are queued and stored by `Publisher` one batch at a time: while a
-batch is in flight, new publishes wait and go together in the next one.  A
-single round trip then stores as many messages as arrived meanwhile, and
-since batches commit one after another, the messages of one socket are
-stored (and therefore delivered) in the order it published them.
-Subscribes are decided in batches the same way by `Authorizer`.
+Publishes are queued and stored by `Publisher` in batches: while a batch is
+in flight, new publishes wait and go together in the next one.  A single
+round trip then stores as many messages as arrived meanwhile.  Several
+batches are in flight at once, each in a lane of its own, and every sender
+(socket) always publishes through the same lane, whose batches commit one
+after another: the messages of one socket are stored (and therefore
+delivered) in the order it published them, while those of different
+sockets, which have no order between them, are stored side by side.
+Within a batch, the items of one caller on one channel are put next to
+each other when that reorders no sender's own items, since the database
+stores such a run with one statement (migration 0015).  Subscribes are
+decided in batches by `Authorizer`, one batch at a time.
 
 A stored batch is handed to this process's `LocalDelivery` (the listener)
 with the messages as delivered and whether the batch is settled against the
@@ -27,7 +33,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from enum import Enum
 from typing import Any, Protocol
 
@@ -99,6 +105,10 @@ class _Pending:
     item: str
     channel: str
     done: Deferred[Any]
+    #: items of one group may be stored by one statement
+    group: str = ""
+    #: whose item it is: one sender's items keep their order
+    sender: Hashable = None
 
 
 @define
@@ -123,14 +133,18 @@ class _Batches:
     parameters: Callable[[], tuple[Any, ...]] = tuple
     #: called with the rows once a batch is answered, before its items are answered
     answered: Callable[[list[tuple[Any, ...]]], object] | None = None
+    #: puts a batch's items in the order they are sent in
+    arrange: Callable[[list[_Pending]], list[_Pending]] | None = None
     _queue: list[_Pending] = Factory(list)
     _in_flight: bool = False
     #: how many items at the head of the queue go one per batch
     _alone: int = 0
 
-    def add(self, item: str, channel: str) -> Deferred[Any]:
+    def add(
+        self, item: str, channel: str, group: str = "", sender: Hashable = None
+    ) -> Deferred[Any]:
         done: Deferred[Any] = Deferred()
-        self._queue.append(_Pending(item, channel, done))
+        self._queue.append(_Pending(item, channel, done, group, sender))
         if not self._in_flight:
             self._next()
         return done
@@ -145,6 +159,8 @@ class _Batches:
             self._alone -= 1
             size = 1
         batch, self._queue = self._queue[:size], self._queue[size:]
+        if self.arrange is not None and len(batch) > 1:
+            batch = self.arrange(batch)
         try:
             d = self.pool.runQuery(
                 self.query, ("[" + ",".join(p.item for p in batch) + "]", *self.parameters())
@@ -215,12 +231,8 @@ class Authorizer:
         @return: A Deferred firing with the id of the owning channel row, or
             failing with L{Rejected}.
         """
-        item = json.dumps(
-            {"role": caller_role(principal), "claims": dict(principal.claims), "channel": channel},
-            separators=(",", ":"),
-            default=str,
-        )
-        return self._batches.add(item, channel)
+        item = json.dumps({"role": caller_role(principal), "channel": channel})
+        return self._batches.add('{"claims":' + principal.claims_json + "," + item[1:], channel)
 
     def grants(self, subscriptions: list[tuple[str, str]]) -> Deferred[list[Grant]]:
         """
@@ -299,6 +311,7 @@ class Publisher:
 
     @ivar local: Gets each stored batch before the publishes in it are
         acknowledged.
+    @ivar lanes: How many batches may be in flight at once.
     @ivar max_batch: The most publishes stored by one statement.
     @ivar local_limit: The largest batch handed to C{local} with its
         messages; a larger one is announced as not settled, so that the
@@ -309,22 +322,28 @@ class Publisher:
 
     pool: IQueries
     local: LocalDelivery | None = None
+    lanes: int = 4
     max_batch: int = 500
     local_limit: int = 32
     metrics: Metrics | None = None
-    _batches: _Batches = field(init=False)
+    _lanes: list[_Batches] = field(init=False)
 
     def __attrs_post_init__(self) -> None:
-        self._batches = _Batches(
-            self.pool,
-            "SELECT id::text, outcome, detail, message, channel_id, webhooks, xact, settled, seq"
-            " FROM realtime.publish_batch_settled(%s::jsonb, %s::pg_snapshot, %s::xid8[], %s)",
-            _decided("publish"),
-            "publish",
-            self.max_batch,
-            self._local_parameters,
-            self._stored,
-        )
+        self._lanes = [
+            _Batches(
+                self.pool,
+                "SELECT id::text, outcome, detail, message, channel_id, webhooks, xact, settled,"
+                " seq FROM realtime.publish_batch_settled("
+                "%s::jsonb, %s::pg_snapshot, %s::xid8[], %s)",
+                _decided("publish"),
+                "publish",
+                self.max_batch,
+                self._local_parameters,
+                self._stored,
+                _in_runs,
+            )
+            for _ in range(self.lanes)
+        ]
 
     def _local_parameters(self) -> tuple[str | None, list[str], int]:
         if self.local is None:
@@ -352,32 +371,46 @@ class Publisher:
         )
 
     def publish(
-        self, principal: Principal, channel: str, event: str, payload_json: str
+        self,
+        principal: Principal,
+        channel: str,
+        event: str,
+        payload_json: str,
+        sender: Hashable = None,
     ) -> Deferred[str]:
         """
         Store a message published by C{principal}, if its policies allow.
 
         @param payload_json: The payload as JSON text.
+        @param sender: Whose publish it is (a socket): the publishes of one
+            sender are stored in the order they are made, as are all those
+            without one.
         @return: A Deferred firing with the new message's id once it is
             committed, or failing with L{Rejected}.
         """
         message_id = str(uuid.uuid4())
+        role = caller_role(principal)
         fields = json.dumps(
             {
                 "id": message_id,
-                "role": caller_role(principal),
-                "claims": dict(principal.claims),
+                "role": role,
                 "channel": channel,
                 "event": event,
                 "sender_type": principal.sender_type,
                 "sender_id": principal.sender_id,
             },
             separators=(",", ":"),
-            default=str,
         )
-        # The payload is already JSON text: splice it in rather than decode
-        # and encode it again.
-        d = self._batches.add('{"payload":' + payload_json + "," + fields[1:], channel)
+        # The payload and the claims are JSON text already: spliced in, not
+        # decoded and encoded again.
+        claims = principal.claims_json
+        lane = self._lanes[0 if sender is None else hash(sender) % len(self._lanes)]
+        d = lane.add(
+            '{"payload":' + payload_json + ',"claims":' + claims + "," + fields[1:],
+            channel,
+            f"{channel}\0{role}\0{claims}",
+            sender,
+        )
         if self.metrics is not None:
             self.metrics.publish_arrived(message_id)
             d.addErrback(self._not_stored, message_id)
@@ -392,6 +425,19 @@ class Publisher:
         else:
             self.metrics.publishes("failed")
         return failure
+
+
+def _in_runs(batch: list[_Pending]) -> list[_Pending]:
+    """
+    A batch of publishes with the items of each caller and channel together,
+    when no sender has items in two groups (moving them would reorder its
+    publishes); else the batch as it is.
+    """
+    groups: dict[Hashable, str] = {}
+    for pending in batch:
+        if groups.setdefault(pending.sender, pending.group) != pending.group:
+            return batch
+    return sorted(batch, key=lambda pending: pending.group)
 
 
 _RECORD_AUDIENCES = (

@@ -240,7 +240,10 @@ class ServiceTests(TestCase):
         self.addCleanup(holder.close)
         holder.autocommit = True
         holder.cursor().execute("SELECT pg_advisory_lock(4242)")
-        blocked = [service.pool.runQuery("SELECT pg_advisory_xact_lock(4242)") for _ in range(6)]
+        size = service.pool.size
+        blocked = [
+            service.pool.runQuery("SELECT pg_advisory_xact_lock(4242)") for _ in range(size + 2)
+        ]
         answered: list[object] = []
         for d in blocked:
             d.addCallback(lambda rows: answered.append(rows) or rows)
@@ -251,7 +254,7 @@ class ServiceTests(TestCase):
                     "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
                     " AND datname = current_database()",
                 )
-                == [(4,)]
+                == [(size,)]
             ),
             "the pool's connections to wait for the lock",
         )

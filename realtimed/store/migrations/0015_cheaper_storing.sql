@@ -1,5 +1,6 @@
--- Storing a batch of publishes costs a statement per run of items, not per
--- item, and a message's webhook audience costs a key lookup.
+-- Storing messages costs PostgreSQL less: a batch of publishes takes a
+-- statement per run of items rather than per item, a message's webhook
+-- audience a key lookup, and a change of a tracked table no planning.
 --
 -- 1. realtime.publish_batch (0002) inserted each item with a statement of
 --    its own.  Every statement pays for its executor, its AFTER trigger
@@ -16,6 +17,36 @@
 --    with realtime.webhook_urls_of, a security-definer SQL function that
 --    PostgreSQL cannot inline: some 20 microseconds a row.  Most channels
 --    have no webhooks, which one look at the channel's row tells.
+--
+-- 3. realtime.owning_channel, called for every change of a tracked table
+--    and every channel of a batch, was an SQL function that cannot be
+--    inlined either (it returns a row), so PostgreSQL planned its query
+--    again at every call.  As PL/pgSQL its plan is kept for the session.
+--
+-- 4. realtime.publish_row_change matched the channel template against a
+--    regular expression for every row, even a template without
+--    placeholders, and went through realtime.publish, which checks the name
+--    again and switches settings as a security-definer function.  It now
+--    looks for placeholders only in a template that has some, and stores
+--    the message itself, with the same outcome: a warning for a name that
+--    is not a channel name, nothing for a name no enabled channel owns.
+
+CREATE OR REPLACE FUNCTION realtime.owning_channel(name text) RETURNS realtime.channels
+    LANGUAGE plpgsql STABLE STRICT
+    AS $$
+    DECLARE
+        owner realtime.channels;
+    BEGIN
+        SELECT c.* INTO owner
+        FROM realtime.channels c
+        WHERE c.enabled AND realtime.pattern_matches(c.pattern, name)
+        ORDER BY c.pattern = name DESC,
+                 length(replace(c.pattern, '*', '')) DESC,
+                 c.created_at, c.id
+        LIMIT 1;
+        RETURN owner;
+    END
+    $$;
 
 CREATE OR REPLACE FUNCTION realtime.prepare_message() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER
@@ -34,6 +65,44 @@ CREATE OR REPLACE FUNCTION realtime.prepare_message() RETURNS trigger
         END;
         NEW.wh_delivered_count := 0;
         RETURN NEW;
+    END
+    $$;
+
+CREATE OR REPLACE FUNCTION realtime.publish_row_change() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+    DECLARE
+        row_json jsonb;
+        channel text := TG_ARGV[0];
+        placeholder text;
+        owner uuid;
+    BEGIN
+        IF TG_OP = 'DELETE' THEN
+            row_json := to_jsonb(OLD);
+        ELSE
+            row_json := to_jsonb(NEW);
+        END IF;
+        IF strpos(channel, '{') > 0 THEN
+            FOR placeholder IN
+                SELECT DISTINCT m[1] FROM regexp_matches(channel, '\{([^{}]+)\}', 'g') AS m
+            LOOP
+                -- A NULL column makes the whole name NULL: not published.
+                channel := replace(channel, '{' || placeholder || '}', row_json ->> placeholder);
+            END LOOP;
+        END IF;
+        IF NOT realtime.is_channel_name(channel) THEN
+            RAISE WARNING 'realtime: % of a row of %.% not published: the channel template % gives %, which is not a channel name',
+                TG_OP, TG_TABLE_SCHEMA, TG_TABLE_NAME, quote_literal(TG_ARGV[0]),
+                coalesce(quote_literal(channel), 'NULL');
+            RETURN NULL;
+        END IF;
+        owner := (realtime.owning_channel(channel)).id;
+        IF owner IS NOT NULL THEN
+            INSERT INTO realtime.messages (event_name, channel_id, channel_name, payload, sender_type)
+            VALUES (TG_OP, owner, channel, row_json, 'system');
+        END IF;
+        RETURN NULL;
     END
     $$;
 

@@ -58,7 +58,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -369,9 +369,15 @@ class Bench:
     prefill: int = 0
 
     @contextmanager
-    def server(self, name: str, scenario: int) -> Iterator[RunningServer]:
+    def server(self, name: str, scenario: int | str) -> Iterator[RunningServer]:
+        """
+        C{name} started for C{scenario} (a scenario's number, or the name of
+        another run, such as the soak's), stopped when the block ends;
+        realtimed on a new database, dropped afterwards.
+        """
         port = free_port()
-        log_path = self.workdir / f"{name}-s{scenario}.log"
+        label = f"s{scenario}" if isinstance(scenario, int) else scenario
+        log_path = self.workdir / f"{name}-{label}.log"
         env = dict(os.environ, BENCH_JWT_SECRET=self.secrets.jwt_secret)
         database = database_url = None
         if name == "node":
@@ -696,20 +702,33 @@ def _short_frame(frame: str) -> str:
 # ---------------------------------------------------------------------------
 # Running a scenario.
 
-PROFILED_PHASES = {1: "ramp", 6: "publish"}
+PROFILED_PHASES: dict[int | str, str] = {1: "ramp", 6: "publish"}
 
 
 def run_loadgen(
     bench: Bench,
-    scenario: int,
+    scenario: int | str,
     server: RunningServer,
     profile_dir: Path | None,
     others: tuple[RunningServer, ...] = (),
+    *,
+    extra_config: dict[str, Any] | None = None,
+    time_limit: float | None = None,
+    on_message: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """
     Run the load generator against C{server} (and the processes C{others}
     of the same database, connections spread over them all).
+
+    @param scenario: a scenario number of C{SCENARIOS}, or C{"soak"}.
+    @param extra_config: more keys for the load generator's configuration.
+    @param time_limit: seconds after which the load generator gives up
+        (and 30 s later is killed); by default 120 in quick mode, else 600.
+    @param on_message: called with every JSON line the load generator
+        prints, as it prints it.
     """
+    if time_limit is None:
+        time_limit = 120 if bench.quick else 600
     config = {
         "scenario": scenario,
         "host": "127.0.0.1",
@@ -720,6 +739,8 @@ def run_loadgen(
         "serverPids": [s.pid for s in [server, *others]],
         "quick": bench.quick,
         "databaseUrl": server.database_url,
+        "timeLimitSeconds": time_limit,
+        **(extra_config or {}),
     }
     profiler = None
     if profile_dir is not None and server.name == "realtimed" and scenario in PROFILED_PHASES:
@@ -745,8 +766,6 @@ def run_loadgen(
     error = None
     steps = []
     assert process.stdout is not None
-    time_limit = 120 if bench.quick else 600
-    config["timeLimitSeconds"] = time_limit
     timer = threading.Timer(time_limit + 30, process.kill)
     timer.start()
     try:
@@ -756,10 +775,12 @@ def run_loadgen(
             except ValueError:
                 continue
             kind = message.get("type")
+            if on_message is not None:
+                on_message(message)
             if (
                 kind == "phase"
                 and profiler is not None
-                and message.get("name") == PROFILED_PHASES[scenario]
+                and message.get("name") == PROFILED_PHASES.get(scenario)
             ):
                 if message.get("state") == "start":
                     profiler.start()

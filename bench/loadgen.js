@@ -887,7 +887,21 @@ async function fanout({ subscribers, rooms, latencyRate, startRate, latencyEvery
     sustained: ramp.best,
     afterRamp: after,
     note,
-    steps: ramp.tried.map((s) => ({ rate: s.rate, delivered: s.delivered, expected: s.expected, p99: s.latency.p99, sustained: s.sustained, serverCpu: s.serverCpu, loadgenCpu: s.loadgenCpu })),
+    // The ramp's steps in the order they ran, with what a plot of latency
+    // against the offered rate needs.
+    steps: ramp.tried.map((s) => ({
+      rate: s.rate,
+      deliveriesPerSecond: s.deliveriesPerSecond,
+      delivered: s.delivered,
+      expected: s.expected,
+      p50: s.latency.p50,
+      p99: s.latency.p99,
+      latencySamples: s.latency.samples,
+      growth: s.growth,
+      sustained: s.sustained,
+      serverCpu: s.serverCpu,
+      loadgenCpu: s.loadgenCpu,
+    })),
   };
 }
 

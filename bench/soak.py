@@ -6,7 +6,7 @@ its latency drifts while nothing about the load changes.  Not run by CI (a
 test runs it for a few seconds to check that it works).
 
     bench/soak.py [--minutes 30] [--interval 10] [--json FILE] [--markdown FILE]
-                  [--logs DIR]
+                  [--plots DIR] [--logs DIR]
 
 The load (defaults): 1,000 connections subscribed to channel ``bench``, the
 first of them publishing 50 messages/s (50,000 deliveries/s), and beside
@@ -52,9 +52,11 @@ from typing import Any
 from run import (
     Bench,
     SetupError,
+    draw_plots,
     ensure_bench_venv,
     ensure_node_packages,
     find_realtimed_python,
+    log,
     machine_line,
     raise_file_limit,
     run_loadgen,
@@ -407,6 +409,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--markdown", type=Path, metavar="FILE", help="write the summary table as Markdown"
     )
+    parser.add_argument("--plots", type=Path, metavar="DIR", help="draw the time series as PNGs")
     parser.add_argument("--logs", type=Path, metavar="DIR", help="keep realtimed's log in DIR")
     args = parser.parse_args(argv)
 
@@ -437,8 +440,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     # The steady subscribers, the churn's open connections, and room to spare.
     raise_file_limit(32768)
-    if args.logs is not None:
-        args.logs.mkdir(parents=True, exist_ok=True)
+    for directory in (args.logs, args.plots):
+        if directory is not None:
+            directory.mkdir(parents=True, exist_ok=True)
 
     machine = machine_line()
     print(f"machine: {machine}", flush=True)
@@ -520,6 +524,17 @@ def main(argv: list[str] | None = None) -> int:
             f"Machine: {machine}; started {started}\n\n"
             + report(settings, summary, result, judged, notes, markdown=True)
         )
+    if args.plots:
+        with tempfile.TemporaryDirectory(prefix="realtimed-plots-") as tmp:
+            source = args.json or Path(tmp) / "soak.json"
+            if not args.json:
+                source.write_text(text)
+            try:
+                for png in draw_plots(bench_python, source, args.plots):
+                    print(f"plot: {png}", flush=True)
+            except SetupError as e:
+                log(str(e))
+                return 2
     return 0 if all(v.holds for v in judged) else 1
 
 

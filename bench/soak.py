@@ -31,8 +31,8 @@ After it the run is judged against three bounds:
 - every delivery arrived: each steady subscriber received every
   acknowledged publish.
 
-Exit status: 0 when all three hold, 1 when one does not, 2 when the run
-could not be made.
+Exit status: 0 when all three hold, 3 when one does not (or could not be
+judged), 2 when the run could not be made.
 """
 
 from __future__ import annotations
@@ -535,7 +535,7 @@ def main(argv: list[str] | None = None) -> int:
             except SetupError as e:
                 log(str(e))
                 return 2
-    return 0 if all(v.holds for v in judged) else 1
+    return 0 if all(v.holds for v in judged) else 3
 
 
 if __name__ == "__main__":

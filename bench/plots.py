@@ -189,11 +189,20 @@ def plot_soak(data: dict[str, Any], out: Path) -> Path:
         linestyle="--",
         label="load generator",
     )
-    cpu_ax.set_ylim(0, 1.05)
+    core = (summary.get("serverCore") or {}).get("core")
+    if core is not None:
+        cpu_ax.plot(
+            mid_min,
+            [(i.get("coreBusy") or [None] * (core + 1))[core] for i in intervals],
+            color="tab:red",
+            linestyle=":",
+            label=f"cpu {core} busy, everything on it (realtimed's core)",
+        )
+    cpu_ax.set_ylim(0, 1.3)  # room above a busy core for the legend
     cpu_ax.set_ylabel("CPU (share of one core)")
     cpu_ax.set_xlabel(f"{unit} since the load started")
     cpu_ax.set_xlim(0, max(end_min) * 1.01)
-    cpu_ax.legend(loc="upper right", fontsize="small")
+    cpu_ax.legend(loc="upper center", fontsize="small", ncol=3)
 
     title = "realtimed soak"
     if settings:

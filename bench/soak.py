@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from run import (
+    SERVER_CPU,
     Bench,
     SetupError,
     draw_plots,
@@ -102,12 +103,14 @@ def summarize(
     warmup: float,
     offered: float,
     window: float = WINDOW_SECONDS,
+    core: int | None = None,
 ) -> dict[str, Any]:
     """
     What the intervals after C{warmup} seconds show: RSS against its value
     at the end of the warm-up, the per-interval latencies of the first and
     the last window after warm-up, deliveries/s against C{offered}, and
-    realtimed's CPU use.
+    realtimed's CPU use (and how busy its core C{core} was, whatever ran
+    on it: a core busier than realtimed alone makes it was shared).
 
     An interval belongs to the warm-up when it ended at or before
     C{warmup} (plus a little for timer slack).  The windows are C{window}
@@ -172,6 +175,17 @@ def summarize(
     cpu = [i["serverCpu"] for i in after if i.get("serverCpu") is not None]
     if cpu:
         summary["serverCpu"] = {"median": statistics.median(cpu), "max": max(cpu)}
+    busy = [
+        i["coreBusy"][core]
+        for i in after
+        if core is not None and core < len(i.get("coreBusy") or [])
+    ]
+    if busy:
+        summary["serverCore"] = {
+            "core": core,
+            "median": statistics.median(busy),
+            "max": max(busy),
+        }
     churn = [i.get("churn") or {} for i in after]
     summary["churnSetup"] = {
         "p50": _median([c["setupP50"] for c in churn if c.get("setupP50") is not None]),
@@ -280,6 +294,7 @@ def rows(summary: dict[str, Any], result: dict[str, Any]) -> list[tuple[str, str
     lat = summary.get("latency") or {}
     dl = summary.get("deliveries") or {}
     cpu = summary.get("serverCpu") or {}
+    core = summary.get("serverCore") or {}
     churn = result.get("churn") or {}
     setup = summary.get("churnSetup") or {}
     return [
@@ -306,6 +321,10 @@ def rows(summary: dict[str, Any], result: dict[str, Any]) -> list[tuple[str, str
         (
             "server cpu after warm-up, median / max",
             f"{_num(cpu.get('median'), 2)} / {_num(cpu.get('max'), 2)}",
+        ),
+        (
+            f"cpu {core.get('core', '-')} busy (everything on it), median / max",
+            f"{_num(core.get('median'), 2)} / {_num(core.get('max'), 2)}",
         ),
         (
             "churn connections opened / failed / skipped",
@@ -502,7 +521,7 @@ def main(argv: list[str] | None = None) -> int:
     if result.get("closedUnexpectedly"):
         notes.append(f"{result['closedUnexpectedly']} connections closed by the server")
 
-    summary = summarize(intervals, warmup, args.subscribers * args.rate)
+    summary = summarize(intervals, warmup, args.subscribers * args.rate, core=int(SERVER_CPU))
     judged = verdicts(summary, result)
     print(report(settings, summary, result, judged, notes), flush=True)
     document = {

@@ -9,7 +9,8 @@
 // so masking costs nothing.
 //
 // Usage: node loadgen.js '<json config>'
-//   stdout: one JSON object per line: {"type":"phase",...} while running and
+//   stdout: one JSON object per line: {"type":"phase",...} while running
+//           ({"type":"interval",...} every few seconds in the soak) and
 //           {"type":"result",...} at the end; stderr: progress for people.
 //
 // Timestamps: every timestamp is wall-clock milliseconds from one monotonic
@@ -147,6 +148,7 @@ const stats = {
   errors: 0, // realtime:error events and failed acks
   firstError: null,
   closedUnexpectedly: 0,
+  churnDelivered: 0, // deliveries to short-lived connections (the soak's churn)
 };
 
 let deliveryPrefix = Buffer.from('42["m",');
@@ -211,6 +213,10 @@ class Connection {
     this.nextAckId = 0;
     this.acks = new Map();
     this.measureLatency = false;
+    // A short-lived connection of the soak's churn: its deliveries are
+    // counted apart, since it joins and leaves while messages flow.
+    this.churn = false;
+    this.received = 0; // deliveries to this connection
     this.open = false;
     this.closing = false;
     this._onConnected = null;
@@ -267,6 +273,18 @@ class Connection {
   destroy() {
     this.closing = true;
     if (this.socket) this.socket.destroy();
+  }
+
+  leave() {
+    // A polite goodbye: Socket.IO DISCONNECT, a WebSocket close frame, then
+    // the end of the TCP stream; destroyed after 5 s whatever the server does.
+    if (!this.socket || this.closing) return;
+    this.closing = true;
+    const socket = this.socket;
+    socket.write(frameText("41"));
+    socket.write(frameControl(8, Buffer.from([0x03, 0xe8])));
+    socket.end();
+    setTimeout(() => socket.destroy(), 5000).unref();
   }
 
   send(text) {
@@ -372,7 +390,12 @@ class Connection {
       if (c1 === 0x32 /* 2: event */) {
         const plen = deliveryPrefix.length;
         if (end - start >= plen && buf.compare(deliveryPrefix, 0, plen, start, start + plen) === 0) {
+          if (this.churn) {
+            stats.churnDelivered += 1;
+            return;
+          }
           stats.delivered += 1;
+          this.received += 1;
           stats.lastDelivery = now;
           if (this.measureLatency) {
             const at = buf.indexOf(timestampKey, start + plen);
@@ -864,7 +887,21 @@ async function fanout({ subscribers, rooms, latencyRate, startRate, latencyEvery
     sustained: ramp.best,
     afterRamp: after,
     note,
-    steps: ramp.tried.map((s) => ({ rate: s.rate, delivered: s.delivered, expected: s.expected, p99: s.latency.p99, sustained: s.sustained, serverCpu: s.serverCpu, loadgenCpu: s.loadgenCpu })),
+    // The ramp's steps in the order they ran, with what a plot of latency
+    // against the offered rate needs.
+    steps: ramp.tried.map((s) => ({
+      rate: s.rate,
+      deliveriesPerSecond: s.deliveriesPerSecond,
+      delivered: s.delivered,
+      expected: s.expected,
+      p50: s.latency.p50,
+      p99: s.latency.p99,
+      latencySamples: s.latency.samples,
+      growth: s.growth,
+      sustained: s.sustained,
+      serverCpu: s.serverCpu,
+      loadgenCpu: s.loadgenCpu,
+    })),
   };
 }
 
@@ -1083,6 +1120,290 @@ async function scenarioStoredPublishes() {
   };
 }
 
+// ---------------------------------------------------------------------------
+// The soak: a steady load held for a long time, reported interval by
+// interval.
+
+function within(promise, ms, what) {
+  // `promise`, or a rejection after `ms` milliseconds.
+  let timer;
+  const timeout = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what} timed out`)), ms);
+  });
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+}
+
+class Churn {
+  // Short-lived connections opened at a steady rate, each subscribed to
+  // `channel` and closed after about `lifetimeSeconds` (0.5x to 1.5x of it),
+  // in turn: unsubscribed and then disconnected politely, disconnected
+  // politely while still subscribed, or dropped without a word.  At most
+  // `maxPending` handshakes at a time: a start due while that many are
+  // pending is skipped and counted, so a slow server is never flooded.
+  constructor(channel, rate, lifetimeSeconds, maxPending) {
+    this.channel = channel;
+    this.rate = rate;
+    this.lifetimeMs = lifetimeSeconds * 1000;
+    this.maxPending = maxPending;
+    this.alive = new Set();
+    this.pending = 0;
+    this.started = 0;
+    this.opened = 0;
+    this.failed = 0;
+    this.skipped = 0;
+    this.closed = 0;
+    this.firstFailure = null;
+    this.setupTimes = []; // ms from TCP connect to the subscribe ack, since the last report
+    this.stopped = false;
+  }
+
+  startOne() {
+    this.started += 1;
+    this.pending += 1;
+    const conn = new Connection();
+    conn.churn = true;
+    const t0 = nowMs();
+    conn
+      .connect(10000)
+      .then(() => within(conn.subscribe(this.channel), 10000, "subscribe"))
+      .then(
+        () => {
+          this.pending -= 1;
+          this.opened += 1;
+          this.setupTimes.push(nowMs() - t0);
+          if (this.stopped) {
+            conn.destroy();
+            return;
+          }
+          this.alive.add(conn);
+          conn.endTimer = setTimeout(() => this.end(conn), this.lifetimeMs * (0.5 + Math.random()));
+        },
+        (e) => {
+          this.pending -= 1;
+          this.failed += 1;
+          if (this.firstFailure === null) this.firstFailure = String(e.message || e);
+          conn.destroy();
+        }
+      );
+  }
+
+  end(conn) {
+    this.alive.delete(conn);
+    const way = this.closed % 3;
+    this.closed += 1;
+    if (way === 0) {
+      within(conn.request("REALTIME_UNSUBSCRIBE", { channel: this.channel }), 5000, "unsubscribe").then(
+        (reply) => {
+          if (!reply || reply.ok !== true) noteError(`unsubscribe refused: ${JSON.stringify(reply)}`);
+          conn.leave();
+        },
+        (e) => {
+          noteError(`unsubscribe failed: ${e.message || e}`);
+          conn.destroy();
+        }
+      );
+    } else if (way === 1) {
+      conn.leave();
+    } else {
+      conn.destroy();
+    }
+  }
+
+  async run(seconds) {
+    // Open loop, like Publisher.run: `rate` starts per second for `seconds`.
+    const t0 = nowMs();
+    const total = Math.round(this.rate * seconds);
+    let done = 0;
+    while (done < total && !this.stopped) {
+      const due = Math.min(total, Math.floor(((nowMs() - t0) / 1000) * this.rate) + 1);
+      while (done < due) {
+        done += 1;
+        if (this.pending >= this.maxPending) this.skipped += 1;
+        else this.startOne();
+      }
+      await sleep(5);
+    }
+  }
+
+  async stop(timeoutMs) {
+    // No more starts; wait for the handshakes under way, then drop every
+    // connection still open.
+    this.stopped = true;
+    const deadline = nowMs() + timeoutMs;
+    while (this.pending > 0 && nowMs() < deadline) await sleep(20);
+    for (const conn of this.alive) {
+      clearTimeout(conn.endTimer);
+      conn.destroy();
+    }
+    this.alive.clear();
+  }
+
+  counters() {
+    return {
+      started: this.started,
+      opened: this.opened,
+      failed: this.failed,
+      skipped: this.skipped,
+      closed: this.closed,
+    };
+  }
+}
+
+function minus(a, b) {
+  const d = {};
+  for (const k of Object.keys(a)) d[k] = a[k] - (b[k] || 0);
+  return d;
+}
+
+async function scenarioSoak() {
+  // `subscribers` connections on channel `bench`, one of them publishing
+  // `rate` messages/s for `seconds`, while the churn opens and closes
+  // short-lived subscribers of the same channel.  Every `intervalSeconds`
+  // one {"type":"interval"} line: what arrived in that interval, the
+  // latency of the deliveries read in it, the server's RSS at its end and
+  // CPU use over it.  At the end, whether every subscriber got every
+  // acknowledged publish.
+  const soak = config.soak || {};
+  const subscribers = soak.subscribers ?? 1000;
+  const rate = soak.rate ?? 50;
+  const seconds = soak.seconds ?? 1800;
+  const intervalSeconds = soak.intervalSeconds ?? 10;
+  const churnRate = soak.churnPerSecond ?? 20;
+  const churnLifetime = soak.churnLifetimeSeconds ?? 10;
+  const latencyEvery = Math.max(1, soak.latencyEvery ?? 10);
+  const channel = "bench";
+  setDeliveryEvent("m", "t");
+  const setupStarted = nowMs();
+  const { conns, failures } = await openMany(subscribers, 64, (conn) => conn.subscribe(channel), {
+    onProgress: (ok, bad) => log(`${ok} connected, ${bad} failed`),
+  });
+  conns.forEach((c, i) => (c.measureLatency = i % latencyEvery === 0));
+  log(`${conns.length} subscribers ready in ${Math.round(nowMs() - setupStarted)} ms`);
+  await drain(300, 5000);
+  resetCounters();
+  stats.churnDelivered = 0;
+  stats.closedUnexpectedly = 0;
+  const publisher = new Publisher([{ conn: conns[0], channel }]);
+  const churn = new Churn(channel, churnRate, churnLifetime, 100);
+  log(
+    `soak: ${rate} publishes/s to ${conns.length} subscribers, ${churnRate} new connections/s ` +
+      `living ~${churnLifetime} s, for ${seconds} s, a report every ${intervalSeconds} s`
+  );
+  out({ type: "phase", name: "soak", state: "start" });
+  const t0 = nowMs();
+  const publishing = publisher.run(rate, seconds);
+  const churning = churn.run(seconds);
+  let cpu = new CpuWindow();
+  const snapshot = () => ({
+    at: nowMs(),
+    published: publisher.sent,
+    acked: publisher.acked,
+    failed: publisher.failed,
+    delivered: stats.delivered,
+    churnDelivered: stats.churnDelivered,
+    errors: stats.errors,
+  });
+  let previous = snapshot();
+  let previousChurn = churn.counters();
+  const count = Math.ceil(seconds / intervalSeconds);
+  for (let k = 1; k <= count; k++) {
+    const wait = t0 + Math.min(seconds, k * intervalSeconds) * 1000 - nowMs();
+    if (wait > 0) await sleep(wait);
+    const usage = cpu.finish();
+    cpu = new CpuWindow();
+    const latencies = stats.latencies;
+    stats.latencies = [];
+    stats.sentAt = [];
+    const current = snapshot();
+    const d = minus(current, previous);
+    const churnNow = churn.counters();
+    const setup = latencySummary(churn.setupTimes);
+    churn.setupTimes = [];
+    const took = d.at / 1000;
+    out({
+      type: "interval",
+      index: k,
+      t: round((current.at - t0) / 1000, 2), // end of the interval, s since the load started
+      seconds: round(took, 2),
+      rssKb: readRssKb(SERVER_PID),
+      published: d.published,
+      acked: d.acked,
+      failed: d.failed,
+      unanswered: current.published - current.acked - current.failed,
+      delivered: d.delivered,
+      deliveriesPerSecond: Math.round(d.delivered / took),
+      churnDelivered: d.churnDelivered,
+      latency: latencySummary(latencies),
+      ...usage,
+      churn: {
+        ...minus(churnNow, previousChurn),
+        alive: churn.alive.size,
+        pending: churn.pending,
+        setupP50: setup.p50,
+        setupP99: setup.p99,
+      },
+      errors: d.errors,
+      closedUnexpectedly: stats.closedUnexpectedly,
+    });
+    previous = current;
+    previousChurn = churnNow;
+  }
+  await publishing;
+  await churning;
+  await churn.stop(10000);
+  // Every publish answered and every delivery in, for at most 30 s.
+  const settleDeadline = nowMs() + 30000;
+  while (
+    (publisher.acked + publisher.failed < publisher.sent ||
+      stats.delivered < publisher.acked * conns.length) &&
+    nowMs() < settleDeadline
+  ) {
+    await sleep(20);
+  }
+  const drained = await drain(300, 3000);
+  out({ type: "phase", name: "soak", state: "end" });
+  const expected = publisher.acked * conns.length;
+  let lost = 0;
+  let subscribersShort = 0;
+  for (const c of conns) {
+    const short = publisher.acked - c.received;
+    if (short > 0) {
+      lost += short;
+      subscribersShort += 1;
+    }
+  }
+  const openAtEnd = conns.filter((c) => c.open).length;
+  log(
+    `soak over: ${publisher.acked}/${publisher.sent} publishes acknowledged, ` +
+      `${stats.delivered}/${expected} delivered, ${lost} lost`
+  );
+  closeAll(conns);
+  return {
+    subscribers: conns.length,
+    connectFailures: failures,
+    rate,
+    seconds,
+    intervalSeconds,
+    churnPerSecond: churnRate,
+    churnLifetimeSeconds: churnLifetime,
+    latencyEvery,
+    published: publisher.sent,
+    acked: publisher.acked,
+    failed: publisher.failed,
+    expected,
+    delivered: stats.delivered,
+    lost,
+    subscribersShort,
+    subscribersOpenAtEnd: openAtEnd,
+    churnDelivered: stats.churnDelivered,
+    churn: { ...churn.counters(), firstFailure: churn.firstFailure },
+    errors: stats.errors,
+    firstError: stats.firstError,
+    closedUnexpectedly: stats.closedUnexpectedly,
+    drained,
+  };
+}
+
 const SCENARIOS = {
   1: scenarioFanout,
   2: scenarioRooms,
@@ -1091,6 +1412,7 @@ const SCENARIOS = {
   5: scenarioDatabase,
   6: scenarioStoredPublishes,
   7: scenarioProcesses,
+  soak: scenarioSoak,
 };
 
 async function main() {

@@ -4,7 +4,7 @@ Benchmarks of realtimed beside the Node.js reference Socket.IO server and
 python-socketio, on one machine, in one run.
 
     bench/run.py [--scenario N ...] [--quick] [--servers realtimed,node,python-socketio]
-                 [--profile DIR] [--json FILE] [--setup-only]
+                 [--profile DIR] [--json FILE] [--plots DIR] [--setup-only]
 
 For each scenario and each server: start the server pinned to one core, run
 the load generator (``bench/loadgen.js``) pinned to the other, stop the
@@ -26,12 +26,14 @@ Scenarios:
      each figure beside the one-process figure
 
 ``--quick`` runs every scenario at a small size in a few seconds: it shows
-that the harness works, not how fast anything is.
+that the harness works, not how fast anything is.  ``--plots DIR`` draws,
+after the run, the latency of each ramp step against its offered rate
+(scenario 1, and 2 when it ran) with ``bench/plots.py``.
 
 What it needs: Node.js and npm (the Node peer and the load generator; its
 packages are installed into bench/peers/node_modules), python3 with venv
-(python-socketio and py-spy are installed into bench/.venv), ``taskset``, and
-for realtimed a Python that imports it and PostgreSQL at
+(python-socketio, py-spy and matplotlib are installed into bench/.venv),
+``taskset``, and for realtimed a Python that imports it and PostgreSQL at
 ``--postgres`` (default postgresql://postgres@127.0.0.1:5432), where each run
 creates its own database and drops it afterwards.  Everything listens on and
 connects to loopback addresses only.
@@ -58,7 +60,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -137,8 +139,8 @@ def ensure_node_packages() -> None:
 
 def ensure_bench_venv() -> Path:
     """
-    Create bench/.venv with python-socketio, aiohttp and py-spy when it is
-    missing or its requirements changed.  Returns its python.
+    Create bench/.venv with python-socketio, aiohttp, py-spy and matplotlib
+    when it is missing or its requirements changed.  Returns its python.
     """
     python = VENV / "bin" / "python"
     requirements = PEERS / "requirements.txt"
@@ -146,7 +148,7 @@ def ensure_bench_venv() -> Path:
     stamp = VENV / ".requirements-sha256"
     if python.exists() and stamp.exists() and stamp.read_text().strip() == wanted:
         return python
-    log("installing python-socketio, aiohttp and py-spy into bench/.venv")
+    log("installing python-socketio, aiohttp, py-spy and matplotlib into bench/.venv")
     base = getattr(sys, "_base_executable", None) or sys.executable
     if not python.exists():
         proc = subprocess.run(
@@ -369,9 +371,15 @@ class Bench:
     prefill: int = 0
 
     @contextmanager
-    def server(self, name: str, scenario: int) -> Iterator[RunningServer]:
+    def server(self, name: str, scenario: int | str) -> Iterator[RunningServer]:
+        """
+        C{name} started for C{scenario} (a scenario's number, or the name of
+        another run, such as the soak's), stopped when the block ends;
+        realtimed on a new database, dropped afterwards.
+        """
         port = free_port()
-        log_path = self.workdir / f"{name}-s{scenario}.log"
+        label = f"s{scenario}" if isinstance(scenario, int) else scenario
+        log_path = self.workdir / f"{name}-{label}.log"
         env = dict(os.environ, BENCH_JWT_SECRET=self.secrets.jwt_secret)
         database = database_url = None
         if name == "node":
@@ -696,20 +704,33 @@ def _short_frame(frame: str) -> str:
 # ---------------------------------------------------------------------------
 # Running a scenario.
 
-PROFILED_PHASES = {1: "ramp", 4: "connect", 6: "publish"}
+PROFILED_PHASES: dict[int | str, str] = {1: "ramp", 4: "connect", 6: "publish"}
 
 
 def run_loadgen(
     bench: Bench,
-    scenario: int,
+    scenario: int | str,
     server: RunningServer,
     profile_dir: Path | None,
     others: tuple[RunningServer, ...] = (),
+    *,
+    extra_config: dict[str, Any] | None = None,
+    time_limit: float | None = None,
+    on_message: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """
     Run the load generator against C{server} (and the processes C{others}
     of the same database, connections spread over them all).
+
+    @param scenario: a scenario number of C{SCENARIOS}, or C{"soak"}.
+    @param extra_config: more keys for the load generator's configuration.
+    @param time_limit: seconds after which the load generator gives up
+        (and 30 s later is killed); by default 120 in quick mode, else 600.
+    @param on_message: called with every JSON line the load generator
+        prints, as it prints it.
     """
+    if time_limit is None:
+        time_limit = 120 if bench.quick else 600
     config = {
         "scenario": scenario,
         "host": "127.0.0.1",
@@ -720,6 +741,8 @@ def run_loadgen(
         "serverPids": [s.pid for s in [server, *others]],
         "quick": bench.quick,
         "databaseUrl": server.database_url,
+        "timeLimitSeconds": time_limit,
+        **(extra_config or {}),
     }
     profiler = None
     if profile_dir is not None and server.name == "realtimed" and scenario in PROFILED_PHASES:
@@ -745,8 +768,6 @@ def run_loadgen(
     error = None
     steps = []
     assert process.stdout is not None
-    time_limit = 120 if bench.quick else 600
-    config["timeLimitSeconds"] = time_limit
     timer = threading.Timer(time_limit + 30, process.kill)
     timer.start()
     try:
@@ -756,10 +777,12 @@ def run_loadgen(
             except ValueError:
                 continue
             kind = message.get("type")
+            if on_message is not None:
+                on_message(message)
             if (
                 kind == "phase"
                 and profiler is not None
-                and message.get("name") == PROFILED_PHASES[scenario]
+                and message.get("name") == PROFILED_PHASES.get(scenario)
             ):
                 if message.get("state") == "start":
                     profiler.start()
@@ -1140,6 +1163,26 @@ def table(
     return "\n".join(lines)
 
 
+PLOTS = BENCH / "plots.py"
+
+
+def draw_plots(bench_python: Path, results: Path, out: Path) -> list[Path]:
+    """
+    Draw the plots of the JSON file C{results} (run.py's or soak.py's)
+    into C{out} with C{bench/plots.py}, run by C{bench_python}, the Python
+    that has matplotlib.  Returns the PNGs written.
+    """
+    proc = subprocess.run(
+        [str(bench_python), str(PLOTS), str(results), "--out", str(out)],
+        check=False,
+        capture_output=True,
+        text=True,
+    )
+    if proc.returncode != 0:
+        raise SetupError(f"bench/plots.py failed:\n{proc.stdout}{proc.stderr}".strip())
+    return [Path(line) for line in proc.stdout.splitlines() if line.endswith(".png")]
+
+
 def machine_line() -> str:
     model = "unknown CPU"
     try:
@@ -1203,6 +1246,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--logs", type=Path, metavar="DIR", help="keep each server's log in DIR")
     parser.add_argument(
         "--markdown", type=Path, metavar="FILE", help="also write the tables as Markdown"
+    )
+    parser.add_argument(
+        "--plots",
+        type=Path,
+        metavar="DIR",
+        help="after the run, draw latency against the offered rate of each ramp step "
+        "(scenarios 1 and 2) as PNGs into DIR",
     )
     parser.add_argument(
         "--prefill",
@@ -1286,17 +1336,25 @@ def main(argv: list[str] | None = None) -> int:
                 for n in scenarios
             )
         )
+    document = json.dumps(
+        {"machine": machine_line(), "quick": args.quick, "results": all_results}, indent=2
+    )
     if args.json:
-        args.json.write_text(
-            json.dumps(
-                {
-                    "machine": machine_line(),
-                    "quick": args.quick,
-                    "results": all_results,
-                },
-                indent=2,
-            )
-        )
+        args.json.write_text(document)
+    if args.plots:
+        if not {1, 2} & set(scenarios):
+            log("--plots: only scenarios 1 and 2 are plotted, and neither ran")
+        else:
+            with tempfile.TemporaryDirectory(prefix="realtimed-plots-") as tmp:
+                source = args.json or Path(tmp) / "results.json"
+                if not args.json:
+                    source.write_text(document)
+                try:
+                    for png in draw_plots(bench_python, source, args.plots):
+                        print(f"plot: {png}", flush=True)
+                except SetupError as e:
+                    log(str(e))
+                    failed = True
     return 1 if failed else 0
 
 

@@ -995,7 +995,7 @@ async function scenarioDatabase() {
   if (!config.databaseUrl) throw new Error("scenario 5 needs the database URL");
   const pg = require(path.join(__dirname, "peers", "node_modules", "pg"));
   const subscribers = size(100, 20);
-  const rate = size(1000, 200);
+  const rates = config.quick ? [200] : config.changeRates || [1000, 5000];
   const seconds = size(10, 1.5);
   setDeliveryEvent("INSERT", "ts");
   const { conns, failures } = await openMany(subscribers, 32, async (conn) => conn.subscribe("t"));
@@ -1005,9 +1005,22 @@ async function scenarioDatabase() {
   const pool = new pg.Pool({ connectionString: config.databaseUrl, max: writers });
   // Warm the pool.
   await Promise.all(Array.from({ length: writers }, () => pool.query("SELECT 1")));
+  const atRates = [];
+  for (const rate of rates) {
+    atRates.push({ offered: rate, ...(await changesAt(pool, conns, rate, seconds)) });
+    await drain(300, 5000);
+  }
+  await pool.end();
+  closeAll(conns);
+  return { subscribers: conns.length, connectFailures: failures, ...atRates[0], atRates };
+}
+
+// Insert rows into the tracked table at `rate` per second for `seconds`, one
+// row per transaction, and measure commit-to-receipt at every subscriber.
+async function changesAt(pool, conns, rate, seconds) {
   resetCounters();
   const cpu = new CpuWindow();
-  out({ type: "phase", name: "changes", state: "start" });
+  out({ type: "phase", name: "changes", state: "start", rate });
   const sql =
     "INSERT INTO t (ts, pad) VALUES (extract(epoch FROM clock_timestamp()) * 1000, $1)";
   const pad = "x".repeat(40);
@@ -1043,13 +1056,9 @@ async function scenarioDatabase() {
   const expected = done * conns.length;
   const deadline = nowMs() + 5000;
   while (stats.delivered < expected && nowMs() < deadline) await sleep(10);
-  out({ type: "phase", name: "changes", state: "end" });
+  out({ type: "phase", name: "changes", state: "end", rate });
   const usage = cpu.finish();
-  await pool.end();
-  closeAll(conns);
   return {
-    subscribers: conns.length,
-    connectFailures: failures,
     changes: done,
     failedChanges: failed,
     changesPerSecond: Math.round(done / writeSeconds),

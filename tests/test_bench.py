@@ -156,7 +156,7 @@ class QuickBenchTests(SynchronousTestCase):
         self.assertEqual((result["connectFailures"], result["failedChanges"]), (0, 0))
         self.assertEqual(result["expected"], result["changes"] * result["subscribers"])
         self.assertEqual(result["delivered"], result["expected"])
-        self.assertTableRow(stdout, "p99 ms commit to receipt")
+        self.assertTableRow(stdout, "p99 ms commit to receipt, 200/s offered")
 
     def test_publishes(self) -> None:
         """

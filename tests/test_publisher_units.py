@@ -7,13 +7,15 @@ many batches are in flight.
 from __future__ import annotations
 
 import json
+import time
+import uuid
 from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
 from realtimed.auth import ADMIN_PRINCIPAL, Principal
-from realtimed.store.publisher import Publisher
+from realtimed.store.publisher import Publisher, new_message_id
 
 ALICE = Principal("authenticated", "user", "alice", {"sub": "alice", "role": "authenticated"})
 BOB = Principal("authenticated", "user", "bob", {"sub": "bob", "role": "authenticated"})
@@ -122,3 +124,22 @@ class BatchTests(SynchronousTestCase):
         self.assertEqual(len(pool.held), 1)
         pool.answer()
         self.assertEqual([tags(items) for items, _ in pool.held], [[1, 2]])
+
+
+class MessageIdTests(SynchronousTestCase):
+    def test_time_ordered(self) -> None:
+        """
+        Message ids are UUIDs of version 7, of the RFC's variant, that begin
+        with the time in milliseconds and differ in their random bits.
+        """
+        before = time.time_ns() // 1_000_000
+        ids = [new_message_id() for _ in range(1000)]
+        after = time.time_ns() // 1_000_000
+        self.assertEqual(len(set(ids)), 1000)
+        for text in ids:
+            parsed = uuid.UUID(text)
+            self.assertEqual(str(parsed), text)
+            self.assertEqual(parsed.version, 7)
+            self.assertEqual(parsed.variant, uuid.RFC_4122)
+            self.assertTrue(before <= parsed.int >> 80 <= after)
+        self.assertEqual(sorted(ids, key=lambda i: uuid.UUID(i).int >> 80), ids)

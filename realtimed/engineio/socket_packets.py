@@ -121,9 +121,19 @@ def encode(packet: SocketPacket) -> list[str | bytes]:
     kind = packet.type
     data = packet.data
     attachments: list[bytes] = []
-    if kind in (EVENT, ACK, BINARY_EVENT, BINARY_ACK) and has_binary(data):
-        data = _deconstruct(data, attachments)
-        kind = BINARY_EVENT if kind in (EVENT, BINARY_EVENT) else BINARY_ACK
+    encoded = None
+    if kind in (EVENT, ACK, BINARY_EVENT, BINARY_ACK) and data is not None:
+        # Encoding is the cheapest way to learn that there is no binary
+        # data: JSON has no bytes, and the encoder refuses them.
+        try:
+            encoded = _encode_json(data)
+        except TypeError:
+            if not has_binary(data):
+                raise
+            data = _deconstruct(data, attachments)
+            kind = BINARY_EVENT if kind in (EVENT, BINARY_EVENT) else BINARY_ACK
+        else:
+            kind = EVENT if kind in (EVENT, BINARY_EVENT) else ACK
     elif kind == BINARY_EVENT:
         kind = EVENT
     elif kind == BINARY_ACK:
@@ -135,7 +145,9 @@ def encode(packet: SocketPacket) -> list[str | bytes]:
         text += packet.namespace + ","
     if packet.id is not None:
         text += str(packet.id)
-    if data is not None:
+    if encoded is not None:
+        text += encoded
+    elif data is not None:
         text += _encode_json(data)
     result: list[str | bytes] = [text]
     result.extend(attachments)

@@ -32,7 +32,8 @@ them without waiting for the listener's next poll.
 from __future__ import annotations
 
 import json
-import uuid
+import os
+import time
 from collections.abc import Callable, Hashable
 from enum import Enum
 from typing import Any, Protocol
@@ -90,6 +91,26 @@ class Rejected(Exception):
         super().__init__(f"{rejection.value}: {channel}")
         self.channel = channel
         self.rejection = rejection
+
+
+def new_message_id() -> str:
+    """
+    A new message's id: a UUID of version 7 (RFC 9562), which begins with
+    the time in milliseconds.  The ids one process makes grow with time, so
+    each new message lands at the end of the messages' primary key instead
+    of on any of its pages, which at millions of messages no longer all
+    stay in memory.
+    """
+    random = int.from_bytes(os.urandom(10))
+    value = (
+        (time.time_ns() // 1_000_000) << 80
+        | 0x7 << 76
+        | (random >> 68) << 64
+        | 0b10 << 62
+        | random & ((1 << 62) - 1)
+    )
+    text = f"{value:032x}"
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
 
 
 def caller_role(principal: Principal) -> str | None:
@@ -388,7 +409,7 @@ class Publisher:
         @return: A Deferred firing with the new message's id once it is
             committed, or failing with L{Rejected}.
         """
-        message_id = str(uuid.uuid4())
+        message_id = new_message_id()
         role = caller_role(principal)
         fields = json.dumps(
             {

@@ -63,7 +63,7 @@ class FakeNamespace:
     def on_connect(self, handler: Any) -> None:
         self.connect = handler
 
-    def on(self, event: str, handler: Any) -> None:
+    def on(self, event: str, handler: Any, with_text: bool = False) -> None:
         self.handlers[event] = handler
 
     def on_disconnect(self, handler: Any) -> None:
@@ -216,6 +216,25 @@ class HandlerTests(SynchronousTestCase):
         d.callback([("m1", "stored", None), ("m2", "denied", "no"), ("m3", "stored", None)])
         self.assertEqual([a["ok"] for a in acks.values], [True, True, False, True])
         self.assertEqual(acks.values[2]["error"]["code"], "REALTIME_UNAUTHORIZED")
+
+    def test_payload_as_written(self) -> None:
+        """
+        A publish's payload is stored as the JSON text the client wrote,
+        numbers and all, not as decoded and encoded again.
+        """
+        socket = self.connect("s", {"token": token("alice")})
+        self.emit(socket, "REALTIME_SUBSCRIBE", {"channel": "orders"}, Acks())
+        self.allow_subscribe()
+        text = (
+            '["REALTIME_PUBLISH", {"channel": "orders", "event": "e",'
+            ' "payload": {"price": 1.10, "big": 123456789012345678901234567890.5}}]'
+        )
+        event, data = json.loads(text)
+        self.namespace.handlers[event](socket, [data], Acks(), text)
+        batch = self.pool.pop("publish_batch").params[0]
+        self.assertIn('"payload":{"price": 1.10, "big": 123456789012345678901234567890.5}', batch)
+        # The batch is one JSON array of items, each with that payload.
+        self.assertEqual(json.loads(batch)[0]["payload"]["price"], 1.1)
 
     def test_stop_answers_what_was_received(self) -> None:
         """

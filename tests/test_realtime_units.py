@@ -22,11 +22,25 @@ from realtimed.realtime.client_events import (
     Refusal,
     Subscribe,
     Unsubscribe,
+    member_text,
     parse,
     published_ack,
     subscribed_ack,
 )
 from realtimed.realtime.subscriptions import Subscription, Subscriptions
+
+#: JSON values: what a payload may be.
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
+    ),
+    max_leaves=10,
+)
 
 
 class SubscriptionsTests(SynchronousTestCase):
@@ -294,3 +308,54 @@ class ParseAnythingTests(SynchronousTestCase):
                 self.assertEqual(parsed.channel, data["channel"])
         elif isinstance(parsed, Publish):
             json.loads(parsed.payload_json)
+
+
+class MemberTextTests(SynchronousTestCase):
+    """
+    L{member_text} finds the text a client wrote for one member of an
+    event's data.
+    """
+
+    def test_as_written(self) -> None:
+        text = '["E",{"channel":"a","payload":{"x": 1.10, "y":[1,2]} , "event":"e"}]'
+        self.assertEqual(member_text(text, "payload"), '{"x": 1.10, "y":[1,2]}')
+
+    def test_whitespace_and_repeats(self) -> None:
+        """
+        Whitespace anywhere JSON allows it; of a member given twice, the
+        last, as the decoded data has it; a key written with escapes.
+        """
+        text = ' [ "E" ,\n{ "payload" : 1 , "p\\u0061yload"\t:\r"last" } , 3 ] '
+        self.assertEqual(member_text(text, "payload"), '"last"')
+        self.assertEqual(json.loads(text)[1]["payload"], "last")
+
+    def test_not_there(self) -> None:
+        for text in [
+            '["E",{"channel":"a"}]',
+            '["E",{}]',
+            '["E",[1]]',
+            '["E"]',
+            "[]",
+            '{"payload":1}',
+            '"payload"',
+        ]:
+            self.assertIsNone(member_text(text, "payload"), text)
+
+    @given(
+        payload=json_values,
+        others=st.dictionaries(st.text(max_size=5), json_values, max_size=3),
+        indent=st.sampled_from([None, 0, 2]),
+        separators=st.sampled_from([(",", ":"), (", ", ": "), (" ,", " : ")]),
+    )
+    def test_decodes_to_the_member(
+        self, payload: Any, others: dict[str, Any], indent: Any, separators: Any
+    ) -> None:
+        """
+        Whatever the data and however it is laid out, the text found decodes
+        to the member's value.
+        """
+        data = {**others, "payload": payload}
+        text = json.dumps(["E", data, 1], indent=indent, separators=separators)
+        found = member_text(text, "payload")
+        assert found is not None
+        self.assertEqual(json.loads(found), payload)

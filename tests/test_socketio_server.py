@@ -231,6 +231,23 @@ class ServerTests(SynchronousTestCase):
         self.assertEqual(calls, [([1], True), ([2], False)])
         self.assertEqual(client.received(), ['37["ok",{"n":1}]'])
 
+    def test_event_text(self) -> None:
+        """
+        A handler registered with C{with_text} also gets the JSON text of
+        the event's data, as the client wrote it; none for an event that
+        came with attachments, and others do not get it.
+        """
+        texts: list[Any] = []
+        self.main.on(
+            "raw", lambda socket, args, ack, text: texts.append((args, text)), with_text=True
+        )
+        self.main.on("plain", lambda socket, args, ack: texts.append(args))
+        client = Client(self.server)
+        client.connect()
+        client.send('2["raw", {"n": 1.10}]', '21["plain",1]')
+        client.send('51-["raw",{"_placeholder":true,"num":0}]', b"\x01")
+        self.assertEqual(texts, [([{"n": 1.1}], '["raw", {"n": 1.10}]'), [1], ([b"\x01"], None)])
+
     def test_on_any(self) -> None:
         """
         Events without a handler of their own go to the catch-all.

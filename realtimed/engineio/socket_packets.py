@@ -57,13 +57,16 @@ class SocketProtocolError(ValueError):
 class SocketPacket:
     """
     One Socket.IO packet.  ``data`` is the decoded JSON value, with any
-    attachments already put back in place as `bytes`.
+    attachments already put back in place as `bytes`; ``text``, for a
+    packet received without attachments, is the JSON text ``data`` was
+    decoded from.
     """
 
     type: int
     namespace: str = "/"
     data: Any = None
     id: int | None = None
+    text: str | None = field(default=None, eq=False, repr=False)
 
 
 def _reject_constant(name: str) -> Any:
@@ -215,12 +218,14 @@ def decode_text(text: str) -> tuple[SocketPacket, int]:
             raise SocketProtocolError("ack id too long")
         ack_id = int(text[start:i])
     data = None
+    data_text = None
     if i < end:
+        data_text = text[i:]
         try:
-            data = _decode_json(text[i:])
+            data = _decode_json(data_text)
         except (ValueError, RecursionError) as e:
             raise SocketProtocolError("invalid JSON") from e
-    packet = SocketPacket(kind, namespace, data, ack_id)
+    packet = SocketPacket(kind, namespace, data, ack_id, data_text if not attachments else None)
     if not _valid(packet):
         raise SocketProtocolError("invalid packet")
     if kind in (BINARY_EVENT, BINARY_ACK) and attachments == 0:

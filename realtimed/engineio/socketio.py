@@ -43,6 +43,10 @@ _MESSAGE = str(MESSAGE)
 
 ConnectHandler = Callable[["Socket", Any], object]
 EventHandler = Callable[["Socket", list[Any], "Callable[..., None] | None"], object]
+#: A handler that also gets the JSON text of the event's data.
+TextEventHandler = Callable[
+    ["Socket", list[Any], "Callable[..., None] | None", "str | None"], object
+]
 AnyHandler = Callable[["Socket", str, list[Any], "Callable[..., None] | None"], object]
 DisconnectHandler = Callable[["Socket", str], object]
 AckCallback = Callable[..., object]
@@ -79,7 +83,9 @@ class Namespace:
     sockets: dict[str, Socket] = field(factory=dict)
     _connect: ConnectHandler | None = None
     _disconnect: DisconnectHandler | None = None
-    _handlers: dict[str, EventHandler] = field(factory=dict)
+    _handlers: dict[str, EventHandler | TextEventHandler] = field(factory=dict)
+    #: the events whose handlers also get the JSON text of the packet's data
+    _with_text: set[str] = field(factory=set)
     _any: AnyHandler | None = None
 
     def on_connect(self, handler: ConnectHandler) -> None:
@@ -91,13 +97,22 @@ class Namespace:
         """
         self._connect = handler
 
-    def on(self, event: str, handler: EventHandler) -> None:
+    def on(
+        self, event: str, handler: EventHandler | TextEventHandler, *, with_text: bool = False
+    ) -> None:
         """
         ``handler(socket, args, ack)`` runs for every ``event``; ``ack`` is
         `None` unless the client asked for an acknowledgement, and calling
-        ``ack(*values)`` sends it (once).
+        ``ack(*values)`` sends it (once).  With ``with_text`` it runs as
+        ``handler(socket, args, ack, text)``, ``text`` being the JSON text
+        the event's data (``[event, *args]``) was decoded from, or `None`
+        for an event that came with binary attachments.
         """
         self._handlers[event] = handler
+        if with_text:
+            self._with_text.add(event)
+        else:
+            self._with_text.discard(event)
 
     def on_any(self, handler: AnyHandler) -> None:
         """
@@ -127,16 +142,24 @@ class Namespace:
         return maybeDeferred(self._connect, socket, auth)
 
     def dispatch(
-        self, socket: Socket, event: str, args: list[Any], ack: Callable[..., None] | None
+        self,
+        socket: Socket,
+        event: str,
+        args: list[Any],
+        ack: Callable[..., None] | None,
+        text: str | None = None,
     ) -> None:
         """
         Run the handler of ``event``, or the catch-all, for ``socket``;
-        what it raises or fails with is logged.
+        what it raises or fails with is logged.  ``text`` is the JSON text
+        of the event's data, when known.
         """
         handler = self._handlers.get(event)
         try:
-            if handler is not None:
-                result = handler(socket, args, ack)
+            if handler is not None and event in self._with_text:
+                result = handler(socket, args, ack, text)  # type: ignore[call-arg]
+            elif handler is not None:
+                result = handler(socket, args, ack)  # type: ignore[call-arg]
             elif self._any is not None:
                 result = self._any(socket, event, args, ack)
             else:
@@ -327,13 +350,16 @@ class Socket:
         if was_connected:
             self.namespace.disconnected(self, reason)
 
-    def deliver_event(self, event: str, args: list[Any], ack_id: int | None) -> None:
+    def deliver_event(
+        self, event: str, args: list[Any], ack_id: int | None, text: str | None = None
+    ) -> None:
         """
         The client sent ``event``; ``ack_id`` is set when it asks for an
-        acknowledgement.
+        acknowledgement, ``text`` is the JSON text of ``[event, *args]``
+        when known.
         """
         ack = None if ack_id is None else self._ack_for(ack_id)
-        self.namespace.dispatch(self, event, args, ack)
+        self.namespace.dispatch(self, event, args, ack, text)
 
     def _ack_for(self, ack_id: int) -> Callable[..., None]:
         sent = False
@@ -485,7 +511,7 @@ class SocketIOConnection:
         if socket is None or not socket.connected:
             return
         event, *args = packet.data
-        socket.deliver_event(event, args, packet.id)
+        socket.deliver_event(event, args, packet.id, packet.text)
 
 
 @define(eq=False)

@@ -18,6 +18,7 @@ Pure code.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from attrs import frozen
@@ -136,10 +137,14 @@ def invalid(channel: str | None, message: str) -> Refusal:
 Request = Subscribe | Unsubscribe | Publish | Authenticate
 
 
-def parse(operation: str, args: list[Any]) -> Request | Refusal:
+def parse(operation: str, args: list[Any], text: str | None = None) -> Request | Refusal:
     """
     Check the arguments of a client event asking for C{operation} (one of
     the values of L{EVENTS}).
+
+    @param text: The JSON text the event's data (C{[event, *args]}) was
+        decoded from, if known: a publish's payload is then stored as the
+        client wrote it.
     """
     data = args[0] if args else None
     if not isinstance(data, dict):
@@ -180,7 +185,64 @@ def parse(operation: str, args: list[Any]) -> Request | Refusal:
     if problems:
         return invalid(named, ", ".join(problems))
     assert isinstance(channel, str) and isinstance(event, str)
-    return Publish(channel, event, payload, encode_payload(payload))
+    payload_json = None
+    if text is not None and "payload" in data:
+        payload_json = member_text(text, "payload")
+    if payload_json is None:
+        payload_json = encode_payload(payload)
+    return Publish(channel, event, payload, payload_json)
+
+
+_value = json.JSONDecoder().raw_decode
+_SPACE = re.compile(r"[ \t\n\r]*")
+
+
+def _skip(text: str, i: int) -> int:
+    """
+    Where the JSON whitespace from C{i} on ends.
+    """
+    return _SPACE.match(text, i).end()  # type: ignore[union-attr]
+
+
+def member_text(text: str, name: str) -> str | None:
+    """
+    The JSON text of member C{name} of the object that is the second item
+    of the JSON array C{text} (an event's data: C{["event", {...}, ...]}),
+    as written there; for a name given more than once, the last, as a
+    decoder keeps it.  C{None} if the text is not shaped so, or has no such
+    member.  C{text} must be valid JSON.
+    """
+    try:
+        i = _skip(text, 0)
+        if text[i : i + 1] != "[":
+            return None
+        _, i = _value(text, _skip(text, i + 1))
+        i = _skip(text, i)
+        if text[i : i + 1] != ",":
+            return None
+        i = _skip(text, i + 1)
+        if text[i : i + 1] != "{":
+            return None
+        i = _skip(text, i + 1)
+        found = None
+        while text[i : i + 1] == '"':
+            key, i = _value(text, i)
+            i = _skip(text, i)
+            if text[i : i + 1] != ":":
+                return None
+            start = _skip(text, i + 1)
+            _, end = _value(text, start)
+            if key == name:
+                found = text[start:end]
+            i = _skip(text, end)
+            if text[i : i + 1] == "}":
+                return found
+            if text[i : i + 1] != ",":
+                return None
+            i = _skip(text, i + 1)
+        return None
+    except (ValueError, RecursionError):
+        return None
 
 
 def encode_payload(payload: Any) -> str:

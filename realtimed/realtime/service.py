@@ -308,7 +308,7 @@ class Realtime(Service):
         self.namespace.on_connect(self._connect)
         self.namespace.on_disconnect(self._disconnect)
         for event, operation in EVENTS.items():
-            self.namespace.on(event, self._handler(operation))
+            self.namespace.on(event, self._handler(operation), with_text=operation == PUBLISH)
 
     # Service
 
@@ -798,8 +798,12 @@ class Realtime(Service):
 
     # Requests
 
-    def _handler(self, operation: str) -> Callable[[Socket, list[Any], Ack | None], None]:
-        def handle(socket: Socket, args: list[Any], ack: Ack | None) -> None:
+    def _handler(
+        self, operation: str
+    ) -> Callable[[Socket, list[Any], Ack | None, str | None], None]:
+        def handle(
+            socket: Socket, args: list[Any], ack: Ack | None, text: str | None = None
+        ) -> None:
             client = self._client(socket)
             if client is None:
                 return
@@ -809,7 +813,7 @@ class Realtime(Service):
             if self._stopping:
                 reply.refuse(_stopping_refusal(args))
                 return
-            request = parse(operation, args)
+            request = parse(operation, args, text)
             if isinstance(request, Refusal):
                 if operation == PUBLISH and self.metrics is not None:
                     self.metrics.publishes("invalid")

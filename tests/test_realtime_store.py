@@ -7,6 +7,7 @@ audience counts are written in bulk.
 from __future__ import annotations
 
 import json
+import uuid
 from typing import Any
 
 import psycopg2
@@ -538,6 +539,64 @@ class HistoryTests(StoreTestCase):
         self.assertEqual(rows, [(0, True)])
         settled = run_sql(self.url, "SELECT realtime.settled_since(%s, '{}')", (snapshot,))
         self.assertEqual(settled, [(True,)])
+
+    def test_without_statistics(self) -> None:
+        """
+        Where the messages table is not analyzed (autovacuum off), a
+        long-lived connection keeps the plans it made while the table was
+        small; storing a batch and reading it back, and the listener's
+        poll, still go through the indexes once the table has grown: no
+        sequential scan of the stored messages.
+        """
+        run_sql(self.url, "ALTER TABLE realtime.messages SET (autovacuum_enabled = false)")
+
+        def item() -> str:
+            return json.dumps(
+                [
+                    {
+                        "payload": {},
+                        "id": str(uuid.uuid4()),
+                        "role": None,
+                        "claims": {},
+                        "channel": "orders",
+                        "event": "e",
+                        "sender_type": "system",
+                        "sender_id": None,
+                    }
+                ]
+            )
+
+        publish = (
+            "SELECT outcome, settled FROM realtime.publish_batch_settled("
+            "%s::jsonb, pg_current_snapshot(), '{}', 32)"
+        )
+        poll = (
+            "SELECT count(*) FROM realtime.messages_between("
+            "pg_current_snapshot(), pg_current_snapshot(), NULL, NULL, 500)"
+        )
+        scans = (
+            "SELECT seq_scan FROM pg_stat_xact_user_tables"
+            " WHERE relid = 'realtime.messages'::regclass"
+        )
+        connection = psycopg2.connect(self.url)
+        self.addCleanup(connection.close)
+        with connection.cursor() as cursor:
+            # The session's plans, made while the table is small.
+            for _ in range(8):
+                cursor.execute(publish, (item(),))
+                cursor.execute(poll)
+                connection.commit()
+            run_sql(
+                self.url,
+                "INSERT INTO realtime.messages (event_name, channel_id, channel_name, sender_type)"
+                " SELECT 'e', c.id, 'orders', 'system' FROM realtime.channels c,"
+                " generate_series(1, 20000) WHERE c.pattern = 'orders'",
+            )
+            for statement, parameters in [(publish, (item(),)), (poll, None)]:
+                cursor.execute(statement, parameters)
+                cursor.execute(scans)
+                self.assertEqual(cursor.fetchall(), [(0,)], statement)
+                connection.commit()
 
     def test_retention_deletes_audience_counts(self) -> None:
         """

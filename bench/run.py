@@ -1171,12 +1171,20 @@ def table(
 PLOTS = BENCH / "plots.py"
 
 
-def draw_plots(bench_python: Path, results: Path, out: Path) -> list[Path]:
+def draw_plots(
+    bench_python: Path, results: Path | None, out: Path, document: str = ""
+) -> list[Path]:
     """
-    Draw the plots of the JSON file C{results} (run.py's or soak.py's)
-    into C{out} with C{bench/plots.py}, run by C{bench_python}, the Python
-    that has matplotlib.  Returns the PNGs written.
+    Draw the plots of the JSON file C{results} (run.py's or soak.py's), or
+    of the JSON C{document} when no file was written, into C{out} with
+    C{bench/plots.py}, run by C{bench_python}, the Python that has
+    matplotlib.  Returns the PNGs written.
     """
+    if results is None:
+        with tempfile.TemporaryDirectory(prefix="realtimed-plots-") as tmp:
+            saved = Path(tmp) / "results.json"
+            saved.write_text(document)
+            return draw_plots(bench_python, saved, out)
     proc = subprocess.run(
         [str(bench_python), str(PLOTS), str(results), "--out", str(out)],
         check=False,
@@ -1350,16 +1358,12 @@ def main(argv: list[str] | None = None) -> int:
         if not {1, 2} & set(scenarios):
             log("--plots: only scenarios 1 and 2 are plotted, and neither ran")
         else:
-            with tempfile.TemporaryDirectory(prefix="realtimed-plots-") as tmp:
-                source = args.json or Path(tmp) / "results.json"
-                if not args.json:
-                    source.write_text(document)
-                try:
-                    for png in draw_plots(bench_python, source, args.plots):
-                        print(f"plot: {png}", flush=True)
-                except SetupError as e:
-                    log(str(e))
-                    failed = True
+            try:
+                for png in draw_plots(bench_python, args.json, args.plots, document):
+                    print(f"plot: {png}", flush=True)
+            except SetupError as e:
+                log(str(e))
+                failed = True
     return 1 if failed else 0
 
 

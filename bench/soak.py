@@ -544,16 +544,12 @@ def main(argv: list[str] | None = None) -> int:
             + report(settings, summary, result, judged, notes, markdown=True)
         )
     if args.plots:
-        with tempfile.TemporaryDirectory(prefix="realtimed-plots-") as tmp:
-            source = args.json or Path(tmp) / "soak.json"
-            if not args.json:
-                source.write_text(text)
-            try:
-                for png in draw_plots(bench_python, source, args.plots):
-                    print(f"plot: {png}", flush=True)
-            except SetupError as e:
-                log(str(e))
-                return 2
+        try:
+            for png in draw_plots(bench_python, args.json, args.plots, text):
+                print(f"plot: {png}", flush=True)
+        except SetupError as e:
+            log(str(e))
+            return 2
     return 0 if all(v.holds for v in judged) else 3
 
 

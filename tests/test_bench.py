@@ -59,6 +59,22 @@ def postgres_server() -> str:
     return f"{parts.scheme}://{parts.netloc}"
 
 
+def run_script(command: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    """
+    Run one of the bench's scripts with this Python as realtimed's.
+    """
+    return subprocess.run(
+        command,
+        check=False,
+        cwd=ROOT,
+        env=dict(os.environ, REALTIMED_PYTHON=sys.executable),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 def quick_run() -> dict[str, Any]:
     """
     Run the scenarios once in quick mode against realtimed (shared by the
@@ -73,16 +89,7 @@ def quick_run() -> dict[str, Any]:
             # A little stored history, which scenario 6 must not count.
             command += ["--prefill", "2000"]
             command += ["--postgres", postgres_server(), "--json", str(results_path)]
-            proc = subprocess.run(
-                command,
-                check=False,
-                cwd=ROOT,
-                env=dict(os.environ, REALTIMED_PYTHON=sys.executable),
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                text=True,
-                timeout=600,
-            )
+            proc = run_script(command, timeout=600)
             _run["returncode"] = proc.returncode
             _run["stdout"] = proc.stdout
             _run["stderr"] = proc.stderr
@@ -237,16 +244,7 @@ class SoakRunTests(SynchronousTestCase):
         command += ["--churn-lifetime", "2", "--latency-every", "1"]
         command += ["--postgres", postgres_server(), "--json", str(results)]
         command += ["--markdown", str(markdown)]
-        proc = subprocess.run(
-            command,
-            check=False,
-            cwd=ROOT,
-            env=dict(os.environ, REALTIMED_PYTHON=sys.executable),
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        proc = run_script(command, timeout=300)
         output = f"--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-4000:]}"
         # 3 is a bound that did not hold, which a busy machine may cause in
         # 16 s; what must not happen is a run that could not be made (2) or

@@ -16,6 +16,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from realtimed.realtime.limits import Limits, TokenBucket
 from realtimed.realtime.service import Realtime
+from realtimed.store.publisher import Publisher
 from realtimed.testing import FakeClock, FakePool
 from tests.test_realtime_handlers import (
     KEYS,
@@ -352,6 +353,12 @@ class ChannelChangeTests(LimitTestCase):
 
 class BatchIsolationTests(LimitTestCase):
     limits = Limits(max_subscriptions=0, max_publish_rate=0)
+
+    def setUp(self) -> None:
+        super().setUp()
+        # One lane, so that the publishes of different sockets share
+        # batches, as they do within one lane.
+        self.realtime.publisher = Publisher(self.pool, lanes=1)
 
     def test_failed_batch_retried_alone(self) -> None:
         """

@@ -52,6 +52,7 @@ from realtimed.engineio.engine_packets import (
 )
 from realtimed.engineio.session import POLLING, EngineSession
 from realtimed.engineio.websocket import EngineWebSocketProtocol
+from realtimed.timers import Deadlines
 
 log = Logger()
 
@@ -93,6 +94,8 @@ class SessionHost(Protocol):
     reactor: IReactorTime
     config: EngineConfig
     sessions: dict[str, EngineConnection]
+    #: every session's next heartbeat or upgrade deadline
+    deadlines: Deadlines[EngineConnection]
 
     def hold(self, connection: EngineConnection) -> None:
         """
@@ -160,7 +163,6 @@ class EngineConnection:
     _poll: Request | None = None
     _outbox: list[EncodedPacket] = field(factory=list)
     _outbox_size: int = 0
-    _timer: IDelayedCall | None = None
     #: polling payloads whose packets are not all handled yet, oldest first
     _inbox: deque[_Arriving] = field(factory=deque)
     _draining: IDelayedCall | None = None
@@ -332,25 +334,23 @@ class EngineConnection:
 
     def _reschedule(self) -> None:
         due = self.session.deadline()
-        timer = self._timer
-        if timer is not None and timer.active():
-            if due is not None and timer.getTime() == due:
-                return
-            timer.cancel()
-        self._timer = None
-        if due is not None:
-            clock = self.server.reactor
-            self._timer = clock.callLater(max(0.0, due - clock.seconds()), self._expire)
+        if due is None:
+            self.server.deadlines.cancel(self)
+        else:
+            self.server.deadlines.set(self, due)
 
-    def _expire(self) -> None:
-        self._timer = None
+    def expire(self) -> None:
+        """
+        The session's deadline has passed (called by the server's
+        `Deadlines`).
+        """
         self._apply(self.session.expire(self.server.reactor.seconds()))
 
     def _catch_up(self) -> None:
         # a request may get here before an overdue timer has run
         due = self.session.deadline()
         if due is not None and due <= self.server.reactor.seconds():
-            self._expire()
+            self.expire()
 
     # --- input ----------------------------------------------------------
 
@@ -418,9 +418,7 @@ class EngineConnection:
         return True
 
     def _closed(self, closed: states.Closed) -> None:
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
+        self.server.deadlines.cancel(self)
         self.server.forget(self)
         ws, self._ws = self._ws, None
         self.flush()

@@ -32,6 +32,7 @@ from realtimed.engineio.connection import EngineConfig, EngineConnection, Engine
 from realtimed.engineio.engine_packets import open_packet
 from realtimed.engineio.session import POLLING, WEBSOCKET, EngineSession
 from realtimed.engineio.websocket import EngineWebSocketProtocol, websocket_factory
+from realtimed.timers import Deadlines
 
 # error codes of the reference server, sent as JSON with HTTP errors
 UNKNOWN_TRANSPORT = (0, "Transport unknown")
@@ -83,6 +84,8 @@ class EngineIOServer:
     accept: Callable[[EngineConnection], EngineHandler]
     config: EngineConfig = field(factory=EngineConfig)
     sessions: dict[str, EngineConnection] = field(factory=dict)
+    #: every session's next heartbeat or upgrade deadline
+    deadlines: Deadlines[EngineConnection] = field(init=False)
     #: the Autobahn factory of this server's WebSocket protocols
     websocket_factory: WebSocketServerFactory = field(init=False)
     _websocket_resource: WebSocketResource = field(init=False)
@@ -95,6 +98,7 @@ class EngineIOServer:
     _per_address: dict[str, int] = field(factory=dict, init=False)
 
     def __attrs_post_init__(self) -> None:
+        self.deadlines = Deadlines(self.reactor, EngineConnection.expire)
         self.websocket_factory = websocket_factory(self, self.reactor, self.config.max_payload)
         self._websocket_resource = WebSocketResource(self.websocket_factory)
 

@@ -111,6 +111,7 @@ from realtimed.store.sessions import (
     is_pid,
     new_pid,
 )
+from realtimed.timers import Deadlines
 
 log = Logger()
 
@@ -173,7 +174,6 @@ class _Client:
     identity: Identity
     requests: list[Callable[[], Deferred[None] | None]] = Factory(list)
     busy: bool = False
-    expiry: Any = None
     pending: int = 0
     publishes: TokenBucket | None = None
     session: Session | None = None
@@ -300,8 +300,11 @@ class Realtime(Service):
     #: sockets being replayed what they missed, and the messages handed over
     #: for them meanwhile
     _catching_up: dict[Socket, list[StoredMessage]] = field(factory=dict, init=False)
+    #: when each socket's token expires, for sockets whose token does
+    _expiries: Deadlines[Socket] = field(init=False)
 
     def __attrs_post_init__(self) -> None:
+        self._expiries = Deadlines(self.clock, self._expired)
         self.publisher = Publisher(self.pool, self.local, metrics=self.metrics)
         self.authorizer = Authorizer(self.pool)
         self.audience = AudienceCounter(self.pool, self.clock, self.audience_interval)
@@ -761,21 +764,14 @@ class Realtime(Service):
 
         @return: When that is, if the token expires.
         """
-        if client.expiry is not None and client.expiry.active():
-            client.expiry.cancel()
-        client.expiry = None
         expires = client.principal.claims.get("exp")
         if not isinstance(expires, (int, float)) or isinstance(expires, bool):
+            self._expiries.cancel(socket)
             return None
-        client.expiry = self.clock.callLater(
-            max(0.0, float(expires) - self._now()), self._expired, socket
-        )
+        self._expiries.set(socket, float(expires))
         return float(expires)
 
     def _expired(self, socket: Socket) -> None:
-        client = self._client(socket)
-        if client is not None:
-            client.expiry = None
         log.info("Token of socket {sid} expired; disconnecting it", sid=socket.sid)
         socket.disconnect()
 
@@ -784,8 +780,7 @@ class Realtime(Service):
         if client is None:
             return
         client.requests.clear()
-        if client.expiry is not None and client.expiry.active():
-            client.expiry.cancel()
+        self._expiries.cancel(socket)
         self._catching_up.pop(socket, None)
         if client.session is not None and self.sessions is not None and not client.moved:
             if reason in RECOVERABLE:

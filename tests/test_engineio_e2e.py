@@ -5,7 +5,9 @@ that sent them.
 
 from __future__ import annotations
 
+import gc
 import json
+import weakref
 from typing import Any
 
 import treq
@@ -14,6 +16,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.interfaces import IListeningPort
+from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 from twisted.web.resource import Resource
@@ -119,3 +122,52 @@ class LimitsTests(TestCase):
         for query in ["EIO=3&transport=websocket", "EIO=4&transport=websocket&sid=nope"]:
             url = f"ws://{self.base.split('?')[0]}?{query}"
             self.assertEqual((yield deferToThread(attempt, url)), "400")
+
+
+class FreedTests(TestCase):
+    """
+    A closed WebSocket is freed as soon as it closes, without waiting for
+    the garbage collector.
+    """
+
+    timeout = 30
+
+    @inlineCallbacks
+    def setUp(self) -> Any:
+        self.server = EngineIOServer(reactor, Echo, EngineConfig(ping_interval=5, ping_timeout=5))
+        root = Resource()
+        root.putChild(b"engine.io", self.server.resource())
+        self.site = TrackingSite(root)
+        port: IListeningPort = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+            self.site
+        )
+        self.addCleanup(port.stopListening)
+        self.url = f"ws://127.0.0.1:{port.getHost().port}/engine.io/?EIO=4&transport=websocket"  # type: ignore[attr-defined]
+
+    def tearDown(self) -> Deferred[Any]:
+        self.server.close()
+        return self.site.all_closed()
+
+    @inlineCallbacks
+    def test_closed_websocket_freed_by_reference_counting(self) -> Any:
+        factory = self.server.websocket_factory
+        built: list[weakref.ref[Any]] = []
+        build = factory.buildProtocol
+
+        def tracking(address: Any) -> Any:
+            protocol = build(address)
+            built.append(weakref.ref(protocol))
+            return protocol
+
+        self.patch(factory, "buildProtocol", tracking)
+        gc.collect()
+        gc.disable()
+        self.addCleanup(gc.enable)
+        replies, code = yield deferToThread(websocket_exchange, self.url, ["4a", "4b"])
+        self.assertEqual((replies[1:], code), (["4a", "4b"], None))
+        self.assertEqual(len(built), 1)
+        for _ in range(100):
+            if built[0]() is None:
+                break
+            yield deferLater(reactor, 0.05, lambda: None)
+        self.assertIsNone(built[0](), "the closed WebSocket is still alive")

@@ -29,6 +29,8 @@ from typing import Any, Protocol
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.abstract import FileDescriptor
+from twisted.internet.protocol import connectionDone
+from twisted.python.failure import Failure
 
 #: Bytes waiting to be sent on a connection past which its pings are not
 #: answered.  A client that sends pings and never reads the pongs would
@@ -259,6 +261,20 @@ class EngineWebSocketProtocol(WebSocketServerProtocol):
         connection, self.connection = self.connection, None
         if connection is not None:
             connection.ws_lost(self)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        super().connectionLost(reason)
+        # Autobahn fires ``is_closed`` with the protocol itself, so that a
+        # closed WebSocket refers to itself through it: a cycle, which
+        # Python frees only at a full collection of the garbage collector.
+        # A connection that lived more than a few seconds is old enough to
+        # wait for one, and under churn thousands of closed connections
+        # (with their transports and buffers) piled up between them.  Once
+        # the connection is lost that Deferred has fired and nothing waits
+        # on it, so letting it go frees the connection at once.
+        closed = self.__dict__.pop("is_closed", None)
+        if closed is not None and not closed.called:
+            self.is_closed = closed
 
 
 for _name, _value in _IDLE_DEFAULTS.items():

@@ -171,3 +171,51 @@ class FreedTests(TestCase):
                 break
             yield deferLater(reactor, 0.05, lambda: None)
         self.assertIsNone(built[0](), "the closed WebSocket is still alive")
+
+    @inlineCallbacks
+    def test_idle_websocket_keeps_no_per_frame_state(self) -> Any:
+        """
+        An open WebSocket that has exchanged messages holds no traffic
+        counters, UTF-8 validator or frame unmasker of its own.
+        """
+        factory = self.server.websocket_factory
+        built: list[Any] = []
+        build = factory.buildProtocol
+
+        def tracking(address: Any) -> Any:
+            protocol = build(address)
+            built.append(protocol)
+            return protocol
+
+        self.patch(factory, "buildProtocol", tracking)
+        ws = yield deferToThread(websocket.create_connection, self.url, timeout=10)
+        try:
+            yield deferToThread(ws.recv)
+            yield deferToThread(ws.send, "4hello")
+            self.assertEqual((yield deferToThread(ws.recv)), "4hello")
+            own = vars(built[0])
+            for name in ("trafficStats", "utf8validator", "current_frame_masker"):
+                self.assertNotIn(name, own)
+        finally:
+            ws.close()
+
+    @inlineCallbacks
+    def test_invalid_utf8_closes_with_1007(self) -> Any:
+        """
+        A text message that is not UTF-8 closes its WebSocket with code
+        1007, as RFC 6455 asks.
+        """
+
+        def exchange() -> int:
+            ws = websocket.create_connection(self.url, timeout=10, skip_utf8_validation=True)
+            try:
+                ws.recv()
+                ws.send_frame(websocket.ABNF.create_frame(b"4\xff\xfe", websocket.ABNF.OPCODE_TEXT))
+                while True:
+                    opcode, data = ws.recv_data(control_frame=True)
+                    if opcode == websocket.ABNF.OPCODE_CLOSE:
+                        return int.from_bytes(data[:2], "big")
+            finally:
+                ws.close()
+
+        self.assertEqual((yield deferToThread(exchange)), 1007)

@@ -57,7 +57,7 @@ class WebSocketOptionsTests(SynchronousTestCase):
     def test_options_applied(self) -> None:
         """
         A new WebSocket has the server's limits and Autobahn's defaults for
-        the rest.
+        the rest, except for UTF-8, which the server checks itself.
         """
         server = EngineIOServer(Clock(), _accept, EngineConfig(max_payload=1234))
         protocol = self.connect(server)
@@ -66,7 +66,7 @@ class WebSocketOptionsTests(SynchronousTestCase):
         self.assertEqual(protocol.autoPingInterval, 0)
         self.assertEqual(protocol.openHandshakeTimeout, 10)
         self.assertIs(protocol.failByDrop, False)
-        self.assertIs(protocol.utf8validateIncoming, True)
+        self.assertIs(protocol.utf8validateIncoming, False)
         self.assertEqual(protocol.versions, [8, 13])
 
     def test_two_servers_keep_their_own(self) -> None:

@@ -164,7 +164,9 @@ class EngineConnection:
     _outbox: list[EncodedPacket] = field(factory=list)
     _outbox_size: int = 0
     #: polling payloads whose packets are not all handled yet, oldest first
-    _inbox: deque[_Arriving] = field(factory=deque)
+    #: made when first needed, and dropped once empty: an empty deque is
+    #: some 770 bytes, and most sessions never need one
+    _inbox: deque[_Arriving] | None = None
     _draining: IDelayedCall | None = None
 
     @property
@@ -511,6 +513,8 @@ class EngineConnection:
             return b"ok"
         arriving = _Arriving(parts, request)
         request.notifyFinish().addErrback(self._post_lost, arriving)
+        if self._inbox is None:
+            self._inbox = deque()
         self._inbox.append(arriving)
         if self._draining is None:
             self._drain()
@@ -525,6 +529,8 @@ class EngineConnection:
         self._draining = None
         self._catch_up()
         inbox = self._inbox
+        if inbox is None:
+            return
         budget = PACKETS_PER_TURN
         now = self.server.reactor.seconds()
         while inbox:
@@ -543,6 +549,8 @@ class EngineConnection:
             self._answer(arriving)
         if inbox:
             self._draining = self.server.reactor.callLater(0, self._drain)
+        else:
+            self._inbox = None
 
     def _answer(self, arriving: _Arriving) -> None:
         """

@@ -14,8 +14,10 @@ servers that hold many idle WebSockets: the options are settled once on the
 protocol class instead of being copied (and pretty-printed) per connection;
 the opening handshake is dropped once the WebSocket is open; state that only
 repeats the class's idle defaults is left out of the instance; the send
-queue is made only when used; and header names and repeating values are
-shared between connections.
+queue is made only when used; traffic is not counted; text messages are
+checked as UTF-8 whole rather than through a validator per connection; the
+unmasker of a frame is dropped at its end; and header names and repeating
+values are shared between connections.
 """
 
 from __future__ import annotations
@@ -118,6 +120,22 @@ class _QueueOnDemand:
         return queue
 
 
+class _Uncounted:
+    """
+    Stands in for Autobahn's traffic counters (a ``TrafficStats`` of some
+    190 bytes per connection), which nothing here reads: every counter
+    reads 0, and what is added to it is dropped.
+    """
+
+    __slots__ = ()
+
+    def __getattr__(self, name: str) -> int:
+        return 0
+
+    def __setattr__(self, name: str, value: object) -> None:
+        pass
+
+
 #: state Autobahn sets on every connection, with the value it has on an
 #: idle open WebSocket; these are class attributes of the protocol too, so an
 #: open connection need not hold them itself (see `_compact`)
@@ -140,6 +158,11 @@ _IDLE_DEFAULTS: dict[str, object] = {
             "autoPingPendingSent",
             "websocket_protocol_in_use",
             "current_frame",
+            # the unmasker of the frame being read (see `onFrameEnd`)
+            "current_frame_masker",
+            # unused: the server checks the UTF-8 of a whole text message
+            # itself (see `onMessage`)
+            "utf8validator",
         )
     ),
     **dict.fromkeys(
@@ -233,6 +256,12 @@ class EngineWebSocketProtocol(WebSocketServerProtocol):
         queue = attributes.get("send_queue")
         if queue is not None and not queue:
             del attributes["send_queue"]
+        # counted up to here, during the opening handshake; from here on
+        # the class's `_Uncounted` stands in
+        attributes.pop("trafficStats", None)
+        # Autobahn's validator is made for every connection, though text
+        # messages are checked in `onMessage` instead
+        attributes.pop("utf8validator", None)
         self.__dict__ = dict(attributes)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
@@ -241,8 +270,25 @@ class EngineWebSocketProtocol(WebSocketServerProtocol):
             return
         if isBinary:
             connection.ws_message(self, payload)
-        else:
-            connection.ws_message(self, payload.decode("utf-8"))
+            return
+        try:
+            text = payload.decode("utf-8")
+        except UnicodeDecodeError as e:
+            # what Autobahn's own check would answer: close code 1007
+            self._fail_connection(
+                self.CLOSE_STATUS_CODE_INVALID_PAYLOAD,
+                f"invalid UTF-8 in a text message at byte {e.start}",
+            )
+            return
+        connection.ws_message(self, text)
+
+    def onFrameEnd(self) -> bool | None:
+        result = super().onFrameEnd()
+        # Autobahn keeps the unmasker of the last frame read (some 240
+        # bytes, with its native state) until the next frame comes, which
+        # on an idle connection is for as long as it is idle.
+        self.__dict__.pop("current_frame_masker", None)
+        return result
 
     def onPing(self, payload: bytes) -> None:
         if unsent(self.transport) > PONG_BACKLOG:
@@ -281,6 +327,7 @@ for _name, _value in _IDLE_DEFAULTS.items():
     setattr(EngineWebSocketProtocol, _name, _value)
 del _name, _value
 EngineWebSocketProtocol.send_queue = _QueueOnDemand()  # type: ignore[assignment]
+EngineWebSocketProtocol.trafficStats = _Uncounted()  # type: ignore[assignment]
 
 
 def websocket_factory(
@@ -307,6 +354,9 @@ def websocket_factory(
         # answer protocol violations (an oversize message: 1009) with a
         # close frame rather than by just dropping the connection
         failByDrop=False,
+        # text messages are checked whole, by decoding them (`onMessage`),
+        # rather than frame by frame with a validator per connection
+        utf8validateIncoming=False,
     )
     # Autobahn copies each option from the factory onto every new
     # protocol, and formats the whole list with pformat for a debug line

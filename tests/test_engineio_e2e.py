@@ -46,17 +46,17 @@ def websocket_exchange(url: str, messages: list[str]) -> tuple[list[str | bytes]
         ws.close()
 
 
-class LimitsTests(TestCase):
+class EchoServerTestCase(TestCase):
     """
-    Payload limits over real connections.
+    An Engine.IO echo server on a real port, with C{config}.
     """
 
     timeout = 30
+    config = EngineConfig(ping_interval=5, ping_timeout=5)
 
     @inlineCallbacks
     def setUp(self) -> Any:
-        config = EngineConfig(ping_interval=5, ping_timeout=5, max_payload=1000)
-        self.server = EngineIOServer(reactor, Echo, config)
+        self.server = EngineIOServer(reactor, Echo, self.config)
         root = Resource()
         root.putChild(b"engine.io", self.server.resource())
         self.site = TrackingSite(root)
@@ -72,6 +72,14 @@ class LimitsTests(TestCase):
         # outlives the test.
         self.server.close()
         return self.site.all_closed()
+
+
+class LimitsTests(EchoServerTestCase):
+    """
+    Payload limits over real connections.
+    """
+
+    config = EngineConfig(ping_interval=5, ping_timeout=5, max_payload=1000)
 
     @inlineCallbacks
     def test_websocket_message_too_big(self) -> Any:
@@ -124,32 +132,21 @@ class LimitsTests(TestCase):
             self.assertEqual((yield deferToThread(attempt, url)), "400")
 
 
-class FreedTests(TestCase):
+class FreedTests(EchoServerTestCase):
     """
-    A closed WebSocket is freed as soon as it closes, without waiting for
-    the garbage collector.
+    What a WebSocket keeps: nothing per frame while it is idle, and nothing
+    at all once it is closed, without waiting for the garbage collector.
     """
 
-    timeout = 30
+    @property
+    def url(self) -> str:
+        return f"ws://{self.base}&transport=websocket"
 
-    @inlineCallbacks
-    def setUp(self) -> Any:
-        self.server = EngineIOServer(reactor, Echo, EngineConfig(ping_interval=5, ping_timeout=5))
-        root = Resource()
-        root.putChild(b"engine.io", self.server.resource())
-        self.site = TrackingSite(root)
-        port: IListeningPort = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
-            self.site
-        )
-        self.addCleanup(port.stopListening)
-        self.url = f"ws://127.0.0.1:{port.getHost().port}/engine.io/?EIO=4&transport=websocket"  # type: ignore[attr-defined]
-
-    def tearDown(self) -> Deferred[Any]:
-        self.server.close()
-        return self.site.all_closed()
-
-    @inlineCallbacks
-    def test_closed_websocket_freed_by_reference_counting(self) -> Any:
+    def track_protocols(self) -> list[weakref.ref[Any]]:
+        """
+        Weak references to the server's WebSocket protocols, as they are
+        built.
+        """
         factory = self.server.websocket_factory
         built: list[weakref.ref[Any]] = []
         build = factory.buildProtocol
@@ -160,6 +157,15 @@ class FreedTests(TestCase):
             return protocol
 
         self.patch(factory, "buildProtocol", tracking)
+        return built
+
+    @inlineCallbacks
+    def test_closed_websocket_freed_by_reference_counting(self) -> Any:
+        """
+        With the garbage collector off, a WebSocket is freed once it is
+        closed.
+        """
+        built = self.track_protocols()
         gc.collect()
         gc.disable()
         self.addCleanup(gc.enable)
@@ -178,22 +184,13 @@ class FreedTests(TestCase):
         An open WebSocket that has exchanged messages holds no traffic
         counters, UTF-8 validator or frame unmasker of its own.
         """
-        factory = self.server.websocket_factory
-        built: list[Any] = []
-        build = factory.buildProtocol
-
-        def tracking(address: Any) -> Any:
-            protocol = build(address)
-            built.append(protocol)
-            return protocol
-
-        self.patch(factory, "buildProtocol", tracking)
+        built = self.track_protocols()
         ws = yield deferToThread(websocket.create_connection, self.url, timeout=10)
         try:
             yield deferToThread(ws.recv)
             yield deferToThread(ws.send, "4hello")
             self.assertEqual((yield deferToThread(ws.recv)), "4hello")
-            own = vars(built[0])
+            own = vars(built[0]())
             for name in ("trafficStats", "utf8validator", "current_frame_masker"):
                 self.assertNotIn(name, own)
         finally:

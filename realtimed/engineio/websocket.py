@@ -314,8 +314,8 @@ class EngineWebSocketProtocol(WebSocketServerProtocol):
         # closed WebSocket refers to itself through it: a cycle, which
         # Python frees only at a full collection of the garbage collector.
         # A connection that lived more than a few seconds is old enough to
-        # wait for one, and under churn thousands of closed connections
-        # (with their transports and buffers) piled up between them.  Once
+        # wait for one, and under churn a thousand or more closed
+        # connections (with their transports and buffers) waited.  Once
         # the connection is lost that Deferred has fired and nothing waits
         # on it, so letting it go frees the connection at once.
         closed = self.__dict__.pop("is_closed", None)

@@ -182,7 +182,8 @@ class FreedTests(EchoServerTestCase):
     def test_idle_websocket_keeps_no_per_frame_state(self) -> Any:
         """
         An open WebSocket that has exchanged messages holds no traffic
-        counters, UTF-8 validator or frame unmasker of its own.
+        counters, UTF-8 validator, frame unmasker or handshake futures of
+        its own.
         """
         built = self.track_protocols()
         ws = yield deferToThread(websocket.create_connection, self.url, timeout=10)
@@ -191,7 +192,13 @@ class FreedTests(EchoServerTestCase):
             yield deferToThread(ws.send, "4hello")
             self.assertEqual((yield deferToThread(ws.recv)), "4hello")
             own = vars(built[0]())
-            for name in ("trafficStats", "utf8validator", "current_frame_masker"):
+            for name in (
+                "trafficStats",
+                "utf8validator",
+                "current_frame_masker",
+                "is_open",
+                "is_closed",
+            ):
                 self.assertNotIn(name, own)
         finally:
             ws.close()

@@ -14,7 +14,8 @@ servers that hold many idle WebSockets: the options are settled once on the
 protocol class instead of being copied (and pretty-printed) per connection;
 the opening handshake is dropped once the WebSocket is open; state that only
 repeats the class's idle defaults is left out of the instance; the send
-queue is made only when used; traffic is not counted; text messages are
+queue is made only when used; the futures of the opening and closing
+handshakes are not kept; traffic is not counted; text messages are
 checked as UTF-8 whole rather than through a validator per connection; the
 unmasker of a frame is dropped at its end; and header names and repeating
 values are shared between connections.
@@ -31,8 +32,7 @@ from typing import Any, Protocol
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.abstract import FileDescriptor
-from twisted.internet.protocol import connectionDone
-from twisted.python.failure import Failure
+from twisted.internet.defer import Deferred
 
 #: Bytes waiting to be sent on a connection past which its pings are not
 #: answered.  A client that sends pings and never reads the pongs would
@@ -118,6 +118,24 @@ class _QueueOnDemand:
         queue: deque[Any] = deque()
         instance.__dict__["send_queue"] = queue
         return queue
+
+
+class _NotKept:
+    """
+    Autobahn's ``is_open`` and ``is_closed`` futures, which only a client
+    of Autobahn waits on: each read gives a new Deferred that the protocol
+    does not keep, so that Autobahn resolving one costs nothing lasting.
+    Kept, they were two Deferreds (some 270 bytes) per connection, and
+    ``is_closed``, fired with the protocol itself, made every closed
+    connection a reference cycle, which Python frees only at a full
+    collection of the garbage collector: under churn, closed connections
+    with their transports and buffers piled up waiting for one.
+    """
+
+    def __get__(self, instance: Any, owner: type | None = None) -> Any:
+        if instance is None:
+            return self
+        return Deferred()
 
 
 class _Uncounted:
@@ -219,6 +237,11 @@ class EngineWebSocketProtocol(WebSocketServerProtocol):
     _headers: dict[str, str]
     _query: dict[str, str]
 
+    def __init__(self) -> None:
+        super().__init__()
+        # see `_NotKept`
+        del self.is_open, self.is_closed
+
     def onConnect(self, request: ConnectionRequest) -> None:
         params = request.params
         if params.get("EIO") != ["4"] or params.get("transport") != ["websocket"]:
@@ -308,26 +331,14 @@ class EngineWebSocketProtocol(WebSocketServerProtocol):
         if connection is not None:
             connection.ws_lost(self)
 
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        super().connectionLost(reason)
-        # Autobahn fires ``is_closed`` with the protocol itself, so that a
-        # closed WebSocket refers to itself through it: a cycle, which
-        # Python frees only at a full collection of the garbage collector.
-        # A connection that lived more than a few seconds is old enough to
-        # wait for one, and under churn a thousand or more closed
-        # connections (with their transports and buffers) waited.  Once
-        # the connection is lost that Deferred has fired and nothing waits
-        # on it, so letting it go frees the connection at once.
-        closed = self.__dict__.pop("is_closed", None)
-        if closed is not None and not closed.called:
-            self.is_closed = closed
-
 
 for _name, _value in _IDLE_DEFAULTS.items():
     setattr(EngineWebSocketProtocol, _name, _value)
 del _name, _value
 EngineWebSocketProtocol.send_queue = _QueueOnDemand()  # type: ignore[assignment]
 EngineWebSocketProtocol.trafficStats = _Uncounted()  # type: ignore[assignment]
+EngineWebSocketProtocol.is_open = _NotKept()  # type: ignore[assignment]
+EngineWebSocketProtocol.is_closed = _NotKept()  # type: ignore[assignment]
 
 
 def websocket_factory(

@@ -125,11 +125,11 @@ class _NotKept:
     Autobahn's ``is_open`` and ``is_closed`` futures, which only a client
     of Autobahn waits on: each read gives a new Deferred that the protocol
     does not keep, so that Autobahn resolving one costs nothing lasting.
-    Kept, they were two Deferreds (some 270 bytes) per connection, and
-    ``is_closed``, fired with the protocol itself, made every closed
+    Kept, they would be two Deferreds (some 270 bytes) per connection, and
+    ``is_closed``, fired with the protocol itself, would make every closed
     connection a reference cycle, which Python frees only at a full
     collection of the garbage collector: under churn, closed connections
-    with their transports and buffers piled up waiting for one.
+    with their transports and buffers would pile up waiting for one.
     """
 
     def __get__(self, instance: Any, owner: type | None = None) -> Any:

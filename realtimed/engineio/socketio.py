@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, cast
 
 from attrs import define, field
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
@@ -83,9 +83,8 @@ class Namespace:
     sockets: dict[str, Socket] = field(factory=dict)
     _connect: ConnectHandler | None = None
     _disconnect: DisconnectHandler | None = None
-    _handlers: dict[str, EventHandler | TextEventHandler] = field(factory=dict)
-    #: the events whose handlers also get the JSON text of the packet's data
-    _with_text: set[str] = field(factory=set)
+    #: every handler, called as a `TextEventHandler` (see `on`)
+    _handlers: dict[str, TextEventHandler] = field(factory=dict)
     _any: AnyHandler | None = None
 
     def on_connect(self, handler: ConnectHandler) -> None:
@@ -108,11 +107,17 @@ class Namespace:
         the event's data (``[event, *args]``) was decoded from, or `None`
         for an event that came with binary attachments.
         """
-        self._handlers[event] = handler
         if with_text:
-            self._with_text.add(event)
-        else:
-            self._with_text.discard(event)
+            self._handlers[event] = cast(TextEventHandler, handler)
+            return
+        plain = cast(EventHandler, handler)
+
+        def without_text(
+            socket: Socket, args: list[Any], ack: Callable[..., None] | None, text: str | None
+        ) -> object:
+            return plain(socket, args, ack)
+
+        self._handlers[event] = without_text
 
     def on_any(self, handler: AnyHandler) -> None:
         """
@@ -156,10 +161,8 @@ class Namespace:
         """
         handler = self._handlers.get(event)
         try:
-            if handler is not None and event in self._with_text:
-                result = handler(socket, args, ack, text)  # type: ignore[call-arg]
-            elif handler is not None:
-                result = handler(socket, args, ack)  # type: ignore[call-arg]
+            if handler is not None:
+                result = handler(socket, args, ack, text)
             elif self._any is not None:
                 result = self._any(socket, event, args, ack)
             else:
